@@ -1,0 +1,127 @@
+"""`estate-agent`: the endpoint's command line.
+
+Heavy parts load late: `collect` and `check-config` never import paramiko.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from agent import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `estate-agent collect | head`
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="estate-agent",
+        description="Estate endpoint agent: collects this machine's inventory and reports it "
+                    "to the Estate hub over SSH.",
+    )
+    parser.add_argument("--version", action="version", version=f"estate-agent {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    collect = sub.add_parser(
+        "collect", help="print one inventory report of this machine as JSON",
+        description="Collect one report (schema estate.report/1), validate it and print it. "
+                    "Collectors that fail or time out are listed in the report's errors.")
+    _config_arg(collect)
+    collect.add_argument("--pretty", action="store_true", help="indent the JSON for reading")
+    collect.add_argument("--section", choices=_sections(),
+                         help="print only this section of the report")
+    collect.add_argument("--no-probes", action="store_true",
+                         help="skip the connectivity probes configured in the config file")
+    collect.set_defaults(func=_cmd_collect)
+
+    check = sub.add_parser(
+        "check-config", help="validate a config file and exit non-zero on the first problem",
+        description="Read agent.toml and report the first unknown key, wrong type or bad value.")
+    _config_arg(check)
+    check.set_defaults(func=_cmd_check_config)
+    return parser
+
+
+def _sections() -> tuple[str, ...]:
+    return ("system", "hardware", "network", "connectivity", "software", "health", "errors")
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", type=Path,
+                   help="agent config (default: $ESTATE_AGENT_CONFIG, /etc/estate/agent.toml "
+                        "as root, else ~/.config/estate/agent.toml)")
+
+
+def _load_config(path: Path | None, must_exist: bool):  # type: ignore[no-untyped-def]
+    from agent import config
+
+    target = path or config.default_path()
+    if path is None and not must_exist and not target.exists():
+        return config.AgentConfig()
+    return config.load(target)
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from agent.collect import collect_report
+    from agent.config import ConfigError
+    from inventory.report import ReportError, validate
+
+    try:
+        cfg = _load_config(args.config, must_exist=args.config is not None)
+    except ConfigError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    probes = None
+    if cfg.probes and not args.no_probes:
+        from agent.probes import run_probes
+
+        def probes(network):  # type: ignore[no-untyped-def]
+            return run_probes(cfg.probes, network)
+
+    kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
+    report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, **kwargs)
+    try:
+        validate(report)
+    except ReportError as exc:  # a collector bug: say so rather than print a bad report
+        print(f"estate-agent: collected report is invalid: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    doc = report[args.section] if args.section else report
+    text = json.dumps(doc, indent=2 if args.pretty else None, ensure_ascii=False,
+                      separators=None if args.pretty else (",", ":"))
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, default_path, load
+
+    path = args.config or default_path()
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"{path}: ok ({len(cfg.probes)} probes, interval {cfg.interval_s:g} s, "
+          f"{'enrolled as ' + cfg.agent_id if cfg.agent_id else 'not enrolled'})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Sources shared by Linux and macOS: resolv.conf and the zoneinfo link."""
+
+from __future__ import annotations
+
+import os
+
+RESOLV_CONF = "/etc/resolv.conf"
+# systemd-resolved's stub lists 127.0.0.53; the real upstream servers are in this file.
+RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"
+
+
+def parse_resolv_conf(text: str) -> list[str]:
+    servers = []
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] not in servers:
+            servers.append(parts[1])
+    return servers[:32]
+
+
+def dns_servers(problems: list[str]) -> list[str]:
+    servers = parse_resolv_conf(_read(RESOLV_CONF) or "")
+    if servers == ["127.0.0.53"]:
+        servers = parse_resolv_conf(_read(RESOLVED_UPSTREAM) or "") or servers
+    return servers
+
+
+def timezone(problems: list[str]) -> str | None:
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz and "/" in tz and not tz.startswith("/"):
+        return tz
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        target = ""
+    if "zoneinfo/" in target:
+        return target.split("zoneinfo/", 1)[1]
+    name = (_read("/etc/timezone") or "").strip()
+    return name or None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None

@@ -1,0 +1,195 @@
+"""The agent's configuration file (`agent.toml`): reading and strict validation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "default_path", "load", "parse_hostport"]
+
+PROBE_KINDS = ("tcp", "dns", "gateway")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, key and problem."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+        self.file, self.key, self.problem = file, key, problem
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    name: str
+    kind: str
+    target: str | None
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Validated settings; defaults describe an agent that is not enrolled yet."""
+
+    path: Path | None = None
+    agent_id: str | None = None
+    hub: str | None = None
+    hub_key: str | None = None
+    key_file: Path | None = None
+    interval_s: float = 300.0
+    collector_timeout_s: float | None = None
+    probes: tuple[ProbeConfig, ...] = field(default_factory=tuple)
+
+
+def default_path() -> Path:
+    """$ESTATE_AGENT_CONFIG, else /etc/estate/agent.toml for root, else the user's config."""
+    env = os.environ.get("ESTATE_AGENT_CONFIG")
+    if env:
+        return Path(env)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/etc/estate/agent.toml")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
+    return Path(base) / "estate" / "agent.toml"
+
+
+def load(path: Path) -> AgentConfig:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: unreadable, not TOML, an unknown key, a wrong type or a bad value.
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(name, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(name, "", f"cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, "", f"not valid TOML ({exc})") from None
+    return from_dict(doc, name, path)
+
+
+def from_dict(doc: dict[str, Any], name: str = "agent.toml",
+              path: Path | None = None) -> AgentConfig:
+    r = _Reader(doc, name, "")
+    r.only("agent_id", "hub", "hub_key", "key_file", "interval", "collector_timeout", "probes")
+    hub = r.text("hub", max_len=300)
+    if hub is not None:
+        try:
+            parse_hostport(hub)
+        except ValueError as exc:
+            raise ConfigError(name, "hub", str(exc)) from None
+    key_file = r.text("key_file", max_len=4096)
+    key_path = None
+    if key_file is not None:
+        key_path = Path(key_file)
+        if not key_path.is_absolute() and path is not None:
+            key_path = path.parent / key_path  # relative to the config file, not the cwd
+    probes = []
+    raw_probes = doc.get("probes", [])
+    if not isinstance(raw_probes, list) or not all(isinstance(p, dict) for p in raw_probes):
+        raise ConfigError(name, "probes", "expected a list of tables ([[probes]])")
+    for i, p in enumerate(raw_probes):
+        probes.append(_probe(_Reader(p, name, f"probes[{i}]")))
+    names = [p.name for p in probes]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(name, f"probes[{i}].name", f"duplicate probe name {n!r}")
+    if len(probes) > 64:
+        raise ConfigError(name, "probes", f"{len(probes)} probes, over the limit of 64")
+    return AgentConfig(
+        path=path,
+        agent_id=r.text("agent_id", max_len=64, pattern_ok=_is_agent_id,
+                        pattern_help="letters, digits, '.', '_' or '-'"),
+        hub=hub,
+        hub_key=r.text("hub_key", max_len=128),
+        key_file=key_path,
+        interval_s=r.number("interval", 300.0, 1, 86400) or 300.0,
+        collector_timeout_s=r.number("collector_timeout", None, 0.5, 300),
+        probes=tuple(probes),
+    )
+
+
+def _probe(r: _Reader) -> ProbeConfig:
+    r.only("name", "kind", "target", "timeout")
+    name = r.text("name", max_len=64, required=True)
+    kind = r.text("kind", required=True)
+    if kind not in PROBE_KINDS:
+        raise r.error("kind", f"expected one of {', '.join(PROBE_KINDS)}, got {kind!r}")
+    target = r.text("target", max_len=255)
+    if kind in ("tcp", "dns") and not target:
+        raise r.error("target", f"required for a {kind} probe")
+    if kind == "tcp":
+        try:
+            parse_hostport(target or "")
+        except ValueError as exc:
+            raise r.error("target", str(exc)) from None
+    assert name is not None and kind is not None
+    return ProbeConfig(name, kind, target, r.number("timeout", 2.0, 0.1, 60) or 2.0)
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6addr]:port".
+
+    Raises:
+        ValueError: with a message that shows the expected form.
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
+
+
+def _is_agent_id(value: str) -> bool:
+    return all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+
+
+class _Reader:
+    """Typed access to one TOML table that names the key path in every error."""
+
+    def __init__(self, table: dict[str, Any], file: str, prefix: str) -> None:
+        self.table, self.file, self.prefix = table, file, prefix
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, f"{self.prefix}.{key}" if self.prefix else key, problem)
+
+    def only(self, *allowed: str) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.error(key, f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def text(self, key: str, *, max_len: int = 256, required: bool = False,
+             pattern_ok: Any = None, pattern_help: str = "") -> str | None:
+        value = self.table.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "required")
+            return None
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {type(value).__name__} {value!r}")
+        if not value or len(value) > max_len:
+            raise self.error(key, f"expected 1 to {max_len} characters")
+        if pattern_ok and not pattern_ok(value):
+            raise self.error(key, f"expected {pattern_help}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float | None, low: float, high: float) -> float | None:
+        value = self.table.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            raise self.error(key, f"expected a number of seconds from {low:g} to {high:g}, "
+                                  f"got {value!r}")
+        return float(value)

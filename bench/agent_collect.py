@@ -1,0 +1,96 @@
+"""Benchmark: how fast and how lean `estate-agent collect` is on this machine.
+
+Prints, over --runs runs (default 20):
+- in-process collection without probes (packages included): median and p95;
+- the whole `estate-agent collect` process: wall, CPU (user+sys) and peak RSS, median and p95;
+- the same for `facter --json` when facter is installed, for scale.
+
+Usage: python bench/agent_collect.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def in_process(runs: int) -> list[float]:
+    from agent.collect import collect_report
+
+    collect_report()  # warm the page cache and imports, as a running service would be
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        report, _ = collect_report()
+        times.append((time.perf_counter() - start) * 1000)
+        assert report["software"]["packages"] is not None, "packages must be included"
+    return times
+
+
+def whole_process(argv: list[str], runs: int, must_succeed: bool = True,
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """Wall ms, CPU ms and peak RSS MB of a child process (and the tools it ran), via wait4."""
+    walls, cpus, rss = [], [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append((time.perf_counter() - start) * 1000)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if must_succeed and proc.returncode != 0:
+            raise SystemExit(f"{argv[0]} exited {proc.returncode}")
+        cpus.append((usage.ru_utime + usage.ru_stime) * 1000)
+        rss.append(usage.ru_maxrss / 1024)  # KiB on Linux
+    return walls, cpus, rss
+
+
+def line(label: str, values: list[float], unit: str) -> str:
+    return (f"  {label:<28} median {statistics.median(values):8.1f} {unit:<3}"
+            f"  p95 {pct(values, 0.95):8.1f} {unit}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    runs = max(20, args.runs)
+
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    print(f"in-process collection, no probes, packages included ({runs} runs):")
+    print(line("collect_report()", in_process(runs), "ms"))
+
+    agent = shutil.which("estate-agent", path=os.path.dirname(sys.executable)) or "estate-agent"
+    os.environ.setdefault("ESTATE_AGENT_CONFIG", os.devnull + ".absent")  # no probes
+    walls, cpus, rss = whole_process([agent, "collect"], runs)
+    print(f"whole process `estate-agent collect` ({runs} runs):")
+    print(line("wall", walls, "ms"))
+    print(line("CPU (user+sys)", cpus, "ms"))
+    print(line("peak RSS", rss, "MB"))
+
+    facter = shutil.which("facter")
+    if facter:
+        # facter exits 1 in a container when it cannot read /proc/1/environ, yet prints
+        # its facts; it is timed all the same.
+        walls, cpus, rss = whole_process([facter, "--json"], runs, must_succeed=False)
+        print(f"for scale, `facter --json` ({runs} runs):")
+        print(line("wall", walls, "ms"))
+        print(line("CPU (user+sys)", cpus, "ms"))
+        print(line("peak RSS", rss, "MB"))
+    else:
+        print("facter is not installed: no comparison (apt-get install facter to add it)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Estate console: the Textual terminal app IT staff use (see the console issue)."""

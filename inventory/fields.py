@@ -1,0 +1,275 @@
+"""The field dictionary: every field of report `estate.report/1`, described once.
+
+Validation (`inventory.report`), export headers, the console's column titles and
+`docs/report.md` are all derived from this table, so a field is added here or nowhere.
+
+Paths use dots for object members and `[]` for list items: `hardware.disks[].size_bytes`.
+Stdlib only: the agent imports this through `inventory.report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALL = ("linux", "windows", "macos")
+LINUX = ("linux",)
+POSIX = ("linux", "macos")
+
+# Kinds of value. "object" and "list" are containers; the rest are leaves.
+KINDS = ("str", "int", "float", "bool", "datetime", "object", "list")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the report.
+
+    Attributes:
+        path: dotted path; `[]` marks the items of a list.
+        kind: one of KINDS.
+        description: what the value means, for operators and auditors.
+        unit: unit of a number ("bytes", "ms", "%", "MHz", "Mbit/s", "s"), else None.
+        platforms: where the agent can fill it.
+        nullable: whether `null` ("could not tell") is allowed.
+        exported: whether inventory exports carry it as a column.
+        max_len: longest string accepted (characters).
+        max_items: longest list accepted.
+        minimum / maximum: range of a number.
+        choices: the only strings accepted, when the set is closed.
+    """
+
+    path: str
+    kind: str
+    description: str
+    unit: str | None = None
+    platforms: tuple[str, ...] = ALL
+    nullable: bool = True
+    exported: bool = False
+    max_len: int = 256
+    max_items: int = 0
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """Column title: the last path segment, readable."""
+        leaf = self.path.rsplit(".", 1)[-1].replace("[]", "")
+        return leaf.replace("_", " ")
+
+
+def _f(path: str, kind: str, description: str, **kw: object) -> Field:
+    return Field(path, kind, description, **kw)  # type: ignore[arg-type]
+
+
+NONNEG = {"minimum": 0}
+PERCENT = {"minimum": 0, "maximum": 100, "unit": "%"}
+BYTES = {"minimum": 0, "unit": "bytes"}
+
+FIELDS: tuple[Field, ...] = (
+    _f("schema", "str", "Report schema name and version.", nullable=False,
+       choices=("estate.report/1",)),
+    _f("report_id", "str", "Unique id of this report: agent id, boot epoch, sequence.",
+       nullable=False, max_len=128),
+    _f("collected_at", "datetime", "When the agent collected the report (agent clock, UTC).",
+       nullable=False),
+    _f("agent", "object", "The reporting agent.", nullable=False),
+    _f("agent.id", "str", "Agent id given at enrolment; null before enrolment.", max_len=64),
+    _f("agent.version", "str", "Estate agent version.", nullable=False, max_len=32),
+    # --- system -------------------------------------------------------------------------
+    _f("system", "object", "Operating system and session facts.", nullable=False),
+    _f("system.hostname", "str", "Short host name.", exported=True, max_len=255),
+    _f("system.fqdn", "str", "Fully qualified domain name.", exported=True, max_len=255),
+    _f("system.os", "object", "Operating system.", nullable=False),
+    _f("system.os.family", "str", "OS family.", exported=True,
+       choices=("linux", "windows", "macos", "bsd", "other")),
+    _f("system.os.name", "str", "OS product name (e.g. Debian GNU/Linux, Windows 11 Pro).",
+       exported=True),
+    _f("system.os.version", "str", "OS version (e.g. 12, 23H2, 14.4).", exported=True, max_len=64),
+    _f("system.os.build", "str", "OS build number where the OS has one.", exported=True,
+       max_len=64),
+    _f("system.os.kernel", "str", "Kernel release.", max_len=128),
+    _f("system.os.arch", "str", "Machine architecture (x86_64, arm64, ...).", max_len=32),
+    _f("system.boot_time", "datetime", "When the OS last booted (UTC).", exported=True),
+    _f("system.timezone", "str", "Configured time zone (IANA name where known).", max_len=64),
+    _f("system.virtualization", "object", "Whether the OS runs in a VM or container.",
+       nullable=False),
+    _f("system.virtualization.kind", "str",
+       "Hypervisor or container technology (kvm, vmware, docker, ...); 'none' on bare metal.",
+       exported=True, max_len=64),
+    _f("system.virtualization.type", "str", "vm, container or none.",
+       choices=("vm", "container", "none")),
+    _f("system.virtualization.source", "str",
+       "How it was detected; 'heuristic:' marks a last-resort guess.", max_len=64),
+    _f("system.users", "list", "Users logged in now.", nullable=False, max_items=256),
+    _f("system.users[]", "object", "A login session.", nullable=False),
+    _f("system.users[].name", "str", "User name.", nullable=False, max_len=128),
+    _f("system.users[].terminal", "str", "Terminal or session.", max_len=64),
+    _f("system.users[].host", "str", "Remote host the session came from.", max_len=255),
+    _f("system.users[].started", "datetime", "When the session started (UTC)."),
+    # --- hardware -----------------------------------------------------------------------
+    _f("hardware", "object", "Hardware facts.", nullable=False),
+    _f("hardware.vendor", "str", "System manufacturer.", exported=True, max_len=128),
+    _f("hardware.model", "str", "System model.", exported=True, max_len=128),
+    _f("hardware.serial", "str", "System serial number; null when absent or a placeholder.",
+       exported=True, max_len=128),
+    _f("hardware.uuid", "str", "SMBIOS system UUID; null when absent or a placeholder.",
+       exported=True, max_len=64),
+    _f("hardware.chassis", "str", "Chassis type (desktop, laptop, server, ...).", exported=True,
+       max_len=64),
+    _f("hardware.bios", "object", "Firmware.", nullable=False),
+    _f("hardware.bios.vendor", "str", "Firmware vendor.", max_len=128),
+    _f("hardware.bios.version", "str", "Firmware version.", exported=True, max_len=128),
+    _f("hardware.bios.date", "str", "Firmware release date as the firmware states it.",
+       max_len=32),
+    _f("hardware.cpu", "object", "Processor.", nullable=False),
+    _f("hardware.cpu.model", "str", "Processor model name.", exported=True),
+    _f("hardware.cpu.cores", "int", "Physical cores.", exported=True, minimum=1, maximum=65536),
+    _f("hardware.cpu.threads", "int", "Logical processors.", exported=True, minimum=1,
+       maximum=65536),
+    _f("hardware.cpu.frequency_mhz", "float", "Maximum (else current) clock.", unit="MHz",
+       minimum=0, maximum=100000),
+    _f("hardware.memory", "object", "Memory.", nullable=False),
+    _f("hardware.memory.total_bytes", "int", "Installed memory visible to the OS.",
+       exported=True, **BYTES),
+    _f("hardware.memory.swap_total_bytes", "int", "Swap or page file size.", **BYTES),
+    _f("hardware.disks", "list", "Physical disks.", nullable=False, max_items=256),
+    _f("hardware.disks[]", "object", "A physical disk.", nullable=False),
+    _f("hardware.disks[].name", "str", "Device name (sda, nvme0n1, PhysicalDrive0).",
+       nullable=False, max_len=128),
+    _f("hardware.disks[].model", "str", "Disk model.", max_len=128),
+    _f("hardware.disks[].serial", "str", "Disk serial number.", max_len=128),
+    _f("hardware.disks[].size_bytes", "int", "Capacity.", **BYTES),
+    _f("hardware.disks[].rotational", "bool", "True for spinning disks, false for SSDs."),
+    _f("hardware.volumes", "list", "Mounted file systems.", nullable=False, max_items=512),
+    _f("hardware.volumes[]", "object", "A mounted file system.", nullable=False),
+    _f("hardware.volumes[].mount", "str", "Mount point or drive letter.", nullable=False,
+       max_len=1024),
+    _f("hardware.volumes[].device", "str", "Block device or source.", max_len=1024),
+    _f("hardware.volumes[].fstype", "str", "File system type.", max_len=32),
+    _f("hardware.volumes[].total_bytes", "int", "Size.", **BYTES),
+    _f("hardware.volumes[].used_bytes", "int", "Space used.", **BYTES),
+    _f("hardware.volumes[].free_bytes", "int", "Space available to users.", **BYTES),
+    _f("hardware.volumes[].used_percent", "float", "Share used.", **PERCENT),
+    _f("hardware.battery", "object", "Battery; null when the machine has none."),
+    _f("hardware.battery.percent", "float", "Charge.", **PERCENT),
+    _f("hardware.battery.plugged", "bool", "On mains power."),
+    _f("hardware.battery.seconds_left", "int", "Estimated time left on battery.", unit="s",
+       minimum=0),
+    # --- network ------------------------------------------------------------------------
+    _f("network", "object", "Network configuration.", nullable=False),
+    _f("network.interfaces", "list", "Network interfaces.", nullable=False, max_items=256),
+    _f("network.interfaces[]", "object", "A network interface.", nullable=False),
+    _f("network.interfaces[].name", "str", "Interface name.", nullable=False, max_len=128),
+    _f("network.interfaces[].mac", "str", "Hardware address; null when none.", max_len=64),
+    _f("network.interfaces[].addresses", "list", "Addresses on the interface.", nullable=False,
+       max_items=256),
+    _f("network.interfaces[].addresses[]", "object", "An address.", nullable=False),
+    _f("network.interfaces[].addresses[].family", "str", "Address family.", nullable=False,
+       choices=("ipv4", "ipv6")),
+    _f("network.interfaces[].addresses[].address", "str", "The address.", nullable=False,
+       max_len=64),
+    _f("network.interfaces[].addresses[].prefix", "int", "Prefix length.", minimum=0,
+       maximum=128),
+    _f("network.interfaces[].speed_mbps", "int", "Link speed; null when unknown (virtio).",
+       unit="Mbit/s", minimum=1, maximum=10_000_000),
+    _f("network.interfaces[].duplex", "str", "Duplex mode.", choices=("full", "half")),
+    _f("network.interfaces[].mtu", "int", "MTU.", unit="bytes", minimum=0, maximum=1_000_000),
+    _f("network.interfaces[].up", "bool", "Interface is up."),
+    _f("network.interfaces[].counters", "object", "Traffic counters since boot."),
+    _f("network.interfaces[].counters.bytes_sent", "int", "Bytes sent.", **BYTES),
+    _f("network.interfaces[].counters.bytes_recv", "int", "Bytes received.", **BYTES),
+    _f("network.interfaces[].counters.packets_sent", "int", "Packets sent.", **NONNEG),
+    _f("network.interfaces[].counters.packets_recv", "int", "Packets received.", **NONNEG),
+    _f("network.interfaces[].counters.errors_in", "int", "Receive errors.", **NONNEG),
+    _f("network.interfaces[].counters.errors_out", "int", "Transmit errors.", **NONNEG),
+    _f("network.default_gateway", "object", "IPv4 default route; null when none."),
+    _f("network.default_gateway.address", "str", "Gateway address.", nullable=False,
+       max_len=64),
+    _f("network.default_gateway.interface", "str", "Interface of the route.", max_len=128),
+    _f("network.dns_servers", "list", "Configured DNS resolvers.", nullable=False, max_items=32),
+    _f("network.dns_servers[]", "str", "A resolver address.", nullable=False, max_len=64),
+    # --- connectivity -------------------------------------------------------------------
+    _f("connectivity", "object", "Probe results and traffic rates.", nullable=False),
+    _f("connectivity.probes", "list", "Configured probes and their results.", nullable=False,
+       max_items=64),
+    _f("connectivity.probes[]", "object", "One probe result.", nullable=False),
+    _f("connectivity.probes[].name", "str", "Probe name from the agent config.",
+       nullable=False, max_len=64),
+    _f("connectivity.probes[].kind", "str", "Probe kind.", nullable=False,
+       choices=("tcp", "dns", "gateway")),
+    _f("connectivity.probes[].target", "str", "What was probed.", max_len=255),
+    _f("connectivity.probes[].ok", "bool", "Whether the probe succeeded.", nullable=False),
+    _f("connectivity.probes[].latency_ms", "float", "Round trip or resolution time.",
+       unit="ms", minimum=0, maximum=3_600_000),
+    _f("connectivity.probes[].answers", "list", "DNS answers.", nullable=False, max_items=64),
+    _f("connectivity.probes[].answers[]", "str", "An address.", nullable=False, max_len=64),
+    _f("connectivity.probes[].error", "str", "Why the probe failed.", max_len=512),
+    _f("connectivity.rates", "list", "Interface traffic rates between two samples.",
+       nullable=False, max_items=256),
+    _f("connectivity.rates[]", "object", "Rates of one interface.", nullable=False),
+    _f("connectivity.rates[].interface", "str", "Interface name.", nullable=False,
+       max_len=128),
+    _f("connectivity.rates[].rx_bytes_per_s", "float", "Receive rate.", unit="bytes/s",
+       minimum=0),
+    _f("connectivity.rates[].tx_bytes_per_s", "float", "Transmit rate.", unit="bytes/s",
+       minimum=0),
+    _f("connectivity.rates[].window_s", "float", "Sampling window.", unit="s", minimum=0),
+    # --- software -----------------------------------------------------------------------
+    _f("software", "object", "Installed software.", nullable=False),
+    _f("software.manager", "str", "Package source (dpkg, rpm, registry, applications).",
+       max_len=32),
+    _f("software.count", "int", "Number of installed packages.", minimum=0),
+    _f("software.hash", "str", "SHA-256 of the sorted package list; changes when it changes.",
+       max_len=64),
+    _f("software.packages", "list",
+       "Installed packages; null when unchanged since the last acknowledged report.",
+       max_items=100_000),
+    _f("software.packages[]", "object", "A package.", nullable=False),
+    _f("software.packages[].name", "str", "Package name.", nullable=False, max_len=512),
+    _f("software.packages[].version", "str", "Installed version.", max_len=256),
+    _f("software.packages[].arch", "str", "Architecture.", max_len=32),
+    _f("software.packages[].publisher", "str", "Publisher (Windows, macOS).", max_len=256),
+    # --- health -------------------------------------------------------------------------
+    _f("health", "object", "Load and utilisation.", nullable=False),
+    _f("health.cpu_percent", "float", "CPU busy over the sampling window.", **PERCENT),
+    _f("health.load_1m", "float", "Load average, 1 minute.", minimum=0),
+    _f("health.load_5m", "float", "Load average, 5 minutes.", minimum=0),
+    _f("health.load_15m", "float", "Load average, 15 minutes.", minimum=0),
+    _f("health.memory_percent", "float", "Memory in use.", **PERCENT),
+    _f("health.swap_percent", "float", "Swap in use.", **PERCENT),
+    # --- errors -------------------------------------------------------------------------
+    _f("errors", "list", "Collectors that failed or timed out.", nullable=False, max_items=64),
+    _f("errors[]", "object", "A collector failure.", nullable=False),
+    _f("errors[].collector", "str", "Collector name.", nullable=False, max_len=64),
+    _f("errors[].reason", "str", "What went wrong.", nullable=False, max_len=1024),
+)
+
+BY_PATH: dict[str, Field] = {f.path: f for f in FIELDS}
+
+
+def children(path: str) -> list[Field]:
+    """Direct members of the object at `path` ("" for the top level)."""
+    prefix = f"{path}." if path else ""
+    return [
+        f for f in FIELDS
+        if f.path.startswith(prefix) and "." not in f.path[len(prefix):]
+        and not f.path.endswith("[]")
+    ]
+
+
+def exported_fields() -> list[Field]:
+    """Fields that inventory exports carry, in dictionary order."""
+    return [f for f in FIELDS if f.exported]
+
+
+def markdown_table() -> str:
+    """The dictionary as the Markdown table in docs/report.md (a test keeps them equal)."""
+    rows = ["| field | type | unit | platforms | exported | description |",
+            "|---|---|---|---|---|---|"]
+    for f in FIELDS:
+        kind = f.kind + ("" if f.nullable else ", required")
+        if f.choices:
+            kind += f" ({' / '.join(f.choices)})"
+        rows.append(f"| `{f.path}` | {kind} | {f.unit or ''} | {', '.join(f.platforms)} | "
+                    f"{'yes' if f.exported else ''} | {f.description} |")
+    return "\n".join(rows) + "\n"
