@@ -55,6 +55,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Read agent.toml and report the first unknown key, wrong type or bad value.")
     _config_arg(check)
     check.set_defaults(func=_cmd_check_config)
+
+    enrol = sub.add_parser(
+        "enrol", help="register this agent with a hub using a one-time token",
+        description="Create the agent's ed25519 key (next to the config), pin the hub's host "
+                    "key from the token, register with the hub and write the config.")
+    _config_arg(enrol)
+    enrol.add_argument("--token", required=True, help="token from `estate-hub token create`")
+    enrol.add_argument("--hub", metavar="HOST:PORT",
+                       help="hub address (default: the address carried in the token)")
+    enrol.set_defaults(func=_cmd_enrol)
+
+    report = sub.add_parser(
+        "report", help="collect one report and send it to the hub now",
+        description="Collect, validate and send one report over SSH; print the hub's answer. "
+                    "Exit 0 when stored, 65 when the hub rejected the data, 75 to retry later.")
+    _config_arg(report)
+    report.add_argument("--no-gzip", action="store_true", help="send the report uncompressed")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -121,6 +139,60 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{path}: ok ({len(cfg.probes)} probes, interval {cfg.interval_s:g} s, "
           f"{'enrolled as ' + cfg.agent_id if cfg.agent_id else 'not enrolled'})")
     return EXIT_OK
+
+
+def _cmd_enrol(args: argparse.Namespace) -> int:
+    from agent.config import default_path
+    from agent.enrol import EnrolFailed, enrol
+
+    path = args.config or default_path()
+    try:
+        result = enrol(args.token, args.hub, path)
+    except EnrolFailed as exc:
+        print(f"estate-agent: enrolment failed: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"enrolled as {result['agent_id']} ({result['agency']} / {result['site']}); "
+          f"config written to {path}")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import gzip
+
+    from agent.collect import collect_report
+    from agent.config import ConfigError
+    from agent.transport import HubClient, HubError, load_key
+
+    try:
+        cfg = _load_config(args.config, must_exist=True)
+    except ConfigError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not (cfg.agent_id and cfg.hub and cfg.hub_key and cfg.key_file):
+        print(f"estate-agent: {cfg.path}: not enrolled (run estate-agent enrol first)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    probes = None
+    if cfg.probes:
+        from agent.probes import run_probes
+
+        def probes(network):  # type: ignore[no-untyped-def]
+            return run_probes(cfg.probes, network)
+
+    kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
+    report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, **kwargs)
+    body = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
+    if not args.no_gzip:
+        body = gzip.compress(body, 6)
+    try:
+        client = HubClient(cfg.hub, cfg.hub_key, load_key(cfg.key_file), cfg.agent_id)
+        result = client.run("estate-report v1", body)
+        client.close()
+    except HubError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return 75 if exc.retry else EXIT_FAIL
+    print(json.dumps(result.doc, ensure_ascii=False))
+    return result.exit_status
 
 
 if __name__ == "__main__":

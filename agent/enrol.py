@@ -1,0 +1,129 @@
+"""`estate-agent enrol`: create the agent's key, register it with a token, write the config."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from agent.config import ConfigError, load, parse_hostport
+
+KEY_NAME = "agent_key"
+TOKEN_PREFIX = "EST1"  # noqa: S105 - a format marker, not a secret
+_MANAGED_KEYS = ("agent_id", "hub", "hub_key", "key_file")
+
+
+class EnrolFailed(Exception):
+    """Enrolment did not happen; the message says why and what to do."""
+
+
+def parse_token(token: str) -> tuple[str, str | None]:
+    """The hub key fingerprint and (if the token carries one) the hub address.
+
+    Same format as `inventory/hub/_tokens.py`: EST1.<id>.<secret>.<fingerprint>[.<address>].
+
+    Raises:
+        EnrolFailed: not a token.
+    """
+    parts = token.strip().split(".")
+    if len(parts) not in (4, 5) or parts[0] != TOKEN_PREFIX or not all(parts[1:4]):
+        raise EnrolFailed("that is not an Estate enrolment token (it starts with EST1.); "
+                          "ask the hub's administrator for one: estate-hub token create")
+    address = None
+    if len(parts) == 5:
+        try:
+            padded = parts[4] + "=" * (-len(parts[4]) % 4)
+            address = base64.urlsafe_b64decode(padded).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise EnrolFailed("the token's hub address is damaged") from None
+    return f"SHA256:{parts[3]}", address
+
+
+def ensure_key(path: Path) -> tuple[Any, str]:
+    """Load the agent's ed25519 key, or create it (0600) with its .pub beside it.
+
+    Returns:
+        (paramiko key, OpenSSH public key line)
+    """
+    import paramiko
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                   serialization.PublicFormat.OpenSSH)
+        path.with_name(path.name + ".pub").write_bytes(public + b" estate-agent\n")
+    key = paramiko.Ed25519Key.from_private_key_file(str(path))
+    return key, f"{key.get_name()} {key.get_base64()}"
+
+
+def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
+    """Enrol with the hub and write `config_path`.
+
+    Returns:
+        The hub's answer: agent_id, agency, site.
+
+    Raises:
+        EnrolFailed: with a message for the person running the command.
+    """
+    from agent.transport import HubClient, HubError
+
+    pinned, token_hub = parse_token(token)
+    hub = hub or token_hub
+    if not hub:
+        raise EnrolFailed("no hub address: pass --hub HOST:PORT (this token does not carry one)")
+    try:
+        parse_hostport(hub)
+    except ValueError as exc:
+        raise EnrolFailed(f"--hub: {exc}") from None
+    if config_path.exists():
+        try:
+            load(config_path)
+        except ConfigError as exc:
+            raise EnrolFailed(f"the existing config is broken, fix or move it first: {exc}") \
+                from None
+    key_path = config_path.parent / KEY_NAME
+    key, public_line = ensure_key(key_path)
+    client = HubClient(hub, pinned, key, "enrol")
+    request = {"token": token.strip(), "public_key": public_line,
+               "hostname": socket.gethostname()}
+    try:
+        result = client.run("estate-enrol v1", json.dumps(request).encode())
+    except HubError as exc:
+        raise EnrolFailed(str(exc)) from None
+    finally:
+        client.close()
+    if result.exit_status != 0 or result.doc.get("status") != "enrolled":
+        raise EnrolFailed(f"the hub refused enrolment: {result.doc.get('message')} "
+                          f"({result.doc.get('code')})")
+    write_config(config_path, {"agent_id": result.doc["agent_id"], "hub": hub,
+                               "hub_key": pinned, "key_file": KEY_NAME})
+    return result.doc
+
+
+def write_config(path: Path, values: dict[str, str]) -> None:
+    """Set the enrolment keys at the top of the config, keeping everything else as it was."""
+    kept = ""
+    if path.exists():
+        pattern = re.compile(rf"^\s*({'|'.join(_MANAGED_KEYS)})\s*=")
+        kept = "".join(line for line in path.read_text(encoding="utf-8").splitlines(True)
+                       if not pattern.match(line))
+    head = "# Written by `estate-agent enrol`.\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    kept = kept.replace("# Written by `estate-agent enrol`.\n", "")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(head + kept, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,180 @@
+"""Change detection: typed events from comparing a host's new snapshot with its last one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["KINDS", "Change", "diff"]
+
+# Memory totals move by a few MB between kernels (reserved memory); a DIMM is far more.
+MEMORY_TOLERANCE = 0.02
+
+KINDS = {
+    "hostname_changed": "Host name changed",
+    "memory_changed": "Installed memory changed",
+    "cpu_changed": "Processor changed",
+    "disk_added": "Disk added",
+    "disk_removed": "Disk removed",
+    "disk_resized": "Disk size changed",
+    "serial_changed": "System serial number changed",
+    "uuid_changed": "System UUID changed",
+    "model_changed": "System vendor or model changed",
+    "bios_changed": "Firmware version changed",
+    "os_changed": "Operating system replaced",
+    "os_upgraded": "Operating system version changed",
+    "kernel_changed": "Kernel changed",
+    "nic_added": "Network interface added",
+    "nic_removed": "Network interface removed",
+    "mac_changed": "MAC address changed",
+    "ip_changed": "IP addresses changed",
+    "software_installed": "Software installed",
+    "software_removed": "Software removed",
+    "software_updated": "Software updated",
+    "software_changed": "Software changed (package list not available)",
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change event; values are JSON-friendly (str, int, list) or None."""
+
+    kind: str
+    subject: str | None
+    old: Any
+    new: Any
+
+    def old_text(self) -> str | None:
+        return _text(self.old)
+
+    def new_text(self) -> str | None:
+        return _text(self.new)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any],
+         old_packages: list[dict[str, Any]] | None,
+         new_packages: list[dict[str, Any]] | None) -> list[Change]:
+    """Changes from snapshot `old` to `new` (both full reports without package lists).
+
+    Args:
+        old_packages / new_packages: the package lists; None when unknown. When the
+            software hash changed but a list is missing, one `software_changed` is emitted.
+    """
+    changes = list(_system(old, new))
+    changes += _hardware(old.get("hardware") or {}, new.get("hardware") or {})
+    changes += _network(old.get("network") or {}, new.get("network") or {})
+    old_hash = (old.get("software") or {}).get("hash")
+    new_hash = (new.get("software") or {}).get("hash")
+    if old_hash != new_hash and new_hash is not None:
+        if old_packages is not None and new_packages is not None:
+            changes += _software(old_packages, new_packages)
+        elif old_hash is not None:
+            changes.append(Change("software_changed", None, old_hash, new_hash))
+    return changes
+
+
+def _system(old: dict[str, Any], new: dict[str, Any]) -> Iterator[Change]:
+    o, n = old.get("system") or {}, new.get("system") or {}
+    if o.get("hostname") != n.get("hostname"):
+        yield Change("hostname_changed", None, o.get("hostname"), n.get("hostname"))
+    oos, nos = o.get("os") or {}, n.get("os") or {}
+    if (oos.get("family"), oos.get("name")) != (nos.get("family"), nos.get("name")):
+        yield Change("os_changed", None, _os_text(oos), _os_text(nos))
+    elif (oos.get("version"), oos.get("build")) != (nos.get("version"), nos.get("build")):
+        yield Change("os_upgraded", nos.get("name"), _os_text(oos), _os_text(nos))
+    if oos.get("kernel") != nos.get("kernel"):
+        yield Change("kernel_changed", None, oos.get("kernel"), nos.get("kernel"))
+
+
+def _os_text(os_: dict[str, Any]) -> str | None:
+    parts = [os_.get("name"), os_.get("version")]
+    if os_.get("build"):
+        parts.append(f"(build {os_['build']})")
+    text = " ".join(str(p) for p in parts if p)
+    return text or None
+
+
+def _hardware(o: dict[str, Any], n: dict[str, Any]) -> Iterator[Change]:
+    om = (o.get("memory") or {}).get("total_bytes")
+    nm = (n.get("memory") or {}).get("total_bytes")
+    if om and nm and abs(nm - om) > MEMORY_TOLERANCE * om:
+        yield Change("memory_changed", None, om, nm)
+    ocpu, ncpu = o.get("cpu") or {}, n.get("cpu") or {}
+    keys = ("model", "cores", "threads")
+    if [ocpu.get(k) for k in keys] != [ncpu.get(k) for k in keys]:
+        yield Change("cpu_changed", None, {k: ocpu.get(k) for k in keys},
+                     {k: ncpu.get(k) for k in keys})
+    for field, kind in (("serial", "serial_changed"), ("uuid", "uuid_changed")):
+        if o.get(field) != n.get(field):
+            yield Change(kind, None, o.get(field), n.get(field))
+    if (o.get("vendor"), o.get("model")) != (n.get("vendor"), n.get("model")):
+        yield Change("model_changed", None, f"{o.get('vendor')} {o.get('model')}",
+                     f"{n.get('vendor')} {n.get('model')}")
+    ob, nb = (o.get("bios") or {}).get("version"), (n.get("bios") or {}).get("version")
+    if ob != nb:
+        yield Change("bios_changed", None, ob, nb)
+    yield from _disks(o.get("disks") or [], n.get("disks") or [])
+
+
+def _disk_key(d: dict[str, Any]) -> str:
+    # A serial follows the disk if it moves to another port; the name is the fallback.
+    return f"serial:{d['serial']}" if d.get("serial") else f"name:{d.get('name')}"
+
+
+def _disks(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Iterator[Change]:
+    o = {_disk_key(d): d for d in old}
+    n = {_disk_key(d): d for d in new}
+    for key in sorted(n.keys() - o.keys()):
+        yield Change("disk_added", n[key].get("name"), None, _disk_text(n[key]))
+    for key in sorted(o.keys() - n.keys()):
+        yield Change("disk_removed", o[key].get("name"), _disk_text(o[key]), None)
+    for key in sorted(o.keys() & n.keys()):
+        if o[key].get("size_bytes") != n[key].get("size_bytes"):
+            yield Change("disk_resized", n[key].get("name"), o[key].get("size_bytes"),
+                         n[key].get("size_bytes"))
+
+
+def _disk_text(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: d.get(k) for k in ("name", "model", "serial", "size_bytes")}
+
+
+def _network(o: dict[str, Any], n: dict[str, Any]) -> Iterator[Change]:
+    oi = {i["name"]: i for i in o.get("interfaces") or []}
+    ni = {i["name"]: i for i in n.get("interfaces") or []}
+    for name in sorted(ni.keys() - oi.keys()):
+        yield Change("nic_added", name, None, ni[name].get("mac"))
+    for name in sorted(oi.keys() - ni.keys()):
+        yield Change("nic_removed", name, oi[name].get("mac"), None)
+    for name in sorted(oi.keys() & ni.keys()):
+        if oi[name].get("mac") != ni[name].get("mac"):
+            yield Change("mac_changed", name, oi[name].get("mac"), ni[name].get("mac"))
+        oa, na = _addresses(oi[name]), _addresses(ni[name])
+        if oa != na:
+            yield Change("ip_changed", name, oa, na)
+
+
+def _addresses(nic: dict[str, Any]) -> list[str]:
+    return sorted(f"{a['address']}/{a.get('prefix')}" for a in nic.get("addresses") or [])
+
+
+def _software(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Iterator[Change]:
+    def index(pkgs: list[dict[str, Any]]) -> dict[str, str | None]:
+        return {f"{p['name']}:{p['arch']}" if p.get("arch") else p["name"]: p.get("version")
+                for p in pkgs}
+
+    o, n = index(old), index(new)
+    for name in sorted(n.keys() - o.keys()):
+        yield Change("software_installed", name, None, n[name])
+    for name in sorted(o.keys() - n.keys()):
+        yield Change("software_removed", name, o[name], None)
+    for name in sorted(o.keys() & n.keys()):
+        if o[name] != n[name]:
+            yield Change("software_updated", name, o[name], n[name])

@@ -1,0 +1,1 @@
+"""The hub: SSH gateway for agents (and later operators), enrolment, ingest and admin verbs."""

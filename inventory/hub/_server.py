@@ -1,0 +1,388 @@
+"""The hub's SSH gateway: public-key logins, one allow-listed command per session channel.
+
+Users on the wire: `enrol` (any key; may only run `estate-enrol v1` with a valid token) and an
+agent id (its enrolled key; may only run `estate-report v1`). Shells, ptys, subsystems and
+every kind of forwarding are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncssh
+
+from inventory.hub import _tokens
+from inventory.hub._ingest import MAX_RECEIVED_BYTES, accept
+from inventory.hub._keys import fingerprint, load_or_create_host_key
+from inventory.hub._writer import Busy, StoreUnavailable, Writer
+from inventory.report import ReportError
+from inventory.store import EnrolError, Incoming, Store, utcnow
+
+log = logging.getLogger("estate.hub")
+T = TypeVar("T")
+
+# Modern algorithms only: no CBC, 3DES, SHA-1 or MD5 anywhere.
+KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org",
+            "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
+            "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512",
+            "diffie-hellman-group14-sha256"]
+ENCRYPTION_ALGS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com",
+                   "aes128-gcm@openssh.com", "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
+            "hmac-sha2-256", "hmac-sha2-512"]
+
+ENROL_USER = "enrol"
+REPORT_COMMAND = "estate-report v1"
+ENROL_COMMAND = "estate-enrol v1"
+COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol"}
+MAX_ENROL_BYTES = 16 * 1024
+BODY_TIMEOUT_S = 60.0
+
+# Exit statuses: the client tells "fix your data" from "retry later" without parsing text.
+EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_TEMPFAIL, EXIT_NOPERM = 0, 64, 65, 75, 77
+
+_AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
+
+
+@dataclass
+class HubSettings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 2222
+    login_timeout_s: float = 20.0
+    max_unauthenticated: int = 200
+    keepalive_interval_s: float = 30.0
+    keepalive_count_max: int = 3
+    retention: timedelta = timedelta(days=30)
+
+
+class Hub:
+    """The running hub: store thread, writer, SSH listener."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.host_key, self.host_key_created = load_or_create_host_key(settings.data_dir)
+        self.fingerprint = fingerprint(self.host_key)
+        # One thread owns the database connection; every store call goes through it.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.store = Store.open(settings.data_dir)
+        self.writer = Writer(self.db, self.store)
+        self.unauthenticated = 0
+        self._server: asyncssh.SSHAcceptor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def start(self) -> None:
+        await self.db(self.store.reset_presence)
+        self.writer.start()
+        self.spawn(self._prune_loop())
+        self._server = await asyncssh.create_server(
+            lambda: _Connection(self), self.settings.host, self.settings.port,
+            server_host_keys=[self.host_key],
+            login_timeout=self.settings.login_timeout_s,
+            keepalive_interval=self.settings.keepalive_interval_s,
+            keepalive_count_max=self.settings.keepalive_count_max,
+            kex_algs=KEX_ALGS, encryption_algs=ENCRYPTION_ALGS, mac_algs=MAC_ALGS,
+            compression_algs=["none"], allow_pty=False, agent_forwarding=False,
+            x11_forwarding=False, password_auth=False, kbdint_auth=False,
+            gss_host=None, host_based_auth=False, allow_scp=False,
+            server_version="Estate",
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        await self.writer.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.db(self.store.reset_presence)
+        await self.db(self.store.close)
+        self._db_thread.shutdown(wait=True)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                n = await self.db(self.store.prune_reports, utcnow() - self.settings.retention)
+                if n:
+                    log.info("pruned %d raw reports older than %s", n, self.settings.retention)
+            except Exception:
+                log.exception("pruning raw reports failed")
+            await asyncio.sleep(3600)
+
+
+class _Connection(asyncssh.SSHServer):
+    """One client connection: authentication, presence, and what it may open."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = "?"
+        self.username = ""
+        self.role: str | None = None
+        self.key: asyncssh.SSHKey | None = None
+        self.authenticated = False
+        self.counted = False
+
+    # --- connection and login -----------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        host, port = conn.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+        if self.hub.unauthenticated >= self.hub.settings.max_unauthenticated:
+            log.warning("conn %s refused: %d connections are still logging in", self.peer,
+                        self.hub.unauthenticated)
+            conn.close()
+            return
+        self.hub.unauthenticated += 1
+        self.counted = True
+        log.info("conn %s opened", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted and not self.authenticated:
+            self.hub.unauthenticated -= 1
+        reason = f": {exc}" if exc else ""
+        log.info("conn %s closed%s", self.peer, reason)
+        if self.authenticated and self.role == "agent":
+            self.hub.spawn(self.hub.db(self.hub.store.set_presence, self.username, False,
+                                       utcnow()))
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        return True  # authentication is always required
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Also called for "would this key be accepted?" queries: decide, but don't log a login.
+        fp = key.get_fingerprint("sha256")
+        if username == ENROL_USER:
+            self.role, self.key = "enrol", key
+            return True
+        if _AGENT_ID.match(username):
+            expected = await self.hub.db(self.hub.store.agent_fingerprint, username)
+            if expected == fp:
+                self.role, self.key = "agent", key
+                return True
+            why = "unknown or revoked agent" if expected is None else "key does not match"
+        else:
+            why = "unknown user"
+        log.warning("conn %s refused user %r key %s: %s", self.peer, username[:64], fp, why)
+        return False
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        self.hub.unauthenticated -= 1
+        fp = self.key.get_fingerprint("sha256") if self.key else "?"
+        log.info("conn %s login user=%s role=%s key=%s", self.peer, self.username, self.role, fp)
+        if self.role == "agent":
+            self.hub.spawn(self.hub.db(self.hub.store.set_presence, self.username, True,
+                                       utcnow()))
+
+    # --- what the client may open -------------------------------------------------------
+
+    def session_requested(self) -> Any:
+        assert self.conn is not None
+        return self.conn.create_server_channel(encoding=None), _Session(self)
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:
+        log.warning("conn %s refused port forward to %s:%s", self.peer, dest_host, dest_port)
+        return False
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        log.warning("conn %s refused remote forward %s:%s", self.peer, listen_host,
+                    listen_port)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        log.warning("conn %s refused unix socket forward", self.peer)
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        log.warning("conn %s refused unix socket listener", self.peer)
+        return False
+
+
+class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+    """One session channel running one allow-listed command."""
+
+    def __init__(self, owner: _Connection) -> None:
+        self.owner = owner
+        self.hub = owner.hub
+        self.chan: asyncssh.SSHServerChannel | None = None  # type: ignore[type-arg]
+        self.command: str | None = None
+        self.body = bytearray()
+        self.limit = MAX_RECEIVED_BYTES
+        self.finished = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        log.warning("conn %s refused pty", self.owner.peer)
+        return False
+
+    def shell_requested(self) -> bool:
+        log.warning("conn %s refused shell", self.owner.peer)
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        log.warning("conn %s refused subsystem %r", self.owner.peer, subsystem[:64])
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        self.command = command
+        return True  # accepted so the refusal can say why, in JSON, on this channel
+
+    def session_started(self) -> None:
+        needed = COMMANDS.get(self.command or "")
+        if needed is None:
+            self._fail(EXIT_USAGE, "unknown_command",
+                       f"unknown command {str(self.command)[:64]!r}; this hub runs "
+                       f"{', '.join(sorted(COMMANDS))}")
+        elif needed != self.owner.role:
+            self._fail(EXIT_NOPERM, "forbidden",
+                       f"user {self.owner.username!r} may not run {self.command!r}")
+        else:
+            if self.command == ENROL_COMMAND:
+                self.limit = MAX_ENROL_BYTES
+            self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT_S, self._timeout)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.finished:
+            return
+        self.body += data
+        if len(self.body) > self.limit:
+            self.body.clear()
+            self._fail(EXIT_DATA, "too_large", f"input is over the limit of {self.limit} bytes")
+
+    def eof_received(self) -> bool:
+        if not self.finished:
+            body, self.body = bytes(self.body), bytearray()
+            handler = self._report if self.command == REPORT_COMMAND else self._enrol
+            self.hub.spawn(self._run(handler, body))
+        return True  # keep our side open to answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finished = True
+        if self.timer:
+            self.timer.cancel()
+
+    def _timeout(self) -> None:
+        self._fail(EXIT_TEMPFAIL, "timeout", f"no end of input within {BODY_TIMEOUT_S:g} s",
+                   retry_after=5)
+
+    async def _run(self, handler: Callable[[bytes], Any], body: bytes) -> None:
+        if self.timer:
+            self.timer.cancel()
+        try:
+            await handler(body)
+        except Exception:
+            log.exception("conn %s: %s failed", self.owner.peer, self.command)
+            self._fail(EXIT_TEMPFAIL, "internal", "the hub failed; retry later", retry_after=30)
+
+    async def _report(self, body: bytes) -> None:
+        agent_id = self.owner.username
+        try:
+            report, raw = accept(body, agent_id)
+        except ReportError as exc:
+            log.warning("report from %s refused: %s", agent_id, exc)
+            self._fail(EXIT_DATA, "invalid_report", exc.problem, path=exc.path)
+            return
+        try:
+            status = await self.hub.writer.submit(Incoming(agent_id, report, raw, utcnow()))
+        except Busy as exc:
+            self._fail(EXIT_TEMPFAIL, "busy", str(exc), retry_after=exc.retry_after)
+            return
+        except StoreUnavailable as exc:
+            self._fail(EXIT_TEMPFAIL, "store_unavailable", str(exc), retry_after=30)
+            return
+        log.info("report %s from %s %s", report["report_id"], agent_id, status)
+        self._finish(EXIT_OK, {"status": status, "report_id": report["report_id"]})
+
+    async def _enrol(self, body: bytes) -> None:
+        try:
+            request = json.loads(body.decode("utf-8"))
+            token, public_key = request["token"], request["public_key"]
+            hostname = request.get("hostname")
+            if not all(isinstance(v, str) for v in (token, public_key)) or \
+                    not isinstance(hostname, (str, type(None))):
+                raise TypeError
+            token_id, secret, token_fp = _tokens.split_token(token)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            self._fail(EXIT_DATA, "bad_request",
+                       'expected {"token": "EST1...", "public_key": "ssh-ed25519 ...", '
+                       '"hostname": ...}')
+            return
+        if token_fp != self.hub.fingerprint:
+            self._fail(EXIT_DATA, "token_wrong_hub", "this token was issued by another hub "
+                                                     "(its host key does not match)")
+            return
+        try:
+            offered = asyncssh.import_public_key(public_key)
+        except (asyncssh.KeyImportError, ValueError):
+            offered = None
+        key = self.owner.key
+        if offered is None or key is None or \
+                offered.get_fingerprint("sha256") != key.get_fingerprint("sha256"):
+            self._fail(EXIT_DATA, "key_mismatch", "public_key must be the key this "
+                                                  "connection logged in with")
+            return
+        try:
+            result = await self.hub.db(
+                self.hub.store.enrol, token_id, secret,
+                key.export_public_key("openssh").decode().strip(),
+                key.get_fingerprint("sha256"), (hostname or "")[:255] or None)
+        except EnrolError as exc:
+            log.warning("conn %s enrol refused: %s", self.owner.peer, exc.code)
+            self._fail(EXIT_NOPERM, exc.code, exc.message)
+            return
+        log.info("enrolled %s (%s/%s) key %s", result["agent_id"], result["agency"],
+                 result["site"], key.get_fingerprint("sha256"))
+        self._finish(EXIT_OK, {"status": "enrolled", **result})
+
+    def _fail(self, status: int, code: str, message: str, **extra: Any) -> None:
+        self._finish(status, {"status": "error", "code": code, "message": message, **extra})
+
+    def _finish(self, status: int, doc: dict[str, Any]) -> None:
+        if self.finished or self.chan is None:
+            return
+        self.finished = True
+        if self.timer:
+            self.timer.cancel()
+        self.chan.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
+        self.chan.exit(status)

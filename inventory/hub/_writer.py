@@ -1,0 +1,84 @@
+"""The single writer: batches reports into one transaction each (group commit).
+
+Each report's ack waits for the commit of the transaction that holds it, so an acknowledged
+report is durable; reports that arrive while a commit runs share the next one, which is how
+one fsync serves many agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from inventory.store import Incoming, Store
+
+log = logging.getLogger("estate.hub")
+
+MAX_BATCH = 256
+MAX_QUEUE = 4096
+
+
+class Busy(Exception):
+    """Too many reports waiting; the agent should come back after `retry_after` seconds."""
+
+    def __init__(self, queued: int, retry_after: int) -> None:
+        super().__init__(f"{queued} reports are waiting to be stored; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(Exception):
+    """The transaction failed (disk full, I/O error); nothing of the batch was stored."""
+
+
+class Writer:
+    def __init__(self, db: Callable[..., Awaitable[Any]], store: Store,
+                 max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE) -> None:
+        self._db, self._store = db, store
+        self._max_batch, self._max_queue = max_batch, max_queue
+        self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[str]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Store what is queued, then stop."""
+        if self._task:
+            await self._queue.join()
+            self._task.cancel()
+
+    async def submit(self, item: Incoming) -> str:
+        """Queue a report; returns "stored" or "duplicate" once committed.
+
+        Raises:
+            Busy: the queue is full.
+            StoreUnavailable: the transaction holding it failed.
+        """
+        queued = self._queue.qsize()
+        if queued >= self._max_queue:
+            raise Busy(queued, retry_after=min(300, 5 + queued // 100))
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._db(self._store.store_reports, [i for i, _ in batch])
+            except Exception as exc:
+                log.exception("storing a batch of %d reports failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreUnavailable(f"the store failed: {exc}"))
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()

@@ -1,0 +1,347 @@
+"""`estate-hub`: run the hub and administer it on the hub's own host.
+
+Admin verbs act on the store directly (SQLite in WAL mode lets them run beside `serve`), as
+whoever can read the data folder: that file permission is the access control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def default_data_dir() -> Path:
+    """$ESTATE_HUB_DATA, else /var/lib/estate-hub as root, else ~/.local/share/estate-hub."""
+    env = os.environ.get("ESTATE_HUB_DATA")
+    if env:
+        return Path(env)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/estate-hub")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "estate-hub"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="estate-hub",
+        description="Estate hub: the SSH gateway and store of the estate's inventory. "
+                    "Every verb takes --data DIR (default $ESTATE_HUB_DATA, "
+                    "/var/lib/estate-hub as root, else ~/.local/share/estate-hub).")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    serve = _verb(sub, "serve", "run the hub (SSH gateway, store, change history)")
+    serve.add_argument("--listen", default="127.0.0.1:2222", metavar="HOST:PORT",
+                       help="address to listen on (default 127.0.0.1:2222; port 0 picks one)")
+    serve.add_argument("--login-timeout", type=_seconds, default=20.0, metavar="SECONDS",
+                       help="drop connections that have not logged in by then (default 20)")
+    serve.add_argument("--max-unauthenticated", type=_positive_int, default=200, metavar="N",
+                       help="connections allowed to be logging in at once (default 200)")
+    serve.add_argument("--retention-days", type=_positive_int, default=30, metavar="DAYS",
+                       help="keep raw reports this long (default 30)")
+    serve.add_argument("-v", "--verbose", action="store_true",
+                       help="also log asyncssh's own protocol messages")
+    serve.set_defaults(func=_cmd_serve)
+
+    token = _group(sub, "token", "enrolment tokens")
+    create = _verb(token, "create", "create a token agents enrol with")
+    create.add_argument("--agency", required=True, type=_name, help="agency the agents join")
+    create.add_argument("--site", required=True, type=_name, help="site the agents are at")
+    create.add_argument("--uses", type=_positive_int, default=1, metavar="N",
+                        help="how many agents may enrol with it (default 1)")
+    create.add_argument("--ttl", type=_duration, default=timedelta(hours=24),
+                        metavar="DURATION", help="lifetime: 30m, 24h, 7d (default 24h)")
+    create.add_argument("--hub-address", metavar="HOST:PORT",
+                        help="address agents reach the hub at, carried in the token")
+    create.set_defaults(func=_cmd_token_create)
+    _verb(token, "list", "list tokens and their state", json_flag=True).set_defaults(
+        func=_cmd_token_list)
+    revoke = _verb(token, "revoke", "revoke a token so nobody can enrol with it")
+    revoke.add_argument("token_id", metavar="TOKEN_ID")
+    revoke.set_defaults(func=_cmd_token_revoke)
+
+    agent = _group(sub, "agent", "enrolled agents")
+    _verb(agent, "list", "list enrolled agents", json_flag=True).set_defaults(
+        func=_cmd_agent_list)
+    arevoke = _verb(agent, "revoke", "revoke an agent: its key is refused at login")
+    arevoke.add_argument("agent_id", metavar="AGENT_ID")
+    arevoke.set_defaults(func=_cmd_agent_revoke)
+
+    _verb(sub, "hosts", "one line per host: id, hostname, agency, site, status, last seen",
+          json_flag=True).set_defaults(func=_cmd_hosts)
+    changes = _verb(sub, "changes", "change history, oldest first", json_flag=True)
+    changes.add_argument("--host", metavar="H", help="agent id or hostname")
+    changes.add_argument("--since", metavar="DATE", type=_date,
+                         help="only changes at or after DATE (2026-01-31 or an ISO time, UTC)")
+    changes.set_defaults(func=_cmd_changes)
+    _verb(sub, "audit", "the audit log, newest first", json_flag=True).set_defaults(
+        func=_cmd_audit)
+    return p
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    g = sub.add_parser(name, help=help_text, description=help_text)
+    return g.add_subparsers(metavar="ACTION", required=True)
+
+
+def _verb(sub: Any, name: str, help_text: str, json_flag: bool = False) -> Any:
+    v = sub.add_parser(name, help=help_text, description=help_text)
+    v.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="hub data folder (default: $ESTATE_HUB_DATA or the hub's default)")
+    if json_flag:
+        v.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return v
+
+
+# --- argument types: each error names the problem ---------------------------------------
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("expected seconds from 0 to 3600")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000000, "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def _duration(text: str) -> timedelta:
+    m = re.fullmatch(r"(\d{1,6})([mhd])", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 24h or 7d, got {text!r}")
+    n, unit = int(m.group(1)), m.group(2)
+    value = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
+    if not timedelta(minutes=1) <= value <= timedelta(days=365):
+        raise argparse.ArgumentTypeError("expected a duration from 1m to 365d")
+    return value
+
+
+def _name(text: str) -> str:
+    text = text.strip()
+    if not text or len(text) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise argparse.ArgumentTypeError("expected 1 to 128 printable characters")
+    return text
+
+
+def _date(text: str) -> Any:
+    from inventory.store import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-01-31 or "
+                                         f"2026-01-31T12:00:00Z, got {text!r}") from None
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SystemExit(f"estate-hub: --listen: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+# --- verbs ----------------------------------------------------------------------------
+
+def _data(args: argparse.Namespace) -> Path:
+    return args.data or default_data_dir()
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from inventory.store import Store
+
+    data = _data(args)
+    if not (data / "estate.db").exists():
+        raise SystemExit(f"estate-hub: no hub data in {data} (run `estate-hub serve --data "
+                         f"{data}` once, or pass --data)")
+    return Store.open(data)
+
+
+def _actor() -> str:
+    try:
+        return f"admin:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"admin:uid{os.getuid()}"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from inventory.hub._server import HubSettings
+
+    host, port = _parse_listen(args.listen)
+    _setup_logging(args.verbose)
+    settings = HubSettings(data_dir=_data(args), host=host, port=port,
+                           login_timeout_s=args.login_timeout,
+                           max_unauthenticated=args.max_unauthenticated,
+                           retention=timedelta(days=args.retention_days))
+    return asyncio.run(_serve(settings))
+
+
+def _setup_logging(verbose: bool) -> None:
+    """One line per event on stderr, UTC timestamps: connections, logins, refusals, errors."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
+                                  "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("estate.hub").setLevel(logging.INFO)
+    logging.getLogger("asyncssh").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+async def _serve(settings: Any) -> int:
+    from inventory.hub._server import Hub
+
+    hub = Hub(settings)
+    try:
+        await hub.start()
+    except OSError as exc:
+        print(f"estate-hub: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    state = "created" if hub.host_key_created else "loaded"
+    print(f"estate-hub: host key {hub.fingerprint} ({state})")
+    print(f"estate-hub: data in {settings.data_dir}")
+    print(f"estate-hub: listening on {settings.host}:{hub.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("estate-hub: stopping (storing what is queued)", flush=True)
+    await hub.stop()
+    return EXIT_OK
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    from inventory.hub._keys import fingerprint, load_or_create_host_key
+    from inventory.hub._tokens import make_token
+
+    key, _ = load_or_create_host_key(_data(args))
+    store = _store_or_create(args)
+    token_id, secret, expires = store.create_token(args.agency, args.site, args.uses, args.ttl,
+                                                   _actor())
+    print(make_token(token_id, secret, fingerprint(key), args.hub_address))
+    print(f"token {token_id}: {args.uses} use(s) for {args.agency} / {args.site}, expires "
+          f"{expires:%Y-%m-%d %H:%M} UTC. Shown once: the hub keeps only its hash.",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _store_or_create(args: argparse.Namespace) -> Any:
+    from inventory.store import Store
+
+    return Store.open(_data(args))
+
+
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    rows = _store(args).tokens()
+    return _print(args, rows, ("id", "agency", "site", "state", "uses", "max_uses",
+                               "expires_at"))
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    if _store(args).revoke_token(args.token_id, _actor()):
+        print(f"token {args.token_id} revoked")
+        return EXIT_OK
+    print(f"estate-hub: no active token {args.token_id!r}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _cmd_agent_list(args: argparse.Namespace) -> int:
+    rows = _store(args).agents()
+    for r in rows:
+        r["state"] = "revoked" if r["revoked_at"] else \
+            "connected" if r["connected"] else "enrolled"
+    return _print(args, rows, ("id", "agency", "site", "state", "enrolled_hostname",
+                               "enrolled_at", "key_fingerprint"))
+
+
+def _cmd_agent_revoke(args: argparse.Namespace) -> int:
+    if _store(args).revoke_agent(args.agent_id, _actor()):
+        print(f"agent {args.agent_id} revoked: its key is refused from its next login")
+        return EXIT_OK
+    print(f"estate-hub: no active agent {args.agent_id!r}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _cmd_hosts(args: argparse.Namespace) -> int:
+    rows = _store(args).hosts()
+    for r in rows:
+        if r["identity_conflict"]:
+            r["status"] += " (same serial/uuid as " + r["identity_conflict"] + ")"
+    return _print(args, rows, ("agent_id", "hostname", "agency", "site", "status",
+                               "last_seen"))
+
+
+def _cmd_changes(args: argparse.Namespace) -> int:
+    rows = _store(args).changes(args.host, args.since)
+    return _print(args, rows, ("at", "hostname", "agent_id", "kind", "subject", "old_value",
+                               "new_value"))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    return _print(args, _store(args).audit_log(), ("at", "actor", "action", "target",
+                                                   "detail"))
+
+
+def _print(args: argparse.Namespace, rows: list[dict[str, Any]],
+           columns: tuple[str, ...]) -> int:
+    if args.json:
+        json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return EXIT_OK
+    if not rows:
+        print("(none)")
+        return EXIT_OK
+    table = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [min(48, max(len(c), *(len(row[i]) for row in table)))
+              for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _cell(value: Any) -> str:
+    """Plain one-line text: agent-supplied strings must not move or colour the terminal."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""The hub's store: SQLite (WAL) behind a small interface whose SQL stays portable.
+
+One `Store` holds one connection and is used from one thread at a time: the hub runs all its
+database work on a single thread (group commit for reports), and the admin verbs open their
+own `Store` in their own process. WAL lets them read while the hub writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from inventory.changes import diff
+from inventory.store._migrations import MIGRATIONS
+
+__all__ = ["DB_NAME", "EnrolError", "Incoming", "Store", "iso", "parse_time", "utcnow"]
+
+DB_NAME = "estate.db"
+
+# SQLite only: PostgreSQL gets the same guarantee from REVOKE UPDATE, DELETE on the table.
+_SQLITE_AUDIT_GUARDS = (
+    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(t: datetime) -> str:
+    """The store's time format: fixed width, so text order is time order."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """A date or time from a user or a report ("2026-01-31", "2026-01-31T12:00:00Z").
+
+    Raises:
+        ValueError: not an ISO 8601 date or time.
+    """
+    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+class EnrolError(Exception):
+    """Enrolment refused; `code` is stable for clients, `message` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A validated report waiting to be stored, with what enrolment says about its sender."""
+
+    agent_id: str
+    report: dict[str, Any]
+    body: bytes
+    received_at: datetime
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                  timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged report survives a power cut, not only a killed process.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(data_dir / DB_NAME)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError(f"{self.path} has schema version {current}, newer than this "
+                               f"Estate ({len(MIGRATIONS)}): upgrade Estate")
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            with self._transaction():
+                for sql in statements:
+                    self.db.execute(sql)
+                self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        for sql in _SQLITE_AUDIT_GUARDS:
+            self.db.execute(sql)
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self.db)
+
+    # --- agencies, sites, audit ---------------------------------------------------------
+
+    def _agency_site(self, agency: str, site: str) -> tuple[int, int]:
+        self.db.execute("INSERT INTO agencies (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                        (agency,))
+        agency_id = self.db.execute("SELECT id FROM agencies WHERE name = ?",
+                                    (agency,)).fetchone()[0]
+        self.db.execute("INSERT INTO sites (agency_id, name) VALUES (?, ?) "
+                        "ON CONFLICT (agency_id, name) DO NOTHING", (agency_id, site))
+        site_id = self.db.execute("SELECT id FROM sites WHERE agency_id = ? AND name = ?",
+                                  (agency_id, site)).fetchone()[0]
+        return agency_id, site_id
+
+    def _audit(self, actor: str, action: str, target: str | None,
+               detail: dict[str, Any] | None = None, at: datetime | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+            (iso(at or utcnow()), actor, action, target,
+             json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None))
+
+    def audit(self, actor: str, action: str, target: str | None,
+              detail: dict[str, Any] | None = None) -> None:
+        with self._transaction():
+            self._audit(actor, action, target, detail)
+
+    def audit_log(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+    # --- tokens -------------------------------------------------------------------------
+
+    def create_token(self, agency: str, site: str, uses: int, ttl: timedelta,
+                     actor: str) -> tuple[str, str, datetime]:
+        """Create an enrolment token.
+
+        Returns:
+            (token id, secret, expiry). The secret is shown once; only its hash is kept.
+        """
+        token_id = secrets.token_hex(4)
+        secret = secrets.token_urlsafe(24)
+        now = utcnow()
+        expires = now + ttl
+        with self._transaction():
+            agency_id, site_id = self._agency_site(agency, site)
+            self.db.execute(
+                "INSERT INTO tokens (id, secret_sha256, agency_id, site_id, max_uses, "
+                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_id, _sha256(secret), agency_id, site_id, uses, iso(now), iso(expires)))
+            self._audit(actor, "token_create", token_id,
+                        {"agency": agency, "site": site, "uses": uses, "expires": iso(expires)})
+        return token_id, secret, expires
+
+    def tokens(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT t.id, a.name AS agency, s.name AS site, t.uses, t.max_uses, t.created_at, "
+            "t.expires_at, t.revoked_at FROM tokens t JOIN agencies a ON a.id = t.agency_id "
+            "JOIN sites s ON s.id = t.site_id ORDER BY t.created_at")
+        now = iso(utcnow())
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["state"] = ("revoked" if d["revoked_at"] else "expired" if d["expires_at"] < now
+                          else "used up" if d["uses"] >= d["max_uses"] else "active")
+            out.append(d)
+        return out
+
+    def revoke_token(self, token_id: str, actor: str) -> bool:
+        with self._transaction():
+            cur = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? "
+                                  "AND revoked_at IS NULL", (iso(utcnow()), token_id))
+            if cur.rowcount:
+                self._audit(actor, "token_revoke", token_id)
+        return cur.rowcount > 0
+
+    # --- agents -------------------------------------------------------------------------
+
+    def enrol(self, token_id: str, secret: str, public_key: str, fingerprint: str,
+              hostname: str | None) -> dict[str, Any]:
+        """Register an agent's key with a token, or return its existing registration.
+
+        Raises:
+            EnrolError: the token is unknown, wrong, expired, revoked or used up, or the key
+                was revoked.
+        """
+        now = utcnow()
+        refusal: EnrolError | None = None
+        with self._transaction():
+            existing = self.db.execute(
+                "SELECT g.id, g.revoked_at, a.name AS agency, s.name AS site FROM agents g "
+                "JOIN agencies a ON a.id = g.agency_id JOIN sites s ON s.id = g.site_id "
+                "WHERE g.key_fingerprint = ?", (fingerprint,)).fetchone()
+            token = self.db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            refusal = _token_problem(token, secret, now)
+            if existing and existing["revoked_at"]:
+                refusal = EnrolError("key_revoked", "this agent key was revoked; generate a "
+                                                    "new key to enrol again")
+            elif existing and (refusal is None or refusal.code == "token_used_up"):
+                # Enrolling again with the same key (a re-run) is not a new use of the token.
+                return {"agent_id": existing["id"], "agency": existing["agency"],
+                        "site": existing["site"], "new": False}
+            if refusal:
+                # Committed with the transaction, then raised: refusals are audited too.
+                self._audit("enrol", "enrol_refused", token_id,
+                            {"code": refusal.code, "key": fingerprint, "hostname": hostname})
+            else:
+                agent_id = f"ag-{secrets.token_hex(6)}"
+                self.db.execute(
+                    "INSERT INTO agents (id, key_fingerprint, public_key, agency_id, site_id, "
+                    "token_id, enrolled_at, enrolled_hostname) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (agent_id, fingerprint, public_key, token["agency_id"], token["site_id"],
+                     token_id, iso(now), hostname))
+                self.db.execute("UPDATE tokens SET uses = uses + 1 WHERE id = ?", (token_id,))
+                names = self.db.execute(
+                    "SELECT a.name, s.name FROM agencies a JOIN sites s ON s.agency_id = a.id "
+                    "WHERE s.id = ?", (token["site_id"],)).fetchone()
+                self._audit("enrol", "enrol", agent_id,
+                            {"token": token_id, "key": fingerprint, "hostname": hostname,
+                             "agency": names[0], "site": names[1]}, at=now)
+        if refusal:
+            raise refusal
+        return {"agent_id": agent_id, "agency": names[0], "site": names[1], "new": True}
+
+    def agent_fingerprint(self, agent_id: str) -> str | None:
+        """The key fingerprint an agent may log in with; None if unknown or revoked."""
+        row = self.db.execute("SELECT key_fingerprint FROM agents WHERE id = ? "
+                              "AND revoked_at IS NULL", (agent_id,)).fetchone()
+        return row[0] if row else None
+
+    def agents(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT g.id, a.name AS agency, s.name AS site, g.key_fingerprint, g.enrolled_at, "
+            "g.enrolled_hostname, g.revoked_at, g.connected FROM agents g "
+            "JOIN agencies a ON a.id = g.agency_id JOIN sites s ON s.id = g.site_id "
+            "ORDER BY g.enrolled_at")
+        return [dict(r) for r in rows]
+
+    def revoke_agent(self, agent_id: str, actor: str) -> bool:
+        with self._transaction():
+            cur = self.db.execute("UPDATE agents SET revoked_at = ? WHERE id = ? "
+                                  "AND revoked_at IS NULL", (iso(utcnow()), agent_id))
+            if cur.rowcount:
+                self._audit(actor, "agent_revoke", agent_id)
+        return cur.rowcount > 0
+
+    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> None:
+        column = "connected_at" if connected else "disconnected_at"
+        with self._transaction():
+            self.db.execute(f"UPDATE agents SET connected = ?, {column} = ? WHERE id = ?",  # noqa: S608 - column is one of two literals
+                            (1 if connected else 0, iso(at), agent_id))
+
+    def reset_presence(self) -> None:
+        """At hub start nobody is connected, whatever the last run recorded."""
+        with self._transaction():
+            self.db.execute("UPDATE agents SET connected = 0, disconnected_at = ? "
+                            "WHERE connected = 1", (iso(utcnow()),))
+
+    # --- reports ------------------------------------------------------------------------
+
+    def store_reports(self, batch: list[Incoming]) -> list[str]:
+        """Store a batch in one transaction (group commit).
+
+        Returns:
+            "stored" or "duplicate" for each report, in order; only after the commit.
+        """
+        results = []
+        with self._transaction():
+            for item in batch:
+                results.append(self._store_one(item))
+        return results
+
+    def _store_one(self, item: Incoming) -> str:
+        report = item.report
+        received = iso(item.received_at)
+        skew = (parse_time(report["collected_at"]) - item.received_at).total_seconds()
+        cur = self.db.execute(
+            "INSERT INTO reports (report_id, agent_id, received_at, collected_at, "
+            "clock_skew_s, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING",
+            (report["report_id"], item.agent_id, received, report["collected_at"], skew,
+             zlib.compress(item.body, 1)))
+        if cur.rowcount == 0:
+            return "duplicate"
+        prev = self.db.execute("SELECT snapshot, packages, collected_at, software_hash "
+                               "FROM hosts WHERE agent_id = ?", (item.agent_id,)).fetchone()
+        if prev and prev["collected_at"] and report["collected_at"] < prev["collected_at"]:
+            # A backlog report older than what we show: keep it as history only.
+            self.db.execute("UPDATE hosts SET last_seen = ? WHERE agent_id = ?",
+                            (received, item.agent_id))
+            return "stored"
+        packages = report["software"]["packages"]
+        snapshot = {**report, "software": {**report["software"], "packages": None}}
+        old_packages = json.loads(prev["packages"]) if prev and prev["packages"] else None
+        if packages is None and prev and prev["software_hash"] == report["software"]["hash"]:
+            packages = old_packages  # unchanged: the agent did not resend the list
+        if prev:
+            changes = diff(json.loads(prev["snapshot"]), snapshot, old_packages, packages)
+            self.db.executemany(
+                "INSERT INTO changes (agent_id, at, kind, subject, old_value, new_value, "
+                "report_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(item.agent_id, received, c.kind, c.subject, c.old_text(), c.new_text(),
+                  report["report_id"]) for c in changes])
+        self._upsert_host(item, snapshot, packages, skew)
+        self._refresh_identity_conflicts(item.agent_id)
+        return "stored"
+
+    def _upsert_host(self, item: Incoming, snapshot: dict[str, Any],
+                     packages: list[dict[str, Any]] | None, skew: float) -> None:
+        r = item.report
+        system, hardware = r["system"], r["hardware"]
+        fullest = max((v["used_percent"] for v in hardware["volumes"]
+                       if v["used_percent"] is not None), default=None)
+        ips = [a["address"] for nic in r["network"]["interfaces"] for a in nic["addresses"]
+               if not a["address"].startswith(("127.", "::1", "fe80:"))]
+        received = iso(item.received_at)
+        agency_site = self.db.execute("SELECT agency_id, site_id FROM agents WHERE id = ?",
+                                      (item.agent_id,)).fetchone()
+        values = {
+            "agent_id": item.agent_id, "agency_id": agency_site[0], "site_id": agency_site[1],
+            "hostname": system["hostname"], "fqdn": system["fqdn"],
+            "os_family": system["os"]["family"], "os_name": system["os"]["name"],
+            "os_version": system["os"]["version"], "vendor": hardware["vendor"],
+            "model": hardware["model"], "serial": hardware["serial"], "uuid": hardware["uuid"],
+            "cpu_model": hardware["cpu"]["model"],
+            "memory_bytes": hardware["memory"]["total_bytes"],
+            "fullest_volume_percent": fullest, "ip_addresses": " ".join(ips) or None,
+            "first_seen": received, "last_seen": received,
+            "last_report_id": r["report_id"], "collected_at": r["collected_at"],
+            "clock_skew_s": skew, "software_hash": r["software"]["hash"],
+            "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
+            "packages": json.dumps(packages, ensure_ascii=False, separators=(",", ":"))
+            if packages is not None else None,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        # first_seen is set once; everything else follows the newest report.
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values
+                            if c not in ("agent_id", "first_seen"))
+        self.db.execute(f"INSERT INTO hosts ({columns}) VALUES ({marks}) "  # noqa: S608 - column names are literals above
+                        f"ON CONFLICT (agent_id) DO UPDATE SET {updates}",
+                        tuple(values.values()))
+
+    def _refresh_identity_conflicts(self, agent_id: str) -> None:
+        """Flag hosts that report the same serial or UUID (cloned VMs); never merge them."""
+        me = self.db.execute("SELECT serial, uuid FROM hosts WHERE agent_id = ?",
+                             (agent_id,)).fetchone()
+        group = {agent_id}
+        if me["serial"] or me["uuid"]:
+            rows = self.db.execute(
+                "SELECT agent_id FROM hosts WHERE agent_id <> ? AND "
+                "((serial IS NOT NULL AND serial = ?) OR (uuid IS NOT NULL AND uuid = ?))",
+                (agent_id, me["serial"], me["uuid"]))
+            group |= {r[0] for r in rows}
+        if len(group) == 1:
+            self.db.execute("UPDATE hosts SET identity_conflict = NULL WHERE agent_id = ?",
+                            (agent_id,))
+            return
+        for member in group:
+            others = sorted(group - {member})
+            self.db.execute("UPDATE hosts SET identity_conflict = ? WHERE agent_id = ?",
+                            (" ".join(others), member))
+
+    def prune_reports(self, older_than: datetime) -> int:
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM reports WHERE received_at < ?",
+                                  (iso(older_than),))
+        return cur.rowcount
+
+    # --- reading ------------------------------------------------------------------------
+
+    def hosts(self, stale_after: timedelta = timedelta(minutes=10)) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT h.agent_id, h.hostname, a.name AS agency, s.name AS site, h.os_name, "
+            "h.os_version, h.vendor, h.model, h.serial, h.ip_addresses, h.first_seen, "
+            "h.last_seen, h.clock_skew_s, h.identity_conflict, g.connected, g.revoked_at "
+            "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+            "ORDER BY a.name, s.name, h.hostname")
+        stale_before = iso(utcnow() - stale_after)
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["status"] = ("revoked" if d.pop("revoked_at") else
+                           "stale" if d["last_seen"] < stale_before else
+                           "online" if d["connected"] else "offline")
+            d.pop("connected")
+            out.append(d)
+        return out
+
+    def host_record(self, agent_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
+        return dict(row) if row else None
+
+    def changes(self, host: str | None = None,
+                since: datetime | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT c.at, c.agent_id, h.hostname, c.kind, c.subject, c.old_value, "
+               "c.new_value, c.report_id FROM changes c "
+               "LEFT JOIN hosts h ON h.agent_id = c.agent_id WHERE 1 = 1")
+        args: list[Any] = []
+        if host:
+            sql += " AND (c.agent_id = ? OR h.hostname = ?)"
+            args += [host, host]
+        if since:
+            sql += " AND c.at >= ?"
+            args.append(iso(since))
+        return [dict(r) for r in self.db.execute(sql + " ORDER BY c.at, c.id", args)]
+
+    def report_count(self, agent_id: str | None = None) -> int:
+        if agent_id:
+            return int(self.db.execute("SELECT COUNT(*) FROM reports WHERE agent_id = ?",
+                                       (agent_id,)).fetchone()[0])
+        return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+
+    def report_ids(self) -> Iterable[str]:
+        return [r[0] for r in self.db.execute("SELECT report_id FROM reports")]
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _token_problem(token: sqlite3.Row | None, secret: str, now: datetime) -> EnrolError | None:
+    # Unknown id and wrong secret get the same answer: nothing to learn by probing.
+    if token is None or not hmac.compare_digest(token["secret_sha256"], _sha256(secret)):
+        return EnrolError("token_invalid", "the enrolment token is not valid")
+    if token["revoked_at"]:
+        return EnrolError("token_revoked", "the enrolment token was revoked")
+    if token["expires_at"] < iso(now):
+        return EnrolError("token_expired", f"the enrolment token expired at "
+                                           f"{token['expires_at']}")
+    if token["uses"] >= token["max_uses"]:
+        return EnrolError("token_used_up", f"the enrolment token was already used "
+                                           f"{token['uses']} times, its limit")
+    return None

@@ -1,0 +1,119 @@
+"""Versioned schema migrations. Append only: a released migration is never edited.
+
+The SQL sticks to what SQLite and PostgreSQL share (TEXT/INTEGER/REAL/BLOB columns, ISO 8601 UTC
+times as TEXT, ON CONFLICT upserts) so a PostgreSQL store can run the same statements.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first release.
+    (
+        """CREATE TABLE agencies (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        )""",
+        """CREATE TABLE sites (
+            id INTEGER PRIMARY KEY,
+            agency_id INTEGER NOT NULL REFERENCES agencies(id),
+            name TEXT NOT NULL,
+            UNIQUE (agency_id, name)
+        )""",
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            secret_sha256 TEXT NOT NULL,
+            agency_id INTEGER NOT NULL REFERENCES agencies(id),
+            site_id INTEGER NOT NULL REFERENCES sites(id),
+            max_uses INTEGER NOT NULL,
+            uses INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            revoked_at TEXT
+        )""",
+        """CREATE TABLE agents (
+            id TEXT PRIMARY KEY,
+            key_fingerprint TEXT NOT NULL UNIQUE,
+            public_key TEXT NOT NULL,
+            agency_id INTEGER NOT NULL REFERENCES agencies(id),
+            site_id INTEGER NOT NULL REFERENCES sites(id),
+            token_id TEXT REFERENCES tokens(id),
+            enrolled_at TEXT NOT NULL,
+            enrolled_hostname TEXT,
+            revoked_at TEXT,
+            connected INTEGER NOT NULL DEFAULT 0,
+            connected_at TEXT,
+            disconnected_at TEXT
+        )""",
+        """CREATE TABLE hosts (
+            agent_id TEXT PRIMARY KEY REFERENCES agents(id),
+            agency_id INTEGER NOT NULL REFERENCES agencies(id),
+            site_id INTEGER NOT NULL REFERENCES sites(id),
+            hostname TEXT,
+            fqdn TEXT,
+            os_family TEXT,
+            os_name TEXT,
+            os_version TEXT,
+            vendor TEXT,
+            model TEXT,
+            serial TEXT,
+            uuid TEXT,
+            cpu_model TEXT,
+            memory_bytes INTEGER,
+            fullest_volume_percent REAL,
+            ip_addresses TEXT,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            last_report_id TEXT NOT NULL,
+            collected_at TEXT,
+            clock_skew_s REAL,
+            software_hash TEXT,
+            identity_conflict TEXT,
+            snapshot TEXT NOT NULL,
+            packages TEXT
+        )""",
+        "CREATE INDEX hosts_agency ON hosts (agency_id, site_id)",
+        "CREATE INDEX hosts_hostname ON hosts (hostname)",
+        "CREATE INDEX hosts_serial ON hosts (serial)",
+        "CREATE INDEX hosts_uuid ON hosts (uuid)",
+        "CREATE INDEX hosts_last_seen ON hosts (last_seen)",
+        """CREATE TABLE reports (
+            report_id TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents(id),
+            received_at TEXT NOT NULL,
+            collected_at TEXT NOT NULL,
+            clock_skew_s REAL,
+            body BLOB NOT NULL
+        )""",
+        "CREATE INDEX reports_agent ON reports (agent_id, received_at)",
+        "CREATE INDEX reports_received ON reports (received_at)",
+        """CREATE TABLE changes (
+            id INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents(id),
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            subject TEXT,
+            old_value TEXT,
+            new_value TEXT,
+            report_id TEXT NOT NULL
+        )""",
+        "CREATE INDEX changes_agent ON changes (agent_id, at)",
+        "CREATE INDEX changes_at ON changes (at)",
+        """CREATE TABLE operators (
+            name TEXT PRIMARY KEY,
+            public_key TEXT NOT NULL,
+            key_fingerprint TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL,
+            agencies TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_at ON audit (at)",
+    ),
+)
