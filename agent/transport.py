@@ -115,8 +115,11 @@ class HubClient:
             chan = self.transport.open_session(timeout=self.timeout_s)
             chan.settimeout(max(self.timeout_s, 60.0))
             chan.exec_command(command)
-            chan.sendall(payload)
-            chan.shutdown_write()
+            try:
+                chan.sendall(payload)
+                chan.shutdown_write()
+            except OSError:
+                pass  # the hub answered early (refused, too large): read why below
             out = bytearray()
             while chunk := chan.recv(65536):
                 out += chunk

@@ -28,3 +28,28 @@ def report(live_report: dict) -> dict:
 
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="module")
+def module_hub(tmp_path_factory):
+    from tests.harness import HubProcess
+
+    hub = HubProcess(tmp_path_factory.mktemp("hub") / "data").start()
+    yield hub
+    hub.kill()
+
+
+@pytest.fixture(scope="module")
+def module_agent(module_hub, tmp_path_factory):
+    from tests.harness import Agent
+
+    return Agent(module_hub, tmp_path_factory.mktemp("agent"))
+
+
+@pytest.fixture()
+def hub(tmp_path):
+    from tests.harness import HubProcess
+
+    hub = HubProcess(tmp_path / "hub").start()
+    yield hub
+    hub.kill()

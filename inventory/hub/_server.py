@@ -94,7 +94,8 @@ class Hub:
             keepalive_interval=self.settings.keepalive_interval_s,
             keepalive_count_max=self.settings.keepalive_count_max,
             kex_algs=KEX_ALGS, encryption_algs=ENCRYPTION_ALGS, mac_algs=MAC_ALGS,
-            compression_algs=["none"], allow_pty=False, agent_forwarding=False,
+            # ptys reach _Session.pty_requested, which refuses and logs them.
+            compression_algs=["none"], agent_forwarding=False,
             x11_forwarding=False, password_auth=False, kbdint_auth=False,
             gss_host=None, host_based_auth=False, allow_scp=False,
             server_version="Estate",

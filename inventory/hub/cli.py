@@ -231,14 +231,14 @@ async def _serve(settings: Any) -> int:
         print(f"estate-hub: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
               file=sys.stderr)
         return EXIT_FAIL
-    state = "created" if hub.host_key_created else "loaded"
-    print(f"estate-hub: host key {hub.fingerprint} ({state})")
-    print(f"estate-hub: data in {settings.data_dir}")
-    print(f"estate-hub: listening on {settings.host}:{hub.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    state = "created" if hub.host_key_created else "loaded"
+    print(f"estate-hub: host key {hub.fingerprint} ({state})")
+    print(f"estate-hub: data in {settings.data_dir}")
+    print(f"estate-hub: listening on {settings.host}:{hub.port}", flush=True)
     await stop.wait()
     print("estate-hub: stopping (storing what is queued)", flush=True)
     await hub.stop()

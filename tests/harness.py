@@ -1,0 +1,163 @@
+"""Real processes for end-to-end tests: a hub on a free loopback port, enrolled agents.
+
+Every wait is bounded; every process is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from agent.transport import HubClient, load_key
+
+PY = sys.executable
+
+
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+class HubProcess:
+    """`estate-hub serve` as a subprocess with its own data folder."""
+
+    def __init__(self, data: Path, extra: tuple[str, ...] = ()) -> None:
+        self.data = data
+        self.extra = extra
+        self.port = 0
+        self.fingerprint = ""
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = data.parent / f"{data.name}.log"
+        self._stderr_lines: list[str] = []
+
+    def start(self, timeout: float = 30) -> HubProcess:
+        listen = f"127.0.0.1:{self.port}"
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [PY, "-m", "inventory.hub.cli", "serve", "--listen", listen, "--data",
+                 str(self.data), *self.extra],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"hub exited before listening:\n{self.log()}")
+            if m := re.search(r"host key (SHA256:\S+)", line):
+                self.fingerprint = m.group(1)
+            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                self.port = int(m.group(1))
+                return self
+        raise AssertionError("hub did not start in time")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        status = self.proc.wait(timeout=30)
+        self._close()
+        return status
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run("-m", "inventory.hub.cli", *args, "--data", str(self.data), check=check)
+
+    def admin_json(self, *args: str) -> Any:
+        return json.loads(self.admin(*args, "--json").stdout)
+
+    def token(self, agency: str = "Council", site: str = "Town Hall", uses: int = 1) -> str:
+        out = self.admin("token", "create", "--agency", agency, "--site", site,
+                         "--uses", str(uses)).stdout
+        return out.strip().splitlines()[0]
+
+    @contextlib.contextmanager
+    def db(self) -> Iterator[sqlite3.Connection]:
+        """A read-only look at the store, as a second process would have."""
+        db = sqlite3.connect(f"file:{self.data / 'estate.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            yield db
+        finally:
+            db.close()
+
+
+class Agent:
+    """An agent enrolled for real with `estate-agent enrol`."""
+
+    def __init__(self, hub: HubProcess, folder: Path, token: str | None = None) -> None:
+        self.hub = hub
+        self.config = folder / "agent.toml"
+        folder.mkdir(parents=True, exist_ok=True)
+        done = run("-m", "agent", "enrol", "--token", token or hub.token(), "--hub",
+                   hub.address, "--config", str(self.config))
+        self.agent_id = re.search(r"enrolled as (ag-[0-9a-f]+)", done.stdout).group(1)
+        self.key_file = folder / "agent_key"
+
+    def client(self) -> HubClient:
+        return HubClient(self.hub.address, self.hub.fingerprint, load_key(self.key_file),
+                         self.agent_id)
+
+    def report_cli(self) -> subprocess.CompletedProcess[str]:
+        return run("-m", "agent", "report", "--config", str(self.config), check=False)
+
+    def send(self, report: dict[str, Any] | bytes) -> tuple[int, dict[str, Any]]:
+        body = report if isinstance(report, bytes) else json.dumps(report).encode()
+        client = self.client()
+        try:
+            result = client.run("estate-report v1", body)
+        finally:
+            client.close()
+        return result.exit_status, result.doc
+
+
+_seq_lock = threading.Lock()
+_seq = [0]
+
+
+def make_report(base: dict[str, Any], agent_id: str, **changes: Any) -> dict[str, Any]:
+    """A copy of `base` from `agent_id` with a fresh report id and a later collection time."""
+    import copy
+
+    with _seq_lock:
+        _seq[0] += 1
+        n = _seq[0]
+    r = copy.deepcopy(base)
+    r["agent"]["id"] = agent_id
+    r["report_id"] = f"{agent_id}:1:{n}"
+    r["collected_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + n))
+    for path, value in changes.items():
+        target = r
+        keys = path.split("__")
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    return r
