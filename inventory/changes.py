@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KINDS", "Change", "diff"]
+__all__ = ["KINDS", "Change", "diff", "software_changes", "state_changes", "state_digest"]
 
 # Memory totals move by a few MB between kernels (reserved memory); a DIMM is far more.
 MEMORY_TOLERANCE = 0.02
@@ -68,17 +68,51 @@ def diff(old: dict[str, Any], new: dict[str, Any],
         old_packages / new_packages: the package lists; None when unknown. When the
             software hash changed but a list is missing, one `software_changed` is emitted.
     """
+    return state_changes(old, new) + software_changes(
+        (old.get("software") or {}).get("hash"), (new.get("software") or {}).get("hash"),
+        old_packages, new_packages)
+
+
+def state_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Changes of system, hardware and network between two snapshots."""
     changes = list(_system(old, new))
     changes += _hardware(old.get("hardware") or {}, new.get("hardware") or {})
     changes += _network(old.get("network") or {}, new.get("network") or {})
-    old_hash = (old.get("software") or {}).get("hash")
-    new_hash = (new.get("software") or {}).get("hash")
-    if old_hash != new_hash and new_hash is not None:
-        if old_packages is not None and new_packages is not None:
-            changes += _software(old_packages, new_packages)
-        elif old_hash is not None:
-            changes.append(Change("software_changed", None, old_hash, new_hash))
     return changes
+
+
+def software_changes(old_hash: str | None, new_hash: str | None,
+                     old_packages: list[dict[str, Any]] | None,
+                     new_packages: list[dict[str, Any]] | None) -> list[Change]:
+    if old_hash == new_hash or new_hash is None:
+        return []
+    if old_packages is not None and new_packages is not None:
+        return list(_software(old_packages, new_packages))
+    if old_hash is not None:
+        return [Change("software_changed", None, old_hash, new_hash)]
+    return []
+
+
+def state_digest(report: dict[str, Any]) -> str:
+    """A digest of exactly what `state_changes` compares.
+
+    Equal digests mean no state change, so the hub can skip loading and comparing the last
+    snapshot for the vast majority of reports (nothing changed since five minutes ago).
+    """
+    import hashlib
+
+    system, hardware, network = report["system"], report["hardware"], report["network"]
+    key = [
+        system.get("hostname"), system.get("os"),
+        (hardware.get("memory") or {}).get("total_bytes"),
+        {k: (hardware.get("cpu") or {}).get(k) for k in ("model", "cores", "threads")},
+        hardware.get("serial"), hardware.get("uuid"), hardware.get("vendor"),
+        hardware.get("model"), (hardware.get("bios") or {}).get("version"),
+        [_disk_text(d) for d in hardware.get("disks") or []],
+        [(i["name"], i.get("mac"), _addresses(i)) for i in network.get("interfaces") or []],
+    ]
+    text = json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _system(old: dict[str, Any], new: dict[str, Any]) -> Iterator[Change]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from inventory.fields import BY_PATH, FIELDS, Field, children
+from inventory.fields import BY_PATH, Field, children
 
 SCHEMA = "estate.report/1"
 MAX_REPORT_BYTES = 8 * 1024 * 1024
@@ -85,104 +86,183 @@ def validate(report: Any) -> dict[str, Any]:
     Raises:
         ReportError: on the first field that breaks the schema.
     """
-    if not isinstance(report, dict):
-        raise ReportError("", f"expected an object, got {_kind_of(report)}")
-    _check_object(report, "", "")
+    try:
+        _ROOT(report)
+    except _Fail as fail:
+        raise ReportError(fail.path(), fail.problem) from None
     if not _REPORT_ID.match(report["report_id"]):
         raise ReportError("report_id", "expected AGENT:BOOT_EPOCH:SEQUENCE")
     return report
 
 
-# Members of every object path, computed once: validation runs for every report on the hub.
-_MEMBERS: dict[str, dict[str, Field]] = {
-    f.path: {c.path.rsplit(".", 1)[-1]: c for c in children(f.path)}
-    for f in FIELDS if f.kind == "object"
-}
-_MEMBERS[""] = {c.path: c for c in children("")}
+# The schema is compiled once into nested checker functions: the hub validates every report,
+# and a generic walk that formats a path string at every field costs several times more.
+# A failing checker raises _Fail; each enclosing checker adds its key on the way out.
+
+Checker = Callable[[Any], None]
 
 
-def _check_object(obj: dict[str, Any], schema_path: str, where: str) -> None:
-    members = _MEMBERS[schema_path]
-    for key in obj:
-        if key not in members:
-            name = key if isinstance(key, str) and len(key) <= 64 else "(long key)"
-            raise ReportError(_join(where, name), "unknown field")
-    for name, field in members.items():
-        here = _join(where, name)
-        if name not in obj:
-            raise ReportError(here, "missing (use null when unknown)")
-        _check_value(obj[name], field, here)
+class _Fail(Exception):
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.parts: list[str] = []
+
+    def path(self) -> str:
+        out = ""
+        for part in reversed(self.parts):
+            out += part if part.startswith("[") or not out else "." + part
+        return out
 
 
-def _check_value(value: Any, field: Field, where: str) -> None:
-    if value is None:
-        if not field.nullable:
-            raise ReportError(where, "must not be null")
-        return
-    kind = field.kind
-    if kind == "object":
-        if not isinstance(value, dict):
-            raise ReportError(where, f"expected an object, got {_kind_of(value)}")
-        _check_object(value, field.path, where)
-    elif kind == "list":
-        if not isinstance(value, list):
-            raise ReportError(where, f"expected a list, got {_kind_of(value)}")
-        if len(value) > field.max_items:
-            raise ReportError(where, f"{len(value)} items, over the limit of {field.max_items}")
-        item = BY_PATH[field.path + "[]"]
-        for i, v in enumerate(value):
-            _check_value(v, item, f"{where}[{i}]")
-    elif kind == "str":
-        _check_str(value, field, where)
-    elif kind == "datetime":
-        _check_datetime(value, where)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise ReportError(where, f"expected true or false, got {_kind_of(value)}")
-    else:
-        _check_number(value, field, where)
+def _compile(field: Field | None, path: str = "") -> Checker:
+    if field is None:
+        return _object_checker(path, nullable=False)
+    makers: dict[str, Callable[[Field], Checker]] = {
+        "object": lambda f: _object_checker(f.path, f.nullable),
+        "list": _list_checker, "str": _str_checker, "datetime": _datetime_checker,
+        "bool": _bool_checker, "int": _number_checker, "float": _number_checker,
+    }
+    return makers[field.kind](field)
 
 
-def _check_str(value: Any, field: Field, where: str) -> None:
-    if not isinstance(value, str):
-        raise ReportError(where, f"expected a string, got {_kind_of(value)}")
-    if len(value) > field.max_len:
-        raise ReportError(where, f"{len(value)} characters, over the limit of {field.max_len}")
-    if not value.isascii():
+# Each checker handles null itself: one call per field, not two.
+
+def _object_checker(path: str, nullable: bool) -> Checker:
+    members = [(c.path.rsplit(".", 1)[-1], _compile(c)) for c in children(path)]
+    names = frozenset(name for name, _ in members)
+
+    def check(value: Any) -> None:
+        if type(value) is not dict:
+            if value is None and nullable:
+                return
+            raise _Fail(_expected("an object", value))
+        if len(value) != len(names) or not names.issuperset(value):
+            _unknown_or_missing(value, names, members)
+        name = ""
         try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ReportError(where, "not valid Unicode (lone surrogate)") from None
-    if field.choices and value not in field.choices:
-        raise ReportError(where, f"expected one of {', '.join(field.choices)}")
+            for name, member in members:
+                member(value[name])
+        except _Fail as fail:
+            fail.parts.append(name)
+            raise
+
+    return check
 
 
-def _check_datetime(value: Any, where: str) -> None:
-    if not isinstance(value, str) or not _RFC3339_UTC.match(value):
-        raise ReportError(where, "expected an RFC 3339 UTC time like 2026-01-31T12:00:00Z")
-    try:
-        datetime.fromisoformat(value[:19])
-    except ValueError:
-        raise ReportError(where, "not a real date and time") from None
+def _unknown_or_missing(value: dict[Any, Any], names: frozenset[str],
+                        members: list[tuple[str, Checker]]) -> None:
+    for key in value:
+        if key not in names:
+            fail = _Fail("unknown field")
+            fail.parts.append(key if isinstance(key, str) and len(key) <= 64 else "(long key)")
+            raise fail
+    for name, _ in members:
+        if name not in value:
+            fail = _Fail("missing (use null when unknown)")
+            fail.parts.append(name)
+            raise fail
 
 
-def _check_number(value: Any, field: Field, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ReportError(where, f"expected a number, got {_kind_of(value)}")
-    if field.kind == "int" and not isinstance(value, int):
-        raise ReportError(where, "expected a whole number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ReportError(where, "expected a finite number")
-    if isinstance(value, int) and not -_INT64 <= value < _INT64:
-        raise ReportError(where, "number out of the 64-bit range")
-    if field.minimum is not None and value < field.minimum:
-        raise ReportError(where, f"{value} is below the minimum {field.minimum:g}")
-    if field.maximum is not None and value > field.maximum:
-        raise ReportError(where, f"{value} is above the maximum {field.maximum:g}")
+def _list_checker(field: Field) -> Checker:
+    item = _compile(BY_PATH[field.path + "[]"])
+    limit, nullable = field.max_items, field.nullable
+
+    def check(value: Any) -> None:
+        if type(value) is not list:
+            if value is None and nullable:
+                return
+            raise _Fail(_expected("a list", value))
+        if len(value) > limit:
+            raise _Fail(f"{len(value)} items, over the limit of {limit}")
+        i = 0
+        try:
+            for i, v in enumerate(value):  # noqa: B007 - i names the failing item
+                item(v)
+        except _Fail as fail:
+            fail.parts.append(f"[{i}]")
+            raise
+
+    return check
 
 
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
+def _str_checker(field: Field) -> Checker:
+    limit, choices, nullable = field.max_len, frozenset(field.choices), field.nullable
+
+    def check(value: Any) -> None:
+        if type(value) is not str:
+            if value is None and nullable:
+                return
+            raise _Fail(_expected("a string", value))
+        if len(value) > limit:
+            raise _Fail(f"{len(value)} characters, over the limit of {limit}")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Fail("not valid Unicode (lone surrogate)") from None
+        if choices and value not in choices:
+            raise _Fail(f"expected one of {', '.join(field.choices)}")
+
+    return check
+
+
+def _bool_checker(field: Field) -> Checker:
+    nullable = field.nullable
+
+    def check(value: Any) -> None:
+        if type(value) is not bool and not (value is None and nullable):
+            raise _Fail(_expected("true or false", value))
+
+    return check
+
+
+def _datetime_checker(field: Field) -> Checker:
+    nullable = field.nullable
+
+    def check(value: Any) -> None:
+        if value is None and nullable:
+            return
+        if value is None:
+            raise _Fail("must not be null")
+        if not isinstance(value, str) or not _RFC3339_UTC.match(value):
+            raise _Fail("expected an RFC 3339 UTC time like 2026-01-31T12:00:00Z")
+        try:
+            datetime.fromisoformat(value[:19])
+        except ValueError:
+            raise _Fail("not a real date and time") from None
+
+    return check
+
+
+def _number_checker(field: Field) -> Checker:
+    whole, low, high = field.kind == "int", field.minimum, field.maximum
+    nullable = field.nullable
+
+    def check(value: Any) -> None:
+        t = type(value)
+        if t is not int and t is not float:
+            if value is None and nullable:
+                return
+            raise _Fail(_expected("a number", value))
+        if whole and t is not int:
+            raise _Fail("expected a whole number")
+        if t is float and not math.isfinite(value):
+            raise _Fail("expected a finite number")
+        if t is int and not -_INT64 <= value < _INT64:
+            raise _Fail("number out of the 64-bit range")
+        if low is not None and value < low:
+            raise _Fail(f"{value} is below the minimum {low:g}")
+        if high is not None and value > high:
+            raise _Fail(f"{value} is above the maximum {high:g}")
+
+    return check
+
+
+def _expected(what: str, value: Any) -> str:
+    return "must not be null" if value is None else f"expected {what}, got {_kind_of(value)}"
+
+
+_ROOT = _compile(None)
 
 
 def _kind_of(value: Any) -> str:

@@ -37,21 +37,17 @@ def decompress(body: bytes, limit: int = MAX_REPORT_BYTES) -> bytes:
     return out
 
 
-def accept(body: bytes, agent_id: str) -> tuple[dict[str, Any], bytes]:
+def accept(body: bytes, agent_id: str) -> dict[str, Any]:
     """Decode, validate and check a report against its sender's enrolment.
-
-    Returns:
-        (report, uncompressed bytes).
 
     Raises:
         ReportError: the report is malformed or claims to be from someone else.
     """
-    raw = decompress(body)
-    report = parse(raw)
+    report = parse(decompress(body))
     if report["agent"]["id"] != agent_id:
         raise ReportError("agent.id", f"this connection is agent {agent_id}; a report may "
                                       f"not claim to be {report['agent']['id']!r}")
     # The report id is the idempotency key: one agent must not be able to squat another's.
     if not report["report_id"].startswith(f"{agent_id}:"):
         raise ReportError("report_id", f"must start with this agent's id ({agent_id}:)")
-    return report, raw
+    return report

@@ -7,19 +7,20 @@ own `Store` in their own process. WAL lets them read while the hub writes.
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import hmac
 import json
 import secrets
 import sqlite3
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from inventory.changes import diff
+from inventory.changes import software_changes, state_changes, state_digest
 from inventory.store._migrations import MIGRATIONS
 
 __all__ = ["DB_NAME", "EnrolError", "Incoming", "Store", "iso", "parse_time", "utcnow"]
@@ -68,13 +69,26 @@ class Incoming:
 
     agent_id: str
     report: dict[str, Any]
-    body: bytes
+    body: bytes  # as received: gzip or plain JSON
     received_at: datetime
+
+
+@dataclass(frozen=True)
+class _Last:
+    """What change detection needs of a host's last stored report: a few hundred bytes."""
+
+    collected_at: str
+    state_digest: str | None
+    software_hash: str | None
+    identity: tuple[str | None, str | None]
 
 
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Per host, what the last committed report showed; saves reading the table back.
+        self._last: dict[str, _Last] = {}
+        self._pending: dict[str, _Last] = {}
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                   timeout=30)
         self.db.row_factory = sqlite3.Row
@@ -279,11 +293,25 @@ class Store:
         Returns:
             "stored" or "duplicate" for each report, in order; only after the commit.
         """
-        results = []
-        with self._transaction():
-            for item in batch:
-                results.append(self._store_one(item))
+        self._pending = {}
+        try:
+            with self._transaction():
+                results = [self._store_one(item) for item in batch]
+        except BaseException:
+            self._pending = {}
+            raise
+        self._last.update(self._pending)  # only what the commit made true
+        self._pending = {}
         return results
+
+    def _previous(self, agent_id: str) -> _Last | None:
+        """What the host showed before this report: this batch, the cache, else the table."""
+        last = self._pending.get(agent_id) or self._last.get(agent_id)
+        if last:
+            return last
+        row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid "
+                              "FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
+        return _Last(row[0], row[1], row[2], (row[3], row[4])) if row else None
 
     def _store_one(self, item: Incoming) -> str:
         report = item.report
@@ -293,34 +321,44 @@ class Store:
             "INSERT INTO reports (report_id, agent_id, received_at, collected_at, "
             "clock_skew_s, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING",
             (report["report_id"], item.agent_id, received, report["collected_at"], skew,
-             zlib.compress(item.body, 1)))
+             _gzipped(item.body)))
         if cur.rowcount == 0:
             return "duplicate"
-        prev = self.db.execute("SELECT snapshot, packages, collected_at, software_hash "
-                               "FROM hosts WHERE agent_id = ?", (item.agent_id,)).fetchone()
-        if prev and prev["collected_at"] and report["collected_at"] < prev["collected_at"]:
+        prev = self._previous(item.agent_id)
+        if prev and report["collected_at"] < prev.collected_at:
             # A backlog report older than what we show: keep it as history only.
             self.db.execute("UPDATE hosts SET last_seen = ? WHERE agent_id = ?",
                             (received, item.agent_id))
             return "stored"
+        digest = state_digest(report)
+        new_hash = report["software"]["hash"]
         packages = report["software"]["packages"]
-        snapshot = {**report, "software": {**report["software"], "packages": None}}
-        old_packages = json.loads(prev["packages"]) if prev and prev["packages"] else None
-        if packages is None and prev and prev["software_hash"] == report["software"]["hash"]:
-            packages = old_packages  # unchanged: the agent did not resend the list
-        if prev:
-            changes = diff(json.loads(prev["snapshot"]), snapshot, old_packages, packages)
+        changes = []
+        if prev and prev.state_digest != digest:
+            old = self.db.execute("SELECT snapshot FROM hosts WHERE agent_id = ?",
+                                  (item.agent_id,)).fetchone()[0]
+            changes += state_changes(json.loads(old), report)
+        software_changed = prev is None or prev.software_hash != new_hash
+        if prev and software_changed:
+            old = self.db.execute("SELECT packages FROM hosts WHERE agent_id = ?",
+                                  (item.agent_id,)).fetchone()[0]
+            changes += software_changes(prev.software_hash, new_hash,
+                                        json.loads(old) if old else None, packages)
+        if changes:
             self.db.executemany(
                 "INSERT INTO changes (agent_id, at, kind, subject, old_value, new_value, "
                 "report_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(item.agent_id, received, c.kind, c.subject, c.old_text(), c.new_text(),
                   report["report_id"]) for c in changes])
-        self._upsert_host(item, snapshot, packages, skew)
-        self._refresh_identity_conflicts(item.agent_id)
+        self._upsert_host(item, digest, skew, software_changed)
+        identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
+        if prev is None or prev.identity != identity:
+            self._refresh_identity_conflicts(item.agent_id)
+        self._pending[item.agent_id] = _Last(report["collected_at"], digest, new_hash, identity)
         return "stored"
 
-    def _upsert_host(self, item: Incoming, snapshot: dict[str, Any],
-                     packages: list[dict[str, Any]] | None, skew: float) -> None:
+    def _upsert_host(self, item: Incoming, digest: str, skew: float,
+                     software_changed: bool) -> None:
         r = item.report
         system, hardware = r["system"], r["hardware"]
         fullest = max((v["used_percent"] for v in hardware["volumes"]
@@ -330,6 +368,7 @@ class Store:
         received = iso(item.received_at)
         agency_site = self.db.execute("SELECT agency_id, site_id FROM agents WHERE id = ?",
                                       (item.agent_id,)).fetchone()
+        snapshot = {**r, "software": {**r["software"], "packages": None}}
         values = {
             "agent_id": item.agent_id, "agency_id": agency_site[0], "site_id": agency_site[1],
             "hostname": system["hostname"], "fqdn": system["fqdn"],
@@ -342,18 +381,17 @@ class Store:
             "first_seen": received, "last_seen": received,
             "last_report_id": r["report_id"], "collected_at": r["collected_at"],
             "clock_skew_s": skew, "software_hash": r["software"]["hash"],
+            "state_digest": digest,
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
-            "packages": json.dumps(packages, ensure_ascii=False, separators=(",", ":"))
-            if packages is not None else None,
         }
-        columns = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        # first_seen is set once; everything else follows the newest report.
-        updates = ", ".join(f"{c} = excluded.{c}" for c in values
-                            if c not in ("agent_id", "first_seen"))
-        self.db.execute(f"INSERT INTO hosts ({columns}) VALUES ({marks}) "  # noqa: S608 - column names are literals above
-                        f"ON CONFLICT (agent_id) DO UPDATE SET {updates}",
-                        tuple(values.values()))
+        if software_changed:
+            # Unchanged lists are not resent, and not rewritten either. A changed hash with
+            # no list leaves the list unknown (NULL) rather than stale.
+            packages = r["software"]["packages"]
+            values["packages"] = (json.dumps(packages, ensure_ascii=False,
+                                             separators=(",", ":"))
+                                  if packages is not None else None)
+        self.db.execute(_host_upsert_sql(tuple(values)), tuple(values.values()))
 
     def _refresh_identity_conflicts(self, agent_id: str) -> None:
         """Flag hosts that report the same serial or UUID (cloned VMs); never merge them."""
@@ -441,6 +479,23 @@ class _Tx:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+@functools.lru_cache(maxsize=4)
+def _host_upsert_sql(columns: tuple[str, ...]) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE for these columns; first_seen is set once."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns
+                        if c not in ("agent_id", "first_seen"))
+    return (f"INSERT INTO hosts ({', '.join(columns)}) "  # noqa: S608 - column names are literals in _upsert_host
+            f"VALUES ({', '.join('?' for _ in columns)}) "
+            f"ON CONFLICT (agent_id) DO UPDATE SET {updates}")
+
+
+def _gzipped(body: bytes) -> bytes:
+    """Raw reports are kept gzip-compressed: as the agent sent them, or compressed here."""
+    if body.startswith(b"\x1f\x8b"):
+        return body
+    return gzip.compress(body, 1, mtime=0)
 
 
 def _sha256(text: str) -> str:

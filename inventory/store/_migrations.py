@@ -116,4 +116,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_at ON audit (at)",
     ),
+    # 2: a digest of what change detection compares, so unchanged hosts skip the comparison.
+    (
+        "ALTER TABLE hosts ADD COLUMN state_digest TEXT",
+    ),
 )
