@@ -73,6 +73,30 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(report)
     report.add_argument("--no-gzip", action="store_true", help="send the report uncompressed")
     report.set_defaults(func=_cmd_report)
+
+    run = sub.add_parser(
+        "run", help="run as a service: keep reporting to the hub",
+        description="Hold one SSH connection to the hub and send a report every interval "
+                    "(spooled first, deleted after the hub's ack). SIGTERM stops it cleanly; "
+                    "SIGHUP reloads the config.")
+    _config_arg(run)
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser(
+        "status", help="show the service's hub, connection, spool depth, last ack and error")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_cmd_status)
+
+    install = sub.add_parser(
+        "install-service", help="write a systemd unit for `estate-agent run`",
+        description="Write /etc/systemd/system/estate-agent.service (hardened: "
+                    "NoNewPrivileges, ProtectSystem=strict, the config folder as its only "
+                    "writable state) and print how to enable it.")
+    _config_arg(install)
+    install.add_argument("--print", action="store_true", dest="print_only",
+                         help="print the unit instead of writing it")
+    install.set_defaults(func=_cmd_install_service)
     return parser
 
 
@@ -193,6 +217,83 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 75 if exc.retry else EXIT_FAIL
     print(json.dumps(result.doc, ensure_ascii=False))
     return result.exit_status
+
+
+def _setup_logging() -> None:
+    import logging
+    import time
+
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # our own messages say it better
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError
+    from agent.service import Service
+
+    _setup_logging()
+    try:
+        cfg = _load_config(args.config, must_exist=True)
+        service = Service(cfg)
+    except ConfigError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return service.run()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError
+    from agent.service import read_status
+
+    try:
+        cfg = _load_config(args.config, must_exist=True)
+    except ConfigError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    state = read_status(cfg) or {}
+    if args.json:
+        print(json.dumps(state, indent=1))
+        return EXIT_OK if state.get("running") else EXIT_FAIL
+    if not state:
+        print(f"agent {cfg.agent_id or '(not enrolled)'}: the service has not run with "
+              f"{cfg.path}")
+        return EXIT_FAIL
+    connection = "connected" if state.get("connected") else "not connected"
+    print(f"agent       {state.get('agent_id')}")
+    running = f"running (pid {state['pid']})" if state["running"] else "stopped"
+    print(f"service     {running}")
+    print(f"hub         {state.get('hub')} ({connection})")
+    print(f"spool       {state.get('spool_reports', 0)} report(s), "
+          f"{state.get('spool_bytes', 0)} bytes waiting")
+    print(f"last ack    {state.get('last_ack_at') or 'never'} "
+          f"({state.get('last_report_id') or '-'})")
+    print(f"last error  {state.get('last_error') or 'none'}"
+          + (f" at {state['last_error_at']}" if state.get("last_error_at") else ""))
+    print(f"updated     {state.get('updated_at')}")
+    return EXIT_OK if state["running"] else EXIT_FAIL
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    from agent.config import default_path
+    from agent.systemd import UNIT_PATH, install, unit_text
+
+    config = (args.config or default_path()).resolve()
+    if args.print_only:
+        sys.stdout.write(unit_text(config))
+        return EXIT_OK
+    try:
+        path = install(config)
+    except OSError as exc:
+        print(f"estate-agent: cannot write {UNIT_PATH}: {exc.strerror} (run as root, or use "
+              f"--print)", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"wrote {path}. Enable and start it with:\n"
+          f"  systemctl daemon-reload && systemctl enable --now estate-agent")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "default_path", "load", "parse_hostport"]
+__all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "SpoolConfig", "default_path", "load",
+           "parse_hostport"]
 
 PROBE_KINDS = ("tcp", "dns", "gateway")
 
@@ -35,6 +36,14 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    path: Path | None = None  # default: spool.db next to the config
+    max_reports: int = 1000
+    max_bytes: int = 50 * 1024 * 1024
+    max_age_s: float = 7 * 86400
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Validated settings; defaults describe an agent that is not enrolled yet."""
 
@@ -45,7 +54,15 @@ class AgentConfig:
     key_file: Path | None = None
     interval_s: float = 300.0
     collector_timeout_s: float | None = None
+    start_delay_s: float = 60.0
+    reconnect_max_s: float = 300.0
+    backlog_rate: float = 2.0
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     probes: tuple[ProbeConfig, ...] = field(default_factory=tuple)
+
+    def state_dir(self) -> Path:
+        """Where the service keeps its spool and status: beside the config file."""
+        return self.path.parent if self.path else Path.cwd()
 
 
 def default_path() -> Path:
@@ -81,7 +98,8 @@ def load(path: Path) -> AgentConfig:
 def from_dict(doc: dict[str, Any], name: str = "agent.toml",
               path: Path | None = None) -> AgentConfig:
     r = _Reader(doc, name, "")
-    r.only("agent_id", "hub", "hub_key", "key_file", "interval", "collector_timeout", "probes")
+    r.only("agent_id", "hub", "hub_key", "key_file", "interval", "collector_timeout",
+           "start_delay", "reconnect_max", "backlog_rate", "spool", "probes")
     hub = r.text("hub", max_len=300)
     if hub is not None:
         try:
@@ -115,7 +133,34 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
         key_file=key_path,
         interval_s=r.number("interval", 300.0, 1, 86400) or 300.0,
         collector_timeout_s=r.number("collector_timeout", None, 0.5, 300),
+        start_delay_s=r.number("start_delay", 60.0, 0, 3600) or 0.0,
+        reconnect_max_s=r.number("reconnect_max", 300.0, 1, 3600) or 300.0,
+        backlog_rate=r.number("backlog_rate", 2.0, 0.01, 1000, unit="reports per second")
+        or 2.0,
+        spool=_spool(doc.get("spool", {}), name, path),
         probes=tuple(probes),
+    )
+
+
+def _spool(table: Any, name: str, path: Path | None) -> SpoolConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(name, "spool", "expected a table ([spool])")
+    r = _Reader(table, name, "spool")
+    r.only("path", "max_reports", "max_bytes", "max_age")
+    spool_path = r.text("path", max_len=4096)
+    resolved = None
+    if spool_path:
+        resolved = Path(spool_path)
+        if not resolved.is_absolute() and path is not None:
+            resolved = path.parent / resolved
+    default = SpoolConfig()
+    return SpoolConfig(
+        path=resolved,
+        max_reports=int(r.number("max_reports", default.max_reports, 1, 1_000_000,
+                                 unit="reports") or default.max_reports),
+        max_bytes=int(r.number("max_bytes", default.max_bytes, 64 * 1024, 2**40,
+                               unit="bytes") or default.max_bytes),
+        max_age_s=r.number("max_age", default.max_age_s, 60, 365 * 86400) or default.max_age_s,
     )
 
 
@@ -184,12 +229,13 @@ class _Reader:
             raise self.error(key, f"expected {pattern_help}, got {value!r}")
         return value
 
-    def number(self, key: str, default: float | None, low: float, high: float) -> float | None:
+    def number(self, key: str, default: float | None, low: float, high: float,
+               unit: str = "seconds") -> float | None:
         value = self.table.get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not low <= value <= high:
-            raise self.error(key, f"expected a number of seconds from {low:g} to {high:g}, "
+            raise self.error(key, f"expected a number of {unit} from {low:g} to {high:g}, "
                                   f"got {value!r}")
         return float(value)

@@ -75,6 +75,10 @@ FIELDS: tuple[Field, ...] = (
     _f("agent", "object", "The reporting agent.", nullable=False),
     _f("agent.id", "str", "Agent id given at enrolment; null before enrolment.", max_len=64),
     _f("agent.version", "str", "Estate agent version.", nullable=False, max_len=32),
+    _f("agent.interval_s", "float", "Seconds between reports; the hub calls a host stale "
+       "after two intervals without one.", unit="s", minimum=1, maximum=86400),
+    _f("agent.dropped_reports", "int", "Reports the agent's spool dropped (full or too old) "
+       "since it last told the hub.", minimum=0),
     # --- system -------------------------------------------------------------------------
     _f("system", "object", "Operating system and session facts.", nullable=False),
     _f("system.hostname", "str", "Short host name.", exported=True, max_len=255),

@@ -71,6 +71,7 @@ def collect_report(
     probes: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     previous: Sample | None = None,
     extra_collectors: dict[str, Collector] | None = None,
+    interval_s: float | None = None,
 ) -> tuple[dict[str, Any], Sample]:
     """Collect a full report.
 
@@ -82,6 +83,7 @@ def collect_report(
         previous: a sample from the last report, so health and rates cover the interval
             between reports; without it they cover this collection.
         extra_collectors: more collectors (tests use this to add a hanging one).
+        interval_s: the service's report interval, so the hub can tell when it is stale.
 
     Returns:
         The report, and the sample to pass as `previous` next time.
@@ -106,7 +108,8 @@ def collect_report(
         "report_id": make_report_id(agent_id, int(psutil.boot_time()),
                                     sequence if sequence is not None else time.time_ns() // 10**6),
         "collected_at": _common.iso_utc(time.time()),
-        "agent": {"id": agent_id, "version": __version__},
+        "agent": {"id": agent_id, "version": __version__, "interval_s": interval_s,
+                  "dropped_reports": None},
         "system": {
             **names,
             "os": v["os"] or dict(_EMPTY_OS),

@@ -302,8 +302,10 @@ def _cmd_hosts(args: argparse.Namespace) -> int:
     for r in rows:
         if r["identity_conflict"]:
             r["status"] += " (same serial/uuid as " + r["identity_conflict"] + ")"
+        if r["clock_skewed"]:
+            r["status"] += f" (agent clock off by {r['clock_skew_s']:+.0f} s)"
     return _print(args, rows, ("agent_id", "hostname", "agency", "site", "status",
-                               "last_seen"))
+                               "last_seen"), widest=80)
 
 
 def _cmd_changes(args: argparse.Namespace) -> int:
@@ -318,7 +320,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _print(args: argparse.Namespace, rows: list[dict[str, Any]],
-           columns: tuple[str, ...]) -> int:
+           columns: tuple[str, ...], widest: int = 48) -> int:
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -327,7 +329,7 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]],
         print("(none)")
         return EXIT_OK
     table = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [min(48, max(len(c), *(len(row[i]) for row in table)))
+    widths = [min(widest, max(len(c), *(len(row[i]) for row in table)))
               for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:

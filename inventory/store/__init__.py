@@ -26,6 +26,8 @@ from inventory.store._migrations import MIGRATIONS
 __all__ = ["DB_NAME", "EnrolError", "Incoming", "Store", "iso", "parse_time", "utcnow"]
 
 DB_NAME = "estate.db"
+DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
+CLOCK_SKEW_FLAG_S = 300.0  # an agent clock this far off the hub's is flagged
 
 # SQLite only: PostgreSQL gets the same guarantee from REVOKE UPDATE, DELETE on the table.
 _SQLITE_AUDIT_GUARDS = (
@@ -274,16 +276,27 @@ class Store:
         return cur.rowcount > 0
 
     def set_presence(self, agent_id: str, connected: bool, at: datetime) -> None:
+        """Record a connection going up or down: current state and history."""
         column = "connected_at" if connected else "disconnected_at"
         with self._transaction():
             self.db.execute(f"UPDATE agents SET connected = ?, {column} = ? WHERE id = ?",  # noqa: S608 - column is one of two literals
                             (1 if connected else 0, iso(at), agent_id))
+            self.db.execute("INSERT INTO presence (agent_id, at, state) VALUES (?, ?, ?)",
+                            (agent_id, iso(at), "online" if connected else "offline"))
+
+    def presence_history(self, agent_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT at, state FROM presence WHERE agent_id = ? "
+                               "ORDER BY id", (agent_id,))
+        return [dict(r) for r in rows]
 
     def reset_presence(self) -> None:
-        """At hub start nobody is connected, whatever the last run recorded."""
+        """At hub start nobody is connected, whatever the last run (maybe killed) recorded."""
+        now = iso(utcnow())
         with self._transaction():
+            self.db.execute("INSERT INTO presence (agent_id, at, state) "
+                            "SELECT id, ?, 'offline' FROM agents WHERE connected = 1", (now,))
             self.db.execute("UPDATE agents SET connected = 0, disconnected_at = ? "
-                            "WHERE connected = 1", (iso(utcnow()),))
+                            "WHERE connected = 1", (now,))
 
     # --- reports ------------------------------------------------------------------------
 
@@ -381,7 +394,7 @@ class Store:
             "first_seen": received, "last_seen": received,
             "last_report_id": r["report_id"], "collected_at": r["collected_at"],
             "clock_skew_s": skew, "software_hash": r["software"]["hash"],
-            "state_digest": digest,
+            "state_digest": digest, "interval_s": r["agent"]["interval_s"],
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
         }
         if software_changed:
@@ -421,22 +434,27 @@ class Store:
 
     # --- reading ------------------------------------------------------------------------
 
-    def hosts(self, stale_after: timedelta = timedelta(minutes=10)) -> list[dict[str, Any]]:
+    def hosts(self) -> list[dict[str, Any]]:
+        """Every host with its status: online while its agent's connection is up, offline
+        when it is not, stale when no report came for two of its intervals."""
         rows = self.db.execute(
             "SELECT h.agent_id, h.hostname, a.name AS agency, s.name AS site, h.os_name, "
             "h.os_version, h.vendor, h.model, h.serial, h.ip_addresses, h.first_seen, "
-            "h.last_seen, h.clock_skew_s, h.identity_conflict, g.connected, g.revoked_at "
-            "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+            "h.last_seen, h.clock_skew_s, h.interval_s, h.identity_conflict, g.connected, "
+            "g.revoked_at FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "ORDER BY a.name, s.name, h.hostname")
-        stale_before = iso(utcnow() - stale_after)
+        now = utcnow()
         out = []
         for r in rows:
             d = dict(r)
+            stale_before = iso(now - 2 * timedelta(seconds=d["interval_s"]
+                                                   or DEFAULT_INTERVAL_S))
             d["status"] = ("revoked" if d.pop("revoked_at") else
                            "stale" if d["last_seen"] < stale_before else
                            "online" if d["connected"] else "offline")
             d.pop("connected")
+            d["clock_skewed"] = abs(d["clock_skew_s"] or 0) > CLOCK_SKEW_FLAG_S
             out.append(d)
         return out
 

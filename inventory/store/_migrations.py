@@ -120,4 +120,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE hosts ADD COLUMN state_digest TEXT",
     ),
+    # 3: presence history, and each host's report interval (stale after two of them).
+    (
+        "ALTER TABLE hosts ADD COLUMN interval_s REAL",
+        """CREATE TABLE presence (
+            id INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents(id),
+            at TEXT NOT NULL,
+            state TEXT NOT NULL
+        )""",
+        "CREATE INDEX presence_agent ON presence (agent_id, at)",
+    ),
 )

@@ -1,0 +1,324 @@
+"""`estate-agent run`: the agent as a service.
+
+One SSH connection to the hub, a report every `interval` (±10%) on a new channel of it. Every
+report goes to the spool before it is sent and leaves it only after the hub's ack; the newest
+goes first, the backlog follows at `backlog_rate`. Reconnects back off exponentially with full
+jitter; a refused login or a changed hub key is logged loudly and retried only at the cap.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, ConfigError, load
+from agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
+from agent.transport import HostKeyMismatch, HubClient, HubError, load_key
+
+log = logging.getLogger("estate.agent")
+
+REPORT_COMMAND = "estate-report v1"
+STATUS_FILE = "status.json"
+SPOOL_FILE = "spool.db"
+EXIT_DATA, EXIT_TEMPFAIL = 65, 75
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, base * 2**n))."""
+
+    def __init__(self, base_s: float, cap_s: float) -> None:
+        self.base_s, self.cap_s, self.failures = base_s, cap_s, 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0, min(self.cap_s, self.base_s * 2 ** min(self.failures, 30)))  # noqa: S311 - jitter, not security
+        self.failures += 1
+        return max(delay, 0.1)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Service:
+    def __init__(self, config: AgentConfig) -> None:
+        if not (config.agent_id and config.hub and config.hub_key and config.key_file):
+            raise ConfigError(str(config.path), "", "not enrolled (run estate-agent enrol)")
+        self.cfg = config
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.backoff = Backoff(1.0, config.reconnect_max_s)
+        self.client: HubClient | None = None
+        self.spool = self._open_spool()
+        self.unspooled: bytes | None = None  # the latest report when the spool cannot keep it
+        self.sample: Any = None
+        now = time.monotonic()
+        self.next_report_at = now
+        # A random start delay, so a hub restart or a power cut does not bring every agent
+        # back in the same second.
+        self.not_before = now + random.uniform(0, config.start_delay_s)  # noqa: S311
+        self.next_send_at = now  # pacing of the backlog; not_before gates reconnects
+        self.state: dict[str, Any] = {"pid": os.getpid(), "hub": config.hub,
+                                      "agent_id": config.agent_id, "connected": False,
+                                      "last_ack_at": None, "last_report_id": None,
+                                      "last_error": None, "last_error_at": None}
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        log.info("agent %s reporting to %s every %g s", self.cfg.agent_id, self.cfg.hub,
+                 self.cfg.interval_s)
+        while not self.stop.is_set():
+            if self.reload.is_set():
+                self._reload()
+            now = time.monotonic()
+            if now >= self.next_report_at:
+                self._collect()
+                self.next_report_at = now + self.cfg.interval_s * random.uniform(0.9, 1.1)  # noqa: S311
+            if self._pending() and time.monotonic() >= max(self.next_send_at,
+                                                           self.not_before):
+                self._send_one()
+            self._write_state()
+            self.stop.wait(self._sleep_time())
+        log.info("stopping: %d report(s) left in the spool for next time", self._depth()[0])
+        if self.client:
+            self.client.close()
+        self.state["connected"] = False
+        self._write_state(stopped=True)
+        if self.spool:
+            self.spool.close()
+        return 0
+
+    def _sleep_time(self) -> float:
+        wake = self.next_report_at
+        if self._pending():
+            wake = min(wake, max(self.next_send_at, self.not_before))
+        return max(0.05, wake - time.monotonic())
+
+    def _reload(self) -> None:
+        self.reload.clear()
+        assert self.cfg.path is not None
+        try:
+            new = load(self.cfg.path)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the running config, the file is broken: %s", exc)
+            return
+        hub_changed = (new.hub, new.hub_key, new.key_file) != \
+            (self.cfg.hub, self.cfg.hub_key, self.cfg.key_file)
+        self.cfg = new
+        self.backoff.cap_s = new.reconnect_max_s
+        if hub_changed and self.client:
+            self.client.close()
+            self.client = None
+        log.info("SIGHUP: configuration reloaded from %s", new.path)
+
+    # --- collecting ---------------------------------------------------------------------
+
+    def _open_spool(self) -> Spool | None:
+        sc = self.cfg.spool
+        path = sc.path or self.cfg.state_dir() / SPOOL_FILE
+        try:
+            return Spool(path, SpoolLimits(sc.max_reports, sc.max_bytes, sc.max_age_s))
+        except Exception as exc:  # run without a spool rather than not at all
+            log.error("cannot open the spool %s (%s): sending reports directly, unspooled",
+                      path, exc)
+            return None
+
+    def _collect(self) -> None:
+        from agent.collect import DEFAULT_TIMEOUT_S, collect_report
+
+        probes = None
+        if self.cfg.probes:
+            from agent.probes import run_probes
+
+            def probes(network: dict[str, Any]) -> list[dict[str, Any]]:
+                return run_probes(self.cfg.probes, network)
+
+        seq = self.spool.next_sequence() if self.spool else time.time_ns() // 1_000_000
+        report, self.sample = collect_report(
+            agent_id=self.cfg.agent_id, sequence=seq, probes=probes, previous=self.sample,
+            interval_s=self.cfg.interval_s,
+            timeout_s=self.cfg.collector_timeout_s or DEFAULT_TIMEOUT_S)
+        body = gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
+        if self.spool:
+            try:
+                self.spool.put(report["report_id"], body)
+                self.unspooled = None
+            except SpoolFull as exc:
+                self._error(f"spool cannot store reports ({exc}): sending directly, "
+                            "unspooled; a report that fails to send now is lost")
+                self.unspooled = body
+        else:
+            self.unspooled = body
+        self.next_send_at = time.monotonic()  # the newest report goes out first, now
+
+    def _pending(self) -> bool:
+        return self.unspooled is not None or self._depth()[0] > 0
+
+    def _depth(self) -> tuple[int, int]:
+        try:
+            return self.spool.depth() if self.spool else (0, 0)
+        except Exception:  # a broken spool must not stop the loop
+            return 0, 0
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _send_one(self) -> None:
+        item = self._next_item()
+        if item is None:
+            return
+        try:
+            client = self._connected()
+            drops = self.spool.unreported_drops() if self.spool else 0
+            result = client.run(REPORT_COMMAND, _with_drops(item.body, drops))
+        except HostKeyMismatch as exc:
+            self._give_up_for_now(str(exc))
+            return
+        except HubError as exc:
+            self._disconnected(exc)
+            return
+        doc = result.doc
+        if result.exit_status == 0:
+            self._acked(item, doc, drops)
+        elif result.exit_status == EXIT_DATA:
+            # The hub will never take this report as it is; keeping it would block the rest.
+            self._error(f"hub rejected report {item.report_id}: {doc.get('message')} "
+                        f"(field {doc.get('path') or '-'}); dropped it")
+            self._forget(item)
+            self.next_send_at = time.monotonic()
+        elif result.exit_status == EXIT_TEMPFAIL:
+            wait = max(float(doc.get("retry_after") or 0), self.backoff.next_delay())
+            self._error(f"hub busy ({doc.get('code')}): retrying in {wait:.0f} s")
+            self.not_before = time.monotonic() + wait
+        else:
+            self._give_up_for_now(f"hub refused: {doc.get('message')} ({doc.get('code')})")
+
+    def _next_item(self) -> Spooled | None:
+        if self.unspooled is not None:
+            return Spooled(-1, "(unspooled)", self.unspooled)
+        try:
+            return self.spool.newest() if self.spool else None
+        except Exception as exc:  # a broken spool must not stop the loop
+            self._error(f"cannot read the spool: {exc}")
+            return None
+
+    def _connected(self) -> HubClient:
+        if self.client is None or self.client.transport is None or \
+                not self.client.transport.is_active():
+            if self.client:
+                self.client.close()
+            assert self.cfg.hub and self.cfg.hub_key and self.cfg.key_file \
+                and self.cfg.agent_id
+            self.client = HubClient(self.cfg.hub, self.cfg.hub_key,
+                                    load_key(self.cfg.key_file), self.cfg.agent_id)
+            self.client.connect()
+            log.info("connected to %s", self.cfg.hub)
+            self.state["connected"] = True
+        return self.client
+
+    def _acked(self, item: Spooled, doc: dict[str, Any], drops: int) -> None:
+        self._forget(item)
+        if self.spool and drops:
+            self.spool.drops_reported(drops)
+        self.backoff.reset()
+        self.not_before = 0.0
+        self.state.update(connected=True, last_ack_at=_now_iso(),
+                          last_report_id=doc.get("report_id"))
+        # Backlog at a limited rate, so a hub coming back is not flooded by every agent.
+        self.next_send_at = time.monotonic() + 1.0 / self.cfg.backlog_rate
+
+    def _forget(self, item: Spooled) -> None:
+        if item.seq < 0:
+            self.unspooled = None
+        elif self.spool:
+            try:
+                self.spool.ack(item.seq)
+            except Exception as exc:  # a broken spool must not stop the loop
+                self._error(f"cannot remove an acked report from the spool: {exc}")
+
+    def _disconnected(self, exc: HubError) -> None:
+        if self.client:
+            self.client.close()
+            self.client = None
+        self.state["connected"] = False
+        if not exc.retry:
+            self._give_up_for_now(str(exc))
+            return
+        delay = self.backoff.next_delay()
+        self._error(f"{exc}; retrying in {delay:.1f} s")
+        self.not_before = time.monotonic() + delay
+
+    def _give_up_for_now(self, message: str) -> None:
+        """Auth failures and key mismatches need a person: say so loudly, retry at the cap."""
+        if self.client:
+            self.client.close()
+            self.client = None
+        self.state["connected"] = False
+        log.error("%s — retrying in %g s", message, self.cfg.reconnect_max_s)
+        self._error(message, logged=True)
+        self.not_before = time.monotonic() + self.cfg.reconnect_max_s
+
+    def _error(self, message: str, logged: bool = False) -> None:
+        if not logged:
+            log.warning("%s", message)
+        self.state.update(last_error=message, last_error_at=_now_iso())
+
+    # --- status -------------------------------------------------------------------------
+
+    def _write_state(self, stopped: bool = False) -> None:
+        count, size = self._depth()
+        state = {**self.state, "spool_reports": count, "spool_bytes": size,
+                 "running": not stopped, "updated_at": _now_iso()}
+        path = self.cfg.state_dir() / STATUS_FILE
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(state, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a full disk must not stop reporting; `status` will show stale data
+
+
+def _with_drops(body: bytes, drops: int) -> bytes:
+    """Tell the hub how many reports the spool dropped, in the report being sent."""
+    if not drops:
+        return body
+    report = json.loads(gzip.decompress(body))
+    report["agent"]["dropped_reports"] = drops
+    return gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_status(config: AgentConfig) -> dict[str, Any] | None:
+    """The running service's last status, or None if it never ran with this config."""
+    path = config.state_dir() / STATUS_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid")
+    alive = False
+    if isinstance(pid, int) and state.get("running"):
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except (ProcessLookupError, PermissionError):
+            alive = isinstance(pid, int) and Path(f"/proc/{pid}").exists()
+    state["running"] = alive
+    return state
+
+
+def spool_path(config: AgentConfig) -> Path:
+    return config.spool.path or config.state_dir() / SPOOL_FILE
