@@ -161,3 +161,66 @@ def make_report(base: dict[str, Any], agent_id: str, **changes: Any) -> dict[str
             target = target[k]
         target[keys[-1]] = value
     return r
+
+
+def wait_for(condition, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
+    """Poll until `condition()` is truthy; its value, or an AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class AgentService:
+    """`estate-agent run` as a subprocess, for an enrolled Agent."""
+
+    FAST = 'interval = 1\nstart_delay = 0\nreconnect_max = 1\nbacklog_rate = 50\n'
+
+    def __init__(self, agent: Agent, extra_config: str = "",
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.agent = agent
+        text = agent.config.read_text()
+        head, sep, tables = text.partition("\n[")
+        agent.config.write_text(head.rstrip("\n") + "\n" + self.FAST + extra_config
+                                + (sep + tables if sep else ""))
+        self.log_path = agent.config.parent / "agent.log"
+        self.wrapper, self.env = wrapper, env or {}
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> AgentService:
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [*self.wrapper, PY, "-m", "agent", "run", "--config", str(self.agent.config)],
+                stdout=log, stderr=log, text=True, env={**os.environ, **self.env})
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.agent.config.parent / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def stored_sequences(hub: HubProcess, agent_id: str) -> list[int]:
+    """Sequence numbers of an agent's stored reports, in the order the hub received them."""
+    with hub.db() as db:
+        rows = db.execute("SELECT report_id FROM reports WHERE agent_id = ? "
+                          "ORDER BY received_at, rowid", (agent_id,)).fetchall()
+    return [int(r[0].rsplit(":", 1)[1]) for r in rows]

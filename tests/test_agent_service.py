@@ -1,0 +1,182 @@
+"""`estate-agent run` against `estate-hub serve`, with the faults of a real estate: real
+processes on loopback, killed with signals; every wait bounded."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.harness import Agent, AgentService, HubProcess, stored_sequences, wait_for
+
+
+@pytest.fixture()
+def enrolled(hub, tmp_path):
+    return Agent(hub, tmp_path / "agent", hub.token("Schools", "St Mary's"))
+
+
+@pytest.fixture()
+def service(enrolled):
+    services = []
+
+    def make(**kw):
+        s = AgentService(enrolled, **kw)
+        services.append(s)
+        return s
+
+    yield make
+    for s in services:
+        s.kill()
+
+
+def _host(hub: HubProcess, agent_id: str) -> dict:
+    hosts = {h["agent_id"]: h for h in hub.admin_json("hosts")}
+    return hosts.get(agent_id, {})
+
+
+def test_service_keeps_the_record_current_and_presence_follows_the_connection(
+        hub, enrolled, service):
+    svc = service().start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 3, what="3 reports")
+    assert _host(hub, enrolled.agent_id)["status"] == "online"
+    status = svc.status()
+    assert status["connected"] and status["last_ack_at"] and status["spool_reports"] <= 1
+    assert svc.stop(signal.SIGTERM) == 0
+    wait_for(lambda: _host(hub, enrolled.agent_id).get("status") == "offline",
+             timeout=10, what="offline after the agent stopped")
+    with hub.db() as db:
+        states = [r[0] for r in db.execute("SELECT state FROM presence WHERE agent_id = ? "
+                                           "ORDER BY id", (enrolled.agent_id,))]
+    assert states[:2] == ["online", "offline"]
+    seqs = stored_sequences(hub, enrolled.agent_id)
+    assert sorted(seqs) == list(range(1, max(seqs) + 1)), "a report went missing"
+
+
+def test_hub_killed_and_down_for_a_while_every_report_arrives_once_newest_first(
+        hub, enrolled, service):
+    svc = service().start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 2, what="2 reports")
+    hub.kill()  # SIGKILL, mid-stream
+    wait_for(lambda: svc.status().get("spool_reports", 0) >= 4, timeout=30,
+             what="reports piling up in the spool while the hub is down")
+    before = len(stored_sequences(hub, enrolled.agent_id))
+    hub.start()  # same port, same data
+    wait_for(lambda: svc.status().get("spool_reports") == 0 and
+             svc.status().get("connected"), timeout=60, what="the spool to drain")
+    assert svc.stop() == 0
+    seqs = stored_sequences(hub, enrolled.agent_id)
+    assert sorted(seqs) == list(range(1, max(seqs) + 1)), "lost or duplicated reports"
+    assert len(seqs) == len(set(seqs))
+    backlog = seqs[before:]
+    assert backlog[0] == max(backlog[:-1] or backlog) or backlog[0] > backlog[1], \
+        f"the newest report did not go first: {backlog}"
+    assert "retrying in" in svc.log()
+
+
+def test_spool_full_drops_the_oldest_and_says_how_many(hub, enrolled, service):
+    hub.kill()
+    svc = service(extra_config="[spool]\nmax_reports = 3\n").start()
+    wait_for(lambda: svc.status().get("spool_reports") == 3 and "dropped" in svc.log(),
+             timeout=30, what="the spool to overflow")
+    time.sleep(2)
+    hub.start()
+    wait_for(lambda: svc.status().get("spool_reports") == 0, timeout=60, what="drain")
+    assert svc.stop() == 0
+    with hub.db() as db:
+        bodies = [json.loads(gzip.decompress(r[0])) for r in
+                  db.execute("SELECT body FROM reports WHERE agent_id = ?",
+                             (enrolled.agent_id,))]
+    seqs = sorted(int(b["report_id"].rsplit(":", 1)[1]) for b in bodies)
+    told = sum(b["agent"]["dropped_reports"] or 0 for b in bodies)
+    missing = max(seqs) - len(seqs)
+    assert missing >= 1, "nothing was dropped"
+    assert told == missing, f"the hub was told of {told} drops, {missing} happened"
+
+
+def test_a_corrupt_spool_is_moved_aside_and_the_agent_keeps_running(hub, enrolled, service):
+    (enrolled.config.parent / "spool.db").write_bytes(b"this is not a database" * 100)
+    svc = service().start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 2, what="reports")
+    assert "moved it to spool.db.corrupt-" in svc.log()
+    assert list(enrolled.config.parent.glob("spool.db.corrupt-*"))
+    assert svc.stop() == 0
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 512 KiB tmpfs to fill up (root only, as CI runs)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); run as root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_on_the_spool_folder_agent_says_so_and_sends_directly(
+        hub, enrolled, service, tiny_disk):
+    svc = service(extra_config=f'[spool]\npath = "{tiny_disk / "spool.db"}"\n').start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
+    filler = tiny_disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass  # ENOSPC: the disk is full
+    before = len(stored_sequences(hub, enrolled.agent_id))
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= before + 3,
+             timeout=30, what="reports sent directly with a full disk")
+    assert "sending directly" in svc.log()
+    assert svc.proc.poll() is None, "the agent died"
+    assert "full" in (svc.status().get("last_error") or "") or "sending directly" in svc.log()
+    filler.unlink()
+    assert svc.stop() == 0
+
+
+def test_changed_hub_key_is_refused_with_the_reason(hub, enrolled, service):
+    svc = service().start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
+    hub.kill()
+    (hub.data / "host_key_ed25519").unlink()
+    hub.start()  # same address, new key: an impostor as far as the agent can tell
+    wait_for(lambda: "pinned" in svc.log(), timeout=30, what="the refusal")
+    count = len(stored_sequences(hub, enrolled.agent_id))
+    time.sleep(2)
+    assert len(stored_sequences(hub, enrolled.agent_id)) == count, "sent to an unpinned key"
+    assert "presented host key" in (svc.status().get("last_error") or "")
+    assert svc.proc.poll() is None
+    assert svc.stop() == 0
+
+
+def _libfaketime() -> str | None:
+    """libfaketime (Debian's libfaketime package), preloaded into the agent alone."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(not _libfaketime(), reason="needs libfaketime "
+                    "(apt-get install faketime; .ci/run installs it)")
+def test_agent_clock_jump_does_not_move_received_at_and_is_flagged(hub, enrolled, service):
+    svc = service(env={"LD_PRELOAD": _libfaketime(), "FAKETIME": "+3h",
+                       "FAKETIME_DONT_FAKE_MONOTONIC": "1"}).start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
+    assert svc.stop() == 0
+    with hub.db() as db:
+        received, collected, skew = db.execute(
+            "SELECT received_at, collected_at, clock_skew_s FROM reports WHERE agent_id = ? "
+            "LIMIT 1", (enrolled.agent_id,)).fetchone()
+    now = time.strftime("%Y-%m-%dT%H", time.gmtime())
+    assert received.startswith(now[:10]) and abs(skew - 3 * 3600) < 120
+    assert collected > received
+    host = _host(hub, enrolled.agent_id)
+    assert host["clock_skewed"] is True
+    assert "agent clock off by +10" in hub.admin("hosts").stdout
