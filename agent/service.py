@@ -29,6 +29,7 @@ REPORT_COMMAND = "estate-report v1"
 STATUS_FILE = "status.json"
 SPOOL_FILE = "spool.db"
 EXIT_DATA, EXIT_TEMPFAIL = 65, 75
+LIVENESS_CHECK_S = 2.0
 
 
 class Backoff:
@@ -85,8 +86,8 @@ class Service:
             if now >= self.next_report_at:
                 self._collect()
                 self.next_report_at = now + self.cfg.interval_s * random.uniform(0.9, 1.1)  # noqa: S311
-            if self._pending() and time.monotonic() >= max(self.next_send_at,
-                                                           self.not_before):
+            self._keep_connected()
+            if self._pending() and self.client and time.monotonic() >= self.next_send_at:
                 self._send_one()
             self._write_state()
             self.stop.wait(self._sleep_time())
@@ -100,10 +101,30 @@ class Service:
         return 0
 
     def _sleep_time(self) -> float:
+        now = time.monotonic()
         wake = self.next_report_at
-        if self._pending():
-            wake = min(wake, max(self.next_send_at, self.not_before))
-        return max(0.05, wake - time.monotonic())
+        if self.client is None:
+            wake = min(wake, self.not_before)
+        else:
+            # Look at the connection now and then: when the hub goes away, reconnect at
+            # once (with backoff) so presence comes back without waiting for a report.
+            wake = min(wake, now + LIVENESS_CHECK_S)
+            if self._pending():
+                wake = min(wake, self.next_send_at)
+        return max(0.05, wake - now)
+
+    def _keep_connected(self) -> None:
+        """Hold the connection: it is the agent's presence on the hub."""
+        if self.client is not None and (self.client.transport is None
+                                        or not self.client.transport.is_active()):
+            self._disconnected(HubError(f"lost the connection to {self.cfg.hub}"))
+        if self.client is None and time.monotonic() >= self.not_before:
+            try:
+                self._connected()
+            except HostKeyMismatch as exc:
+                self._give_up_for_now(str(exc))
+            except HubError as exc:
+                self._disconnected(exc)
 
     def _reload(self) -> None:
         self.reload.clear()

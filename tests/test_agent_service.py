@@ -72,9 +72,13 @@ def test_hub_killed_and_down_for_a_while_every_report_arrives_once_newest_first(
     seqs = stored_sequences(hub, enrolled.agent_id)
     assert sorted(seqs) == list(range(1, max(seqs) + 1)), "lost or duplicated reports"
     assert len(seqs) == len(set(seqs))
-    backlog = seqs[before:]
-    assert backlog[0] == max(backlog[:-1] or backlog) or backlog[0] > backlog[1], \
-        f"the newest report did not go first: {backlog}"
+    with hub.db() as db:
+        rows = db.execute("SELECT report_id, collected_at, received_at FROM reports WHERE "
+                          "agent_id = ? ORDER BY received_at", (enrolled.agent_id,)).fetchall()
+    backlog = [(int(r[0].rsplit(":", 1)[1]), r[1], r[2]) for r in rows[before:]]
+    first_seq, _, first_received = backlog[0]
+    waiting = [seq for seq, collected, _ in backlog if collected[:19] < first_received[:19]]
+    assert first_seq == max(waiting), f"the newest report did not go first: {backlog}"
     assert "retrying in" in svc.log()
 
 
@@ -180,3 +184,29 @@ def test_agent_clock_jump_does_not_move_received_at_and_is_flagged(hub, enrolled
     host = _host(hub, enrolled.agent_id)
     assert host["clock_skewed"] is True
     assert "agent clock off by +10" in hub.admin("hosts").stdout
+
+
+def test_status_and_install_service_print(enrolled, tmp_path):
+    from tests.harness import run
+
+    never = run("-m", "agent", "status", "--config", str(enrolled.config), check=False)
+    assert never.returncode == 1 and "has not run" in never.stdout
+    unit = run("-m", "agent", "install-service", "--print", "--config",
+               str(enrolled.config)).stdout
+    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict",
+                 f"ReadWritePaths={enrolled.config.parent.resolve()}",
+                 f"run --config {enrolled.config.resolve()}"):
+        assert line in unit
+
+
+def test_sighup_reloads_the_config(hub, enrolled, service):
+    svc = service().start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
+    text = enrolled.config.read_text().replace("interval = 1\n", "interval = 2\n")
+    enrolled.config.write_text(text + "\nbogus_key = 1\n")
+    svc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "keeping the running config" in svc.log(), timeout=10, what="refusal")
+    enrolled.config.write_text(text)
+    svc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in svc.log(), timeout=10, what="reload")
+    assert svc.stop() == 0

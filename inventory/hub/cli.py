@@ -102,6 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     changes.set_defaults(func=_cmd_changes)
     _verb(sub, "audit", "the audit log, newest first", json_flag=True).set_defaults(
         func=_cmd_audit)
+
+    sim = _verb(sub, "simulate", "run N simulated agents against a hub (load tests, demos)")
+    sim.add_argument("--agents", type=_positive_int, required=True, metavar="N",
+                     help="how many agents (enrolled for real on first use, then reused)")
+    sim.add_argument("--hub", default="127.0.0.1:2222", metavar="HOST:PORT",
+                     help="the hub to report to (default 127.0.0.1:2222)")
+    sim.add_argument("--interval", type=_seconds, default=60.0, metavar="SECONDS",
+                     help="seconds between each agent's reports (default 60)")
+    sim.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                     help="stop after this long (default: until Ctrl-C)")
+    sim.set_defaults(func=_cmd_simulate)
     return p
 
 
@@ -317,6 +328,83 @@ def _cmd_changes(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     return _print(args, _store(args).audit_log(), ("at", "actor", "action", "target",
                                                    "detail"))
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    _parse_listen(args.hub)
+    try:
+        return asyncio.run(_simulate(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from inventory import simulate
+    from inventory.hub._keys import load_or_create_host_key
+
+    data = _data(args)
+    if not (data / "estate.db").exists():
+        raise SystemExit(f"estate-hub: no hub data in {data}; simulate runs on the hub's host "
+                         f"(pass --data)")
+    key, _ = load_or_create_host_key(data)
+    sim = simulate.Simulator(args.hub, key, interval_s=args.interval)
+    idents = await _simulated_identities(sim, data, args.agents)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sim.stop.set)
+    print(f"simulate: running {len(idents)} agents against {args.hub}, a report every "
+          f"{args.interval:g} s each; Ctrl-C stops", flush=True)
+    tasks = [asyncio.create_task(sim.run_agent(i)) for i in idents]
+    started = time.monotonic()
+    while not sim.stop.is_set():
+        try:
+            await asyncio.wait_for(sim.stop.wait(), 5)
+        except asyncio.TimeoutError:
+            pass
+        st = sim.stats
+        print(f"simulate: {st.connected} connected, {st.acked} reports acked, "
+              f"{st.errors} rejected, {st.reconnects} reconnects", flush=True)
+        if args.duration and time.monotonic() - started >= args.duration:
+            sim.stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return EXIT_OK
+
+
+async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
+    """Reuse the simulated agents of earlier runs; enrol (for real) the ones missing."""
+    from inventory import simulate
+    from inventory.hub._tokens import make_token
+    from inventory.store import Store
+
+    path = data / "simulated.json"
+    idents = simulate.load_identities(path)[:n]
+    missing = list(range(len(idents), n))
+    if not missing:
+        return idents
+    where = simulate.placements(n)
+    store = Store.open(data)
+    tokens = {}
+    for agency, site in sorted({where[i] for i in missing}):
+        uses = sum(1 for i in missing if where[i] == (agency, site))
+        token_id, secret, _ = store.create_token(agency, site, uses, timedelta(hours=2),
+                                                 "simulate")
+        tokens[(agency, site)] = make_token(token_id, secret,
+                                            sim.host_key.get_fingerprint("sha256"))
+    store.close()
+    gate = asyncio.Semaphore(16)
+    done = [0]
+
+    async def one(i: int) -> Any:
+        async with gate:
+            ident = await sim.enrol(i, tokens[where[i]], *where[i])
+            done[0] += 1
+            if done[0] % 100 == 0 or done[0] == len(missing):
+                print(f"simulate: enrolled {done[0]}/{len(missing)}", flush=True)
+            return ident
+
+    idents += await asyncio.gather(*(one(i) for i in missing))
+    simulate.save_identities(path, idents)
+    return idents
 
 
 def _print(args: argparse.Namespace, rows: list[dict[str, Any]],

@@ -1,0 +1,295 @@
+"""Simulated agents, for load tests and demos: many enrolled identities on asyncio.
+
+Each simulated agent is enrolled for real (token flow, its own ed25519 key), pins the hub's
+host key, holds one SSH connection, and sends varied, schema-valid reports every interval
+(±10%), keeping unacknowledged reports and backing off like the real agent. Identities are kept
+in the hub's data folder (`simulated.json`) so a second run reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+log = logging.getLogger("estate.simulate")
+
+AGENCIES = {
+    "County Council": ["County Hall", "Highways Depot", "Library North", "Library South"],
+    "Fire & Rescue": ["Station 1", "Station 12", "Control Room", "Training Centre"],
+    "Schools": ["St Mary's Primary", "Oakfield Academy", "École Saint-Éloi", "Riverside High"],
+    "Health Trust": ["General Hospital", "Ward 9", "Community Clinic"],
+    "Police": ["HQ", "Custody Suite", "North Division"],
+    "Ambulance Service": ["Hub A", "Dispatch"],
+}
+HARDWARE = [  # vendor, model, chassis, cpu, memory GiB
+    ("Dell Inc.", "OptiPlex 7090", "desktop", "Intel(R) Core(TM) i5-10505 CPU @ 3.20GHz", 16),
+    ("Dell Inc.", "Latitude 5440", "laptop", "13th Gen Intel(R) Core(TM) i5-1345U", 16),
+    ("HP", "HP EliteBook 840 G8", "laptop", "11th Gen Intel(R) Core(TM) i7-1185G7", 32),
+    ("HP", "HP ProDesk 400 G7", "desktop", "Intel(R) Core(TM) i3-10100 CPU @ 3.60GHz", 8),
+    ("LENOVO", "20XWCTO1WW", "laptop", "11th Gen Intel(R) Core(TM) i5-1145G7", 16),
+    ("Apple Inc.", "MacBookPro18,3", "laptop", "Apple M1 Pro", 16),
+    ("Microsoft Corporation", "Surface Pro 9", "tablet", "12th Gen Intel(R) Core(TM) i5-1245U",
+     8),
+    ("VMware, Inc.", "VMware Virtual Platform", None, "Intel(R) Xeon(R) Gold 6338", 8),
+    ("Microsoft Corporation", "Virtual Machine", "desktop", "AMD EPYC 7763", 32),
+]
+SYSTEMS = [  # family, name, version, build, kernel, package manager
+    ("windows", "Windows 11 Pro", "23H2", "22631.3296", "10.0.22631", "registry"),
+    ("windows", "Windows 10 Enterprise", "22H2", "19045.4170", "10.0.19045", "registry"),
+    ("windows", "Windows Server 2019 Standard", "1809", "17763.5576", "10.0.17763",
+     "registry"),
+    ("windows", "Windows Server 2022 Datacenter", "21H2", "20348.2340", "10.0.20348",
+     "registry"),
+    ("linux", "Ubuntu", "22.04", None, "5.15.0-101-generic", "dpkg"),
+    ("linux", "Ubuntu", "24.04", None, "6.8.0-31-generic", "dpkg"),
+    ("linux", "Debian GNU/Linux", "12.5", None, "6.1.0-18-amd64", "dpkg"),
+    ("linux", "Red Hat Enterprise Linux", "9.3", None, "5.14.0-362.8.1.el9_3.x86_64", "rpm"),
+    ("macos", "macOS", "14.4.1", "23E224", "23.4.0", "applications"),
+]
+PACKAGES = [f"{name}" for name in (
+    "firefox", "chrome", "office", "teams", "7zip", "vlc", "acrobat-reader", "zoom", "putty",
+    "notepad++", "python3", "openssl", "openssh-client", "curl", "git", "vim", "libreoffice",
+    "sophos-endpoint", "crowdstrike-falcon", "citrix-workspace", "anyconnect", "java-runtime",
+    "dotnet-runtime", "vcredist", "edge", "onedrive", "sccm-client", "bitlocker-tools",
+    "printer-driver", "sql-client", "sap-gui", "arcgis", "mis-client", "libc6", "systemd",
+    "bash", "coreutils", "tzdata", "ca-certificates", "gnupg", "perl", "zlib1g")] + [
+    f"lib-extra-{i:03d}" for i in range(400)]
+
+
+@dataclass
+class Identity:
+    index: int
+    agent_id: str
+    key: asyncssh.SSHKey
+    agency: str
+    site: str
+
+
+@dataclass
+class SimStats:
+    sent: int = 0
+    acked: int = 0
+    errors: int = 0
+    connected: int = 0
+    reconnects: int = 0
+    pending: dict[str, int] = field(default_factory=dict)
+
+
+def fake_report(ident: Identity, seq: int, interval_s: float,
+                rng: random.Random | None = None) -> dict[str, Any]:
+    """A varied, schema-valid report for one simulated machine (stable per identity)."""
+    r = random.Random(ident.index)  # noqa: S311 - variety, not security
+    vendor, model, chassis, cpu, mem_gib = r.choice(HARDWARE)
+    family, os_name, version, build, kernel, manager = r.choice(SYSTEMS)
+    live = rng or random.Random()  # noqa: S311
+    prefix = {"windows": "PC", "linux": "srv", "macos": "mac"}[family]
+    hostname = f"{prefix}-{ident.agency.split()[0][:4].lower()}-{ident.index:05d}"
+    disk_gb = r.choice([256, 512, 1024])
+    disks: list[dict[str, Any]] = [
+        {"name": f"disk{d}", "model": r.choice(["Samsung SSD 980", "WDC WD10EZEX",
+                                                "KINGSTON SA400", "Msft Virtual Disk"]),
+         "serial": f"DS{ident.index:06d}{d}", "size_bytes": disk_gb * 10**9,
+         "rotational": r.random() < 0.2} for d in range(r.choice([1, 1, 1, 2, 3]))]
+    ip = f"10.{ident.index // 65536 % 256}.{ident.index // 256 % 256}.{ident.index % 256}"
+    pkgs = [{"name": p, "version": f"{r.randint(1, 30)}.{r.randint(0, 9)}", "arch": None,
+             "publisher": None} for p in sorted(r.sample(PACKAGES, r.randint(40, 250)))]
+    lines = sorted(f"{p['name']}\t{p['version']}\t" for p in pkgs)
+    sw_hash = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    used = live.uniform(20, 97)
+    total = disk_gb * 10**9
+    now = time.time()
+    return {
+        "schema": "estate.report/1",
+        "report_id": f"{ident.agent_id}:1:{seq}",
+        "collected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "agent": {"id": ident.agent_id, "version": "0.1.0-sim", "interval_s": interval_s,
+                  "dropped_reports": None},
+        "system": {
+            "hostname": hostname, "fqdn": f"{hostname}.{ident.agency.split()[0].lower()}.local",
+            "os": {"family": family, "name": os_name, "version": version, "build": build,
+                   "kernel": kernel, "arch": "arm64" if "M1" in cpu else "x86_64"},
+            "boot_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 86400)),
+            "timezone": "Europe/London",
+            "virtualization": {"kind": "vmware" if "VMware" in vendor else "none",
+                               "type": "vm" if "Virtual" in model else "none",
+                               "source": "simulated"},
+            "users": [],
+        },
+        "hardware": {
+            "vendor": vendor, "model": model, "serial": f"SIM{ident.index:08d}",
+            "uuid": None, "chassis": chassis,
+            "bios": {"vendor": vendor, "version": "1.2.3", "date": "2024-01-01"},
+            "cpu": {"model": cpu, "cores": 4, "threads": 8, "frequency_mhz": 2400.0},
+            "memory": {"total_bytes": mem_gib * 2**30, "swap_total_bytes": 2 * 2**30},
+            "disks": disks,
+            "volumes": [{"mount": "C:" if family == "windows" else "/", "device": "disk0",
+                         "fstype": "NTFS" if family == "windows" else "ext4",
+                         "total_bytes": total, "used_bytes": int(total * used / 100),
+                         "free_bytes": int(total * (100 - used) / 100),
+                         "used_percent": round(used, 1)}],
+            "battery": None,
+        },
+        "network": {
+            "interfaces": [{"name": "eth0", "mac": f"02:00:{ident.index >> 24 & 255:02x}:"
+                                                    f"{ident.index >> 16 & 255:02x}:"
+                                                    f"{ident.index >> 8 & 255:02x}:"
+                                                    f"{ident.index & 255:02x}",
+                            "addresses": [{"family": "ipv4", "address": ip, "prefix": 16}],
+                            "speed_mbps": 1000, "duplex": "full", "mtu": 1500, "up": True,
+                            "counters": None}],
+            "default_gateway": {"address": "10.0.0.1", "interface": "eth0"},
+            "dns_servers": ["10.0.0.53"],
+        },
+        "connectivity": {
+            "probes": [{"name": "file-server", "kind": "tcp", "target": "fs01:445",
+                        "ok": live.random() > 0.03, "latency_ms": round(live.uniform(1, 40), 2),
+                        "answers": [], "error": None}],
+            "rates": [],
+        },
+        "software": {"manager": manager, "count": len(pkgs), "hash": sw_hash,
+                     "packages": pkgs},
+        "health": {"cpu_percent": round(live.uniform(0, 60), 1), "load_1m": None,
+                   "load_5m": None, "load_15m": None,
+                   "memory_percent": round(live.uniform(20, 90), 1), "swap_percent": 0.0},
+        "errors": [],
+    }
+
+
+class Simulator:
+    """Enrols and runs N simulated agents against a hub."""
+
+    def __init__(self, hub: str, host_key: asyncssh.SSHKey, interval_s: float = 60.0,
+                 reconnect_max_s: float = 300.0, start_spread_s: float | None = None) -> None:
+        host, _, port = hub.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        # Pinned like the real agent: only this key is trusted, no known_hosts file.
+        self.host_key = asyncssh.import_public_key(host_key.export_public_key())
+        self.interval_s = interval_s
+        self.reconnect_max_s = reconnect_max_s
+        self.start_spread_s = interval_s if start_spread_s is None else start_spread_s
+        self.stats = SimStats()
+        self.stop = asyncio.Event()
+        self.sent_software: set[str] = set()
+
+    def _connect(self, user: str, key: asyncssh.SSHKey) -> Any:
+        return asyncssh.connect(self.host, self.port, username=user, client_keys=[key],
+                                known_hosts=([self.host_key], [], []), agent_path=None,
+                                config=None, keepalive_interval=30)
+
+    async def enrol(self, index: int, token: str, agency: str, site: str) -> Identity:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        public = key.export_public_key("openssh").decode().strip()
+        async with self._connect("enrol", key) as conn:
+            res = await conn.run("estate-enrol v1", input=json.dumps(
+                {"token": token, "public_key": public, "hostname": f"sim-{index:05d}"}))
+        doc = json.loads(str(res.stdout))
+        if doc.get("status") != "enrolled":
+            raise RuntimeError(f"simulated agent {index} could not enrol: {doc}")
+        return Identity(index, doc["agent_id"], key, agency, site)
+
+    async def run_agent(self, ident: Identity, reports: int | None = None) -> None:
+        """Report until stopped (or `reports` are acked), reconnecting with backoff."""
+        rng = random.Random()  # noqa: S311
+        await self._sleep(rng.uniform(0, self.start_spread_s))
+        seq, failures = int(time.time() * 1000) % 10**9, 0
+        unacked: list[bytes] = []
+        acked = 0
+        next_report = time.monotonic()
+        while not self.stop.is_set() and (reports is None or acked < reports):
+            try:
+                async with self._connect(ident.agent_id, ident.key) as conn:
+                    self.stats.connected += 1
+                    failures = 0
+                    try:
+                        while not self.stop.is_set() and (reports is None or acked < reports):
+                            if time.monotonic() >= next_report:
+                                seq += 1
+                                unacked.append(self._body(ident, seq, rng))
+                                next_report = time.monotonic() + self.interval_s * \
+                                    rng.uniform(0.9, 1.1)
+                            while unacked and not self.stop.is_set():
+                                self.stats.sent += 1
+                                res = await conn.run("estate-report v1", input=unacked[-1],
+                                                     encoding=None)
+                                if res.exit_status == 0:
+                                    unacked.pop()
+                                    acked += 1
+                                    self.stats.acked += 1
+                                elif res.exit_status == 75:
+                                    doc = json.loads(res.stdout or b"{}")
+                                    await self._sleep(float(doc.get("retry_after", 5)))
+                                else:
+                                    self.stats.errors += 1
+                                    unacked.pop()
+                            await self._idle(conn, max(0.0, next_report - time.monotonic()))
+                            if conn.is_closed():
+                                raise asyncssh.ConnectionLost("the hub went away")
+                    finally:
+                        self.stats.connected -= 1
+            except (OSError, asyncssh.Error, asyncio.TimeoutError):
+                self.stats.reconnects += 1
+                failures += 1
+                await self._sleep(rng.uniform(0, min(self.reconnect_max_s, 2 ** failures)))
+        self.stats.pending[ident.agent_id] = len(unacked)
+
+    def _body(self, ident: Identity, seq: int, rng: random.Random) -> bytes:
+        report = fake_report(ident, seq, self.interval_s, rng)
+        # Like the real agent: the package list only when the hub has not seen it.
+        if ident.agent_id in self.sent_software:
+            report["software"]["packages"] = None
+        else:
+            self.sent_software.add(ident.agent_id)
+        return json.dumps(report, separators=(",", ":")).encode()
+
+    async def _idle(self, conn: asyncssh.SSHClientConnection, seconds: float) -> None:
+        """Wait for the next report, but notice at once when the hub drops the connection."""
+        waits = [asyncio.ensure_future(self.stop.wait()),
+                 asyncio.ensure_future(conn.wait_closed())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+def load_identities(path: Path) -> list[Identity]:
+    if not path.exists():
+        return []
+    return [Identity(d["index"], d["agent_id"], asyncssh.import_private_key(d["key"]),
+                     d["agency"], d["site"]) for d in json.loads(path.read_text())]
+
+
+def save_identities(path: Path, identities: list[Identity]) -> None:
+    doc = [{"index": i.index, "agent_id": i.agent_id,
+            "key": i.key.export_private_key().decode(), "agency": i.agency, "site": i.site}
+           for i in identities]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def placements(n: int) -> list[tuple[str, str]]:
+    """Agency and site of each of n simulated agents, spread over the partnership."""
+    agencies = list(AGENCIES)
+    out = []
+    for i in range(n):
+        agency = agencies[i % len(agencies)]
+        sites = AGENCIES[agency]
+        out.append((agency, sites[(i // len(agencies)) % len(sites)]))
+    return out
