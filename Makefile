@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/estate-agent collect --pretty
+	$(VENV)/bin/estate
 
 test: $(STAMP)
 	$(PY) -m pytest

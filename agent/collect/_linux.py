@@ -49,7 +49,20 @@ def parse_os_release(text: str) -> dict[str, str]:
     return values
 
 
+_virtualization_cache: dict[str, Any] = {}
+
+
 def virtualization(problems: list[str]) -> dict[str, Any]:
+    # A machine does not move between hypervisors while the agent runs: detect once.
+    if not _virtualization_cache:
+        found = _detect_virtualization(problems)
+        if not problems:
+            _virtualization_cache.update(found)
+        return found
+    return dict(_virtualization_cache)
+
+
+def _detect_virtualization(problems: list[str]) -> dict[str, Any]:
     if shutil.which("systemd-detect-virt"):
         try:
             kind = run_tool(["systemd-detect-virt"], timeout_s=3).strip()
@@ -151,17 +164,39 @@ def disks(problems: list[str]) -> list[dict[str, Any]]:
     return result[:256]
 
 
+# The package databases; when neither changed since the last run, neither did the packages.
+_PACKAGE_DBS = ("/var/lib/dpkg/status", "/var/lib/rpm/rpmdb.sqlite", "/var/lib/rpm/Packages")
+_software_cache: dict[str, Any] = {}
+
+
 def software(problems: list[str]) -> tuple[str | None, list[dict[str, Any]] | None]:
+    stamp = _package_db_stamp()
+    if stamp is not None and _software_cache.get("stamp") == stamp:
+        return _software_cache["result"]  # type: ignore[no-any-return]
     if shutil.which("dpkg-query"):
         out = run_tool(["dpkg-query", "-W", "-f",
                         "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"])
-        return "dpkg", parse_dpkg(out)
-    if shutil.which("rpm"):
+        result: tuple[str | None, list[dict[str, Any]] | None] = ("dpkg", parse_dpkg(out))
+    elif shutil.which("rpm"):
         out = run_tool(["rpm", "-qa", "--queryformat",
                         "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{ARCH}\n"])
-        return "rpm", parse_rpm(out)
-    problems.append("no package manager found (looked for dpkg-query and rpm)")
-    return None, None
+        result = ("rpm", parse_rpm(out))
+    else:
+        problems.append("no package manager found (looked for dpkg-query and rpm)")
+        return None, None
+    _software_cache.update(stamp=stamp, result=result)
+    return result
+
+
+def _package_db_stamp() -> tuple[str, int, int] | None:
+    """(path, mtime, size) of the package database, to skip re-reading an unchanged one."""
+    for path in _PACKAGE_DBS:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        return path, st.st_mtime_ns, st.st_size
+    return None
 
 
 def parse_dpkg(out: str) -> list[dict[str, Any]]:

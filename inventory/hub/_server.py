@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from inventory.hub import _tokens
+from inventory.hub._api import MAX_LINE_BYTES, OperatorApi
 from inventory.hub._ingest import MAX_RECEIVED_BYTES, accept
 from inventory.hub._keys import fingerprint, load_or_create_host_key
 from inventory.hub._writer import Busy, StoreUnavailable, Writer
@@ -43,7 +44,11 @@ MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
 ENROL_USER = "enrol"
 REPORT_COMMAND = "estate-report v1"
 ENROL_COMMAND = "estate-enrol v1"
-COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol"}
+API_COMMAND = "estate-api v1"
+WATCH_COMMAND = "estate-watch v1"
+COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol", API_COMMAND: "operator",
+            WATCH_COMMAND: "operator"}
+WATCH_QUEUE = 2000  # events a slow watcher may fall behind by before it is told to resync
 MAX_ENROL_BYTES = 16 * 1024
 BODY_TIMEOUT_S = 60.0
 
@@ -51,6 +56,7 @@ BODY_TIMEOUT_S = 60.0
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_TEMPFAIL, EXIT_NOPERM = 0, 64, 65, 75, 77
 
 _AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
+OPERATOR_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
 
 
 @dataclass
@@ -75,7 +81,9 @@ class Hub:
         # One thread owns the database connection; every store call goes through it.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store = Store.open(settings.data_dir)
-        self.writer = Writer(self.db, self.store)
+        self.writer = Writer(self.db, self.store, on_commit=self._committed)
+        self.watchers: set[_Watcher] = set()
+        self.last_change_id = 0
         self.unauthenticated = 0
         self._server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -85,6 +93,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.db(self.store.reset_presence)
+        self.last_change_id = await self.db(self.store.last_change_id)
         self.writer.start()
         self.spawn(self._prune_loop())
         self._server = await asyncssh.create_server(
@@ -117,6 +126,34 @@ class Hub:
         await self.db(self.store.close)
         self._db_thread.shutdown(wait=True)
 
+    # --- events for estate-watch -------------------------------------------------------
+
+    def publish(self, event: dict[str, Any], agency: str | None) -> None:
+        for watcher in list(self.watchers):
+            watcher.offer(event, agency)
+
+    async def presence(self, agent_id: str, connected: bool) -> None:
+        agency = await self.db(self.store.set_presence, agent_id, connected, utcnow())
+        if self.watchers:
+            rows = await self.db(self.store.host_rows, None, [agent_id])
+            self.publish({"type": "presence", "agent_id": agent_id,
+                          "status": rows[0][4] if rows else
+                          ("online" if connected else "offline"),
+                          "row": rows[0] if rows else None}, agency)
+
+    async def _committed(self, agent_ids: list[str]) -> None:
+        """After a batch commit: tell watchers about updated hosts and new changes."""
+        if not self.watchers:
+            self.last_change_id = await self.db(self.store.last_change_id)
+            return
+        rows = await self.db(self.store.host_rows, None, sorted(set(agent_ids)))
+        for row in rows:
+            self.publish({"type": "host", "row": row}, row[2])
+        changes = await self.db(self.store.changes_after, self.last_change_id)
+        for change in changes:
+            self.last_change_id = max(self.last_change_id, change["id"])
+            self.publish({"type": "change", **change}, change["agency"])
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -143,6 +180,7 @@ class _Connection(asyncssh.SSHServer):
         self.username = ""
         self.role: str | None = None
         self.key: asyncssh.SSHKey | None = None
+        self.operator: dict[str, Any] | None = None
         self.authenticated = False
         self.counted = False
 
@@ -167,8 +205,7 @@ class _Connection(asyncssh.SSHServer):
         reason = f": {exc}" if exc else ""
         log.info("conn %s closed%s", self.peer, reason)
         if self.authenticated and self.role == "agent":
-            self.hub.spawn(self.hub.db(self.hub.store.set_presence, self.username, False,
-                                       utcnow()))
+            self.hub.spawn(self.hub.presence(self.username, False))
 
     def begin_auth(self, username: str) -> bool:
         self.username = username
@@ -198,6 +235,12 @@ class _Connection(asyncssh.SSHServer):
                 self.role, self.key = "agent", key
                 return True
             why = "unknown or revoked agent" if expected is None else "key does not match"
+        elif OPERATOR_NAME.match(username):
+            operator = await self.hub.db(self.hub.store.operator, username)
+            if operator and operator["key_fingerprint"] == fp:
+                self.role, self.key, self.operator = "operator", key, operator
+                return True
+            why = "unknown operator" if operator is None else "key does not match"
         else:
             why = "unknown user"
         log.warning("conn %s refused user %r key %s: %s", self.peer, username[:64], fp, why)
@@ -209,8 +252,10 @@ class _Connection(asyncssh.SSHServer):
         fp = self.key.get_fingerprint("sha256") if self.key else "?"
         log.info("conn %s login user=%s role=%s key=%s", self.peer, self.username, self.role, fp)
         if self.role == "agent":
-            self.hub.spawn(self.hub.db(self.hub.store.set_presence, self.username, True,
-                                       utcnow()))
+            self.hub.spawn(self.hub.presence(self.username, True))
+        elif self.role == "operator":
+            self.hub.spawn(self.hub.db(self.hub.store.audit, f"operator:{self.username}",
+                                       "login", None, {"peer": self.peer}))
 
     # --- what the client may open -------------------------------------------------------
 
@@ -237,6 +282,31 @@ class _Connection(asyncssh.SSHServer):
         return False
 
 
+class _Watcher:
+    """One `estate-watch v1` channel: events in the operator's scope, as JSON lines.
+
+    A watcher that falls more than WATCH_QUEUE events behind (a stalled console) is sent one
+    `resync` event instead of the ones it missed, and reloads; the hub never buffers without
+    bound for a slow client.
+    """
+
+    def __init__(self, chan: Any, scope: list[str] | None) -> None:
+        self.chan, self.scope = chan, scope
+        self.behind = False
+
+    def offer(self, event: dict[str, Any], agency: str | None) -> None:
+        if self.scope is not None and agency not in self.scope:
+            return
+        if self.chan.get_write_buffer_size() > WATCH_QUEUE * 512:
+            if not self.behind:
+                self.behind = True
+                self.chan.write(b'{"type": "resync"}\n')
+            return
+        self.behind = False
+        self.chan.write((json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+                         + "\n").encode())
+
+
 class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     """One session channel running one allow-listed command."""
 
@@ -249,6 +319,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.limit = MAX_RECEIVED_BYTES
         self.finished = False
         self.timer: asyncio.TimerHandle | None = None
+        self.watcher: _Watcher | None = None
+        self.lines: asyncio.Queue[bytes | None] | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self.chan = chan
@@ -278,6 +350,16 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         elif needed != self.owner.role:
             self._fail(EXIT_NOPERM, "forbidden",
                        f"user {self.owner.username!r} may not run {self.command!r}")
+        elif self.command == API_COMMAND:
+            assert self.owner.operator is not None
+            self.api = OperatorApi(self.hub.store, self.owner.operator)
+            self.lines = asyncio.Queue()
+            self.hub.spawn(self._serve_api())
+        elif self.command == WATCH_COMMAND:
+            assert self.owner.operator is not None and self.chan is not None
+            self.watcher = _Watcher(self.chan, self.owner.operator["agencies"])
+            self.hub.watchers.add(self.watcher)
+            self.chan.write(b'{"type": "hello"}\n')
         else:
             if self.command == ENROL_COMMAND:
                 self.limit = MAX_ENROL_BYTES
@@ -286,12 +368,23 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def data_received(self, data: bytes, datatype: Any) -> None:
         if self.finished:
             return
+        if self.lines is not None:
+            self._api_data(data)
+            return
+        if self.watcher is not None:
+            return  # a watch has no input
         self.body += data
         if len(self.body) > self.limit:
             self.body.clear()
             self._fail(EXIT_DATA, "too_large", f"input is over the limit of {self.limit} bytes")
 
     def eof_received(self) -> bool:
+        if self.lines is not None and not self.finished:
+            self.lines.put_nowait(None)  # answer what was asked, then end
+            return True
+        if self.command == WATCH_COMMAND:
+            self._finish_quietly()
+            return True
         if not self.finished:
             body, self.body = bytes(self.body), bytearray()
             handler = self._report if self.command == REPORT_COMMAND else self._enrol
@@ -302,6 +395,49 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.finished = True
         if self.timer:
             self.timer.cancel()
+        if self.watcher is not None:
+            self.hub.watchers.discard(self.watcher)
+        if self.lines is not None:
+            self.lines.put_nowait(None)
+
+    # --- estate-api v1: JSON lines ------------------------------------------------------
+
+    def _api_data(self, data: bytes) -> None:
+        self.body += data
+        while True:
+            end = self.body.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self.body[:end])
+            del self.body[:end + 1]
+            if len(line) > MAX_LINE_BYTES:
+                line = b"\x00too-long"
+            if line.strip() and self.lines is not None:
+                self.lines.put_nowait(line)
+        if len(self.body) > MAX_LINE_BYTES:
+            # A line this long is refused, and the rest of it skipped up to its newline.
+            self.body.clear()
+            self.body += b"\x00too-long"
+
+    async def _serve_api(self) -> None:
+        assert self.lines is not None
+        while (line := await self.lines.get()) is not None:
+            if line.startswith(b"\x00too-long"):
+                response: dict[str, Any] = {"id": None, "ok": False, "error": {
+                    "code": "line_too_long", "message": f"a request line may be at most "
+                                                        f"{MAX_LINE_BYTES} bytes"}}
+            else:
+                response = await self.hub.db(self.api.handle, line)
+            if self.finished or self.chan is None:
+                return
+            self.chan.write((json.dumps(response, ensure_ascii=False,
+                                        separators=(",", ":")) + "\n").encode())
+        self._finish_quietly()
+
+    def _finish_quietly(self) -> None:
+        if not self.finished and self.chan is not None:
+            self.finished = True
+            self.chan.exit(EXIT_OK)
 
     def _timeout(self) -> None:
         self._fail(EXIT_TEMPFAIL, "timeout", f"no end of input within {BODY_TIMEOUT_S:g} s",

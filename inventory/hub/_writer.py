@@ -34,8 +34,9 @@ class StoreUnavailable(Exception):
 
 class Writer:
     def __init__(self, db: Callable[..., Awaitable[Any]], store: Store,
-                 max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE) -> None:
-        self._db, self._store = db, store
+                 max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE,
+                 on_commit: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
+        self._db, self._store, self._on_commit = db, store, on_commit
         self._max_batch, self._max_queue = max_batch, max_queue
         self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[str]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -79,6 +80,13 @@ class Writer:
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
+                stored = [i.agent_id for (i, _), r in zip(batch, results, strict=True)
+                          if r == "stored"]
+                if stored and self._on_commit:
+                    try:
+                        await self._on_commit(stored)
+                    except Exception:
+                        log.exception("publishing stored reports failed")
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="connections allowed to be logging in at once (default 200)")
     serve.add_argument("--retention-days", type=_positive_int, default=30, metavar="DAYS",
                        help="keep raw reports this long (default 30)")
+    serve.add_argument("--keepalive", type=_seconds, default=30.0, metavar="SECONDS",
+                       help="probe silent connections this often; 3 missed probes close one "
+                            "(default 30)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
@@ -92,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     arevoke = _verb(agent, "revoke", "revoke an agent: its key is refused at login")
     arevoke.add_argument("agent_id", metavar="AGENT_ID")
     arevoke.set_defaults(func=_cmd_agent_revoke)
+
+    operator = _group(sub, "operator", "operators: IT staff who use the console and API")
+    oadd = _verb(operator, "add", "register an operator and the key they log in with")
+    oadd.add_argument("name", metavar="NAME", type=_operator_name,
+                      help="login name: lower-case letters, digits, . _ -")
+    oadd.add_argument("--key", required=True, type=Path, metavar="PUBKEY_FILE",
+                      help="the operator's OpenSSH public key (e.g. ~/.ssh/id_ed25519.pub)")
+    oadd.add_argument("--role", required=True, choices=("admin", "staff", "auditor"))
+    oadd.add_argument("--agencies", required=True, metavar="A,B|all",
+                      help="agencies the operator may see, comma-separated, or all")
+    oadd.set_defaults(func=_cmd_operator_add)
+    _verb(operator, "list", "list operators", json_flag=True).set_defaults(
+        func=_cmd_operator_list)
+    oremove = _verb(operator, "remove", "remove an operator: their key is refused at once")
+    oremove.add_argument("name", metavar="NAME")
+    oremove.set_defaults(func=_cmd_operator_remove)
 
     _verb(sub, "hosts", "one line per host: id, hostname, agency, site, status, last seen",
           json_flag=True).set_defaults(func=_cmd_hosts)
@@ -177,6 +196,16 @@ def _date(text: str) -> Any:
                                          f"2026-01-31T12:00:00Z, got {text!r}") from None
 
 
+def _operator_name(text: str) -> str:
+    from inventory.hub._server import OPERATOR_NAME
+
+    if not OPERATOR_NAME.match(text) or text == "enrol":
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to 32 lower-case letters, digits, '.', '_' or '-', starting with a "
+            f"letter (and not 'enrol'), got {text!r}")
+    return text
+
+
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
@@ -216,6 +245,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = HubSettings(data_dir=_data(args), host=host, port=port,
                            login_timeout_s=args.login_timeout,
                            max_unauthenticated=args.max_unauthenticated,
+                           keepalive_interval_s=args.keepalive,
                            retention=timedelta(days=args.retention_days))
     return asyncio.run(_serve(settings))
 
@@ -305,6 +335,49 @@ def _cmd_agent_revoke(args: argparse.Namespace) -> int:
         print(f"agent {args.agent_id} revoked: its key is refused from its next login")
         return EXIT_OK
     print(f"estate-hub: no active agent {args.agent_id!r}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _cmd_operator_add(args: argparse.Namespace) -> int:
+    import asyncssh
+
+    try:
+        key = asyncssh.import_public_key(args.key.read_bytes())
+    except OSError as exc:
+        print(f"estate-hub: --key: cannot read {args.key}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        print(f"estate-hub: --key: {args.key} is not an OpenSSH public key ({exc})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    agencies = None if args.agencies.strip() == "all" else \
+        [a.strip() for a in args.agencies.split(",") if a.strip()]
+    if agencies is not None and not agencies:
+        print("estate-hub: --agencies: name at least one agency, or all", file=sys.stderr)
+        return EXIT_USAGE
+    fp = key.get_fingerprint("sha256")
+    try:
+        _store_or_create(args).add_operator(
+            args.name, key.export_public_key("openssh").decode().strip(), fp, args.role,
+            agencies, _actor())
+    except ValueError as exc:
+        print(f"estate-hub: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"operator {args.name} ({args.role}, agencies: {args.agencies}) may log in with "
+          f"{fp}")
+    return EXIT_OK
+
+
+def _cmd_operator_list(args: argparse.Namespace) -> int:
+    return _print(args, _store(args).operators(), ("name", "role", "agencies",
+                                                   "key_fingerprint", "created_at"))
+
+
+def _cmd_operator_remove(args: argparse.Namespace) -> int:
+    if _store(args).remove_operator(args.name, _actor()):
+        print(f"operator {args.name} removed")
+        return EXIT_OK
+    print(f"estate-hub: no operator {args.name!r}", file=sys.stderr)
     return EXIT_FAIL
 
 

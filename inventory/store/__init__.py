@@ -275,14 +275,32 @@ class Store:
                 self._audit(actor, "agent_revoke", agent_id)
         return cur.rowcount > 0
 
-    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> None:
-        """Record a connection going up or down: current state and history."""
+    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> str | None:
+        """Record a connection going up or down: current state and history.
+
+        Returns:
+            The agent's agency, so the event can be scoped.
+        """
         column = "connected_at" if connected else "disconnected_at"
         with self._transaction():
             self.db.execute(f"UPDATE agents SET connected = ?, {column} = ? WHERE id = ?",  # noqa: S608 - column is one of two literals
                             (1 if connected else 0, iso(at), agent_id))
             self.db.execute("INSERT INTO presence (agent_id, at, state) VALUES (?, ?, ?)",
                             (agent_id, iso(at), "online" if connected else "offline"))
+            row = self.db.execute("SELECT a.name FROM agents g JOIN agencies a "
+                                  "ON a.id = g.agency_id WHERE g.id = ?", (agent_id,)).fetchone()
+        return row[0] if row else None
+
+    def last_change_id(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM changes").fetchone()[0])
+
+    def changes_after(self, change_id: int, limit: int = 10_000) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT c.id, c.at, c.agent_id, h.hostname, a.name AS agency, c.kind, c.subject, "
+            "c.old_value, c.new_value FROM changes c JOIN hosts h ON h.agent_id = c.agent_id "
+            "JOIN agencies a ON a.id = h.agency_id WHERE c.id > ? ORDER BY c.id LIMIT ?",
+            (change_id, limit))
+        return [dict(r) for r in rows]
 
     def presence_history(self, agent_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT at, state FROM presence WHERE agent_id = ? "
@@ -297,6 +315,50 @@ class Store:
                             "SELECT id, ?, 'offline' FROM agents WHERE connected = 1", (now,))
             self.db.execute("UPDATE agents SET connected = 0, disconnected_at = ? "
                             "WHERE connected = 1", (now,))
+
+    # --- operators ----------------------------------------------------------------------
+
+    def add_operator(self, name: str, public_key: str, fingerprint: str, role: str,
+                     agencies: list[str] | None, actor: str) -> None:
+        """Register an operator; `agencies` None means all agencies.
+
+        Raises:
+            ValueError: the name or key is already registered.
+        """
+        scope = json.dumps(agencies, ensure_ascii=False) if agencies is not None else "all"
+        try:
+            with self._transaction():
+                self.db.execute(
+                    "INSERT INTO operators (name, public_key, key_fingerprint, role, agencies, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, public_key, fingerprint, role, scope, iso(utcnow())))
+                self._audit(actor, "operator_add", name,
+                            {"role": role, "agencies": agencies or "all", "key": fingerprint})
+        except sqlite3.IntegrityError:
+            raise ValueError(f"operator {name!r} or key {fingerprint} is already "
+                             f"registered") from None
+
+    def operators(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT name, role, agencies, key_fingerprint, created_at "
+                               "FROM operators ORDER BY name")
+        return [dict(r) for r in rows]
+
+    def operator(self, name: str) -> dict[str, Any] | None:
+        """An operator's record with `agencies` as a list, or None for all agencies."""
+        row = self.db.execute("SELECT name, role, agencies, key_fingerprint FROM operators "
+                              "WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["agencies"] = None if d["agencies"] == "all" else json.loads(d["agencies"])
+        return d
+
+    def remove_operator(self, name: str, actor: str) -> bool:
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM operators WHERE name = ?", (name,))
+            if cur.rowcount:
+                self._audit(actor, "operator_remove", name)
+        return cur.rowcount > 0
 
     # --- reports ------------------------------------------------------------------------
 
@@ -434,6 +496,112 @@ class Store:
 
     # --- reading ------------------------------------------------------------------------
 
+    # --- the operator API's reads, scoped to agencies (None: all) ------------------------
+
+    def host_rows(self, scope: list[str] | None,
+                  agent_ids: list[str] | None = None) -> list[list[Any]]:
+        """Compact rows in `inventory.hostlist.COLUMN_KEYS` order."""
+        sql = ("SELECT h.agent_id, h.hostname, a.name, s.name, g.connected, g.revoked_at, "
+               "h.last_seen, h.interval_s, h.os_name, h.os_version, h.model, h.serial, "
+               "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses "
+               "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+               "WHERE 1 = 1")
+        args: list[Any] = []
+        sql, args = _scoped(sql, args, scope)
+        if agent_ids is not None:
+            sql += f" AND h.agent_id IN ({', '.join('?' for _ in agent_ids)})"
+            args += agent_ids
+        now = utcnow()
+        rows = []
+        for r in self.db.execute(sql + " ORDER BY h.hostname", args):
+            status = _status(r[5], r[6], r[4], r[7], now)
+            os_text = " ".join(x for x in (r[8], r[9]) if x) or None
+            ip = (r[15] or "").split(" ", 1)[0] or None
+            rows.append([r[0], r[1], r[2], r[3], status, os_text, r[10], r[11], r[12], r[13],
+                         r[14], ip, r[6]])
+        return rows
+
+    def summary(self, scope: list[str] | None) -> dict[str, Any]:
+        """Counts per agency and site: total, online, offline, stale (and revoked)."""
+        totals: dict[str, int] = {"total": 0, "online": 0, "offline": 0, "stale": 0,
+                                  "revoked": 0}
+        agencies: dict[str, Any] = {}
+        for row in self.host_rows(scope):
+            agency, site, status = row[2], row[3], row[4]
+            a = agencies.setdefault(agency, {"counts": dict.fromkeys(totals, 0), "sites": {}})
+            site_counts = a["sites"].setdefault(site, dict.fromkeys(totals, 0))
+            for counts in (totals, a["counts"], site_counts):
+                counts["total"] += 1
+                counts[status] += 1
+        return {"totals": totals, "agencies": agencies}
+
+    def host_detail(self, agent_id: str, scope: list[str] | None) -> dict[str, Any] | None:
+        sql = ("SELECT h.*, a.name AS agency, s.name AS site, g.connected, g.revoked_at, "
+               "g.enrolled_at FROM hosts h JOIN agents g ON g.id = h.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+               "WHERE h.agent_id = ?")
+        sql, args = _scoped(sql, [agent_id], scope)
+        row = self.db.execute(sql, args).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        return {
+            "agent_id": d["agent_id"], "agency": d["agency"], "site": d["site"],
+            "status": _status(d["revoked_at"], d["last_seen"], d["connected"],
+                              d["interval_s"], utcnow()),
+            "first_seen": d["first_seen"], "last_seen": d["last_seen"],
+            "enrolled_at": d["enrolled_at"], "clock_skew_s": d["clock_skew_s"],
+            "identity_conflict": d["identity_conflict"],
+            "report": json.loads(d["snapshot"]),
+            "packages": json.loads(d["packages"]) if d["packages"] else None,
+        }
+
+    def recent_reports(self, agent_id: str, scope: list[str] | None,
+                       limit: int) -> list[dict[str, Any]] | None:
+        """A host's recent reports, newest first, with their probe results (sparklines)."""
+        if self.host_detail_exists(agent_id, scope) is False:
+            return None
+        rows = self.db.execute(
+            "SELECT report_id, received_at, collected_at, clock_skew_s, body FROM reports "
+            "WHERE agent_id = ? ORDER BY received_at DESC LIMIT ?", (agent_id, limit))
+        out = []
+        for r in rows:
+            try:
+                probes = json.loads(gzip.decompress(r[4]))["connectivity"]["probes"]
+            except (OSError, ValueError, KeyError):
+                probes = []
+            out.append({"report_id": r[0], "received_at": r[1], "collected_at": r[2],
+                        "clock_skew_s": r[3],
+                        "probes": [{k: p.get(k) for k in ("name", "ok", "latency_ms")}
+                                   for p in probes]})
+        return out
+
+    def host_detail_exists(self, agent_id: str, scope: list[str] | None) -> bool:
+        sql = ("SELECT 1 FROM hosts h JOIN agencies a ON a.id = h.agency_id "
+               "WHERE h.agent_id = ?")
+        sql, args = _scoped(sql, [agent_id], scope)
+        return self.db.execute(sql, args).fetchone() is not None
+
+    def scoped_changes(self, scope: list[str] | None, host: str | None = None,
+                       since: datetime | None = None,
+                       limit: int = 1000) -> list[dict[str, Any]]:
+        sql = ("SELECT c.id, c.at, c.agent_id, h.hostname, a.name AS agency, c.kind, "
+               "c.subject, c.old_value, c.new_value FROM changes c "
+               "JOIN hosts h ON h.agent_id = c.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id WHERE 1 = 1")
+        args: list[Any] = []
+        sql, args = _scoped(sql, args, scope)
+        if host:
+            sql += " AND (c.agent_id = ? OR h.hostname = ?)"
+            args += [host, host]
+        if since:
+            sql += " AND c.at >= ?"
+            args.append(iso(since))
+        # The newest `limit`, returned oldest first.
+        rows = self.db.execute(sql + " ORDER BY c.id DESC LIMIT ?", [*args, limit])
+        return [dict(r) for r in reversed(rows.fetchall())]
+
     def hosts(self) -> list[dict[str, Any]]:
         """Every host with its status: online while its agent's connection is up, offline
         when it is not, stale when no report came for two of its intervals."""
@@ -448,12 +616,8 @@ class Store:
         out = []
         for r in rows:
             d = dict(r)
-            stale_before = iso(now - 2 * timedelta(seconds=d["interval_s"]
-                                                   or DEFAULT_INTERVAL_S))
-            d["status"] = ("revoked" if d.pop("revoked_at") else
-                           "stale" if d["last_seen"] < stale_before else
-                           "online" if d["connected"] else "offline")
-            d.pop("connected")
+            d["status"] = _status(d.pop("revoked_at"), d["last_seen"], d.pop("connected"),
+                                  d["interval_s"], now)
             d["clock_skewed"] = abs(d["clock_skew_s"] or 0) > CLOCK_SKEW_FLAG_S
             out.append(d)
         return out
@@ -484,6 +648,25 @@ class Store:
 
     def report_ids(self) -> Iterable[str]:
         return [r[0] for r in self.db.execute("SELECT report_id FROM reports")]
+
+
+def _status(revoked_at: str | None, last_seen: str, connected: int, interval_s: float | None,
+            now: datetime) -> str:
+    """revoked; stale when no report came for two intervals; else online while connected."""
+    if revoked_at:
+        return "revoked"
+    if last_seen < iso(now - 2 * timedelta(seconds=interval_s or DEFAULT_INTERVAL_S)):
+        return "stale"
+    return "online" if connected else "offline"
+
+
+def _scoped(sql: str, args: list[Any], scope: list[str] | None) -> tuple[str, list[Any]]:
+    """Limit a query joined with `agencies a` to the operator's agencies (None: all)."""
+    if scope is None:
+        return sql, args
+    if not scope:
+        return sql + " AND 1 = 0", args
+    return sql + f" AND a.name IN ({', '.join('?' for _ in scope)})", [*args, *scope]
 
 
 class _Tx:

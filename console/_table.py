@@ -1,0 +1,155 @@
+"""The host list: a virtual table that renders only the visible rows.
+
+Textual's stock DataTable measures every cell of every row (seconds for 10,000 rows); this
+widget keeps the rows in `HostModel` and draws a line only when Textual asks for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.segment import Segment
+from rich.style import Style
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from console._model import KEY_INDEX, HostModel
+from inventory.hostlist import HOST_COLUMNS
+
+WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "os": 24,
+          "model": 20, "serial": 14, "cpu": 26, "ram_bytes": 7, "disk_percent": 6, "ip": 15,
+          "last_seen": 19}
+SHOWN = [c for c in HOST_COLUMNS if c.key != "agent_id"]
+STATUS_STYLE = {"online": Style(color="green"), "offline": Style(color="red", bold=True),
+                "stale": Style(color="yellow"), "revoked": Style(color="magenta")}
+HEADER = Style(bold=True, reverse=True)
+CURSOR = Style(reverse=True)
+
+
+def cell_text(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "ram_bytes":
+        return f"{value / 2**30:.0f} GB"
+    if key == "disk_percent":
+        return f"{value:.0f}%"
+    if key == "last_seen":
+        return str(value)[:19].replace("T", " ")
+    return str(value)
+
+
+class HostTable(ScrollView, can_focus=True):
+    """Rows of `model.view`; the cursor follows its host across updates."""
+
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home,g", "jump(0)", "Top", show=False),
+        Binding("end,G", "jump(-1)", "Bottom", show=False),
+        Binding("enter", "open", "Open", show=True),
+    ]
+
+    class Opened(Message):
+        def __init__(self, agent_id: str) -> None:
+            super().__init__()
+            self.agent_id = agent_id
+
+    def __init__(self, model: HostModel, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.model = model
+        self.cursor = 0
+        self.cursor_id: str | None = None
+        self.line_width = sum(WIDTHS[c.key] + 1 for c in SHOWN)
+
+    # --- data ---------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """After the model's view changed: keep the cursor on the same host if it is there."""
+        view = self.model.view
+        if self.cursor_id is not None:
+            for i, row in enumerate(view):
+                if row[0] == self.cursor_id:
+                    self.cursor = i
+                    break
+            else:
+                self.cursor = min(self.cursor, max(0, len(view) - 1))
+        self.cursor = min(self.cursor, max(0, len(view) - 1))
+        self.cursor_id = view[self.cursor][0] if view else None
+        self.virtual_size = Size(self.line_width, len(view) + 1)
+        self.refresh()
+
+    def selected(self) -> str | None:
+        return self.cursor_id
+
+    # --- drawing ------------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        if y == 0:
+            strip = self._header()
+        else:
+            index = scroll_y + y - 1
+            if index >= len(self.model.view):
+                return Strip.blank(width)
+            strip = self._row(self.model.view[index], index == self.cursor)
+        return strip.crop(scroll_x, scroll_x + width).extend_cell_length(width)
+
+    def _header(self) -> Strip:
+        arrow = " v" if self.model.reverse else " ^"
+        segments = []
+        for c in SHOWN:
+            title = c.title + (arrow if c.key == self.model.sort_key else "")
+            segments.append(Segment(_fit(title, WIDTHS[c.key], c.numeric) + " ", HEADER))
+        return Strip(segments)
+
+    def _row(self, row: list[Any], selected: bool) -> Strip:
+        segments = []
+        for c in SHOWN:
+            text = _fit(cell_text(c.key, row[KEY_INDEX[c.key]]), WIDTHS[c.key], c.numeric)
+            style = STATUS_STYLE.get(row[KEY_INDEX["status"]]) if c.key == "status" else None
+            if selected:
+                style = CURSOR + style if style else CURSOR
+            segments.append(Segment(text + " ", style))
+        return Strip(segments)
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def action_cursor(self, delta: int) -> None:
+        self._move(self.cursor + delta)
+
+    def action_page(self, direction: int) -> None:
+        self._move(self.cursor + direction * max(1, self.size.height - 2))
+
+    def action_jump(self, where: int) -> None:
+        self._move(len(self.model.view) - 1 if where < 0 else 0)
+
+    def action_open(self) -> None:
+        if self.cursor_id:
+            self.post_message(self.Opened(self.cursor_id))
+
+    def _move(self, index: int) -> None:
+        view = self.model.view
+        if not view:
+            return
+        self.cursor = max(0, min(len(view) - 1, index))
+        self.cursor_id = view[self.cursor][0]
+        # Keep the cursor visible: the header takes the first line.
+        top = self.scroll_offset.y
+        visible = max(1, self.size.height - 1)
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False)
+        elif self.cursor >= top + visible:
+            self.scroll_to(y=self.cursor - visible + 1, animate=False)
+        self.refresh()
+
+
+def _fit(text: str, width: int, right: bool = False) -> str:
+    if len(text) > width:
+        return text[: width - 1] + "…"
+    return text.rjust(width) if right else text.ljust(width)

@@ -1,0 +1,286 @@
+"""The Estate console: is the estate OK, find any machine, see everything about it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Static, Tree
+
+from console._client import ApiFailure, HubConnection, HubUnreachable
+from console._host import HostScreen
+from console._model import HostModel
+from console._safe import plain
+from console._table import SHOWN, HostTable
+from inventory.filters import FilterError
+
+RECONNECT_MAX_S = 30.0
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[Binding]] = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def __init__(self, bindings: Iterable[tuple[str, str]]) -> None:
+        super().__init__()
+        self.lines = list(bindings)
+
+    def compose(self) -> ComposeResult:
+        text = Text("Keys\n\n", style="bold")
+        for keys, what in self.lines:
+            text.append(f"  {keys:<18}", style="bold")
+            text.append(f"{what}\n")
+        text.append("\nFilter: free text, field:value (status:offline, os:windows, "
+                    "agency:fire), comparisons (disk>90, ram>=16), -word negates.\n")
+        yield Static(text, id="help")
+
+
+HELP = [
+    ("up/down, j/k", "move in the host list"), ("pgup/pgdn, g/G", "page, top, bottom"),
+    ("/", "filter as you type"), ("escape", "clear the filter / back"),
+    ("enter", "open the host"), ("s", "sort by the next column"), ("r", "reverse the sort"),
+    ("tab", "move between the agency tree, filter and list"),
+    (": or ctrl+p", "command palette"), ("?", "this help"), ("q", "quit"),
+    ("host: 1-7 / left, right", "switch tabs"),
+]
+
+
+class EstateScreen(Screen[None]):
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear", show=False),
+        Binding("s", "sort", "Sort"),
+        Binding("r", "reverse", "Reverse"),
+        Binding("question_mark", "help", "Help"),
+        Binding("colon", "app.command_palette", "Commands", show=False),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, model: HostModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="banner")
+        yield Static("connecting…", id="summary")
+        with Horizontal():
+            yield Tree("Estate", id="agencies")
+            with Vertical():
+                yield Input(placeholder="filter: text, status:offline, os:windows, disk>90",
+                            id="filter")
+                yield HostTable(self.model, id="hosts")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#banner").display = False
+        self.query_one(HostTable).focus()
+
+    # --- updates ------------------------------------------------------------------------
+
+    def show(self, summary: dict[str, Any] | None) -> None:
+        table = self.query_one(HostTable)
+        table.reload()
+        counts = self.model.counts()
+        line = Text()
+        line.append("Estate ", style="bold")
+        ok = counts["offline"] == 0 and counts["stale"] == 0
+        line.append("OK" if ok else "ATTENTION", style="bold green" if ok else "bold red")
+        line.append(f"   {counts['total']} hosts   ")
+        line.append(f"{counts['online']} online", style="green")
+        line.append("   ")
+        line.append(f"{counts['offline']} offline", style="red" if counts["offline"] else "")
+        line.append("   ")
+        line.append(f"{counts['stale']} stale", style="yellow" if counts["stale"] else "")
+        shown = len(self.model.view)
+        if shown != counts["total"]:
+            line.append(f"   showing {shown}", style="italic")
+        if self.app.readonly:  # type: ignore[attr-defined]
+            line.append("   read-only", style="italic")
+        self.query_one("#summary", Static).update(line)
+        if summary is not None:
+            self._tree(summary)
+
+    def _tree(self, summary: dict[str, Any]) -> None:
+        tree = self.query_one(Tree)
+        tree.clear()
+        tree.root.expand()
+        for agency, info in sorted(summary.get("agencies", {}).items()):
+            node = tree.root.add(_count_label(agency, info["counts"]), data=("agency", agency),
+                                 expand=True)
+            for site, counts in sorted(info["sites"].items()):
+                node.add_leaf(_count_label(site, counts), data=("site", agency, site))
+
+    def banner(self, text: str | None) -> None:
+        banner = self.query_one("#banner", Static)
+        banner.display = text is not None
+        if text:
+            banner.update(Text(text, style="bold white on red"))
+
+    # --- actions ------------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        self._apply_filter("")
+        self.query_one(HostTable).focus()
+
+    def action_sort(self) -> None:
+        keys = [c.key for c in SHOWN]
+        current = keys.index(self.model.sort_key) if self.model.sort_key in keys else -1
+        self.model.sort_by(keys[(current + 1) % len(keys)])
+        self.show(None)
+
+    def action_reverse(self) -> None:
+        self.model.sort_by(self.model.sort_key, not self.model.reverse)
+        self.show(None)
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(HELP))
+
+    @on(Input.Changed, "#filter")
+    def _typed(self, event: Input.Changed) -> None:
+        self._apply_filter(event.value)
+
+    @on(Input.Submitted, "#filter")
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.query_one(HostTable).focus()
+
+    def _apply_filter(self, text: str) -> None:
+        try:
+            self.model.set_filter(text)
+        except FilterError as exc:
+            self.notify(str(exc), severity="warning", timeout=3)
+            return
+        self.show(None)
+
+    @on(Tree.NodeSelected)
+    def _tree_selected(self, event: Tree.NodeSelected[Any]) -> None:
+        data = event.node.data
+        box = self.query_one("#filter", Input)
+        if not data:
+            box.value = ""
+        elif data[0] == "agency":
+            box.value = f"agency:{_word(data[1])}"
+        else:
+            box.value = f"agency:{_word(data[1])} site:{_word(data[2])}"
+        self.query_one(HostTable).focus()
+
+    @on(HostTable.Opened)
+    def _open(self, event: HostTable.Opened) -> None:
+        self.app.push_screen(HostScreen(self.app.hub, event.agent_id))  # type: ignore[attr-defined]
+
+
+def _word(name: str) -> str:
+    """The longest word of a name: the filter splits on spaces (agency:fire)."""
+    return max(name.lower().split(), key=len)
+
+
+def _count_label(name: str, counts: dict[str, int]) -> Text:
+    label = Text(plain(name))
+    label.append(f"  {counts['total']}", style="bold")
+    if counts.get("offline"):
+        label.append(f" {counts['offline']} off", style="red")
+    if counts.get("stale"):
+        label.append(f" {counts['stale']} stale", style="yellow")
+    return label
+
+
+class EstateApp(App[None]):
+    TITLE = "Estate"
+    CSS = """
+    #banner { height: 1; }
+    #summary { height: 1; padding: 0 1; }
+    #agencies { width: 34; border-right: solid $panel; }
+    #filter { height: 3; }
+    #hosts { height: 1fr; }
+    #help { padding: 1 2; width: 90; height: auto; background: $panel; }
+    #title { height: 1; padding: 0 1; }
+    HelpScreen { align: center middle; }
+    """
+
+    def __init__(self, hub: HubConnection, readonly: bool = False) -> None:
+        super().__init__()
+        self.hub = hub
+        self.readonly = readonly
+        self.model = HostModel()
+        self.estate = EstateScreen(self.model)
+        self.loaded = asyncio.Event()
+        self._dirty = False
+
+    def on_mount(self) -> None:
+        self.push_screen(self.estate)
+        self.set_interval(0.25, self._repaint)
+        self.keep_in_sync()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for word, what in (("status:offline", "offline hosts"), ("status:stale", "stale hosts"),
+                           ("disk>90", "hosts with a volume over 90% full"),
+                           ("os:windows", "Windows hosts"), ("", "everything (clear filter)")):
+            yield SystemCommand(f"Show {what}", f"filter: {word or '(none)'}",
+                                lambda w=word: self._filter_from_palette(w))
+        for c in SHOWN:
+            yield SystemCommand(f"Sort by {c.title}", c.description,
+                                lambda k=c.key: self._sort_from_palette(k))
+        yield SystemCommand("Help", "every key binding", self.estate.action_help)
+
+    def _filter_from_palette(self, word: str) -> None:
+        self.estate.query_one("#filter", Input).value = word
+
+    def _sort_from_palette(self, key: str) -> None:
+        self.model.sort_by(key)
+        self.estate.show(None)
+
+    @work(exclusive=True, group="sync")
+    async def keep_in_sync(self) -> None:
+        """Load everything, then follow the watch; on a lost connection, show a banner and
+        reconnect with backoff."""
+        delay = 1.0
+        while True:
+            try:
+                if not self.hub.connected:
+                    await self.hub.connect()
+                await self._load()
+                self.estate.banner(None)
+                delay = 1.0
+                async for event in self.hub.watch():
+                    await self._event(event)
+            except (HubUnreachable, ApiFailure, OSError) as exc:
+                self.estate.banner(f" Connection to the hub lost: {exc}. "
+                                   f"Reconnecting in {delay:.0f} s… ")
+            else:
+                self.estate.banner(" Connection to the hub lost. Reconnecting… ")
+            await self.hub.close()
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_MAX_S, delay * 2)
+
+    async def _load(self) -> None:
+        hosts = await self.hub.request("hosts")
+        self.model.load(hosts["rows"])
+        self.estate.show(self.model.summary())
+        self.loaded.set()
+
+    async def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind in ("host", "presence") and event.get("row"):
+            self.model.upsert(event["row"])
+            self._dirty = True
+        elif kind == "resync":
+            await self._load()
+        if isinstance(self.screen, HostScreen):
+            self.screen.hub_event(event)
+
+    def _repaint(self) -> None:
+        """Live updates are applied at most a few times a second, however many arrive."""
+        if self._dirty:
+            self._dirty = False
+            self.estate.show(self.model.summary())

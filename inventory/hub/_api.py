@@ -1,0 +1,163 @@
+"""The operator API (`estate-api v1`): one JSON request per line, one JSON response per line.
+
+Every request is validated; a bad one gets an error with a stable code and the channel stays
+usable. Scope is enforced here, on the hub: an operator never receives a host, a count or a
+change outside their agencies. Runs on the store's thread.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from inventory.filters import FilterError, compile_filter
+from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
+from inventory.store import Store, parse_time
+
+MAX_LINE_BYTES = 64 * 1024
+OPS = ("columns", "summary", "hosts", "host", "changes", "reports")
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class OperatorApi:
+    def __init__(self, store: Store, operator: dict[str, Any]) -> None:
+        self.store = store
+        self.name = operator["name"]
+        self.role = operator["role"]
+        self.scope: list[str] | None = operator["agencies"]
+
+    def handle(self, line: bytes) -> dict[str, Any]:
+        """One request line in, one response out (never raises)."""
+        request_id: Any = None
+        try:
+            try:
+                request = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise ApiError("bad_json", "each line must be one JSON object") from None
+            if not isinstance(request, dict):
+                raise ApiError("bad_request", "a request is a JSON object")
+            request_id = request.get("id")
+            if not isinstance(request_id, (str, int)) or isinstance(request_id, bool) or \
+                    len(str(request_id)) > 64:
+                request_id = None
+                raise ApiError("bad_request", "id: expected a string or number (64 chars max)")
+            op = request.get("op")
+            if op not in OPS:
+                raise ApiError("unknown_op", f"op: expected one of {', '.join(OPS)}")
+            result = getattr(self, f"_{op}")(_Params(request, op))
+            return {"id": request_id, "ok": True, "result": result}
+        except ApiError as exc:
+            return {"id": request_id, "ok": False,
+                    "error": {"code": exc.code, "message": exc.message}}
+
+    # --- operations ---------------------------------------------------------------------
+
+    def _columns(self, p: _Params) -> Any:
+        p.done()
+        return [{"key": c.key, "title": c.title, "description": c.description,
+                 "numeric": c.numeric} for c in HOST_COLUMNS]
+
+    def _summary(self, p: _Params) -> Any:
+        p.done()
+        return {**self.store.summary(self.scope), "operator": self.name,
+                "agencies_in_scope": self.scope}
+
+    def _hosts(self, p: _Params) -> Any:
+        text = p.text("filter", default="", max_len=1000)
+        sort = p.text("sort", default="hostname", choices=COLUMN_KEYS)
+        reverse = p.flag("reverse")
+        offset = p.integer("offset", default=0, low=0, high=10**7)
+        limit = p.integer("limit", default=100_000, low=1, high=100_000)
+        p.done()
+        try:
+            match = compile_filter(text)
+        except FilterError as exc:
+            raise ApiError("bad_filter", str(exc)) from None
+        rows = [r for r in self.store.host_rows(self.scope) if match(r)]
+        index = COLUMN_KEYS.index(sort)
+        rows.sort(key=lambda r: (r[index] is None, r[index] if r[index] is not None else 0),
+                  reverse=reverse)
+        return {"columns": list(COLUMN_KEYS), "total": len(rows),
+                "rows": rows[offset:offset + limit]}
+
+    def _host(self, p: _Params) -> Any:
+        agent_id = p.text("agent_id", max_len=64, required=True)
+        p.done()
+        detail = self.store.host_detail(agent_id, self.scope)
+        if detail is None:
+            raise ApiError("not_found", f"no host {agent_id!r} in your agencies")
+        self.store.audit(f"operator:{self.name}", "host_read", agent_id)
+        return detail
+
+    def _changes(self, p: _Params) -> Any:
+        host = p.text("host", default=None, max_len=255)
+        since_text = p.text("since", default=None, max_len=40)
+        limit = p.integer("limit", default=1000, low=1, high=100_000)
+        p.done()
+        try:
+            since = parse_time(since_text) if since_text else None
+        except ValueError:
+            raise ApiError("bad_request", "since: expected a date like 2026-01-31 or an ISO "
+                                          "time") from None
+        return self.store.scoped_changes(self.scope, host, since, limit)
+
+    def _reports(self, p: _Params) -> Any:
+        agent_id = p.text("agent_id", max_len=64, required=True)
+        limit = p.integer("limit", default=50, low=1, high=500)
+        p.done()
+        reports = self.store.recent_reports(agent_id, self.scope, limit)
+        if reports is None:
+            raise ApiError("not_found", f"no host {agent_id!r} in your agencies")
+        return reports
+
+
+class _Params:
+    """Typed access to a request's parameters; unknown parameters are errors."""
+
+    def __init__(self, request: dict[str, Any], op: str) -> None:
+        self.request, self.op = request, op
+        self.used = {"id", "op"}
+
+    def _get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.request.get(key)
+
+    def text(self, key: str, default: Any = None, max_len: int = 256, required: bool = False,
+             choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(key)
+        if value is None:
+            if required:
+                raise ApiError("bad_request", f"{key}: required for {self.op}")
+            return default
+        if not isinstance(value, str) or len(value) > max_len:
+            raise ApiError("bad_request", f"{key}: expected a string of at most {max_len}")
+        if choices and value not in choices:
+            raise ApiError("bad_request", f"{key}: expected one of {', '.join(choices)}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ApiError("bad_request", f"{key}: expected a whole number from {low} to {high}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise ApiError("bad_request", f"{key}: expected true or false")
+        return value
+
+    def done(self) -> None:
+        extra = sorted(set(self.request) - self.used)
+        if extra:
+            raise ApiError("bad_request", f"unknown parameter {str(extra[0])[:64]!r} for "
+                                          f"{self.op}")
