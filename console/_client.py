@@ -100,7 +100,10 @@ class HubConnection:
 
     async def connect(self) -> None:
         self.conn, _ = await _open(self.address, self.user, self.key_path, self.hub_key)
-        self._api = await self.conn.create_process("estate-api v1", encoding="utf-8")
+        try:
+            self._api = await self.conn.create_process("estate-api v1", encoding="utf-8")
+        except (asyncssh.Error, OSError) as exc:
+            raise HubUnreachable(f"the hub refused the API channel ({exc})") from None
         self._reader = asyncio.get_running_loop().create_task(self._read_answers())
 
     @property
@@ -115,7 +118,11 @@ class HubConnection:
         rid = self._next_id
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._api.stdin.write(json.dumps({"id": rid, "op": op, **params}) + "\n")
+        try:
+            self._api.stdin.write(json.dumps({"id": rid, "op": op, **params}) + "\n")
+        except (asyncssh.Error, OSError) as exc:
+            self._pending.pop(rid, None)
+            raise HubUnreachable(f"the connection to the hub was lost ({exc})") from None
         answer = await future
         if not answer.get("ok"):
             err = answer.get("error") or {}
@@ -140,13 +147,18 @@ class HubConnection:
         """Events in scope: presence, host updates, changes; ends when the connection does."""
         if self.conn is None:
             raise HubUnreachable("not connected to the hub")
-        process = await self.conn.create_process("estate-watch v1", encoding="utf-8")
+        try:
+            process = await self.conn.create_process("estate-watch v1", encoding="utf-8")
+        except (asyncssh.Error, OSError) as exc:
+            raise HubUnreachable(f"the connection to the hub was lost ({exc})") from None
         try:
             async for line in process.stdout:
                 try:
                     yield json.loads(line)
                 except ValueError:
                     continue
+        except (asyncssh.Error, OSError) as exc:
+            raise HubUnreachable(f"the connection to the hub was lost ({exc})") from None
         finally:
             process.close()
 

@@ -221,6 +221,10 @@ class EstateApp(App[None]):
         self.set_interval(0.25, self._repaint)
         self.keep_in_sync()
 
+    async def on_unmount(self) -> None:
+        self.workers.cancel_all()
+        await self.hub.close()
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for word, what in (("status:offline", "offline hosts"), ("status:stale", "stale hosts"),

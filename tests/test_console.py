@@ -1,0 +1,239 @@
+"""The console with Pilot, against a real hub over real SSH: filter, sort, drill down, back,
+palette, help, live update, reconnect banner, and agent text that must stay plain."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import asyncssh
+import pytest
+
+from console._client import HubConnection
+from console._host import HostScreen
+from console._safe import plain
+from console._table import HostTable
+from console.app import EstateApp, HelpScreen
+from inventory import simulate
+from tests.harness import Agent, HubProcess, make_report
+
+EVIL = "[red]pwn[/red][link=https://e.vil]x[/link][@click=app.quit]q[/]\x1b[2J\x1b]8;;\u202eevil"
+
+
+@pytest.fixture()
+def estate(tmp_path, live_report):
+    """A hub with three real agents (one with a hostile hostname) and an admin operator."""
+    hub = HubProcess(tmp_path / "hub").start()
+    agents = []
+    for i, (agency, site, name) in enumerate((("Fire & Rescue", "Station 1", "fire-01"),
+                                              ("Schools", "École Nord", "school-01"),
+                                              ("Schools", "École Nord", EVIL))):
+        agent = Agent(hub, tmp_path / f"agent{i}", hub.token(agency, site))
+        report = make_report(live_report, agent.agent_id, system__hostname=name[:255])
+        if i == 1:
+            report["hardware"]["volumes"][0]["used_percent"] = 95.0
+        assert agent.send(report)[0] == 0
+        agents.append(agent)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key_path = tmp_path / "op_key"
+    key_path.write_bytes(key.export_private_key())
+    key_path.chmod(0o600)
+    key.write_public_key(str(key_path) + ".pub")
+    hub.admin("operator", "add", "ops", "--key", f"{key_path}.pub", "--role", "admin",
+              "--agencies", "all")
+    yield {"hub": hub, "agents": agents, "key": key_path}
+    hub.kill()
+
+
+def _app(estate) -> EstateApp:
+    hub = estate["hub"]
+    return EstateApp(HubConnection(hub.address, "ops", estate["key"], hub.fingerprint))
+
+
+async def _loaded(app: EstateApp, pilot) -> HostTable:
+    await asyncio.wait_for(app.loaded.wait(), 30)
+    await pilot.pause()
+    return app.estate.query_one(HostTable)
+
+
+def _screen_text(table: HostTable) -> str:
+    return "\n".join(table.render_line(y).text for y in range(min(40, table.size.height)))
+
+
+async def _until(predicate, pilot, timeout: float = 20) -> None:
+    for _ in range(int(timeout * 10)):
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("timed out waiting for the console")
+
+
+def test_filter_sort_drill_down_back_help_palette(estate):
+    async def run() -> None:
+        app = _app(estate)
+        async with app.run_test(size=(200, 40)) as pilot:
+            table = await _loaded(app, pilot)
+            assert len(app.model.view) == 3
+            assert "fire-01" in _screen_text(table)
+            await pilot.press("slash", *"disk>90")
+            await pilot.pause()
+            assert [r[1] for r in app.model.view] == ["school-01"]
+            await pilot.press("escape")  # leave the box, then clear
+            await pilot.press("escape")
+            await pilot.pause()
+            assert len(app.model.view) == 3
+            await pilot.press("slash", *"status:offline")
+            await pilot.pause()
+            assert all(r[4] == "offline" for r in app.model.view)
+            await pilot.press("escape", "escape")
+            # Sort: s moves to the next column, r reverses.
+            await pilot.press("s")
+            assert app.model.sort_key == "agency"
+            await pilot.press("r")
+            assert app.model.reverse and app.model.view[0][2] == "Schools"
+            # Drill down and back.
+            table.focus()
+            await pilot.press("home", "enter")
+            await _until(lambda: isinstance(app.screen, HostScreen)
+                         and app.screen.detail is not None, pilot)
+            host: HostScreen = app.screen  # type: ignore[assignment]
+            assert host.agent_id == app.model.view[0][0]
+            await pilot.press("6")
+            assert host.query_one("TabbedContent").active == "software"
+            await pilot.press("escape")
+            assert app.screen is app.estate
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            await pilot.press("colon")
+            await pilot.pause()
+            assert "CommandPalette" in type(app.screen).__name__
+            await pilot.press("escape")
+
+    asyncio.run(run())
+
+
+def test_agent_text_is_never_markup_or_terminal_control(estate):
+    async def run() -> None:
+        app = _app(estate)
+        async with app.run_test(size=(220, 40)) as pilot:
+            table = await _loaded(app, pilot)
+            await pilot.press("slash", *"pwn")
+            await pilot.pause()
+            (row,) = app.model.view
+            text = _screen_text(table)
+            assert "[red]pwn[/red]" in text, "markup must show as the literal text"
+            assert "\x1b" not in text and "\u202e" not in text
+            table.focus()
+            await pilot.press("enter")
+            await _until(lambda: isinstance(app.screen, HostScreen)
+                         and app.screen.detail is not None, pilot)
+            assert app.is_running, "[@click=app.quit] must not have done anything"
+            overview = str(app.screen.query_one("#overview-body").render())
+            assert "\x1b" not in overview and "\u202e" not in overview
+
+    asyncio.run(run())
+    assert plain(EVIL).count("\ufffd") == 3
+
+
+def test_live_update_keeps_the_cursor_and_reconnect_banner(estate, live_report):
+    hub, agents = estate["hub"], estate["agents"]
+
+    async def run() -> None:
+        app = _app(estate)
+        async with app.run_test(size=(200, 40)) as pilot:
+            table = await _loaded(app, pilot)
+            table.focus()
+            await pilot.press("end")
+            chosen = table.selected()
+            # A host renamed by a new report arrives through the watch.
+            report = make_report(live_report, agents[0].agent_id, system__hostname="aaa-first")
+            await asyncio.to_thread(agents[0].send, report)
+            await _until(lambda: any(r[1] == "aaa-first" for r in app.model.view), pilot)
+            await pilot.pause(0.5)
+            assert table.selected() == chosen, "the cursor moved with the update"
+            # The hub goes away: a banner; it comes back: the banner goes.
+            hub.kill()
+            banner = app.estate.query_one("#banner")
+            await _until(lambda: banner.display, pilot)
+            assert "lost" in str(banner.render())
+            hub.start()
+            await _until(lambda: not banner.display, pilot, timeout=40)
+            assert len(app.model.rows) == 3
+
+    asyncio.run(run())
+
+
+def test_model_filters_twenty_thousand_rows():
+    from console._model import HostModel
+    from inventory.hostlist import COLUMN_KEYS
+
+    rows = []
+    for i, (agency, site) in enumerate(simulate.placements(20_000)):
+        rows.append([f"ag-{i:012x}", f"pc-{i:05d}", agency, site,
+                     ("online", "offline", "stale")[i % 3], "Windows 11 Pro", "OptiPlex",
+                     f"SN{i}", "Intel", 8 * 2**30, float(i % 100), f"10.0.{i // 256}.{i % 256}",
+                     "2026-01-01T00:00:00Z"])
+    assert len(rows[0]) == len(COLUMN_KEYS)
+    model = HostModel()
+    model.load(rows)
+    model.set_filter("status:offline disk>90 agency:fire")
+    assert model.view and all(r[4] == "offline" and r[10] > 90 and r[2] == "Fire & Rescue"
+                              for r in model.view)
+    model.set_filter("-status:online")
+    assert len(model.view) == 20_000 - len([r for r in rows if r[4] == "online"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tmux test on Linux")
+def test_tmux_embedded_default_shows_this_machine(tmp_path, live_report):
+    """The real terminal: `estate` with the embedded default; this machine's hostname
+    appears, the filter and the host screen work, and q quits."""
+    import shutil
+    import subprocess
+    import time
+
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed (apt-get install tmux; .ci/run installs it)")
+    session = f"estate-test-{tmp_path.name[-8:]}"
+    data = tmp_path / "data"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "45",
+                    f"{sys.executable} -m console.cli --data {data}"], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"],
+                              capture_output=True, text=True).stdout
+
+    def wait_for_text(text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = screen()
+            if text in shown:
+                return shown
+            time.sleep(0.3)
+        raise AssertionError(f"{text!r} never appeared:\n{screen()}")
+
+    hostname = live_report["system"]["hostname"]
+    try:
+        wait_for_text("This machine")
+        wait_for_text(hostname)
+        subprocess.run(["tmux", "send-keys", "-t", session, "/"], check=True)
+        subprocess.run(["tmux", "send-keys", "-t", session, "-l", hostname], check=True)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+        time.sleep(0.5)
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+        wait_for_text("Agent id")
+        subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
+        wait_for_text("/ Filter")
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = subprocess.run(["tmux", "has-session", "-t", session],
+                                   capture_output=True).returncode == 0
+            if not alive:
+                break
+            time.sleep(0.3)
+        assert not alive, "estate did not quit on q"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "the embedded hub or agent outlived the console"
