@@ -120,7 +120,7 @@ def test_agent_text_is_never_markup_or_terminal_control(estate):
             table = await _loaded(app, pilot)
             await pilot.press("slash", *"pwn")
             await pilot.pause()
-            (row,) = app.model.view
+            assert len(app.model.view) == 1
             text = _screen_text(table)
             assert "[red]pwn[/red]" in text, "markup must show as the literal text"
             assert "\x1b" not in text and "\u202e" not in text
