@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/agent_collect.py
 	$(PY) bench/hub_ingest.py
+	$(PY) bench/console.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent inventory console tests bench

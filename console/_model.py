@@ -9,32 +9,50 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from console._safe import plain
-from inventory.filters import compile_filter
-from inventory.hostlist import COLUMN_KEYS
+from inventory.filters import TEXT_POSITION, Prepared, compile_prepared, prepare
+from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
 
 KEY_INDEX = {k: i for i, k in enumerate(COLUMN_KEYS)}
+NUMERIC = {c.key for c in HOST_COLUMNS if c.numeric}
 
 
 class HostModel:
     def __init__(self) -> None:
         self.rows: dict[str, list[Any]] = {}  # by agent id
+        self.prepared: dict[str, Prepared] = {}  # the same rows, ready for filtering
+        self.order: list[str] = []  # every id, sorted by the current sort key
         self.view: list[list[Any]] = []  # filtered and sorted
         self.filter_text = ""
+        self._match = compile_prepared("")
         self.sort_key = "hostname"
         self.reverse = False
+        self._order_stale = True
+
+    def extend(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Add a page of rows while loading (the list is usable from the first page)."""
+        for r in rows:
+            self.rows[r[0]] = list(r)
+            self.prepared[r[0]] = prepare(r)
+        self._order_stale = True
+        self.refresh()
 
     def load(self, rows: Sequence[Sequence[Any]]) -> None:
-        self.rows = {r[0]: _clean(r) for r in rows}
+        # Agent text is neutralised where it is drawn (`_table.cell_text`), not here: a
+        # load touches 20,000 rows, a repaint only the visible ones.
+        self.rows = {r[0]: list(r) for r in rows}
+        self.prepared = {k: prepare(r) for k, r in self.rows.items()}
+        self._order_stale = True
         self.refresh()
 
     def upsert(self, row: Sequence[Any]) -> None:
-        self.rows[row[0]] = _clean(row)
-        self.refresh()
+        """Take a live update; `refresh()` (called once per repaint) shows it."""
+        self.rows[row[0]] = list(row)
+        self.prepared[row[0]] = prepare(row)
+        self._order_stale = True
 
     def set_filter(self, text: str) -> None:
         """Raises FilterError (and keeps the old filter) when `text` is not understood."""
-        compile_filter(text)
+        self._match = compile_prepared(text)
         self.filter_text = text
         self.refresh()
 
@@ -42,14 +60,24 @@ class HostModel:
         self.sort_key = key
         if reverse is not None:
             self.reverse = reverse
+        self._order_stale = True
         self.refresh()
 
     def refresh(self) -> None:
-        match = compile_filter(self.filter_text)
-        index = KEY_INDEX[self.sort_key]
-        view = [r for r in self.rows.values() if match(r)]
-        view.sort(key=lambda r: (r[index] is None, _sortable(r[index])), reverse=self.reverse)
-        self.view = view
+        # Sorting happens only when the key or the rows change; a filter keystroke is one
+        # pass over the ids in their sorted order.
+        if self._order_stale:
+            index = KEY_INDEX[self.sort_key]
+            if self.sort_key in NUMERIC:
+                col = {k: (r[index] if r[index] is not None else float("inf"))
+                       for k, r in self.rows.items()}
+            else:  # text sorts case-insensitively, unknown last
+                pos = TEXT_POSITION[index]
+                col = {k: p[1][pos] or "\U0010ffff" for k, p in self.prepared.items()}
+            self.order = sorted(col, key=col.__getitem__, reverse=self.reverse)
+            self._order_stale = False
+        match, prepared, rows = self._match, self.prepared, self.rows
+        self.view = [rows[k] for k in self.order if match(prepared[k])]
 
     def counts(self) -> dict[str, int]:
         out = {"total": len(self.rows), "online": 0, "offline": 0, "stale": 0, "revoked": 0}
@@ -71,12 +99,3 @@ class HostModel:
                 counts["total"] += 1
                 counts[r[st_i]] = counts.get(r[st_i], 0) + 1
         return {"agencies": agencies}
-
-
-def _sortable(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value if value is not None else 0
-
-
-def _clean(row: Sequence[Any]) -> list[Any]:
-    """Agent-supplied strings are neutralised once, when they arrive."""
-    return [plain(v) if isinstance(v, str) else v for v in row]

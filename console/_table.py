@@ -17,6 +17,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from console._model import KEY_INDEX, HostModel
+from console._safe import plain
 from inventory.hostlist import HOST_COLUMNS
 
 WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "os": 24,
@@ -37,8 +38,8 @@ def cell_text(key: str, value: Any) -> str:
     if key == "disk_percent":
         return f"{value:.0f}%"
     if key == "last_seen":
-        return str(value)[:19].replace("T", " ")
-    return str(value)
+        return plain(str(value)[:19].replace("T", " "))
+    return plain(value)  # agent text: never markup, never terminal control
 
 
 class HostTable(ScrollView, can_focus=True):

@@ -22,6 +22,7 @@ from console._table import SHOWN, HostTable
 from inventory.filters import FilterError
 
 RECONNECT_MAX_S = 30.0
+PAGE_ROWS = 2500
 
 
 class HelpScreen(ModalScreen[None]):
@@ -100,6 +101,8 @@ class EstateScreen(Screen[None]):
         shown = len(self.model.view)
         if shown != counts["total"]:
             line.append(f"   showing {shown}", style="italic")
+        if self.app.loading:  # type: ignore[attr-defined]
+            line.append(f"   {self.app.loading}…", style="italic")  # type: ignore[attr-defined]
         if self.app.readonly:  # type: ignore[attr-defined]
             line.append("   read-only", style="italic")
         self.query_one("#summary", Static).update(line)
@@ -148,19 +151,23 @@ class EstateScreen(Screen[None]):
 
     @on(Input.Changed, "#filter")
     def _typed(self, event: Input.Changed) -> None:
-        self._apply_filter(event.value)
+        # While typing, a half-written word ("disk>") keeps the last good filter quietly.
+        self._apply_filter(event.value, quiet=True)
 
     @on(Input.Submitted, "#filter")
     def _submitted(self, event: Input.Submitted) -> None:
-        self.query_one(HostTable).focus()
+        if self._apply_filter(event.value):
+            self.query_one(HostTable).focus()
 
-    def _apply_filter(self, text: str) -> None:
+    def _apply_filter(self, text: str, quiet: bool = False) -> bool:
         try:
             self.model.set_filter(text)
         except FilterError as exc:
-            self.notify(str(exc), severity="warning", timeout=3)
-            return
+            if not quiet:
+                self.notify(str(exc), severity="warning", timeout=4)
+            return False
         self.show(None)
+        return True
 
     @on(Tree.NodeSelected)
     def _tree_selected(self, event: Tree.NodeSelected[Any]) -> None:
@@ -213,7 +220,9 @@ class EstateApp(App[None]):
         self.readonly = readonly
         self.model = HostModel()
         self.estate = EstateScreen(self.model)
-        self.loaded = asyncio.Event()
+        self.loaded = asyncio.Event()  # every host is in the model
+        self.usable = asyncio.Event()  # the first page is on screen
+        self.loading: str | None = None
         self._dirty = False
 
     def on_mount(self) -> None:
@@ -268,9 +277,27 @@ class EstateApp(App[None]):
             delay = min(RECONNECT_MAX_S, delay * 2)
 
     async def _load(self) -> None:
-        hosts = await self.hub.request("hosts")
-        self.model.load(hosts["rows"])
+        # Pages keep every answer well under the SSH window (2 MiB); the list is shown and
+        # usable from the first page, and fills in while the rest arrive.
+        self.model.load([])
+        last, count = "", 0
+        while True:
+            page = await self.hub.request("hosts", after=last, limit=PAGE_ROWS,
+                                          sort="agent_id")
+            if not page["rows"]:
+                break
+            self.model.extend(page["rows"])
+            last, count = page["rows"][-1][0], count + len(page["rows"])
+            self.loading = f"loading {count} of {page['total']}" if count < page["total"] \
+                else None
+            self.estate.show(self.model.summary())
+            self.usable.set()
+            if count >= page["total"]:
+                break
+            await asyncio.sleep(0)  # let the first page paint before the next arrives
+        self.loading = None
         self.estate.show(self.model.summary())
+        self.usable.set()
         self.loaded.set()
 
     async def _event(self, event: dict[str, Any]) -> None:
@@ -287,4 +314,5 @@ class EstateApp(App[None]):
         """Live updates are applied at most a few times a second, however many arrive."""
         if self._dirty:
             self._dirty = False
+            self.model.refresh()
             self.estate.show(self.model.summary())

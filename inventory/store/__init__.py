@@ -498,9 +498,14 @@ class Store:
 
     # --- the operator API's reads, scoped to agencies (None: all) ------------------------
 
-    def host_rows(self, scope: list[str] | None,
-                  agent_ids: list[str] | None = None) -> list[list[Any]]:
-        """Compact rows in `inventory.hostlist.COLUMN_KEYS` order."""
+    def host_rows(self, scope: list[str] | None, agent_ids: list[str] | None = None,
+                  page: tuple[str, int] | None = None) -> list[list[Any]]:
+        """Compact rows in `inventory.hostlist.COLUMN_KEYS` order.
+
+        Args:
+            page: (after agent id, limit): a page in agent id order, keyset-paged in SQL so
+                every page costs the same.
+        """
         sql = ("SELECT h.agent_id, h.hostname, a.name, s.name, g.connected, g.revoked_at, "
                "h.last_seen, h.interval_s, h.os_name, h.os_version, h.model, h.serial, "
                "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses "
@@ -512,15 +517,27 @@ class Store:
         if agent_ids is not None:
             sql += f" AND h.agent_id IN ({', '.join('?' for _ in agent_ids)})"
             args += agent_ids
-        now = utcnow()
+        if page is not None:
+            sql += " AND h.agent_id > ? ORDER BY h.agent_id LIMIT ?"
+            args += [page[0], page[1]]
+        else:
+            sql += " ORDER BY h.hostname"
+        status_of = _StatusClock(utcnow())
         rows = []
-        for r in self.db.execute(sql + " ORDER BY h.hostname", args):
-            status = _status(r[5], r[6], r[4], r[7], now)
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # plain tuples: this runs for every host
+        for r in cursor.execute(sql, args):
+            status = status_of(r[5], r[6], r[4], r[7])
             os_text = " ".join(x for x in (r[8], r[9]) if x) or None
             ip = (r[15] or "").split(" ", 1)[0] or None
             rows.append([r[0], r[1], r[2], r[3], status, os_text, r[10], r[11], r[12], r[13],
                          r[14], ip, r[6]])
         return rows
+
+    def host_count(self, scope: list[str] | None) -> int:
+        sql, args = _scoped("SELECT COUNT(*) FROM hosts h JOIN agencies a "
+                            "ON a.id = h.agency_id WHERE 1 = 1", [], scope)
+        return int(self.db.execute(sql, args).fetchone()[0])
 
     def summary(self, scope: list[str] | None) -> dict[str, Any]:
         """Counts per agency and site: total, online, offline, stale (and revoked)."""
@@ -648,6 +665,26 @@ class Store:
 
     def report_ids(self) -> Iterable[str]:
         return [r[0] for r in self.db.execute("SELECT report_id FROM reports")]
+
+
+class _StatusClock:
+    """`_status` for many hosts at one moment: the stale threshold per interval, once."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.before: dict[float | None, str] = {}
+
+    def __call__(self, revoked_at: str | None, last_seen: str, connected: int,
+                 interval_s: float | None) -> str:
+        if revoked_at:
+            return "revoked"
+        before = self.before.get(interval_s)
+        if before is None:
+            before = self.before[interval_s] = iso(
+                self.now - 2 * timedelta(seconds=interval_s or DEFAULT_INTERVAL_S))
+        if last_seen < before:
+            return "stale"
+        return "online" if connected else "offline"
 
 
 def _status(revoked_at: str | None, last_seen: str, connected: int, interval_s: float | None,
