@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
+    except _UsageError as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `estate-agent collect | head`
@@ -110,32 +113,35 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
                         "as root, else ~/.config/estate/agent.toml)")
 
 
+class _UsageError(Exception):
+    """A problem with what the user gave (a config file): exit 2 with the message."""
+
+
 def _load_config(path: Path | None, must_exist: bool):  # type: ignore[no-untyped-def]
+    """The agent config, or defaults when no file is at the default place.
+
+    Raises:
+        _UsageError: the file is missing (when named) or invalid; the message says where.
+    """
     from agent import config
 
     target = path or config.default_path()
     if path is None and not must_exist and not target.exists():
         return config.AgentConfig()
-    return config.load(target)
+    try:
+        return config.load(target)
+    except config.ConfigError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     from agent.collect import collect_report
-    from agent.config import ConfigError
     from inventory.report import ReportError, validate
 
-    try:
-        cfg = _load_config(args.config, must_exist=args.config is not None)
-    except ConfigError as exc:
-        print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    probes = None
-    if cfg.probes and not args.no_probes:
-        from agent.probes import run_probes
+    cfg = _load_config(args.config, must_exist=args.config is not None)
+    from agent.probes import prober
 
-        def probes(network):  # type: ignore[no-untyped-def]
-            return run_probes(cfg.probes, network)
-
+    probes = None if args.no_probes else prober(cfg.probes)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
     report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, **kwargs)
     try:
@@ -184,25 +190,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import gzip
 
     from agent.collect import collect_report
-    from agent.config import ConfigError
     from agent.transport import HubClient, HubError, load_key
 
-    try:
-        cfg = _load_config(args.config, must_exist=True)
-    except ConfigError as exc:
-        print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    cfg = _load_config(args.config, must_exist=True)
     if not (cfg.agent_id and cfg.hub and cfg.hub_key and cfg.key_file):
         print(f"estate-agent: {cfg.path}: not enrolled (run estate-agent enrol first)",
               file=sys.stderr)
         return EXIT_USAGE
-    probes = None
-    if cfg.probes:
-        from agent.probes import run_probes
+    from agent.probes import prober
 
-        def probes(network):  # type: ignore[no-untyped-def]
-            return run_probes(cfg.probes, network)
-
+    probes = prober(cfg.probes)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
     report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, **kwargs)
     body = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
@@ -237,23 +234,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging()
     try:
-        cfg = _load_config(args.config, must_exist=True)
-        service = Service(cfg)
+        service = Service(_load_config(args.config, must_exist=True))
     except ConfigError as exc:
-        print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise _UsageError(str(exc)) from None
     return service.run()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError
     from agent.service import read_status
 
-    try:
-        cfg = _load_config(args.config, must_exist=True)
-    except ConfigError as exc:
-        print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    cfg = _load_config(args.config, must_exist=True)
     state = read_status(cfg) or {}
     if args.json:
         print(json.dumps(state, indent=1))

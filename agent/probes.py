@@ -16,7 +16,14 @@ from typing import Any
 from agent.collect._runner import call_with_timeout
 from agent.config import ProbeConfig, parse_hostport
 
-__all__ = ["run_probes"]
+__all__ = ["prober", "run_probes"]
+
+
+def prober(probes: tuple[ProbeConfig, ...]) -> Any:
+    """What `collect_report(probes=...)` takes: None when no probe is configured."""
+    if not probes:
+        return None
+    return lambda network: run_probes(probes, network)
 
 
 def run_probes(probes: tuple[ProbeConfig, ...], network: dict[str, Any]) -> list[dict[str, Any]]:

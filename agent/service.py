@@ -158,14 +158,9 @@ class Service:
 
     def _collect(self) -> None:
         from agent.collect import DEFAULT_TIMEOUT_S, collect_report
+        from agent.probes import prober
 
-        probes = None
-        if self.cfg.probes:
-            from agent.probes import run_probes
-
-            def probes(network: dict[str, Any]) -> list[dict[str, Any]]:
-                return run_probes(self.cfg.probes, network)
-
+        probes = prober(self.cfg.probes)
         seq = self.spool.next_sequence() if self.spool else time.time_ns() // 1_000_000
         report, self.sample = collect_report(
             agent_id=self.cfg.agent_id, sequence=seq, probes=probes, previous=self.sample,

@@ -198,11 +198,15 @@ class Store:
         return out
 
     def revoke_token(self, token_id: str, actor: str) -> bool:
+        return self._revoke("tokens", token_id, "token_revoke", actor)
+
+    def _revoke(self, table: str, key: str, action: str, actor: str) -> bool:
+        """Mark a token or agent revoked (once) and audit it; False if there was none."""
         with self._transaction():
-            cur = self.db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? "
-                                  "AND revoked_at IS NULL", (iso(utcnow()), token_id))
+            cur = self.db.execute(f"UPDATE {table} SET revoked_at = ? WHERE id = ? "  # noqa: S608 - table is a literal of the callers
+                                  "AND revoked_at IS NULL", (iso(utcnow()), key))
             if cur.rowcount:
-                self._audit(actor, "token_revoke", token_id)
+                self._audit(actor, action, key)
         return cur.rowcount > 0
 
     # --- agents -------------------------------------------------------------------------
@@ -268,12 +272,7 @@ class Store:
         return [dict(r) for r in rows]
 
     def revoke_agent(self, agent_id: str, actor: str) -> bool:
-        with self._transaction():
-            cur = self.db.execute("UPDATE agents SET revoked_at = ? WHERE id = ? "
-                                  "AND revoked_at IS NULL", (iso(utcnow()), agent_id))
-            if cur.rowcount:
-                self._audit(actor, "agent_revoke", agent_id)
-        return cur.rowcount > 0
+        return self._revoke("agents", agent_id, "agent_revoke", actor)
 
     def set_presence(self, agent_id: str, connected: bool, at: datetime) -> str | None:
         """Record a connection going up or down: current state and history.
