@@ -143,14 +143,17 @@ class HubConnection:
                 future.set_exception(HubUnreachable("the connection to the hub was lost"))
         self._pending.clear()
 
-    async def watch(self) -> AsyncIterator[dict[str, Any]]:
-        """Events in scope: presence, host updates, changes; ends when the connection does."""
+    async def open_watch(self) -> Any:
+        """Subscribe to events now (before loading, so nothing between is missed)."""
         if self.conn is None:
             raise HubUnreachable("not connected to the hub")
         try:
-            process = await self.conn.create_process("estate-watch v1", encoding="utf-8")
+            return await self.conn.create_process("estate-watch v1", encoding="utf-8")
         except (asyncssh.Error, OSError) as exc:
             raise HubUnreachable(f"the connection to the hub was lost ({exc})") from None
+
+    async def events(self, process: Any) -> AsyncIterator[dict[str, Any]]:
+        """Events in scope: presence, host updates, changes; ends when the connection does."""
         try:
             async for line in process.stdout:
                 try:
@@ -161,6 +164,10 @@ class HubConnection:
             raise HubUnreachable(f"the connection to the hub was lost ({exc})") from None
         finally:
             process.close()
+
+    async def watch(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.events(await self.open_watch()):
+            yield event
 
     async def close(self) -> None:
         if self.conn is not None:

@@ -262,10 +262,13 @@ class EstateApp(App[None]):
             try:
                 if not self.hub.connected:
                     await self.hub.connect()
+                # Subscribe first, then load: events that happen during the load wait in
+                # the watch channel and are applied after it.
+                watch = await self.hub.open_watch()
                 await self._load()
                 self.estate.banner(None)
                 delay = 1.0
-                async for event in self.hub.watch():
+                async for event in self.hub.events(watch):
                     await self._event(event)
             except (HubUnreachable, ApiFailure, OSError) as exc:
                 self.estate.banner(f" Connection to the hub lost: {exc}. "
