@@ -211,6 +211,8 @@ class EstateApp(App[None]):
     #hosts { height: 1fr; }
     #help { padding: 1 2; width: 90; height: auto; background: $panel; }
     #title { height: 1; padding: 0 1; }
+    HostScreen #tabs { height: 1fr; }
+    HostScreen TabPane { height: 1fr; padding: 0; }
     HelpScreen { align: center middle; }
     """
 

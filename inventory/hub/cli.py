@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     oadd.set_defaults(func=_cmd_operator_add)
     _verb(operator, "list", "list operators", json_flag=True).set_defaults(
         func=_cmd_operator_list)
-    oremove = _verb(operator, "remove", "remove an operator: their key is refused at once")
+    oremove = _verb(operator, "remove", "remove an operator: their key is refused from their "
+                                          "next login")
     oremove.add_argument("name", metavar="NAME")
     oremove.set_defaults(func=_cmd_operator_remove)
 
