@@ -8,12 +8,13 @@ from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Sparkline, Static, TabbedContent, TabPane
 
 from console._client import ApiFailure, HubConnection, HubUnreachable
+from console._keys import HOST, bindings
 from console._safe import plain
 
 TABS = ("overview", "hardware", "storage", "network", "probes", "software", "changes")
@@ -55,11 +56,8 @@ def _grid(headers: list[str], rows: list[list[Any]]) -> Table:
 
 
 class HostScreen(Screen[None]):
-    BINDINGS: ClassVar[list[Binding]] = [
-        Binding("escape", "back", "Back"),
-        Binding("q", "back", "Back", show=False),
-        Binding("left", "tab(-1)", "Prev tab", show=False),
-        Binding("right", "tab(1)", "Next tab", show=False),
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *bindings(HOST),
         *[Binding(str(i + 1), f"show_tab('{name}')", name.title(), show=False)
           for i, name in enumerate(TABS)],
     ]

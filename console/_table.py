@@ -10,12 +10,13 @@ from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
-from textual.binding import Binding
+from textual.binding import BindingType
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from console._keys import TABLE, bindings
 from console._model import KEY_INDEX, HostModel
 from console._safe import plain
 from inventory.hostlist import HOST_COLUMNS
@@ -45,15 +46,7 @@ def cell_text(key: str, value: Any) -> str:
 class HostTable(ScrollView, can_focus=True):
     """Rows of `model.view`; the cursor follows its host across updates."""
 
-    BINDINGS: ClassVar[list[Binding]] = [
-        Binding("up,k", "cursor(-1)", "Up", show=False),
-        Binding("down,j", "cursor(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home,g", "jump(0)", "Top", show=False),
-        Binding("end,G", "jump(-1)", "Bottom", show=False),
-        Binding("enter", "open", "Open", show=True),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(TABLE)
 
     class Opened(Message):
         def __init__(self, agent_id: str) -> None:

@@ -9,13 +9,15 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static, Tree
 
+from console import _keys as keys
 from console._client import ApiFailure, HubConnection, HubUnreachable
 from console._host import HostScreen
+from console._keys import bindings
 from console._model import HostModel
 from console._safe import plain
 from console._table import SHOWN, HostTable
@@ -34,34 +36,17 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         text = Text("Keys\n\n", style="bold")
-        for keys, what in self.lines:
-            text.append(f"  {keys:<18}", style="bold")
+        for combo, what in self.lines:
+            text.append(f"  {combo:<18}", style="bold")
             text.append(f"{what}\n")
+        text.append("\n  1-7               host: switch tabs\n")
         text.append("\nFilter: free text, field:value (status:offline, os:windows, "
                     "agency:fire), comparisons (disk>90, ram>=16), -word negates.\n")
         yield Static(text, id="help")
 
 
-HELP = [
-    ("up/down, j/k", "move in the host list"), ("pgup/pgdn, g/G", "page, top, bottom"),
-    ("/", "filter as you type"), ("escape", "clear the filter / back"),
-    ("enter", "open the host"), ("s", "sort by the next column"), ("r", "reverse the sort"),
-    ("tab", "move between the agency tree, filter and list"),
-    (": or ctrl+p", "command palette"), ("?", "this help"), ("q", "quit"),
-    ("host: 1-7 / left, right", "switch tabs"),
-]
-
-
 class EstateScreen(Screen[None]):
-    BINDINGS: ClassVar[list[Binding]] = [
-        Binding("slash", "filter", "Filter"),
-        Binding("escape", "clear_filter", "Clear", show=False),
-        Binding("s", "sort", "Sort"),
-        Binding("r", "reverse", "Reverse"),
-        Binding("question_mark", "help", "Help"),
-        Binding("colon", "app.command_palette", "Commands", show=False),
-        Binding("q", "app.quit", "Quit"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(keys.ESTATE)
 
     def __init__(self, model: HostModel) -> None:
         super().__init__()
@@ -147,7 +132,7 @@ class EstateScreen(Screen[None]):
         self.show(None)
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen(HELP))
+        self.app.push_screen(HelpScreen(keys.help_lines(self.app.keymap_overrides)))  # type: ignore[attr-defined]
 
     @on(Input.Changed, "#filter")
     def _typed(self, event: Input.Changed) -> None:
@@ -216,9 +201,11 @@ class EstateApp(App[None]):
     HelpScreen { align: center middle; }
     """
 
-    def __init__(self, hub: HubConnection, readonly: bool = False) -> None:
+    def __init__(self, hub: HubConnection, readonly: bool = False,
+                 keymap: dict[str, str] | None = None) -> None:
         super().__init__()
         self.hub = hub
+        self.keymap_overrides = keymap or {}
         self.readonly = readonly
         self.model = HostModel()
         self.estate = EstateScreen(self.model)
@@ -228,6 +215,8 @@ class EstateApp(App[None]):
         self._dirty = False
 
     def on_mount(self) -> None:
+        if self.keymap_overrides:
+            self.set_keymap(self.keymap_overrides)
         self.push_screen(self.estate)
         self.set_interval(0.25, self._repaint)
         self.keep_in_sync()

@@ -48,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="embedded default's data folder (default ~/.local/share/estate)")
     parser.add_argument("--theme", default=None, help="a Textual theme name (e.g. nord)")
+    parser.add_argument("--keymap", type=Path, metavar="FILE",
+                        help="rebind keys (default ~/.config/estate/keymap.toml if present; "
+                             "see docs/configuration.md)")
     args = parser.parse_args(argv)
     if args.simulate < 0 or args.simulate > 50_000:
         parser.error("--simulate: expected 0 to 50000")
     try:
         settings = _settings(args)
+        args.keymap_overrides = _keymap(args.keymap)
     except ValueError as exc:
         print(f"estate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -129,11 +133,21 @@ def _run(settings: dict[str, Any], args: argparse.Namespace) -> int:
 
     hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
                         settings["hub_key"])
-    app = EstateApp(hub, readonly=args.readonly)
+    app = EstateApp(hub, readonly=args.readonly, keymap=args.keymap_overrides)
     if args.theme:
         app.theme = args.theme
     app.run()
     return EXIT_OK
+
+
+def _keymap(path: Path | None) -> dict[str, str]:
+    from console._keys import default_keymap_path, load_keymap
+
+    if path is None:
+        path = default_keymap_path()
+        if not path.exists():
+            return {}
+    return load_keymap(path)
 
 
 def _remember(settings: dict[str, Any]) -> None:

@@ -237,3 +237,31 @@ def test_tmux_embedded_default_shows_this_machine(tmp_path, live_report):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "the embedded hub or agent outlived the console"
+
+
+def test_keymap_file_rebinds_and_bad_ids_are_named(estate, tmp_path):
+    from console._keys import load_keymap
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[keys]\n"estate.fliter" = "f"\n')
+    with pytest.raises(ValueError, match=r"keys.estate.fliter: unknown binding"):
+        load_keymap(bad)
+    good = tmp_path / "keymap.toml"
+    good.write_text('[keys]\n"estate.filter" = "f"\n"estate.help" = "h"\n')
+    keymap = load_keymap(good)
+
+    async def run() -> None:
+        hub = estate["hub"]
+        app = EstateApp(HubConnection(hub.address, "ops", estate["key"], hub.fingerprint),
+                        keymap=keymap)
+        async with app.run_test(size=(200, 40)) as pilot:
+            await _loaded(app, pilot)
+            await pilot.press("f", *"school")
+            await pilot.pause()
+            assert app.model.filter_text == "school"
+            await pilot.press("escape", "escape", "h")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            assert "h " in str(app.screen.query_one("#help").render())
+
+    asyncio.run(run())
