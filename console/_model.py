@@ -68,13 +68,17 @@ class HostModel:
         # pass over the ids in their sorted order.
         if self._order_stale:
             index = KEY_INDEX[self.sort_key]
+            ids = list(self.prepared)
             if self.sort_key in NUMERIC:
-                col = {k: (r[index] if r[index] is not None else float("inf"))
-                       for k, r in self.rows.items()}
+                rows = self.rows
+                col = [rows[k][index] for k in ids]
+                col = [v if v is not None else float("inf") for v in col]
             else:  # text sorts case-insensitively, unknown last
                 pos = TEXT_POSITION[index]
-                col = {k: p[1][pos] or "\U0010ffff" for k, p in self.prepared.items()}
-            self.order = sorted(col, key=col.__getitem__, reverse=self.reverse)
+                col = [p[1][pos] or "\U0010ffff" for p in self.prepared.values()]
+            # Sorting positions by a list lookup is cheaper than by a dict lookup.
+            positions = sorted(range(len(ids)), key=col.__getitem__, reverse=self.reverse)
+            self.order = [ids[i] for i in positions]
             self._order_stale = False
         match, prepared, rows = self._match, self.prepared, self.rows
         self.view = [rows[k] for k in self.order if match(prepared[k])]
