@@ -30,6 +30,46 @@ ROWS = [
 ]
 
 
+def _detail() -> dict:
+    """A host's record as the hub's `host` answer gives it, with nothing that varies."""
+    import random
+
+    from inventory import simulate
+
+    ident = simulate.Identity(7, "ag-000000000001", None, "Fire & Rescue", "Station 12")  # type: ignore[arg-type]
+    report = simulate.fake_report(ident, 1, 300.0, random.Random(1))
+    report["collected_at"] = "2026-11-27T09:00:00Z"
+    report["system"]["boot_time"] = "2026-11-20T07:30:00Z"
+    report["system"]["hostname"] = "fire-lt-0412"
+    packages = report["software"]["packages"][:5]
+    report["software"]["packages"] = None
+    return {"agent_id": "ag-000000000001", "agency": "Fire & Rescue", "site": "Station 12",
+            "status": "online", "first_seen": "2026-11-01T08:00:00.000000Z",
+            "last_seen": "2026-11-27T09:00:00.000000Z", "enrolled_at": "2026-11-01",
+            "clock_skew_s": 0.4, "identity_conflict": None, "report": report,
+            "packages": packages}
+
+
+class FixedHub(HubConnection):
+    """Answers the host screen's requests with fixed data (the real client is tested
+    against a real hub in test_console.py; here only the picture matters)."""
+
+    async def request(self, op: str, **params):  # type: ignore[no-untyped-def]
+        if op == "host":
+            return _detail()
+        if op == "changes":
+            return [{"id": 1, "at": "2026-11-20T10:00:00.000000Z", "agent_id": "x",
+                     "hostname": "fire-lt-0412", "agency": "Fire & Rescue",
+                     "kind": "memory_changed", "subject": None, "old_value": "8589934592",
+                     "new_value": "17179869184"}]
+        if op == "reports":
+            return [{"report_id": f"x:1:{i}", "received_at": "", "collected_at": "",
+                     "clock_skew_s": 0, "probes": [{"name": "file-server", "ok": True,
+                                                    "latency_ms": float(5 + i % 7)}]}
+                    for i in range(20)]
+        raise AssertionError(op)
+
+
 class FixedApp(EstateApp):
     """The real app and screens over fixed rows: no hub, no clock, no randomness."""
 
@@ -48,13 +88,14 @@ def _svg(app: EstateApp) -> str:
 
 
 async def _shoot(press: tuple[str, ...]) -> str:
-    app = FixedApp(HubConnection("127.0.0.1:1", "snap", None, "SHA256:x"))
+    app = FixedApp(FixedHub("127.0.0.1:1", "snap", None, "SHA256:x"))
     async with app.run_test(size=(160, 24)) as pilot:
         await asyncio.wait_for(app.loaded.wait(), 10)
         await pilot.pause()
         for key in press:
             await pilot.press(key)
-        await pilot.pause()
+            await pilot.pause()
+        await pilot.pause(0.2)
         return _svg(app)
 
 
@@ -62,6 +103,9 @@ async def _shoot(press: tuple[str, ...]) -> str:
     ("estate", ()),
     ("estate_filtered", ("slash", *"status:offline", "enter")),
     ("help", ("question_mark",)),
+    ("host_overview", ("home", "enter")),
+    ("host_storage", ("home", "enter", "3")),
+    ("host_probes", ("home", "enter", "5")),
 ])
 def test_snapshot(name, press):
     svg = asyncio.run(_shoot(press))
