@@ -60,9 +60,10 @@ class Embedded:
                 proc.terminate()
         for proc in self.procs:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(timeout=10)
 
     def _spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen[str]:
         with open(self.data / f"{name}.log", "a") as log:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"estate: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop what the embedded
+    # default started: turn both into SystemExit so the `finally` below runs.
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, _exit_on_signal)
     embedded = None
     if settings is None:
         from console._embedded import Embedded, default_data_dir
@@ -71,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             embedded.stop()
             print(f"estate: {exc}", file=sys.stderr)
             return EXIT_FAIL
+        except BaseException:  # a signal while starting: stop what did start
+            embedded.stop()
+            raise
         settings = {"user": embedded.user, "address": embedded.address,
                     "key": embedded.key_path, "hub_key": embedded.fingerprint}
     try:
@@ -78,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if embedded:
             embedded.stop()
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any] | None:

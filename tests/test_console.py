@@ -4,7 +4,9 @@ palette, help, live update, reconnect banner, and agent text that must stay plai
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -265,3 +267,50 @@ def test_keymap_file_rebinds_and_bad_ids_are_named(estate, tmp_path):
             assert "h " in str(app.screen.query_one("#help").render())
 
     asyncio.run(run())
+
+
+def test_embedded_default_stops_its_hub_and_agent_when_killed(tmp_path):
+    """SIGTERM (or a closed terminal's SIGHUP) to `estate` stops what it started."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed (apt-get install tmux; .ci/run installs it)")
+    data = tmp_path / "data"
+    session = f"estate-kill-{tmp_path.name[-8:]}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40",
+                    f"{sys.executable} -m console.cli --data {data}"], check=True)
+
+    def pids(pattern: str) -> list[int]:
+        """Our Python processes matching (not tmux, whose command line holds ours too)."""
+        out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True)
+        found = []
+        for p in out.stdout.split():
+            try:
+                argv0 = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0 == sys.executable.encode():
+                found.append(int(p))
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids(f"--data {data}/hub")) + len(pids(f"{data}/agent")) < 2:
+            assert time.monotonic() < deadline, "the embedded hub and agent never started"
+            time.sleep(0.2)
+        (console,) = pids(f"console.cli --data {data}")
+        time.sleep(1)
+        os.kill(console, signal.SIGTERM)
+        deadline = time.monotonic() + 45
+        while pids(str(data)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                for p in pids(str(data))]
+        assert left == [], f"outlived the console: {left}"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        for pid in pids(str(data)):
+            os.kill(pid, signal.SIGKILL)

@@ -85,6 +85,7 @@ class Hub:
         self.watchers: set[_Watcher] = set()
         self.last_change_id = 0
         self.unauthenticated = 0
+        self.stopping = False
         self._server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -116,9 +117,13 @@ class Hub:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self.stopping = True
         if self._server:
             self._server.close()
-            await self._server.wait_closed()
+            try:  # don't wait on clients that keep their connections open
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                log.warning("stopping with client connections still open")
         await self.writer.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -133,6 +138,8 @@ class Hub:
             watcher.offer(event, agency)
 
     async def presence(self, agent_id: str, connected: bool) -> None:
+        if self.stopping:
+            return  # stop() marks everyone offline itself
         agency = await self.db(self.store.set_presence, agent_id, connected, utcnow())
         if self.watchers:
             rows = await self.db(self.store.host_rows, None, [agent_id])
