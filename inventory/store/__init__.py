@@ -603,7 +603,7 @@ class Store:
                        since: datetime | None = None,
                        limit: int = 1000) -> list[dict[str, Any]]:
         sql = ("SELECT c.id, c.at, c.agent_id, h.hostname, a.name AS agency, c.kind, "
-               "c.subject, c.old_value, c.new_value FROM changes c "
+               "c.subject, c.old_value, c.new_value, c.report_id FROM changes c "
                "JOIN hosts h ON h.agent_id = c.agent_id "
                "JOIN agencies a ON a.id = h.agency_id WHERE 1 = 1")
         args: list[Any] = []
@@ -614,7 +614,7 @@ class Store:
         if since:
             sql += " AND c.at >= ?"
             args.append(iso(since))
-        # The newest `limit`, returned oldest first.
+        # The newest `limit` (-1: all), returned oldest first.
         rows = self.db.execute(sql + " ORDER BY c.id DESC LIMIT ?", [*args, limit])
         return [dict(r) for r in reversed(rows.fetchall())]
 
@@ -644,17 +644,8 @@ class Store:
 
     def changes(self, host: str | None = None,
                 since: datetime | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT c.at, c.agent_id, h.hostname, c.kind, c.subject, c.old_value, "
-               "c.new_value, c.report_id FROM changes c "
-               "LEFT JOIN hosts h ON h.agent_id = c.agent_id WHERE 1 = 1")
-        args: list[Any] = []
-        if host:
-            sql += " AND (c.agent_id = ? OR h.hostname = ?)"
-            args += [host, host]
-        if since:
-            sql += " AND c.at >= ?"
-            args.append(iso(since))
-        return [dict(r) for r in self.db.execute(sql + " ORDER BY c.at, c.id", args)]
+        """Every change (all agencies), oldest first: the admin verb's view."""
+        return self.scoped_changes(None, host, since, limit=-1)
 
     def report_count(self, agent_id: str | None = None) -> int:
         if agent_id:
