@@ -51,6 +51,7 @@ class EstateScreen(Screen[None]):
     def __init__(self, model: HostModel) -> None:
         super().__init__()
         self.model = model
+        self._shown_summary: dict[str, Any] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="banner")
@@ -95,6 +96,11 @@ class EstateScreen(Screen[None]):
             self._tree(summary)
 
     def _tree(self, summary: dict[str, Any]) -> None:
+        # show() runs on every live repaint; rebuilding an unchanged tree would also reset
+        # what the operator expanded or selected in it.
+        if summary == self._shown_summary:
+            return
+        self._shown_summary = summary
         tree = self.query_one(Tree)
         tree.clear()
         tree.root.expand()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,6 @@ def live_report() -> dict:
 def report(live_report: dict) -> dict:
     """A fresh deep copy of a real report, for tests that break it on purpose."""
     return copy.deepcopy(live_report)
-
-
-def python() -> str:
-    return sys.executable
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,9 @@ elif sys.platform == "darwin":
 else:
     from agent.collect import _other as _platform
 
-__all__ = ["DEFAULT_TIMEOUT_S", "SECTIONS", "Sample", "collect_report", "take_sample"]
+__all__ = ["DEFAULT_TIMEOUT_S", "Sample", "collect_report", "take_sample"]
 
 DEFAULT_TIMEOUT_S: float = _platform.DEFAULT_TIMEOUT_S
-SECTIONS = ("system", "hardware", "network", "connectivity", "software", "health")
 
 _EMPTY_IDENTITY = {"vendor": None, "model": None, "serial": None, "uuid": None,
                    "chassis": None, "bios": {"vendor": None, "version": None, "date": None}}

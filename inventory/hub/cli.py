@@ -314,12 +314,18 @@ def _cmd_token_list(args: argparse.Namespace) -> int:
                                "expires_at"))
 
 
-def _cmd_token_revoke(args: argparse.Namespace) -> int:
-    if _store(args).revoke_token(args.token_id, _actor()):
-        print(f"token {args.token_id} revoked")
+def _outcome(done: bool, success: str, missing: str) -> int:
+    """Report a verb that acts on one record: what happened, or that there was none."""
+    if done:
+        print(success)
         return EXIT_OK
-    print(f"estate-hub: no active token {args.token_id!r}", file=sys.stderr)
+    print(f"estate-hub: {missing}", file=sys.stderr)
     return EXIT_FAIL
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    return _outcome(_store(args).revoke_token(args.token_id, _actor()),
+                    f"token {args.token_id} revoked", f"no active token {args.token_id!r}")
 
 
 def _cmd_agent_list(args: argparse.Namespace) -> int:
@@ -332,11 +338,9 @@ def _cmd_agent_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent_revoke(args: argparse.Namespace) -> int:
-    if _store(args).revoke_agent(args.agent_id, _actor()):
-        print(f"agent {args.agent_id} revoked: its key is refused from its next login")
-        return EXIT_OK
-    print(f"estate-hub: no active agent {args.agent_id!r}", file=sys.stderr)
-    return EXIT_FAIL
+    return _outcome(_store(args).revoke_agent(args.agent_id, _actor()),
+                    f"agent {args.agent_id} revoked: its key is refused from its next login",
+                    f"no active agent {args.agent_id!r}")
 
 
 def _cmd_operator_add(args: argparse.Namespace) -> int:
@@ -375,11 +379,8 @@ def _cmd_operator_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_operator_remove(args: argparse.Namespace) -> int:
-    if _store(args).remove_operator(args.name, _actor()):
-        print(f"operator {args.name} removed")
-        return EXIT_OK
-    print(f"estate-hub: no operator {args.name!r}", file=sys.stderr)
-    return EXIT_FAIL
+    return _outcome(_store(args).remove_operator(args.name, _actor()),
+                    f"operator {args.name} removed", f"no operator {args.name!r}")
 
 
 def _cmd_hosts(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ import hmac
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -301,11 +300,6 @@ class Store:
             (change_id, limit))
         return [dict(r) for r in rows]
 
-    def presence_history(self, agent_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT at, state FROM presence WHERE agent_id = ? "
-                               "ORDER BY id", (agent_id,))
-        return [dict(r) for r in rows]
-
     def reset_presence(self) -> None:
         """At hub start nobody is connected, whatever the last run (maybe killed) recorded."""
         now = iso(utcnow())
@@ -564,8 +558,8 @@ class Store:
         d = dict(row)
         return {
             "agent_id": d["agent_id"], "agency": d["agency"], "site": d["site"],
-            "status": _status(d["revoked_at"], d["last_seen"], d["connected"],
-                              d["interval_s"], utcnow()),
+            "status": _StatusClock(utcnow())(d["revoked_at"], d["last_seen"],
+                                             d["connected"], d["interval_s"]),
             "first_seen": d["first_seen"], "last_seen": d["last_seen"],
             "enrolled_at": d["enrolled_at"], "clock_skew_s": d["clock_skew_s"],
             "identity_conflict": d["identity_conflict"],
@@ -628,37 +622,27 @@ class Store:
             "g.revoked_at FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "ORDER BY a.name, s.name, h.hostname")
-        now = utcnow()
+        status_of = _StatusClock(utcnow())
         out = []
         for r in rows:
             d = dict(r)
-            d["status"] = _status(d.pop("revoked_at"), d["last_seen"], d.pop("connected"),
-                                  d["interval_s"], now)
+            d["status"] = status_of(d.pop("revoked_at"), d["last_seen"], d.pop("connected"),
+                                    d["interval_s"])
             d["clock_skewed"] = abs(d["clock_skew_s"] or 0) > CLOCK_SKEW_FLAG_S
             out.append(d)
         return out
-
-    def host_record(self, agent_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
-        return dict(row) if row else None
 
     def changes(self, host: str | None = None,
                 since: datetime | None = None) -> list[dict[str, Any]]:
         """Every change (all agencies), oldest first: the admin verb's view."""
         return self.scoped_changes(None, host, since, limit=-1)
 
-    def report_count(self, agent_id: str | None = None) -> int:
-        if agent_id:
-            return int(self.db.execute("SELECT COUNT(*) FROM reports WHERE agent_id = ?",
-                                       (agent_id,)).fetchone()[0])
-        return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
-
-    def report_ids(self) -> Iterable[str]:
-        return [r[0] for r in self.db.execute("SELECT report_id FROM reports")]
 
 
 class _StatusClock:
-    """`_status` for many hosts at one moment: the stale threshold per interval, once."""
+    """A host's status at one moment: revoked; stale when no report came for two of its
+    intervals; else online while its agent is connected, offline when not. The stale
+    threshold is computed once per interval value, since this runs for every host."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -675,16 +659,6 @@ class _StatusClock:
         if last_seen < before:
             return "stale"
         return "online" if connected else "offline"
-
-
-def _status(revoked_at: str | None, last_seen: str, connected: int, interval_s: float | None,
-            now: datetime) -> str:
-    """revoked; stale when no report came for two intervals; else online while connected."""
-    if revoked_at:
-        return "revoked"
-    if last_seen < iso(now - 2 * timedelta(seconds=interval_s or DEFAULT_INTERVAL_S)):
-        return "stale"
-    return "online" if connected else "offline"
 
 
 def _scoped(sql: str, args: list[Any], scope: list[str] | None) -> tuple[str, list[Any]]:
