@@ -261,6 +261,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
           f"{state.get('spool_bytes', 0)} bytes waiting")
     print(f"last ack    {state.get('last_ack_at') or 'never'} "
           f"({state.get('last_report_id') or '-'})")
+    print(f"remote      {state.get('remote_access') or 'off'}")
     print(f"last error  {state.get('last_error') or 'none'}"
           + (f" at {state['last_error_at']}" if state.get("last_error_at") else ""))
     print(f"updated     {state.get('updated_at')}")

@@ -59,6 +59,9 @@ class AgentConfig:
     backlog_rate: float = 2.0
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     probes: tuple[ProbeConfig, ...] = field(default_factory=tuple)
+    # Off by default: offering this machine's sshd through the hub is the endpoint owner's call.
+    remote_access: bool = False
+    remote_access_target: tuple[str, int] = ("127.0.0.1", 22)
 
     def state_dir(self) -> Path:
         """Where the service keeps its spool and status: beside the config file."""
@@ -99,7 +102,8 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
               path: Path | None = None) -> AgentConfig:
     r = _Reader(doc, name, "")
     r.only("agent_id", "hub", "hub_key", "key_file", "interval", "collector_timeout",
-           "start_delay", "reconnect_max", "backlog_rate", "spool", "probes")
+           "start_delay", "reconnect_max", "backlog_rate", "spool", "probes",
+           "remote_access", "remote_access_target")
     hub = r.text("hub", max_len=300)
     if hub is not None:
         try:
@@ -112,6 +116,11 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
         key_path = Path(key_file)
         if not key_path.is_absolute() and path is not None:
             key_path = path.parent / key_path  # relative to the config file, not the cwd
+    target = r.text("remote_access_target", max_len=300) or "127.0.0.1:22"
+    try:
+        remote_target = parse_hostport(target)
+    except ValueError as exc:
+        raise ConfigError(name, "remote_access_target", str(exc)) from None
     probes = []
     raw_probes = doc.get("probes", [])
     if not isinstance(raw_probes, list) or not all(isinstance(p, dict) for p in raw_probes):
@@ -139,6 +148,8 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
         or 2.0,
         spool=_spool(doc.get("spool", {}), name, path),
         probes=tuple(probes),
+        remote_access=r.flag("remote_access"),
+        remote_access_target=remote_target,
     )
 
 
@@ -227,6 +238,12 @@ class _Reader:
             raise self.error(key, f"expected 1 to {max_len} characters")
         if pattern_ok and not pattern_ok(value):
             raise self.error(key, f"expected {pattern_help}, got {value!r}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
     def number(self, key: str, default: float | None, low: float, high: float,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, ConfigError, load
+from agent.remote import RemoteRelay
 from agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
 from agent.transport import HostKeyMismatch, HubClient, HubError, load_key
 
@@ -56,6 +57,8 @@ class Service:
         self.reload = threading.Event()
         self.backoff = Backoff(1.0, config.reconnect_max_s)
         self.client: HubClient | None = None
+        self.relay = RemoteRelay(config.agent_id, config.remote_access_target) \
+            if config.remote_access else None
         self.spool = self._open_spool()
         self.unspooled: bytes | None = None  # the latest report when the spool cannot keep it
         self.sample: Any = None
@@ -68,7 +71,9 @@ class Service:
         self.state: dict[str, Any] = {"pid": os.getpid(), "hub": config.hub,
                                       "agent_id": config.agent_id, "connected": False,
                                       "last_ack_at": None, "last_report_id": None,
-                                      "last_error": None, "last_error_at": None}
+                                      "last_error": None, "last_error_at": None,
+                                      "remote_access": "on" if config.remote_access
+                                      else "off"}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -85,6 +90,7 @@ class Service:
             now = time.monotonic()
             if now >= self.next_report_at:
                 self._collect()
+                self._offer_remote()  # again each interval, in case an admin allowed it
                 self.next_report_at = now + self.cfg.interval_s * random.uniform(0.9, 1.1)  # noqa: S311
                 _release_memory()
             self._keep_connected()
@@ -137,6 +143,14 @@ class Service:
             return
         hub_changed = (new.hub, new.hub_key, new.key_file) != \
             (self.cfg.hub, self.cfg.hub_key, self.cfg.key_file)
+        remote_changed = (new.remote_access, new.remote_access_target) != \
+            (self.cfg.remote_access, self.cfg.remote_access_target)
+        if remote_changed:
+            # A new connection offers (or no longer offers) the sshd as the config now says.
+            hub_changed = True
+            self.relay = RemoteRelay(new.agent_id or "", new.remote_access_target) \
+                if new.remote_access else None
+            self.state["remote_access"] = "on" if new.remote_access else "off"
         self.cfg = new
         self.backoff.cap_s = new.reconnect_max_s
         if hub_changed and self.client:
@@ -241,7 +255,15 @@ class Service:
             self.client.connect()
             log.info("connected to %s", self.cfg.hub)
             self.state["connected"] = True
+            self._offer_remote()
         return self.client
+
+    def _offer_remote(self) -> None:
+        """Offer this machine's sshd to the hub, when the config enables remote access."""
+        if self.relay is None or self.client is None or self.client.transport is None:
+            return
+        self.relay.offer(self.client.transport)
+        self.state["remote_access"] = self.relay.state()
 
     def _acked(self, item: Spooled, doc: dict[str, Any], drops: int) -> None:
         self._forget(item)

@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncssh
 
-__all__ = ["ApiFailure", "HubConnection", "HubUnreachable", "UnknownHubKey", "probe_host_key"]
+__all__ = ["ApiFailure", "HubConnection", "HubUnreachable", "UnknownHubKey", "open_connection",
+           "probe_host_key"]
 
 
 class HubUnreachable(Exception):
@@ -73,6 +74,13 @@ async def _open(address: str, user: str, key_path: Path | None,
         raise HubUnreachable(f"cannot reach the hub at {address}: "
                              f"{getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
     return conn, client
+
+
+async def open_connection(address: str, user: str, key_path: Path | None,
+                          pinned: str) -> asyncssh.SSHClientConnection:
+    """A logged-in connection to the hub with its key checked against the pinned one."""
+    conn, _ = await _open(address, user, key_path, pinned)
+    return conn
 
 
 async def probe_host_key(address: str) -> str:

@@ -204,6 +204,9 @@ class HostScreen(Screen[None]):
     def _body(self, name: str, renderable: Any) -> None:
         self.query_one(f"#{name}-body", Static).update(renderable)
 
+    def action_shell(self) -> None:
+        self.app.open_shell(self.agent_id)  # type: ignore[attr-defined]
+
     def action_back(self) -> None:
         self.app.pop_screen()
 

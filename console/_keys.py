@@ -38,6 +38,7 @@ ESTATE = (
     Key("estate.clear", "escape", "clear_filter", "clear the filter"),
     Key("estate.sort", "s", "sort", "sort by the next column", "Sort", True),
     Key("estate.reverse", "r", "reverse", "reverse the sort", "Reverse", True),
+    Key("estate.shell", "x", "shell", "open a shell on the host (estate ssh)", "Shell", True),
     Key("estate.help", "question_mark", "help", "this help", "Help", True),
     Key("estate.palette", "colon", "app.command_palette", "command palette (also ctrl+p)"),
     Key("estate.quit", "q", "app.quit", "quit", "Quit", True),
@@ -55,6 +56,7 @@ HOST = (
     Key("host.back", "escape,q", "back", "back to the list", "Back", True),
     Key("host.prev_tab", "left", "tab(-1)", "previous tab"),
     Key("host.next_tab", "right", "tab(1)", "next tab"),
+    Key("host.shell", "x", "shell", "open a shell on this host (estate ssh)", "Shell", True),
 )
 ALL = {k.id: k for k in (*ESTATE, *TABLE, *HOST)}
 

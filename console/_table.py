@@ -23,8 +23,11 @@ from inventory.hostlist import HOST_COLUMNS
 
 WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "os": 24,
           "model": 20, "serial": 14, "cpu": 26, "ram_bytes": 7, "disk_percent": 6, "ip": 15,
-          "last_seen": 19}
-SHOWN = [c for c in HOST_COLUMNS if c.key != "agent_id"]
+          "last_seen": 19, "remote": 7}
+# Remote access sits beside status, where staff look before pressing the ssh key.
+_SHOWN_ORDER = ("hostname", "agency", "site", "status", "remote", "os", "model", "serial",
+                "cpu", "ram_bytes", "disk_percent", "ip", "last_seen")
+SHOWN = [next(c for c in HOST_COLUMNS if c.key == key) for key in _SHOWN_ORDER]
 STATUS_STYLE = {"online": Style(color="green"), "offline": Style(color="red", bold=True),
                 "stale": Style(color="yellow"), "revoked": Style(color="magenta")}
 HEADER = Style(bold=True, reverse=True)

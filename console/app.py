@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
+import subprocess
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
@@ -21,7 +23,9 @@ from console._keys import bindings
 from console._model import HostModel
 from console._safe import plain
 from console._table import SHOWN, HostTable
+from console.remote import shell_command, shell_refusal
 from inventory.filters import FilterError
+from inventory.hostlist import COLUMN_KEYS
 
 RECONNECT_MAX_S = 30.0
 PAGE_ROWS = 2500
@@ -137,6 +141,9 @@ class EstateScreen(Screen[None]):
         self.model.sort_by(self.model.sort_key, not self.model.reverse)
         self.show(None)
 
+    def action_shell(self) -> None:
+        self.app.open_shell(self.query_one(HostTable).cursor_id)  # type: ignore[attr-defined]
+
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(keys.help_lines(self.app.keymap_overrides)))  # type: ignore[attr-defined]
 
@@ -230,6 +237,27 @@ class EstateApp(App[None]):
     async def on_unmount(self) -> None:
         self.workers.cancel_all()
         await self.hub.close()
+
+    def open_shell(self, agent_id: str | None) -> None:
+        """Hand the terminal to `estate ssh` for this host; back here when the shell ends."""
+        if agent_id is None:
+            return
+        row = self.model.rows.get(agent_id)
+        problem = shell_refusal(agent_id, self.readonly,
+                                row[COLUMN_KEYS.index("remote")] if row else None)
+        if problem:
+            self.notify(problem, severity="warning", timeout=8)
+            return
+        command = shell_command(self.hub, agent_id)
+        try:
+            with self.suspend():
+                status = subprocess.call(command)  # our own CLI, no shell
+                if status != 0:  # leave ssh's message readable before the console repaints
+                    input(f"\n[estate] ssh ended with status {status}; press Enter to return "
+                          f"to the console ")
+        except SuspendNotSupported:
+            self.notify(f"this terminal cannot hand over to ssh; run: {shlex.join(command)}",
+                        severity="warning", timeout=15)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

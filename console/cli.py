@@ -31,10 +31,18 @@ def config_path() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ssh"] or argv[:1] == ["tunnel"]:
+        from console import remote
+
+        verb = remote.ssh_main if argv[0] == "ssh" else remote.tunnel_main
+        return verb(argv[1:], _settings)
     parser = argparse.ArgumentParser(
         prog="estate",
         description="Estate console: the estate's hosts live, over SSH to the hub. With no "
-                    "hub configured it starts an embedded hub and this machine's agent.")
+                    "hub configured it starts an embedded hub and this machine's agent.",
+        epilog="other verbs: estate ssh [USER@]HOST (a shell on a host through the hub), "
+               "estate tunnel HOST (ssh's ProxyCommand); each has --help.")
     parser.add_argument("--hub", metavar="USER@HOST:PORT",
                         help="the hub and your operator name (default: console.toml, else "
                              "the embedded default)")
@@ -101,10 +109,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"{path}: {exc}") from None
-        unknown = set(doc) - {"hub", "key", "hub_key", "theme"}
+        unknown = set(doc) - {"hub", "key", "hub_key", "theme", "ssh_args"}
         if unknown:
             raise ValueError(f"{path}: {sorted(unknown)[0]}: unknown key (expected hub, key, "
-                             f"hub_key, theme)")
+                             f"hub_key, theme, ssh_args)")
+        ssh_args = doc.get("ssh_args", [])
+        if not isinstance(ssh_args, list) or not all(isinstance(a, str) for a in ssh_args):
+            raise ValueError(f"{path}: ssh_args: expected a list of strings, e.g. "
+                             f'["-o", "ServerAliveInterval=30"]')
     hub = args.hub or doc.get("hub")
     if not hub:
         return None
@@ -117,7 +129,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.theme is None and isinstance(doc.get("theme"), str):
         args.theme = doc["theme"]
     return {"user": m.group("user"), "address": m.group("address"), "key": key,
-            "hub_key": args.hub_key or doc.get("hub_key"), "config": path}
+            "hub_key": args.hub_key or doc.get("hub_key"), "config": path,
+            "ssh_args": doc.get("ssh_args", [])}
 
 
 def _run(settings: dict[str, Any], args: argparse.Namespace) -> int:

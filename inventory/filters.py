@@ -3,7 +3,7 @@
 Words separated by spaces, all of which must match:
 - free text: `dell` matches any text column containing it (case-insensitive);
 - `field:value`: that column contains the value (`status:offline`, `os:windows`,
-  `agency:fire`);
+  `agency:fire`, `remote:ready`);
 - comparisons on numbers: `disk>90`, `ram>=16` (GiB), `disk<10`, `ram=8`;
 - a leading `-` negates a word: `-status:online`.
 """
@@ -23,7 +23,7 @@ FIELDS = {
     "id": "agent_id", "agent": "agent_id", "host": "hostname", "hostname": "hostname",
     "name": "hostname", "agency": "agency", "site": "site", "status": "status", "os": "os",
     "model": "model", "serial": "serial", "cpu": "cpu", "ram": "ram_bytes",
-    "disk": "disk_percent", "ip": "ip", "seen": "last_seen",
+    "disk": "disk_percent", "ip": "ip", "seen": "last_seen", "remote": "remote",
 }
 _SCALE = {"ram_bytes": 2**30}  # ram is typed in GiB
 _TEXT = [i for i, k in enumerate(COLUMN_KEYS) if k not in ("ram_bytes", "disk_percent")]

@@ -39,5 +39,9 @@ HOST_COLUMNS: tuple[Column, ...] = (
     Column("disk_percent", "disk %", "Use of the fullest volume.", numeric=True),
     Column("ip", "IP", "First address that is not loopback or link-local."),
     Column("last_seen", "last seen", "When the hub last received a report (hub clock, UTC)."),
+    Column("remote", "remote", "Remote access (estate ssh): ready (a shell can be opened "
+                               "now), allowed (the hub allows it; the agent has not offered "
+                               "it), asked (the agent offers it; the hub does not allow it), "
+                               "off."),
 )
 COLUMN_KEYS = tuple(c.key for c in HOST_COLUMNS)

@@ -175,7 +175,7 @@ def test_model_filters_twenty_thousand_rows():
         rows.append([f"ag-{i:012x}", f"pc-{i:05d}", agency, site,
                      ("online", "offline", "stale")[i % 3], "Windows 11 Pro", "OptiPlex",
                      f"SN{i}", "Intel", 8 * 2**30, float(i % 100), f"10.0.{i // 256}.{i % 256}",
-                     "2026-01-01T00:00:00Z"])
+                     "2026-01-01T00:00:00Z", "off"])
     assert len(rows[0]) == len(COLUMN_KEYS)
     model = HostModel()
     model.load(rows)

@@ -20,13 +20,13 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 ROWS = [
     ["ag-000000000001", "fire-lt-0412", "Fire & Rescue", "Station 12", "online",
      "Windows 11 Pro 23H2", "20XWCTO1WW", "PF2ABCDE", "11th Gen Intel(R) Core(TM) i5",
-     16 * 2**30, 41.0, "10.20.4.17", "2026-11-27T09:00:00.000000Z"],
+     16 * 2**30, 41.0, "10.20.4.17", "2026-11-27T09:00:00.000000Z", "ready"],
     ["ag-000000000002", "school-pc-07", "Schools", "École Nord", "offline",
      "Ubuntu 22.04", "OptiPlex 7090", "SN0007", "Intel(R) Core(TM) i5-10505", 8 * 2**30,
-     96.5, "10.30.1.7", "2026-11-27T08:15:00.000000Z"],
+     96.5, "10.30.1.7", "2026-11-27T08:15:00.000000Z", "allowed"],
     ["ag-000000000003", "[red]evil[/red]\x1b[2J", "Schools", "École Nord", "stale",
      "Debian GNU/Linux 12.5", None, None, None, None, None, None,
-     "2026-11-26T23:59:00.000000Z"],
+     "2026-11-26T23:59:00.000000Z", "off"],
 ]
 
 

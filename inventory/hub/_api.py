@@ -15,7 +15,7 @@ from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
 from inventory.store import Store, parse_time
 
 MAX_LINE_BYTES = 64 * 1024
-OPS = ("columns", "summary", "hosts", "host", "changes", "reports")
+OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve")
 
 
 class ApiError(Exception):
@@ -122,6 +122,21 @@ class OperatorApi:
         if reports is None:
             raise ApiError("not_found", f"no host {agent_id!r} in your agencies")
         return reports
+
+
+    def _resolve(self, p: _Params) -> Any:
+        """A host id or hostname to the one host it names, with its remote-access state."""
+        host = p.text("host", max_len=255, required=True)
+        p.done()
+        matches = self.store.remote_targets(host, self.scope)
+        if not matches:
+            raise ApiError("not_found", f"no host {host!r} in your agencies")
+        if len(matches) > 1:
+            ids = ", ".join(m["agent_id"] for m in matches)
+            raise ApiError("ambiguous", f"hostname {host!r} matches {len(matches)} hosts; use "
+                                        f"the host id ({ids})")
+        m = matches[0]
+        return {k: m[k] for k in ("agent_id", "hostname", "agency", "site", "remote")}
 
 
 class _Params:

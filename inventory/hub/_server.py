@@ -1,8 +1,10 @@
 """The hub's SSH gateway: public-key logins, one allow-listed command per session channel.
 
-Users on the wire: `enrol` (any key; may only run `estate-enrol v1` with a valid token) and an
-agent id (its enrolled key; may only run `estate-report v1`). Shells, ptys, subsystems and
-every kind of forwarding are refused.
+Users on the wire: `enrol` (any key; may only run `estate-enrol v1` with a valid token), an
+agent id (its enrolled key; may only run `estate-report v1`, and offer its own sshd for remote
+access) and an operator name (the API, the watch, and remote sessions to hosts in scope).
+Shells, ptys, subsystems and every other kind of forwarding are refused; `_remote` decides
+the two forwards remote access uses.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from inventory.hub import _tokens
 from inventory.hub._api import MAX_LINE_BYTES, OperatorApi
 from inventory.hub._ingest import MAX_RECEIVED_BYTES, accept
 from inventory.hub._keys import fingerprint, load_or_create_host_key
+from inventory.hub._remote import Limits, RemoteAccess
 from inventory.hub._writer import Busy, StoreUnavailable, Writer
 from inventory.report import ReportError
 from inventory.store import EnrolError, Incoming, Store, utcnow
@@ -69,6 +72,8 @@ class HubSettings:
     keepalive_interval_s: float = 30.0
     keepalive_count_max: int = 3
     retention: timedelta = timedelta(days=30)
+    sessions_per_operator: int = 4
+    sessions_per_host: int = 2
 
 
 class Hub:
@@ -83,6 +88,8 @@ class Hub:
         self.store = Store.open(settings.data_dir)
         self.writer = Writer(self.db, self.store, on_commit=self._committed)
         self.watchers: set[_Watcher] = set()
+        self.remote = RemoteAccess(self, Limits(settings.sessions_per_operator,
+                                                settings.sessions_per_host))
         self.last_change_id = 0
         self.unauthenticated = 0
         self.stopping = False
@@ -94,9 +101,11 @@ class Hub:
 
     async def start(self) -> None:
         await self.db(self.store.reset_presence)
+        await self.db(self.store.end_orphan_sessions, utcnow())
         self.last_change_id = await self.db(self.store.last_change_id)
         self.writer.start()
         self.spawn(self._prune_loop())
+        self.spawn(self.remote.supervise())
         self._server = await asyncssh.create_server(
             lambda: _Connection(self), self.settings.host, self.settings.port,
             server_host_keys=[self.host_key],
@@ -124,6 +133,7 @@ class Hub:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             except asyncio.TimeoutError:
                 log.warning("stopping with client connections still open")
+        await self.remote.close_all("hub stopping")
         await self.writer.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -147,6 +157,12 @@ class Hub:
                           "status": rows[0][4] if rows else
                           ("online" if connected else "offline"),
                           "row": rows[0] if rows else None}, agency)
+
+    async def refresh_host(self, agent_id: str) -> None:
+        """Send watchers a host's current row (after something not in a report changed)."""
+        if self.watchers:
+            for row in await self.db(self.store.host_rows, None, [agent_id]):
+                self.publish({"type": "host", "row": row}, row[2])
 
     async def _committed(self, agent_ids: list[str]) -> None:
         """After a batch commit: tell watchers about updated hosts and new changes."""
@@ -212,6 +228,7 @@ class _Connection(asyncssh.SSHServer):
         reason = f": {exc}" if exc else ""
         log.info("conn %s closed%s", self.peer, reason)
         if self.authenticated and self.role == "agent":
+            self.hub.remote.withdraw(self)
             self.hub.spawn(self.hub.presence(self.username, False))
 
     def begin_auth(self, username: str) -> bool:
@@ -271,14 +288,15 @@ class _Connection(asyncssh.SSHServer):
         return self.conn.create_server_channel(encoding=None), _Session(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> bool:
-        log.warning("conn %s refused port forward to %s:%s", self.peer, dest_host, dest_port)
+                             orig_port: int) -> Any:
+        if self.role == "operator":
+            return self.hub.remote.open(self, dest_host, dest_port)  # a remote session
+        log.warning("conn %s refused port forward to %s:%s", self.peer, dest_host[:64],
+                    dest_port)
         return False
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        log.warning("conn %s refused remote forward %s:%s", self.peer, listen_host,
-                    listen_port)
-        return False
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        return self.hub.remote.offer(self, listen_host, listen_port)  # agents only
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         log.warning("conn %s refused unix socket forward", self.peer)

@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keepalive", type=_seconds, default=30.0, metavar="SECONDS",
                        help="probe silent connections this often; 3 missed probes close one "
                             "(default 30)")
+    serve.add_argument("--sessions-per-operator", type=_positive_int, default=4, metavar="N",
+                       help="remote sessions one operator may have open at once (default 4)")
+    serve.add_argument("--sessions-per-host", type=_positive_int, default=2, metavar="N",
+                       help="remote sessions open to one host at once (default 2)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
@@ -95,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     arevoke = _verb(agent, "revoke", "revoke an agent: its key is refused at login")
     arevoke.add_argument("agent_id", metavar="AGENT_ID")
     arevoke.set_defaults(func=_cmd_agent_revoke)
+    allow = _verb(agent, "allow-remote", "allow remote access (estate ssh) to an agent's host; "
+                                         "its agent must also set remote_access = true")
+    allow.add_argument("agent_id", metavar="AGENT_ID")
+    allow.set_defaults(func=_cmd_agent_remote, allowed=True)
+    deny = _verb(agent, "deny-remote", "deny remote access to an agent's host; its live "
+                                       "sessions end within a second")
+    deny.add_argument("agent_id", metavar="AGENT_ID")
+    deny.set_defaults(func=_cmd_agent_remote, allowed=False)
 
     operator = _group(sub, "operator", "operators: IT staff who use the console and API")
     oadd = _verb(operator, "add", "register an operator and the key they log in with")
@@ -122,6 +134,14 @@ def _parser() -> argparse.ArgumentParser:
     changes.set_defaults(func=_cmd_changes)
     _verb(sub, "audit", "the audit log, newest first", json_flag=True).set_defaults(
         func=_cmd_audit)
+    sessions = _verb(sub, "sessions", "remote sessions, newest first: operator, host, start, "
+                                      "end, bytes each way, why it ended", json_flag=True)
+    sessions.add_argument("--live", action="store_true", help="only sessions still open")
+    sessions.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                          help="at most N sessions (default 100)")
+    sessions.add_argument("--end", type=_positive_int, metavar="SESSION_ID",
+                          help="end a live session (the hub closes it within a second)")
+    sessions.set_defaults(func=_cmd_sessions)
 
     sim = _verb(sub, "simulate", "run N simulated agents against a hub (load tests, demos)")
     sim.add_argument("--agents", type=_positive_int, required=True, metavar="N",
@@ -247,7 +267,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            login_timeout_s=args.login_timeout,
                            max_unauthenticated=args.max_unauthenticated,
                            keepalive_interval_s=args.keepalive,
-                           retention=timedelta(days=args.retention_days))
+                           retention=timedelta(days=args.retention_days),
+                           sessions_per_operator=args.sessions_per_operator,
+                           sessions_per_host=args.sessions_per_host)
     return asyncio.run(_serve(settings))
 
 
@@ -329,11 +351,15 @@ def _cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent_list(args: argparse.Namespace) -> int:
+    from inventory.store._remote import remote_state
+
     rows = _store(args).agents()
     for r in rows:
         r["state"] = "revoked" if r["revoked_at"] else \
             "connected" if r["connected"] else "enrolled"
-    return _print(args, rows, ("id", "agency", "site", "state", "enrolled_hostname",
+        r["remote"] = remote_state(r["remote_access"], r["remote_offered"], r["connected"],
+                                   r["revoked_at"])
+    return _print(args, rows, ("id", "agency", "site", "state", "remote", "enrolled_hostname",
                                "enrolled_at", "key_fingerprint"))
 
 
@@ -341,6 +367,26 @@ def _cmd_agent_revoke(args: argparse.Namespace) -> int:
     return _outcome(_store(args).revoke_agent(args.agent_id, _actor()),
                     f"agent {args.agent_id} revoked: its key is refused from its next login",
                     f"no active agent {args.agent_id!r}")
+
+
+def _cmd_agent_remote(args: argparse.Namespace) -> int:
+    verb = "allowed" if args.allowed else "denied"
+    return _outcome(_store(args).set_remote_access(args.agent_id, args.allowed, _actor()),
+                    f"remote access to {args.agent_id} {verb}",
+                    f"no agent {args.agent_id!r}")
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.end is not None:
+        return _outcome(store.request_session_end(args.end, _actor()),
+                        f"session {args.end}: the hub ends it within a second",
+                        f"no live session {args.end}")
+    rows = store.sessions(live_only=args.live, limit=args.limit)
+    for r in rows:
+        r["state"] = "live" if r["ended_at"] is None else "ended"
+    return _print(args, rows, ("id", "state", "operator", "agent_id", "hostname", "started_at",
+                               "ended_at", "bytes_to_host", "bytes_from_host", "end_reason"))
 
 
 def _cmd_operator_add(args: argparse.Namespace) -> int:

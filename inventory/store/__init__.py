@@ -15,12 +15,14 @@ import json
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from inventory.changes import software_changes, state_changes, state_digest
+from inventory.store._common import _scoped, iso, parse_time, utcnow
 from inventory.store._migrations import MIGRATIONS
+from inventory.store._remote import RemoteRecords, remote_state
 
 __all__ = ["DB_NAME", "EnrolError", "Incoming", "Store", "iso", "parse_time", "utcnow"]
 
@@ -35,25 +37,6 @@ _SQLITE_AUDIT_GUARDS = (
     """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(t: datetime) -> str:
-    """The store's time format: fixed width, so text order is time order."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    """A date or time from a user or a report ("2026-01-31", "2026-01-31T12:00:00Z").
-
-    Raises:
-        ValueError: not an ISO 8601 date or time.
-    """
-    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 class EnrolError(Exception):
@@ -84,7 +67,7 @@ class _Last:
     identity: tuple[str | None, str | None]
 
 
-class Store:
+class Store(RemoteRecords):
     def __init__(self, path: Path) -> None:
         self.path = path
         # Per host, what the last committed report showed; saves reading the table back.
@@ -265,7 +248,8 @@ class Store:
     def agents(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT g.id, a.name AS agency, s.name AS site, g.key_fingerprint, g.enrolled_at, "
-            "g.enrolled_hostname, g.revoked_at, g.connected FROM agents g "
+            "g.enrolled_hostname, g.revoked_at, g.connected, g.remote_access, g.remote_offered "
+            "FROM agents g "
             "JOIN agencies a ON a.id = g.agency_id JOIN sites s ON s.id = g.site_id "
             "ORDER BY g.enrolled_at")
         return [dict(r) for r in rows]
@@ -501,7 +485,8 @@ class Store:
         """
         sql = ("SELECT h.agent_id, h.hostname, a.name, s.name, g.connected, g.revoked_at, "
                "h.last_seen, h.interval_s, h.os_name, h.os_version, h.model, h.serial, "
-               "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses "
+               "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses, "
+               "g.remote_access, g.remote_offered "
                "FROM hosts h JOIN agents g ON g.id = h.agent_id "
                "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
                "WHERE 1 = 1")
@@ -524,7 +509,7 @@ class Store:
             os_text = " ".join(x for x in (r[8], r[9]) if x) or None
             ip = (r[15] or "").split(" ", 1)[0] or None
             rows.append([r[0], r[1], r[2], r[3], status, os_text, r[10], r[11], r[12], r[13],
-                         r[14], ip, r[6]])
+                         r[14], ip, r[6], remote_state(r[16], r[17], r[4], r[5])])
         return rows
 
     def host_count(self, scope: list[str] | None) -> int:
@@ -659,15 +644,6 @@ class _StatusClock:
         if last_seen < before:
             return "stale"
         return "online" if connected else "offline"
-
-
-def _scoped(sql: str, args: list[Any], scope: list[str] | None) -> tuple[str, list[Any]]:
-    """Limit a query joined with `agencies a` to the operator's agencies (None: all)."""
-    if scope is None:
-        return sql, args
-    if not scope:
-        return sql + " AND 1 = 0", args
-    return sql + f" AND a.name IN ({', '.join('?' for _ in scope)})", [*args, *scope]
 
 
 class _Tx:

@@ -131,4 +131,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX presence_agent ON presence (agent_id, at)",
     ),
+    # 4: remote access: allowed per agent (hub side), offered on the agent's live connection,
+    # and the record of every relayed session.
+    (
+        "ALTER TABLE agents ADD COLUMN remote_access INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE agents ADD COLUMN remote_offered INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE remote_sessions (
+            id INTEGER PRIMARY KEY,
+            operator TEXT NOT NULL,
+            agent_id TEXT NOT NULL REFERENCES agents(id),
+            peer TEXT,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            bytes_to_host INTEGER NOT NULL DEFAULT 0,
+            bytes_from_host INTEGER NOT NULL DEFAULT 0,
+            end_reason TEXT,
+            end_requested_by TEXT
+        )""",
+        "CREATE INDEX remote_sessions_started ON remote_sessions (started_at)",
+    ),
 )

@@ -1,0 +1,220 @@
+"""`estate ssh` and `estate tunnel`: a shell on an endpoint, through the hub, with real `ssh`.
+
+`estate ssh HOST` runs the system's OpenSSH client with `estate tunnel` as its ProxyCommand.
+The tunnel logs in to the hub with the operator's key and opens a `direct-tcpip` channel to
+`HOST:22`; the hub bridges it through the host's agent to the host's own sshd. So `ssh` itself
+authenticates to the endpoint (the operator's keys, agent, certificates and ~/.ssh/config work
+as usual) and checks the endpoint's host key, recorded under the host id (HostKeyAlias), not
+under the hub's address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from console._client import ApiFailure, HubConnection, HubUnreachable, open_connection
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+SSH_PORT = 22
+CHUNK = 64 * 1024
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hub", metavar="USER@HOST:PORT",
+                        help="the hub and your operator name (default: console.toml)")
+    parser.add_argument("--key", type=Path, metavar="FILE",
+                        help="your private key for the hub (default: ssh-agent or ~/.ssh)")
+    parser.add_argument("--hub-key", metavar="SHA256:…",
+                        help="the hub's host-key fingerprint (default: console.toml)")
+
+
+def tunnel_main(argv: list[str], settings_of: Any) -> int:
+    parser = argparse.ArgumentParser(
+        prog="estate tunnel",
+        description="Relay stdin/stdout to HOST's sshd through the hub. Meant as ssh's "
+                    "ProxyCommand (estate ssh sets it up); the hub checks your role and "
+                    "agencies and records the session.")
+    add_connection_options(parser)
+    parser.add_argument("host", metavar="HOST", help="host id or hostname")
+    args = parser.parse_args(argv)
+    settings = _hub_settings(args, settings_of, "tunnel")
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_tunnel(settings, args.host))
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+def ssh_main(argv: list[str], settings_of: Any) -> int:
+    parser = argparse.ArgumentParser(
+        prog="estate ssh",
+        description="Open a shell on HOST through the hub with your own OpenSSH client: "
+                    "your keys, agent and ~/.ssh/config apply, and ssh checks the host's key "
+                    "(kept under the host id). Arguments after -- go to ssh (options, then "
+                    "an optional command).",
+        epilog="example: estate ssh admin@ag-0123456789ab -- -o BatchMode=yes uptime")
+    add_connection_options(parser)
+    parser.add_argument("target", metavar="[USER@]HOST", help="host id or hostname")
+    parser.add_argument("ssh_args", nargs=argparse.REMAINDER, metavar="-- SSH_ARGS",
+                        help="passed to ssh after the destination")
+    args = parser.parse_args(argv)
+    settings = _hub_settings(args, settings_of, "ssh")
+    if settings is None:
+        return EXIT_USAGE
+    user, _, host = args.target.rpartition("@")
+    extra = args.ssh_args[1:] if args.ssh_args[:1] == ["--"] else args.ssh_args
+    try:
+        command = asyncio.run(ssh_command(settings, host, user or None, extra))
+    except (HubUnreachable, ApiFailure, ValueError) as exc:
+        print(f"estate ssh: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    sys.stdout.flush()
+    os.execvp(command[0], command)  # noqa: S606 - ssh replaces us: its exit status is the session's
+
+
+async def ssh_command(settings: dict[str, Any], host: str, user: str | None,
+                      extra: list[str]) -> list[str]:
+    """The ssh command line for HOST, after checking with the hub that it is reachable.
+
+    Raises:
+        ValueError: no ssh client, or the host does not accept remote access now.
+        ApiFailure: unknown or ambiguous host.
+        HubUnreachable: the hub could not be reached.
+    """
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise ValueError("the OpenSSH client (ssh) is not installed; on Debian or Ubuntu: "
+                         "apt install openssh-client")
+    hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
+                        settings["hub_key"])
+    await hub.connect()
+    try:
+        found = await hub.request("resolve", host=host)
+    finally:
+        await hub.close()
+    agent_id, state = found["agent_id"], found["remote"]
+    if state != "ready":
+        raise ValueError(f"{agent_id} ({found['hostname'] or 'no hostname'}) does not accept "
+                         f"remote access now: {_WHY[state]}")
+    tunnel = [sys.executable, "-m", "console.cli", "tunnel",
+              "--hub", f"{settings['user']}@{settings['address']}",
+              "--hub-key", settings["hub_key"]]
+    if settings.get("key"):
+        tunnel += ["--key", str(Path(settings["key"]).resolve())]
+    proxy = shlex.join([*tunnel, agent_id]).replace("%", "%%")  # ssh expands % tokens
+    destination = f"{user}@{agent_id}" if user else agent_id
+    return [ssh, *settings.get("ssh_args", []), "-o", f"ProxyCommand={proxy}",
+            "-o", f"HostKeyAlias={agent_id}", destination, *extra]
+
+
+def shell_refusal(agent_id: str, readonly: bool, state: str | None) -> str | None:
+    """Why the console will not open a shell on this host now, or None."""
+    if readonly:
+        return "read-only console (--readonly): remote access is off"
+    if state != "ready":
+        return f"{agent_id} does not accept remote access now: {_WHY.get(state or 'off')}"
+    return None
+
+
+def shell_command(hub: HubConnection, agent_id: str) -> list[str]:
+    """`estate ssh` for a host, as the console runs it: the same path as the CLI."""
+    command = [sys.executable, "-m", "console.cli", "ssh", "--hub",
+               f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
+    if hub.key_path:
+        command += ["--key", str(hub.key_path)]
+    return [*command, agent_id]
+
+
+_WHY = {
+    "allowed": "the hub allows it, but the agent does not offer it (it is offline, or its "
+               "agent.toml lacks remote_access = true)",
+    "asked": "its agent offers it, but the hub does not allow it (an admin runs: estate-hub "
+             "agent allow-remote ID)",
+    "off": "it is not enabled (remote_access = true in the agent.toml, and estate-hub agent "
+           "allow-remote ID on the hub)",
+}
+
+
+def _hub_settings(args: argparse.Namespace, settings_of: Any,
+                  verb: str) -> dict[str, Any] | None:
+    args.theme = None
+    try:
+        settings = settings_of(args)
+    except ValueError as exc:
+        print(f"estate {verb}: {exc}", file=sys.stderr)
+        return None
+    if settings is None:
+        print(f"estate {verb}: no hub configured: pass --hub USER@HOST:PORT, or set hub in "
+              f"console.toml", file=sys.stderr)
+        return None
+    if not settings.get("hub_key"):
+        print(f"estate {verb}: the hub's key is not pinned: run estate once to pin it, or pass "
+              f"--hub-key", file=sys.stderr)
+        return None
+    return settings
+
+
+async def _tunnel(settings: dict[str, Any], host: str) -> int:
+    try:
+        conn = await open_connection(settings["address"], settings["user"],
+                                     settings.get("key"), settings["hub_key"])
+    except HubUnreachable as exc:
+        print(f"estate tunnel: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    async with conn:
+        try:
+            reader, writer = await conn.open_connection(host, SSH_PORT)
+        except asyncssh.ChannelOpenError as exc:
+            print(f"estate tunnel: the hub refused: {exc.reason}", file=sys.stderr)
+            return EXIT_FAIL
+        loop = asyncio.get_running_loop()
+        stdin = asyncio.StreamReader(limit=CHUNK)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin),
+                                     os.fdopen(sys.stdin.fileno(), "rb", buffering=0))
+        out_transport, out_protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(sys.stdout.fileno(), "wb", buffering=0))
+        stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+
+        async def upstream() -> None:  # ssh -> hub
+            while data := await stdin.read(CHUNK):
+                writer.write(data)
+                await writer.drain()
+
+        async def downstream() -> None:  # hub -> ssh
+            while data := await reader.read(CHUNK):
+                stdout.write(data)
+                await stdout.drain()
+
+        # Either side ending ends the session: ssh closing its pipe (or, as it does when it
+        # exits, sending us SIGHUP) means it is done with the connection; the host closing
+        # means there is nothing more to read.
+        hangup = asyncio.Event()
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, hangup.set)
+        tasks = {asyncio.create_task(upstream()), asyncio.create_task(downstream()),
+                 asyncio.create_task(hangup.wait())}
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        writer.close()  # a clean channel close, so the hub records how it ended
+        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(writer.channel.wait_closed(), 5)
+        out_transport.close()
+        for task in done:
+            failure = task.exception()
+            if isinstance(failure, asyncssh.Error):
+                print(f"estate tunnel: the session was cut: {failure}", file=sys.stderr)
+                return EXIT_FAIL
+    return EXIT_OK

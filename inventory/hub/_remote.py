@@ -1,0 +1,303 @@
+"""Remote access: the hub relays an operator's SSH connection to an endpoint's own sshd.
+
+The agent offers a reverse forward named after itself (`tcpip-forward` for `AGENT_ID:22`) on
+its connection; the hub accepts it only from that agent and only when its hub-side record
+allows remote access. An operator's `direct-tcpip` channel to `HOST:22` is then bridged to a
+`forwarded-tcpip` channel back through that agent's connection. The operator's `ssh` talks to
+the endpoint's sshd end to end inside the bridged channels: the hub moves bytes it cannot read,
+and records who went where, when, and how many bytes each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from inventory.store import utcnow
+
+if TYPE_CHECKING:
+    from inventory.hub._server import Hub, _Connection
+
+log = logging.getLogger("estate.hub.remote")
+
+SSH_PORT = 22
+REMOTE_ROLES = ("admin", "staff")  # auditors read; they do not get shells
+SUPERVISE_INTERVAL_S = 1.0
+OPEN_TIMEOUT_S = 20.0  # an agent that does not answer a channel open within this is hung
+_PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+
+
+class Refused(Exception):
+    """A session the hub will not open; `code` is stable, `message` goes to the operator."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class Limits:
+    per_operator: int = 4
+    per_host: int = 2
+
+
+class _Half(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
+    """One side of a bridge: what arrives here is written to the other side, with flow
+    control (a slow reader pauses the fast writer instead of the hub buffering it)."""
+
+    def __init__(self, bridge: Bridge, name: str) -> None:
+        self.bridge, self.name = bridge, name
+        self.chan: Any = None
+        self.bytes_in = 0
+        self.eof = False
+        self.pending: list[bytes] = []  # arrived before the other side was connected
+
+    @property
+    def peer(self) -> _Half:
+        return self.bridge.operator if self is self.bridge.host else self.bridge.host
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        for data in self.peer.pending:
+            chan.write(data)
+        self.peer.pending.clear()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.bytes_in += len(data)
+        if self.peer.chan is None:
+            self.pending.append(data)
+        else:
+            self.peer.chan.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.peer.chan is not None:
+            self.peer.chan.write_eof()
+        return True  # the other direction may still be talking
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.chan = None
+        if self is self.bridge.host:
+            reason = f"agent connection lost ({exc})" if exc else "host closed"
+        elif self.peer.eof:  # the host finished first; the operator's side then went away
+            reason = "host closed"
+        else:
+            reason = f"operator connection lost ({exc})" if exc else "operator closed"
+        self.bridge.end(reason)
+
+    def pause_writing(self) -> None:
+        if self.peer.chan is not None:
+            self.peer.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer.chan is not None:
+            self.peer.chan.resume_reading()
+
+
+@dataclass(eq=False)
+class Bridge:
+    """One relayed session: operator channel <-> agent channel."""
+
+    relay: RemoteAccess
+    operator_name: str
+    agent_id: str
+    session_id: int = 0
+    ended: bool = False
+    operator: _Half = field(init=False)
+    host: _Half = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.operator = _Half(self, "operator")
+        self.host = _Half(self, "host")
+
+    def end(self, reason: str) -> None:
+        """Close both sides and record the end, once."""
+        if self.ended:
+            return
+        self.ended = True
+        for half in (self.operator, self.host):
+            if half.chan is not None:
+                half.chan.close()
+        self.relay.ended(self, reason)
+
+
+class RemoteAccess:
+    """The hub's offered forwards (agent id -> its connection) and live bridges."""
+
+    def __init__(self, hub: Hub, limits: Limits) -> None:
+        self.hub, self.limits = hub, limits
+        self.offers: dict[str, _Connection] = {}
+        self.live: dict[int, Bridge] = {}
+
+    # --- the agent's side ---------------------------------------------------------------
+
+    async def offer(self, conn: _Connection, listen_host: str,
+                    listen_port: int) -> asyncssh.SSHListener | bool:
+        """An agent's `tcpip-forward` request: accepted only for itself, port 22, allowed."""
+        agent_id = conn.username
+        if conn.role != "agent":
+            why = f"user {agent_id!r} is not an agent"
+        elif listen_host != agent_id or listen_port != SSH_PORT:
+            why = f"an agent may offer only {agent_id}:{SSH_PORT}"
+        elif not await self.hub.db(self.hub.store.remote_allowed, agent_id):
+            why = (f"remote access is not allowed for {agent_id} "
+                   f"(estate-hub agent allow-remote {agent_id})")
+        else:
+            old = self.offers.get(agent_id)
+            self.offers[agent_id] = conn
+            if old is not conn:
+                await self.hub.db(self.hub.store.set_remote_offered, agent_id, True)
+                await self.hub.refresh_host(agent_id)
+            log.info("conn %s agent %s offers remote access", conn.peer, agent_id)
+            return _Offer(self, conn)
+        log.warning("conn %s refused remote forward %s:%s: %s", conn.peer,
+                    listen_host[:64], listen_port, why)
+        return False
+
+    def withdraw(self, conn: _Connection) -> None:
+        """The agent cancelled its forward or its connection went away."""
+        agent_id = conn.username
+        if self.offers.get(agent_id) is not conn:
+            return
+        del self.offers[agent_id]
+        for bridge in list(self.live.values()):
+            if bridge.agent_id == agent_id:
+                bridge.end("agent disconnected")
+
+        async def record() -> None:
+            if agent_id not in self.offers:
+                await self.hub.db(self.hub.store.set_remote_offered, agent_id, False)
+                await self.hub.refresh_host(agent_id)
+        if not self.hub.stopping:
+            self.hub.spawn(record())
+
+    # --- the operator's side ------------------------------------------------------------
+
+    async def open(self, conn: _Connection, dest_host: str, dest_port: int) -> _Half:
+        """An operator's `direct-tcpip` request: the session's operator side, or a refusal
+        (ChannelOpenError, whose reason the operator's ssh prints)."""
+        assert conn.operator is not None
+        name = conn.operator["name"]
+        try:
+            agent_id, target = await self._authorize(conn, dest_host, dest_port)
+        except Refused as exc:
+            log.warning("conn %s operator %s refused session to %s:%s: %s", conn.peer, name,
+                        dest_host[:64], dest_port, exc.message)
+            await self.hub.db(self.hub.store.audit, f"operator:{name}", "remote_refused",
+                              dest_host[:255], {"port": dest_port, "code": exc.code,
+                                                "reason": exc.message, "peer": conn.peer})
+            raise asyncssh.ChannelOpenError(_PROHIBITED, exc.message) from None
+        bridge = Bridge(self, name, agent_id)
+        try:
+            assert target.conn is not None
+            await asyncio.wait_for(target.conn.create_connection(
+                lambda: bridge.host, agent_id, SSH_PORT, conn.peer.rsplit(":", 1)[0], 0),
+                OPEN_TIMEOUT_S)
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            detail = str(exc) or "timed out"
+            log.warning("agent %s did not open the session: %s", agent_id, detail)
+            await self.hub.db(self.hub.store.audit, f"operator:{name}", "remote_refused",
+                              agent_id, {"code": "agent_failed", "reason": detail,
+                                         "peer": conn.peer})
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"the agent of {agent_id} could not open the "
+                                              f"session: {detail}") from None
+        bridge.session_id = await self.hub.db(self.hub.store.session_started, name, agent_id,
+                                              conn.peer, utcnow())
+        self.live[bridge.session_id] = bridge
+        log.info("session %d: operator %s -> %s", bridge.session_id, name, agent_id)
+        if bridge.ended:  # the host side closed while we were recording the start
+            self.ended(bridge, "host closed")
+        return bridge.operator
+
+    async def _authorize(self, conn: _Connection, dest_host: str,
+                         dest_port: int) -> tuple[str, _Connection]:
+        assert conn.operator is not None
+        operator = conn.operator
+        if operator["role"] not in REMOTE_ROLES:
+            raise Refused("forbidden_role", f"role {operator['role']!r} may not open remote "
+                                            f"sessions (only {', '.join(REMOTE_ROLES)})")
+        if dest_port != SSH_PORT:
+            raise Refused("bad_port", f"only port {SSH_PORT} (the host's own sshd) is relayed, "
+                                      f"not {dest_port}")
+        matches = await self.hub.db(self.hub.store.remote_targets, dest_host,
+                                    operator["agencies"])
+        if not matches:  # unknown and out of scope read the same: nothing to learn by probing
+            raise Refused("unknown_host", f"no host {dest_host[:64]!r} in your agencies")
+        if len(matches) > 1:
+            raise Refused("ambiguous_host", f"hostname {dest_host[:64]!r} matches "
+                                            f"{len(matches)} hosts; use the host id "
+                                            f"({', '.join(m['agent_id'] for m in matches)})")
+        host = matches[0]
+        agent_id = host["agent_id"]
+        if host["revoked_at"]:
+            raise Refused("revoked", f"host {agent_id} is revoked")
+        if not host["remote_access"]:
+            raise Refused("not_allowed", f"remote access is not enabled for {agent_id} "
+                                         f"(an admin runs: estate-hub agent allow-remote "
+                                         f"{agent_id})")
+        target = self.offers.get(agent_id)
+        if target is None:
+            raise Refused("not_offered", f"{agent_id} is not reachable: its agent is offline "
+                                         f"or does not offer remote access "
+                                         f"(remote_access = true in its agent.toml)")
+        mine = sum(1 for b in self.live.values() if b.operator_name == operator["name"])
+        if mine >= self.limits.per_operator:
+            raise Refused("operator_limit", f"you have {mine} sessions open, the limit")
+        theirs = sum(1 for b in self.live.values() if b.agent_id == agent_id)
+        if theirs >= self.limits.per_host:
+            raise Refused("host_limit", f"{agent_id} has {theirs} sessions open, the limit")
+        return agent_id, target
+
+    # --- ending -------------------------------------------------------------------------
+
+    def ended(self, bridge: Bridge, reason: str) -> None:
+        if not bridge.session_id or self.live.pop(bridge.session_id, None) is None:
+            return  # not started yet (open() records it), or already recorded
+        to_host, from_host = bridge.operator.bytes_in, bridge.host.bytes_in
+        log.info("session %d ended: %s (%d bytes to the host, %d from it)",
+                 bridge.session_id, reason, to_host, from_host)
+        self.hub.spawn(self.hub.db(self.hub.store.session_ended, bridge.session_id, to_host,
+                                   from_host, reason, utcnow()))
+
+    async def supervise(self) -> None:
+        """End live sessions an admin ended, or whose host lost remote access."""
+        while True:
+            await asyncio.sleep(SUPERVISE_INTERVAL_S)
+            if not self.live:
+                continue
+            try:
+                ends = await self.hub.db(self.hub.store.sessions_to_end, list(self.live))
+            except Exception:
+                log.exception("checking live sessions failed")
+                continue
+            for session_id, reason in ends:
+                bridge = self.live.get(session_id)
+                if bridge is not None:
+                    bridge.end(reason)
+
+    async def close_all(self, reason: str) -> None:
+        """At hub stop: end every session and wait until each end is recorded."""
+        for session_id, bridge in list(self.live.items()):
+            del self.live[session_id]  # so ended() leaves the recording to us
+            bridge.end(reason)
+            await self.hub.db(self.hub.store.session_ended, session_id,
+                              bridge.operator.bytes_in, bridge.host.bytes_in, reason, utcnow())
+
+
+class _Offer(asyncssh.SSHListener):
+    """The accepted reverse forward: nothing listens on the hub; closing withdraws it."""
+
+    def __init__(self, relay: RemoteAccess, conn: _Connection) -> None:
+        super().__init__()
+        self.relay, self.conn = relay, conn
+
+    def close(self) -> None:
+        self.relay.withdraw(self.conn)
+
+    async def wait_closed(self) -> None:
+        return None

@@ -1,0 +1,141 @@
+"""The store's remote-access records: which agents may be reached, and every relayed session.
+
+A mixin of `Store`: it uses the store's connection, transactions and audit log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from inventory.store._common import _scoped, iso
+
+REMOTE_STATES = ("ready", "allowed", "asked", "off")
+
+
+def remote_state(allowed: int, offered: int, connected: int, revoked: str | None) -> str:
+    """What the console shows: ready (reachable now), allowed (hub allows, the agent has not
+    offered), asked (the agent offers, the hub does not allow), off."""
+    if revoked:
+        return "off"
+    if allowed:
+        return "ready" if offered and connected else "allowed"
+    return "asked" if offered and connected else "off"
+
+
+class RemoteRecords:
+    db: sqlite3.Connection
+    _transaction: Callable[[], Any]
+    _audit: Callable[..., None]
+
+    def set_remote_access(self, agent_id: str, allowed: bool, actor: str) -> bool:
+        """Allow or deny remote access to an agent's host (audited); False if no such agent."""
+        with self._transaction():
+            cur = self.db.execute("UPDATE agents SET remote_access = ? WHERE id = ?",
+                                  (1 if allowed else 0, agent_id))
+            if cur.rowcount:
+                self._audit(actor, "agent_allow_remote" if allowed else "agent_deny_remote",
+                            agent_id)
+        return cur.rowcount > 0
+
+    def remote_allowed(self, agent_id: str) -> bool:
+        row = self.db.execute("SELECT remote_access FROM agents WHERE id = ? "
+                              "AND revoked_at IS NULL", (agent_id,)).fetchone()
+        return bool(row and row[0])
+
+    def set_remote_offered(self, agent_id: str, offered: bool) -> None:
+        self.db.execute("UPDATE agents SET remote_offered = ? WHERE id = ?",
+                        (1 if offered else 0, agent_id))
+
+    def remote_targets(self, host: str, scope: list[str] | None) -> list[dict[str, Any]]:
+        """Hosts in scope whose id is `host`, else whose hostname is (case-insensitive)."""
+        base = ("SELECT h.agent_id, h.hostname, a.name AS agency, s.name AS site, "
+                "g.remote_access, g.remote_offered, g.connected, g.revoked_at "
+                "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+                "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+                "WHERE ")
+        for where, value in (("h.agent_id = ?", host), ("lower(h.hostname) = lower(?)", host)):
+            sql, args = _scoped(base + where, [value], scope)
+            rows = [dict(r) for r in self.db.execute(sql + " ORDER BY h.agent_id LIMIT 10",
+                                                     args)]
+            if rows:
+                for r in rows:
+                    r["remote"] = remote_state(r["remote_access"], r["remote_offered"],
+                                               r["connected"], r["revoked_at"])
+                return rows
+        return []
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def session_started(self, operator: str, agent_id: str, peer: str, at: datetime) -> int:
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT INTO remote_sessions (operator, agent_id, peer, started_at) "
+                "VALUES (?, ?, ?, ?)", (operator, agent_id, peer, iso(at)))
+            session_id = int(cur.lastrowid or 0)
+            self._audit(f"operator:{operator}", "remote_session_start", agent_id,
+                        {"session": session_id, "peer": peer}, at)
+        return session_id
+
+    def session_ended(self, session_id: int, to_host: int, from_host: int, reason: str,
+                      at: datetime) -> None:
+        with self._transaction():
+            row = self.db.execute("SELECT operator, agent_id FROM remote_sessions "
+                                  "WHERE id = ? AND ended_at IS NULL",
+                                  (session_id,)).fetchone()
+            if row is None:
+                return
+            self.db.execute("UPDATE remote_sessions SET ended_at = ?, bytes_to_host = ?, "
+                            "bytes_from_host = ?, end_reason = ? WHERE id = ?",
+                            (iso(at), to_host, from_host, reason, session_id))
+            self._audit(f"operator:{row[0]}", "remote_session_end", row[1],
+                        {"session": session_id, "bytes_to_host": to_host,
+                         "bytes_from_host": from_host, "reason": reason}, at)
+
+    def sessions(self, live_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        sql = ("SELECT r.id, r.operator, r.agent_id, h.hostname, r.peer, r.started_at, "
+               "r.ended_at, r.bytes_to_host, r.bytes_from_host, r.end_reason "
+               "FROM remote_sessions r LEFT JOIN hosts h ON h.agent_id = r.agent_id")
+        if live_only:
+            sql += " WHERE r.ended_at IS NULL"
+        rows = self.db.execute(sql + " ORDER BY r.id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+    def request_session_end(self, session_id: int, actor: str) -> bool:
+        """Ask the running hub to end a live session (it looks every second); audited."""
+        with self._transaction():
+            cur = self.db.execute("UPDATE remote_sessions SET end_requested_by = ? "
+                                  "WHERE id = ? AND ended_at IS NULL", (actor, session_id))
+            if cur.rowcount:
+                self._audit(actor, "remote_session_end_request", str(session_id))
+        return cur.rowcount > 0
+
+    def sessions_to_end(self, session_ids: list[int]) -> list[tuple[int, str]]:
+        """Of these live sessions, those an admin ended or whose host lost remote access."""
+        if not session_ids:
+            return []
+        marks = ", ".join("?" for _ in session_ids)
+        sql = ("SELECT r.id, r.end_requested_by, g.remote_access, g.revoked_at "  # noqa: S608 - placeholders only
+               "FROM remote_sessions r JOIN agents g ON g.id = r.agent_id "
+               f"WHERE r.id IN ({marks}) AND (r.end_requested_by IS NOT NULL "
+               "OR g.remote_access = 0 OR g.revoked_at IS NOT NULL)")
+        rows = self.db.execute(sql, session_ids)
+        out = []
+        for r in rows:
+            if r[1]:
+                out.append((int(r[0]), f"ended by {r[1]}"))
+            elif r[3]:
+                out.append((int(r[0]), "agent revoked"))
+            else:
+                out.append((int(r[0]), "remote access denied"))
+        return out
+
+    def end_orphan_sessions(self, at: datetime) -> int:
+        """At hub start no session is live, whatever the last run (maybe killed) recorded."""
+        with self._transaction():
+            self.db.execute("UPDATE agents SET remote_offered = 0 WHERE remote_offered = 1")
+            cur = self.db.execute("UPDATE remote_sessions SET ended_at = ?, end_reason = ? "
+                                  "WHERE ended_at IS NULL", (iso(at), "hub restarted"))
+        return cur.rowcount

@@ -1,0 +1,397 @@
+"""Remote access over real processes: OpenSSH's ssh -> estate tunnel -> hub -> agent -> sshd.
+
+The endpoint is OpenSSH's real sshd on a loopback port. Skipped, saying how to install it,
+where sshd is missing (`.ci/run` installs openssh-server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import paramiko
+import pytest
+
+from console._client import open_connection
+from tests.harness import PY, Agent, AgentService, HubProcess, make_report, wait_for
+from tests.sshd import MISSING, Sshd, keygen
+
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+# The command's output is computed on the endpoint, so it is not in the command line either.
+COMMAND, OUTPUT = "expr 4321 '*' 8765", "37873565"
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory, live_report):
+    """A hub (session limits 2 per operator, 3 per host), sshd, and agents:
+
+    - `ready`: Council, remote access offered by its agent and allowed on the hub;
+    - `quiet`: Council, enrolled, reported once as quiet-pc; no service, not allowed;
+    - `fire`: Fire & Rescue, offered and allowed.
+    The running agents report this machine's hostname, so `ready` and `fire` share it.
+    """
+    base = tmp_path_factory.mktemp("remote")
+    sshd = Sshd(base / "sshd").start()
+    hub = HubProcess(base / "hub", ("--sessions-per-operator", "2",
+                                    "--sessions-per-host", "3")).start()
+    agents = {"ready": Agent(hub, base / "ready"),
+              "quiet": Agent(hub, base / "quiet"),
+              "fire": Agent(hub, base / "fire", hub.token("Fire & Rescue", "Station 1"))}
+    quiet = agents["quiet"]  # the others' running services report for themselves
+    status, _ = quiet.send(make_report(live_report, quiet.agent_id, system__hostname="quiet-pc"))
+    assert status == 0
+    offer = f'remote_access = true\nremote_access_target = "127.0.0.1:{sshd.port}"\n'
+    services = [AgentService(agents[n], offer).start() for n in ("ready", "fire")]
+    for name, role, agencies in (("alice", "staff", "Council"), ("bob", "staff", "Council"),
+                                 ("fred", "staff", "Fire & Rescue"),
+                                 ("audrey", "auditor", "all"), ("root.admin", "admin", "all")):
+        keygen(base / name)
+        hub.admin("operator", "add", name, "--key", str(base / f"{name}.pub"), "--role", role,
+                  "--agencies", agencies)
+    for name in ("ready", "fire"):
+        hub.admin("agent", "allow-remote", agents[name].agent_id)
+    known = sshd.known_hosts(base / "known_hosts",
+                             *(a.agent_id for a in agents.values()))
+    env = {"base": base, "sshd": sshd, "hub": hub, "agents": agents, "services": services,
+           "known_hosts": known}
+    try:
+        for name in ("ready", "fire"):
+            wait_for(lambda n=name: _remote_state(hub, agents[n].agent_id) == "ready", 30,
+                     what=f"{name} to offer remote access")
+        wait_for(lambda: len(hub.admin_json("hosts")) == 3, 30, what="every host's report")
+        yield env
+    finally:
+        for service in services:
+            service.kill()
+        hub.kill()
+        sshd.stop()
+
+
+def _remote_state(hub: HubProcess, agent_id: str) -> str:
+    rows = hub.admin_json("agent", "list")
+    return next(r["remote"] for r in rows if r["id"] == agent_id)
+
+
+def _estate_ssh(env, operator: str, host: str, *command: str,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    hub, sshd = env["hub"], env["sshd"]
+    return subprocess.run(
+        [PY, "-m", "console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
+         "--key", str(env["base"] / operator), "--hub-key", hub.fingerprint,
+         f"{sshd.user}@{host}", "--", *sshd.client_options(env["known_hosts"]), *command],
+        capture_output=True, text=True, timeout=timeout)
+
+
+async def _open_channel(env, operator: str, host: str, port: int = 22):
+    """A raw direct-tcpip channel as `operator`: (connection, reader, writer)."""
+    conn = await open_connection(env["hub"].address, operator, env["base"] / operator,
+                                 env["hub"].fingerprint)
+    try:
+        reader, writer = await conn.open_connection(host, port)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, reader, writer
+
+
+def _refusal(env, operator: str, host: str, port: int = 22) -> str:
+    async def attempt() -> str:
+        with pytest.raises(asyncssh.ChannelOpenError) as err:
+            conn, _, _ = await _open_channel(env, operator, host, port)
+            conn.close()
+        return err.value.reason
+    return asyncio.run(attempt())
+
+
+def _audited_refusals(hub: HubProcess) -> list[str]:
+    with hub.db() as db:
+        rows = db.execute("SELECT detail FROM audit WHERE action = 'remote_refused'")
+        return [r[0] for r in rows]
+
+
+# --- a real session ---------------------------------------------------------------------
+
+def test_ssh_through_hub_runs_a_command_and_the_hub_never_sees_it(remote):
+    hub, agent = remote["hub"], remote["agents"]["ready"]
+    done = _estate_ssh(remote, "alice", agent.agent_id, COMMAND)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == OUTPUT
+
+    session = wait_for(lambda: next((s for s in hub.admin_json("sessions")
+                                     if s["ended_at"]), None), 15, what="session end")
+    assert session["operator"] == "alice" and session["agent_id"] == agent.agent_id
+    assert session["bytes_to_host"] > 1000 and session["bytes_from_host"] > 1000
+    assert session["end_reason"] in ("operator closed", "host closed")
+    actions = [(a["action"], a["target"]) for a in hub.admin_json("audit")]
+    assert ("remote_session_start", agent.agent_id) in actions
+    assert ("remote_session_end", agent.agent_id) in actions
+    # The relayed bytes are ciphertext to the hub: the output is nowhere it wrote.
+    written = hub.log().encode()
+    for path in hub.data.iterdir():
+        if path.is_file():
+            written += path.read_bytes()
+    assert OUTPUT.encode() not in written
+    # ssh checked the endpoint's key under the host id (HostKeyAlias), not the hub's port.
+    assert hub.address not in remote["known_hosts"].read_text()
+
+
+def test_host_key_is_checked_by_ssh_under_the_host_id(remote, tmp_path):
+    """A known_hosts entry for another key under this host id: ssh refuses to connect."""
+    agent = remote["agents"]["ready"]
+    wrong = tmp_path / "known_hosts"
+    other = keygen(tmp_path / "other")
+    wrong.write_text(f"{agent.agent_id} {other.split(' ', 2)[0]} {other.split(' ', 2)[1]}\n")
+    remote_env = {**remote, "known_hosts": wrong}
+    done = _estate_ssh(remote_env, "alice", agent.agent_id, COMMAND)
+    assert done.returncode == 255
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in done.stderr or \
+        "Host key verification failed" in done.stderr
+    assert OUTPUT not in done.stdout
+
+
+# --- refusals, each with its reason, each audited -----------------------------------------
+
+def test_operator_of_another_agency_is_refused(remote):
+    reason = _refusal(remote, "fred", remote["agents"]["ready"].agent_id)
+    assert "no host" in reason and "your agencies" in reason
+
+
+def test_auditor_role_is_refused(remote):
+    reason = _refusal(remote, "audrey", remote["agents"]["ready"].agent_id)
+    assert "auditor" in reason
+
+
+def test_unknown_host_is_refused(remote):
+    assert "no host 'nowhere'" in _refusal(remote, "alice", "nowhere")
+
+
+def test_addresses_other_than_a_hosts_sshd_are_refused(remote):
+    """The hub relays to hosts' sshd by host id or name, never to an address of its own."""
+    for address in ("127.0.0.1", "localhost", remote["hub"].address.split(":")[0],
+                    f"127.0.0.1:{remote['sshd'].port}"):
+        assert "no host" in _refusal(remote, "root.admin", address)
+    assert "only port 22" in _refusal(remote, "root.admin", "127.0.0.1", remote["sshd"].port)
+
+
+def test_hostname_shared_by_two_hosts_is_refused_as_ambiguous(remote, live_report):
+    name = live_report["system"]["hostname"]  # what both running agents report
+    reason = _refusal(remote, "root.admin", name)
+    assert "matches 2 hosts; use the host id" in reason
+    # In alice's scope the same name is one host: it resolves.
+    asyncio.run(_open_and_close(remote, "alice", name))
+
+
+async def _open_and_close(env, operator: str, host: str) -> None:
+    conn, _, writer = await _open_channel(env, operator, host)
+    writer.close()
+    conn.close()
+
+
+def test_port_other_than_22_is_refused(remote):
+    reason = _refusal(remote, "alice", remote["agents"]["ready"].agent_id, 2222)
+    assert "only port 22" in reason
+
+
+def test_agent_without_remote_access_is_refused(remote):
+    hub, quiet = remote["hub"], remote["agents"]["quiet"]
+    assert "not enabled" in _refusal(remote, "alice", "quiet-pc")
+    hub.admin("agent", "allow-remote", quiet.agent_id)  # allowed, but its agent offers nothing
+    try:
+        assert "not reachable" in _refusal(remote, "alice", quiet.agent_id)
+    finally:
+        hub.admin("agent", "deny-remote", quiet.agent_id)
+    done = _estate_ssh(remote, "alice", "quiet-pc", COMMAND)
+    assert done.returncode == 1 and "does not accept remote access" in done.stderr
+    codes = " ".join(_audited_refusals(hub))
+    assert '"code": "not_allowed"' in codes and '"code": "not_offered"' in codes
+
+
+def test_agent_may_offer_only_itself_on_port_22(remote):
+    """An agent asking to be the endpoint for another host (or another port) is refused."""
+    hub, quiet, ready = remote["hub"], remote["agents"]["quiet"], remote["agents"]["ready"]
+    hub.admin("agent", "allow-remote", quiet.agent_id)
+    client = quiet.client()
+    try:
+        client.connect()
+        assert client.transport is not None
+        for host, port in ((ready.agent_id, 22), (quiet.agent_id, 2222), ("0.0.0.0", 22)):
+            with pytest.raises(paramiko.SSHException):
+                client.transport.request_port_forward(host, port)
+        assert client.transport.request_port_forward(quiet.agent_id, 22) == 22
+    finally:
+        client.close()
+        hub.admin("agent", "deny-remote", quiet.agent_id)
+    assert f"an agent may offer only {quiet.agent_id}:22" in hub.log()
+    # The real host's agent still holds its offer: sessions still reach `ready`.
+    assert _remote_state(hub, ready.agent_id) == "ready"
+
+
+def test_agent_connects_only_its_configured_sshd(remote):
+    """A hub asking the agent for another address gets the channel closed, nothing opened."""
+    from agent.remote import RemoteRelay
+
+    relay = RemoteRelay("ag-000000000001", ("127.0.0.1", remote["sshd"].port))
+
+    class Channel:  # what paramiko hands the handler; only close() may be called
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    for server in (("ag-000000000002", 22), ("ag-000000000001", 2222), ("127.0.0.1", 22)):
+        chan = Channel()
+        relay._incoming(chan, ("hub", 0), server)  # type: ignore[arg-type]
+        assert chan.closed and relay.active == 0
+
+
+def test_session_limits_per_operator_and_per_host(remote):
+    ready = remote["agents"]["ready"].agent_id
+
+    async def scenario() -> tuple[str, str]:
+        held = [await _open_channel(remote, "alice", ready) for _ in range(2)]
+        try:
+            with pytest.raises(asyncssh.ChannelOpenError) as mine:
+                await _open_channel(remote, "alice", ready)
+            held.append(await _open_channel(remote, "bob", ready))  # host's third: allowed
+            with pytest.raises(asyncssh.ChannelOpenError) as host:
+                await _open_channel(remote, "bob", ready)
+            return mine.value.reason, host.value.reason
+        finally:
+            for conn, _, _ in held:
+                conn.close()
+
+    mine, host = asyncio.run(scenario())
+    assert "you have 2 sessions open" in mine
+    assert f"{ready} has 3 sessions open" in host
+    wait_for(lambda: not remote["hub"].admin_json("sessions", "--live"), 15,
+             what="held sessions to end")
+
+
+def test_admin_ends_a_live_session(remote):
+    hub = remote["hub"]
+    proc = _ssh_background(remote, "alice", remote["agents"]["ready"].agent_id, "sleep 60")
+    try:
+        live = wait_for(lambda: hub.admin_json("sessions", "--live"), 30, what="live session")
+        hub.admin("sessions", "--end", str(live[0]["id"]))
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    ended = next(s for s in hub.admin_json("sessions") if s["id"] == live[0]["id"])
+    assert ended["end_reason"].startswith("ended by admin:")
+    assert hub.admin("sessions", "--end", str(live[0]["id"]), check=False).returncode == 1
+
+
+def test_deny_remote_ends_live_sessions(remote):
+    hub, fire = remote["hub"], remote["agents"]["fire"]
+    proc = _ssh_background(remote, "fred", fire.agent_id, "sleep 60")
+    try:
+        live = wait_for(lambda: hub.admin_json("sessions", "--live"), 30, what="live session")
+        hub.admin("agent", "deny-remote", fire.agent_id)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        hub.admin("agent", "allow-remote", fire.agent_id)
+    ended = next(s for s in hub.admin_json("sessions") if s["id"] == live[0]["id"])
+    assert ended["end_reason"] == "remote access denied"
+
+
+def _ssh_background(env, operator: str, host: str, command: str) -> subprocess.Popen[bytes]:
+    hub, sshd = env["hub"], env["sshd"]
+    with open(env["base"] / "ssh-background.log", "ab") as log:
+        return subprocess.Popen(
+            [PY, "-m", "console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
+             "--key", str(env["base"] / operator), "--hub-key", hub.fingerprint,
+             f"{sshd.user}@{host}", "--", *sshd.client_options(env["known_hosts"]), command],
+            stdout=subprocess.DEVNULL, stderr=log)
+
+
+# --- from the console: x suspends it, runs estate ssh, and comes back --------------------
+
+def test_console_x_opens_a_shell_and_returns(remote, tmp_path):
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed (apt-get install tmux; .ci/run installs it)")
+    hub, sshd, ready = remote["hub"], remote["sshd"], remote["agents"]["ready"]
+    config = tmp_path / "console.toml"
+    options = sshd.client_options(remote["known_hosts"])
+    config.write_text("ssh_args = [" + ", ".join(f'"{o}"' for o in options) + "]\n")
+    session = f"estate-ssh-{tmp_path.name[-8:]}"
+    command = shlex.join([PY, "-m", "console.cli", "--hub", f"alice@{hub.address}", "--key",
+                          str(remote["base"] / "alice"), "--hub-key", hub.fingerprint])
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "45",
+                    "-e", f"ESTATE_CONSOLE_CONFIG={config}", command], check=True)
+
+    def keys(*typed: str, literal: bool = False) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", session, *(["-l"] if literal else []),
+                        *typed], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"],
+                              capture_output=True, text=True).stdout
+
+    def shows(test: Any, what: str) -> None:
+        try:
+            wait_for(lambda: test(screen()), 30, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen:\n{screen()}") from None
+
+    try:
+        shows(lambda text: "x Shell" in text and "2 hosts" in text, "the console")
+        keys("/")
+        time.sleep(0.5)  # the filter box takes focus before the words arrive
+        keys("remote:ready", literal=True)
+        keys("Enter")
+        shows(lambda text: "showing 1" in text, "the filtered list")
+        keys("x")
+        shows(lambda text: "showing 1" not in text and "#" in text, "the remote shell")
+        keys(f"{COMMAND}; exit", literal=True)
+        keys("Enter")
+        shows(lambda text: "showing 1" in text, "the console to come back")
+        session_row = wait_for(lambda: next((s for s in hub.admin_json("sessions")
+                                             if s["operator"] == "alice" and s["ended_at"]
+                                             and s["bytes_from_host"] > 3000), None), 15,
+                               what="the console's session in the record")
+        assert session_row["agent_id"] == ready.agent_id
+        keys("q")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+# --- the agent dies mid-session (last: it stops the module's agent) ------------------------
+
+def test_killing_the_agent_mid_session_ends_it_on_both_sides(remote):
+    hub = remote["hub"]
+    service = remote["services"][0]  # `ready`
+    proc = _ssh_background(remote, "alice", remote["agents"]["ready"].agent_id, "sleep 60")
+    try:
+        live = wait_for(lambda: hub.admin_json("sessions", "--live"), 30, what="live session")
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGKILL)
+        status = proc.wait(timeout=60)
+        assert status != 0 and time.monotonic() - started < 60
+    finally:
+        proc.kill()
+    ended = wait_for(lambda: next((s for s in hub.admin_json("sessions")
+                                   if s["id"] == live[0]["id"] and s["ended_at"]), None),
+                     60, what="the session's end to be recorded")
+    assert ended["end_reason"].startswith(("agent disconnected", "agent connection lost"))
+    assert _remote_state(hub, remote["agents"]["ready"].agent_id) != "ready"
+    # The hub keeps serving: other hosts are still reachable.
+    done = _estate_ssh(remote, "fred", remote["agents"]["fire"].agent_id, COMMAND)
+    assert done.returncode == 0 and done.stdout.strip() == OUTPUT, done.stderr
+
+
+def test_estate_ssh_without_a_hub_says_how_to_configure_one(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "console.cli", "ssh", "somehost"],
+                          capture_output=True, text=True, timeout=30,
+                          env={"ESTATE_CONSOLE_CONFIG": str(Path(tmp_path) / "none.toml"),
+                               "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "no hub configured" in done.stderr
