@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -28,6 +29,7 @@ from console._client import ApiFailure, HubConnection, HubUnreachable, open_conn
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 SSH_PORT = 22
 CHUNK = 64 * 1024
+AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -97,17 +99,22 @@ async def ssh_command(settings: dict[str, Any], host: str, user: str | None,
     if ssh is None:
         raise ValueError("the OpenSSH client (ssh) is not installed; on Debian or Ubuntu: "
                          "apt install openssh-client")
-    hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
-                        settings["hub_key"])
-    await hub.connect()
-    try:
-        found = await hub.request("resolve", host=host)
-    finally:
-        await hub.close()
-    agent_id, state = found["agent_id"], found["remote"]
-    if state != "ready":
-        raise ValueError(f"{agent_id} ({found['hostname'] or 'no hostname'}) does not accept "
-                         f"remote access now: {_WHY[state]}")
+    if AGENT_ID.match(host):
+        # A host id needs no lookup (the console passes one): the hub's answer to the
+        # tunnel says why, if the host cannot be reached, and starting is a round trip faster.
+        agent_id = host
+    else:
+        hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
+                            settings["hub_key"])
+        await hub.connect()
+        try:
+            found = await hub.request("resolve", host=host)
+        finally:
+            await hub.close()
+        agent_id, state = found["agent_id"], found["remote"]
+        if state != "ready":
+            raise ValueError(f"{agent_id} ({found['hostname'] or 'no hostname'}) does not "
+                             f"accept remote access now: {_WHY[state]}")
     tunnel = [sys.executable, "-m", "console.cli", "tunnel",
               "--hub", f"{settings['user']}@{settings['address']}",
               "--hub-key", settings["hub_key"]]

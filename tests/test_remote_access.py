@@ -209,8 +209,11 @@ def test_agent_without_remote_access_is_refused(remote):
         assert "not reachable" in _refusal(remote, "alice", quiet.agent_id)
     finally:
         hub.admin("agent", "deny-remote", quiet.agent_id)
-    done = _estate_ssh(remote, "alice", "quiet-pc", COMMAND)
+    done = _estate_ssh(remote, "alice", "quiet-pc", COMMAND)  # a name: looked up first
     assert done.returncode == 1 and "does not accept remote access" in done.stderr
+    done = _estate_ssh(remote, "alice", quiet.agent_id, COMMAND)  # an id: the tunnel says
+    assert done.returncode == 255 and "the hub refused: remote access is not enabled" \
+        in done.stderr
     codes = " ".join(_audited_refusals(hub))
     assert '"code": "not_allowed"' in codes and '"code": "not_offered"' in codes
 

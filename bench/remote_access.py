@@ -1,0 +1,145 @@
+"""Benchmark: remote access through the hub versus a direct ssh to the same sshd.
+
+Starts OpenSSH's sshd on a loopback port, a hub, and an agent service offering that sshd; then,
+in the same run:
+- time to the first shell prompt (a pty, until the prompt appears): direct `ssh` versus
+  `estate ssh HOST` (ssh with `estate tunnel` as ProxyCommand, through hub and agent);
+- a 100 MB copy (`cat > /dev/null` on the endpoint, fed from here): direct versus through.
+Prints each median and the ratio. Needs sshd (apt-get install openssh-server).
+
+Usage: python bench/remote_access.py [--runs 5] [--megabytes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import pty
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if sys.path[1:2] == [str(Path(__file__).resolve().parent)]:
+    del sys.path[1]  # bench/ itself must not shadow packages
+
+from tests.harness import PY, Agent, AgentService, HubProcess, wait_for  # noqa: E402
+from tests.sshd import MISSING, Sshd, keygen  # noqa: E402
+
+PROMPT_TIMEOUT_S = 30.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--megabytes", type=int, default=100)
+    args = parser.parse_args()
+    if MISSING:
+        print(f"remote_access: {MISSING}", file=sys.stderr)
+        return 1
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory(prefix="estate-bench-remote-") as tmp:
+        base = Path(tmp)
+        sshd = Sshd(base / "sshd").start()
+        hub = HubProcess(base / "hub").start()
+        agent = Agent(hub, base / "agent")
+        service = AgentService(agent, f'remote_access = true\nremote_access_target = '
+                                      f'"127.0.0.1:{sshd.port}"\n')
+        # Report at the normal pace: the benchmark is about sessions, not reports.
+        agent.config.write_text(agent.config.read_text().replace("interval = 1\n",
+                                                                 "interval = 300\n"))
+        hub.admin("agent", "allow-remote", agent.agent_id)
+        service.start()
+        try:
+            keygen(base / "op")
+            hub.admin("operator", "add", "op", "--key", str(base / "op.pub"), "--role", "staff",
+                      "--agencies", "all")
+            wait_for(lambda: "offers remote access" in hub.log(), 60, what="the agent's offer")
+            known = sshd.known_hosts(base / "known_hosts", agent.agent_id, "127.0.0.1",
+                                     f"[127.0.0.1]:{sshd.port}")
+            options = sshd.client_options(known)
+            direct = ["ssh", *options, "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"]
+            through = [PY, "-m", "console.cli", "ssh", "--hub", f"op@{hub.address}", "--key",
+                       str(base / "op"), "--hub-key", hub.fingerprint,
+                       f"{sshd.user}@{agent.agent_id}", "--", *options]
+            prompt(direct)  # warm caches (and the agent's first session) before timing
+            prompt(through)
+            d = [prompt(direct) for _ in range(args.runs)]
+            t = [prompt(through) for _ in range(args.runs)]
+            dm, tm = statistics.median(d), statistics.median(t)
+            print(f"first prompt: direct {dm * 1000:.0f} ms, through the hub {tm * 1000:.0f} ms,"
+                  f" ratio {tm / dm:.2f}x (target <= 1.5x); median of {args.runs}")
+            size = args.megabytes * 2**20
+            dc = [copy(direct, size) for _ in range(3)]
+            tc = [copy(through, size) for _ in range(3)]
+            dr = size / statistics.median(dc) / 2**20
+            tr = size / statistics.median(tc) / 2**20
+            print(f"{args.megabytes} MB copy: direct {dr:.0f} MB/s, through the hub "
+                  f"{tr:.0f} MB/s, ratio {tr / dr:.2f}x (target >= 0.5x); median of 3")
+            sessions = hub.admin_json("sessions", "--limit", "1")
+            print(f"last session recorded: {sessions[0]['bytes_to_host']} bytes to the host, "
+                  f"ended: {sessions[0]['end_reason']}")
+        finally:
+            service.stop()
+            hub.kill()
+            sshd.stop()
+    return 0
+
+
+def prompt(command: list[str]) -> float:
+    """Seconds from starting `command -tt` until the remote shell prints its prompt."""
+    master, slave = pty.openpty()
+    started = time.perf_counter()
+    proc = subprocess.Popen([*command, "-tt"], stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, "TERM": "dumb"})
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = started + PROMPT_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+                if seen.rstrip().endswith((b"#", b"$")):
+                    return time.perf_counter() - started
+        raise RuntimeError(f"no prompt within {PROMPT_TIMEOUT_S:g} s: {seen[-300:]!r}")
+    finally:
+        os.write(master, b"exit\n")
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def copy(command: list[str], size: int) -> float:
+    """Seconds to send `size` bytes to `cat > /dev/null` on the endpoint."""
+    block = os.urandom(1 << 20)
+    started = time.perf_counter()
+    proc = subprocess.Popen([*command, "cat > /dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    sent = 0
+    while sent < size:
+        proc.stdin.write(block)
+        sent += len(block)
+    proc.stdin.close()
+    if proc.wait(timeout=600) != 0:
+        raise RuntimeError(f"copy failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    if proc.stderr:
+        proc.stderr.close()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
