@@ -32,17 +32,19 @@ def config_path() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ssh"] or argv[:1] == ["tunnel"]:
-        from console import remote
+    if argv[:1] in (["ssh"], ["tunnel"], ["export"], ["verify"]):
+        from console import export, remote
 
-        verb = remote.ssh_main if argv[0] == "ssh" else remote.tunnel_main
+        verb = {"ssh": remote.ssh_main, "tunnel": remote.tunnel_main,
+                "export": export.export_main, "verify": export.verify_main}[argv[0]]
         return verb(argv[1:], _settings)
     parser = argparse.ArgumentParser(
         prog="estate",
         description="Estate console: the estate's hosts live, over SSH to the hub. With no "
                     "hub configured it starts an embedded hub and this machine's agent.",
         epilog="other verbs: estate ssh [USER@]HOST (a shell on a host through the hub), "
-               "estate tunnel HOST (ssh's ProxyCommand); each has --help.")
+               "estate tunnel HOST (ssh's ProxyCommand), estate export --report R (audit "
+               "exports), estate verify FILE (check an export); each has --help.")
     parser.add_argument("--hub", metavar="USER@HOST:PORT",
                         help="the hub and your operator name (default: console.toml, else "
                              "the embedded default)")

@@ -49,10 +49,12 @@ REPORT_COMMAND = "estate-report v1"
 ENROL_COMMAND = "estate-enrol v1"
 API_COMMAND = "estate-api v1"
 WATCH_COMMAND = "estate-watch v1"
+EXPORT_COMMAND = "estate-export v1"
 COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol", API_COMMAND: "operator",
-            WATCH_COMMAND: "operator"}
+            WATCH_COMMAND: "operator", EXPORT_COMMAND: "operator"}
 WATCH_QUEUE = 2000  # events a slow watcher may fall behind by before it is told to resync
 MAX_ENROL_BYTES = 16 * 1024
+MAX_EXPORT_REQUEST_BYTES = 16 * 1024 * 1024  # a reconcile request carries the register
 BODY_TIMEOUT_S = 60.0
 
 # Exit statuses: the client tells "fix your data" from "retry later" without parsing text.
@@ -346,6 +348,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.timer: asyncio.TimerHandle | None = None
         self.watcher: _Watcher | None = None
         self.lines: asyncio.Queue[bytes | None] | None = None
+        self.writable = asyncio.Event()  # flow control for long answers (exports)
+        self.writable.set()
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self.chan = chan
@@ -388,6 +392,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         else:
             if self.command == ENROL_COMMAND:
                 self.limit = MAX_ENROL_BYTES
+            elif self.command == EXPORT_COMMAND:
+                self.limit = MAX_EXPORT_REQUEST_BYTES
             self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT_S, self._timeout)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
@@ -412,12 +418,14 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             return True
         if not self.finished:
             body, self.body = bytes(self.body), bytearray()
-            handler = self._report if self.command == REPORT_COMMAND else self._enrol
+            handler = {REPORT_COMMAND: self._report, ENROL_COMMAND: self._enrol,
+                       EXPORT_COMMAND: self._export}[self.command or ""]
             self.hub.spawn(self._run(handler, body))
         return True  # keep our side open to answer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finished = True
+        self.writable.set()  # release a sender waiting on a window that will never open
         if self.timer:
             self.timer.cancel()
         if self.watcher is not None:
@@ -537,6 +545,24 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         log.info("enrolled %s (%s/%s) key %s", result["agent_id"], result["agency"],
                  result["site"], key.get_fingerprint("sha256"))
         self._finish(EXIT_OK, {"status": "enrolled", **result})
+
+    async def _export(self, body: bytes) -> None:
+        from inventory.hub._export import serve_export
+
+        assert self.owner.operator is not None and self.chan is not None
+        status, doc = await serve_export(self.hub, self.owner.operator, body, self.chan,
+                                         self.writable)
+        if doc is not None:
+            self._finish(status, doc)
+        elif not self.finished:
+            self.finished = True
+            self.chan.exit(status)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
 
     def _fail(self, status: int, code: str, message: str, **extra: Any) -> None:
         self._finish(status, {"status": "error", "code": code, "message": message, **extra})

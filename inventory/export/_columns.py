@@ -1,0 +1,133 @@
+"""Each report's columns: name, order, type, unit and description.
+
+Columns that are report fields take their description and unit from the field dictionary
+(`inventory.fields`); the rest are the hub's own facts and say so here, once. The XLSX "Fields"
+sheet and the JSON `columns` member are these definitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inventory.fields import BY_PATH
+
+# How a value is typed in XLSX and JSON: text, a whole number, bytes (a whole number of
+# bytes), a number, a date and time (UTC), a date, or true/false.
+TYPES = ("text", "int", "bytes", "float", "datetime", "date", "bool")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    type: str
+    description: str
+    unit: str | None = None
+
+
+def _field(key: str, path: str, title: str, type_: str = "text") -> Column:
+    f = BY_PATH[path]
+    return Column(key, title, type_, f"{f.description} (report field {path})", f.unit)
+
+
+HOST_ID = Column("agent_id", "host id", "text", "The host's agent id, given at enrolment.")
+AGENCY = Column("agency", "agency", "text", "Agency, from the agent's enrolment.")
+SITE = Column("site", "site", "text", "Site, from the agent's enrolment.")
+HOSTNAME = _field("hostname", "system.hostname", "hostname")
+SERIAL = _field("serial", "hardware.serial", "serial")
+OS_NAME = _field("os_name", "system.os.name", "OS")
+OS_VERSION = _field("os_version", "system.os.version", "OS version")
+OS_BUILD = _field("os_build", "system.os.build", "OS build")
+END_OF_SUPPORT = Column("end_of_support", "OS end of support", "date",
+                        "Last day of the vendor's security support for this OS version, from "
+                        "Estate's end-of-support table; empty when the table does not know "
+                        "the OS.")
+SUPPORTED = Column("supported", "supported", "bool",
+                   "Whether the OS was within vendor support on the export's date (as-of "
+                   "date if given); empty when unknown.")
+LAST_SEEN = Column("last_seen", "last seen", "datetime",
+                   "When the hub last received a report from the host (hub clock, UTC).")
+STATUS = Column("status", "status", "text",
+                "online (agent connected), offline, stale (no report for two intervals) or "
+                "revoked, at the export's date (as-of date if given).")
+
+INVENTORY = (
+    HOST_ID, AGENCY, SITE, HOSTNAME,
+    _field("fqdn", "system.fqdn", "FQDN"),
+    SERIAL,
+    _field("vendor", "hardware.vendor", "vendor"),
+    _field("model", "hardware.model", "model"),
+    _field("chassis", "hardware.chassis", "chassis"),
+    _field("cpu", "hardware.cpu.model", "CPU"),
+    _field("cpu_cores", "hardware.cpu.cores", "CPU cores", "int"),
+    _field("ram_bytes", "hardware.memory.total_bytes", "RAM", "bytes"),
+    Column("storage_bytes", "storage", "bytes",
+           "Total capacity of the host's physical disks (sum of report field "
+           "hardware.disks[].size_bytes).", "bytes"),
+    _field("os_family", "system.os.family", "OS family"),
+    OS_NAME, OS_VERSION, OS_BUILD, END_OF_SUPPORT, SUPPORTED,
+    Column("ip_addresses", "IP addresses", "text",
+           "Addresses of the host's interfaces, except loopback and link-local, separated by "
+           "'; ' (report field network.interfaces[].addresses[].address)."),
+    Column("mac_addresses", "MAC addresses", "text",
+           "Hardware addresses of the host's interfaces, separated by '; ' (report field "
+           "network.interfaces[].mac)."),
+    Column("first_seen", "first seen", "datetime",
+           "When the hub received the host's first report (hub clock, UTC)."),
+    LAST_SEEN, STATUS,
+)
+
+CHANGES = (
+    Column("at", "time", "datetime", "When the hub received the report that showed the change "
+                                      "(hub clock, UTC)."),
+    HOST_ID, HOSTNAME, AGENCY,
+    Column("kind", "change", "text", "What changed: memory_changed, disk_added, disk_removed, "
+                                     "serial_changed, os_upgraded, ip_changed, mac_changed, "
+                                     "software_added, software_removed, software_updated, ..."),
+    Column("subject", "subject", "text", "What the change is about (a disk, an interface, a "
+                                         "package), when it has one."),
+    Column("old_value", "old value", "text", "The value before the change."),
+    Column("new_value", "new value", "text", "The value after the change."),
+)
+
+STALE = (
+    HOST_ID, AGENCY, SITE, HOSTNAME, SERIAL, LAST_SEEN,
+    Column("days_unseen", "days unseen", "int",
+           "Whole days between the last report and the export's date.", "days"),
+    Column("last_ip", "last IP", "text", "The first IP address of the host's last report."),
+    STATUS,
+)
+
+UNSUPPORTED = (
+    HOST_ID, AGENCY, SITE, HOSTNAME, SERIAL, OS_NAME, OS_VERSION, OS_BUILD,
+    Column("support_entry", "table entry", "text",
+           "The entry of Estate's end-of-support table the OS matched."),
+    END_OF_SUPPORT,
+    Column("days_past", "days past end", "int",
+           "Whole days between the end of support and the export's date.", "days"),
+    Column("eos_source", "source", "text", "Where the end-of-support date comes from."),
+    LAST_SEEN, STATUS,
+)
+
+RECONCILE = (
+    Column("outcome", "outcome", "text",
+           "in both; in both, conflicting (see conflicts); register only (never seen); "
+           "register only (not seen for N days); estate only (seen but not in the register)."),
+    Column("register_line", "register line", "int",
+           "Line of the register file the row comes from (the header is line 1).", None),
+    Column("register_asset_tag", "register asset tag", "text", "Asset tag in the register."),
+    Column("register_serial", "register serial", "text", "Serial number in the register."),
+    Column("register_hostname", "register hostname", "text", "Hostname in the register."),
+    Column("register_mac", "register MAC", "text", "MAC address in the register."),
+    Column("matched_by", "matched by", "text",
+           "Which register column matched the host: serial, hostname or mac."),
+    HOST_ID, AGENCY, SITE, HOSTNAME, SERIAL, LAST_SEEN,
+    Column("conflicts", "conflicts", "text",
+           "Fields where the register and the estate disagree: field: register value / "
+           "estate value, separated by '; '."),
+)
+
+REPORTS: dict[str, tuple[Column, ...]] = {
+    "inventory": INVENTORY, "changes": CHANGES, "stale": STALE, "unsupported": UNSUPPORTED,
+    "reconcile": RECONCILE,
+}
