@@ -168,8 +168,8 @@ def test_register_problems_each_name_their_line():
                                             r"hostname or MAC \(found: Owner, Room\)"):
         parse_register(b"Owner,Room\nalice,12\n")
     with pytest.raises(RegisterError) as err:
-        parse_register("Serial,MAC\nSN1,aa:bb:cc:dd:ee:ff\nSN1,zz\n,\n"
-                       "SN2,AA-BB-CC-DD-EE-FF\n".encode())
+        parse_register(b"Serial,MAC\nSN1,aa:bb:cc:dd:ee:ff\nSN1,zz\n,\n"
+                       b"SN2,AA-BB-CC-DD-EE-FF\n")
     message = str(err.value)
     assert "line 3: MAC 'zz' is not a MAC address" in message
     assert "line 5: duplicate MAC 'aabbccddeeff' (also on line 2)" in message
