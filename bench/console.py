@@ -21,43 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 # This file is named like the `console` package; run as a script, its folder comes first on
 # sys.path and would hide the package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for bench._seed
 
 import asyncssh  # noqa: E402
 import psutil  # noqa: E402
 
-from inventory import simulate  # noqa: E402
-from inventory.store import Incoming, Store, utcnow  # noqa: E402
-
-
-def seed(data: Path, n: int) -> None:
-    """N enrolled agents with one report each, written through the store (fast, no SSH)."""
-    store = Store.open(data)
-    store.db.execute("PRAGMA synchronous=OFF")  # seeding only; the hub runs with FULL
-    places = simulate.placements(n)
-    tokens = {}
-    for agency, site in sorted(set(places)):
-        tokens[(agency, site)] = store.create_token(agency, site, n, timedelta(hours=1),
-                                                    "bench")
-    batch = []
-    for i, (agency, site) in enumerate(places):
-        token_id, secret, _ = tokens[(agency, site)]
-        enrolled = store.enrol(token_id, secret, f"ssh-ed25519 bench{i}", f"SHA256:bench{i}",
-                               None)
-        ident = simulate.Identity(i, enrolled["agent_id"], None, agency, site)  # type: ignore[arg-type]
-        report = simulate.fake_report(ident, 1, 300.0)
-        batch.append(Incoming(ident.agent_id, report, b"{}", utcnow()))
-        if len(batch) == 500:
-            store.store_reports(batch)
-            batch = []
-    if batch:
-        store.store_reports(batch)
-    store.close()
+from bench._seed import seed  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if sys.path[1:2] == [str(Path(__file__).resolve().parent)]:
     del sys.path[1]  # bench/ itself must not shadow packages
 
-from tests.harness import PY, Agent, AgentService, HubProcess, wait_for  # noqa: E402
-from tests.sshd import MISSING, Sshd, keygen  # noqa: E402
+from tests.harness import PY, Agent, AgentService, HubProcess, wait_for
+from tests.sshd import MISSING, Sshd, keygen
 
 PROMPT_TIMEOUT_S = 30.0
 

@@ -39,6 +39,8 @@ ESTATE = (
     Key("estate.sort", "s", "sort", "sort by the next column", "Sort", True),
     Key("estate.reverse", "r", "reverse", "reverse the sort", "Reverse", True),
     Key("estate.shell", "x", "shell", "open a shell on the host (estate ssh)", "Shell", True),
+    Key("estate.export", "ctrl+s", "export", "export this view: CSV, XLSX or JSON, signed "
+                                             "(also :export)"),
     Key("estate.help", "question_mark", "help", "this help", "Help", True),
     Key("estate.palette", "colon", "app.command_palette", "command palette (also ctrl+p)"),
     Key("estate.quit", "q", "app.quit", "quit", "Quit", True),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shlex
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -18,6 +20,7 @@ from textual.widgets import Footer, Input, Static, Tree
 
 from console import _keys as keys
 from console._client import ApiFailure, HubConnection, HubUnreachable
+from console._export_dialog import ExportDialog
 from console._host import HostScreen
 from console._keys import bindings
 from console._model import HostModel
@@ -144,6 +147,9 @@ class EstateScreen(Screen[None]):
     def action_shell(self) -> None:
         self.app.open_shell(self.query_one(HostTable).cursor_id)  # type: ignore[attr-defined]
 
+    def action_export(self) -> None:
+        self.app.open_export()  # type: ignore[attr-defined]
+
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(keys.help_lines(self.app.keymap_overrides)))  # type: ignore[attr-defined]
 
@@ -199,6 +205,21 @@ def _count_label(name: str, counts: dict[str, int]) -> Text:
     return label
 
 
+class _ExportProgress:
+    """Export progress in the header, where the loading progress goes."""
+
+    def __init__(self, app: EstateApp) -> None:
+        self.app = app
+
+    def __call__(self, rows: int, total: int) -> None:
+        self.app.loading = f"exporting: {rows} of ~{total} rows"
+        self.app.estate.show(None)
+
+    def done(self) -> None:
+        self.app.loading = None
+        self.app.estate.show(None)
+
+
 class EstateApp(App[None]):
     TITLE = "Estate"
     CSS = """
@@ -225,6 +246,7 @@ class EstateApp(App[None]):
         self.loaded = asyncio.Event()  # every host is in the model
         self.usable = asyncio.Event()  # the first page is on screen
         self.loading: str | None = None
+        self.last_export: Path | None = None
         self._dirty = False
 
     def on_mount(self) -> None:
@@ -259,8 +281,42 @@ class EstateApp(App[None]):
             self.notify(f"this terminal cannot hand over to ssh; run: {shlex.join(command)}",
                         severity="warning", timeout=15)
 
+    def open_export(self) -> None:
+        """The export dialog; the export runs in the background with progress in the header."""
+        def chosen(choice: dict[str, Any] | None) -> None:
+            if choice:
+                self.export(choice)
+        self.push_screen(ExportDialog(self.model.filter_text), chosen)
+
+    @work(group="export")
+    async def export(self, choice: dict[str, Any]) -> None:
+        from console.export import ExportFailed, build_request, fetch
+
+        args = argparse.Namespace(report=choice["report"], format=choice["format"],
+                                  output=choice["output"], filter=choice["filter"],
+                                  register=choice["register"], agency=None, site=None,
+                                  as_of=None, since=None, days=30, force=False)
+        try:
+            request, output = build_request(args)
+        except ValueError as exc:
+            self.notify(f"export: {exc}", severity="error", timeout=10)
+            return
+        settings = {"address": self.hub.address, "user": self.hub.user,
+                    "key": self.hub.key_path, "hub_key": self.hub.hub_key}
+        try:
+            manifest = await fetch(settings, request, output, _ExportProgress(self))
+        except (HubUnreachable, ExportFailed) as exc:
+            self.loading = None
+            self.notify(f"export failed: {exc}", severity="error", timeout=15)
+            return
+        self.notify(f"exported {manifest['rows']} rows to {output} and its signed manifest "
+                    f"(check with: estate verify {output.name})", timeout=15)
+        self.last_export = output
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        yield SystemCommand("Export", "export what this view shows: CSV, XLSX or JSON with a "
+                                      "signed manifest (ctrl+s)", self.open_export)
         for word, what in (("status:offline", "offline hosts"), ("status:stale", "stale hosts"),
                            ("disk>90", "hosts with a volume over 90% full"),
                            ("os:windows", "Windows hosts"), ("", "everything (clear filter)")):

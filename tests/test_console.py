@@ -234,7 +234,7 @@ def test_tmux_embedded_default_shows_this_machine(tmp_path, live_report):
             if not alive:
                 break
             time.sleep(0.3)
-        assert not alive, "estate did not quit on q"
+        assert not alive, f"estate did not quit on q; the screen:\n{screen()}"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
@@ -314,3 +314,33 @@ def test_embedded_default_stops_its_hub_and_agent_when_killed(tmp_path):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         for pid in pids(str(data)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_s_exports_what_the_view_shows_with_a_signed_manifest(estate, tmp_path):
+    """The dialog, then the same code path as `estate export`: the filter goes with it."""
+    import json
+
+    from inventory.export.manifest import verify
+
+    out = tmp_path / "view.json"
+
+    async def run() -> None:
+        app = _app(estate)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await _loaded(app, pilot)
+            app.estate.query_one("#filter").value = "agency:fire"
+            await pilot.pause()
+            await pilot.press("ctrl+s")
+            await _until(lambda: app.screen.__class__.__name__ == "ExportDialog", pilot)
+            app.screen.query_one("#format").value = "json"
+            await pilot.pause()
+            app.screen.query_one("#output").value = str(out)
+            await pilot.click("#go")
+            await _until(lambda: app.last_export == out, pilot, timeout=60)
+
+    asyncio.run(run())
+    doc = json.loads(out.read_text())
+    assert [r["hostname"] for r in doc["rows"]] == ["fire-01"]
+    checked = verify(out)
+    assert checked.manifest["filters"]["filter"] == "agency:fire"
+    assert checked.fingerprint == estate["hub"].fingerprint

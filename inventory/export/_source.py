@@ -24,6 +24,7 @@ from inventory.store._common import _scoped
 from inventory.store._remote import remote_state
 
 _LOCAL = ("127.", "::1", "fe80:")
+BATCH = 500  # snapshots read at a time
 
 
 @dataclass
@@ -96,13 +97,25 @@ class Source:
             "FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "WHERE 1 = 1"), [])
+        # Sort the ids alone, then read the (large) snapshots a batch at a time by id:
+        # sorting whole rows would move every snapshot through a temporary B-tree.
+        order, order_args = self._where(sel, (
+            "SELECT h.agent_id FROM hosts h JOIN agencies a ON a.id = h.agency_id "
+            "JOIN sites s ON s.id = h.site_id WHERE 1 = 1"), [])
+        ids = [r[0] for r in self.db.execute(
+            order + " ORDER BY a.name, s.name, h.hostname, h.agent_id", order_args)]
         status_of = _StatusClock(self.now)
         cursor = self.db.cursor()
         cursor.row_factory = None
-        for r in cursor.execute(sql + " ORDER BY a.name, s.name, h.hostname, h.agent_id",
-                                args):
-            yield Host(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
-                       json.loads(r[10]), remote_state(r[8], r[9], r[6], r[7]))
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start:start + BATCH]
+            marks = ", ".join("?" for _ in batch)
+            rows = {r[0]: r for r in cursor.execute(
+                f"{sql} AND h.agent_id IN ({marks})", [*args, *batch])}
+            for agent_id in batch:
+                r = rows[agent_id]
+                yield Host(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
+                           json.loads(r[10]), remote_state(r[8], r[9], r[6], r[7]))
 
     def _as_of(self, sel: Selection) -> Iterator[Host]:
         assert sel.as_of is not None
@@ -174,22 +187,30 @@ class Source:
                    h.first_seen, h.last_seen, h.status]
 
     def changes(self, sel: Selection, since: datetime | None) -> Iterator[list[Any]]:
-        sql, args = self._where(sel, (
-            "SELECT c.at, c.agent_id, h.hostname, a.name, c.kind, c.subject, c.old_value, "
-            "c.new_value FROM changes c JOIN hosts h ON h.agent_id = c.agent_id "
-            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
-            "WHERE c.at <= ?"), [iso(self.reference(sel))])
-        if since is not None:
-            sql += " AND c.at >= ?"
-            args.append(iso(since))
-        wanted: set[str] | None = None
+        # The hosts in scope first (a few thousand rows), then one plain pass over the
+        # changes in id order: no join per change, which is what costs at 200,000 of them.
         if sel.filter.strip():
-            wanted = {h.agent_id for h in self.hosts(sel)}
+            hosts = {h.agent_id: (h.hostname, h.agency) for h in self.hosts(sel)}
+        else:
+            sql, args = self._where(sel, (
+                "SELECT h.agent_id, h.hostname, a.name FROM hosts h "
+                "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+                "WHERE 1 = 1"), [])
+            hosts = {r[0]: (r[1], r[2]) for r in self.db.execute(sql, args)}
+        sql = "SELECT at, agent_id, kind, subject, old_value, new_value FROM changes WHERE 1 = 1"
+        args = []
+        if sel.as_of is not None:  # (without, every change is before now: no condition)
+            sql += " AND at <= ?"
+            args.append(iso(sel.as_of))
+        if since is not None:
+            sql += " AND at >= ?"
+            args.append(iso(since))
         cursor = self.db.cursor()
         cursor.row_factory = None
-        for row in cursor.execute(sql + " ORDER BY c.id", args):
-            if wanted is None or row[1] in wanted:
-                yield list(row)
+        for at, agent_id, kind, subject, old, new in cursor.execute(sql + " ORDER BY id", args):
+            host = hosts.get(agent_id)
+            if host is not None:
+                yield [at, agent_id, host[0], host[1], kind, subject, old, new]
 
     def stale(self, sel: Selection, days: int) -> Iterator[list[Any]]:
         ref = self.reference(sel)

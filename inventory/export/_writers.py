@@ -16,12 +16,12 @@ from typing import Any
 from inventory.export._columns import Column
 
 FORMATS = ("csv", "xlsx", "json")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = frozenset("=+-@\t\r")
 
 
 def neutralise(text: str) -> str:
     """Text a spreadsheet will show as text, never evaluate."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return "'" + text if text[:1] in _FORMULA_START else text
 
 
 def _time_text(value: str) -> str:
@@ -57,25 +57,31 @@ class CsvWriter(ExportWriter):
         self.file = open(self.path, "w", encoding="utf-8-sig", newline="")  # closed in close()
         self.csv = csv.writer(self.file, lineterminator="\r\n")
         self.csv.writerow([neutralise(c.title) for c in self.columns])
+        # Columns by treatment, found once: this runs for every cell of every row. (None is
+        # written as an empty field by the csv module itself.)
+        self.text = [i for i, c in enumerate(self.columns) if c.type == "text"]
+        self.times = [i for i, c in enumerate(self.columns) if c.type == "datetime"]
+        self.bools = [i for i, c in enumerate(self.columns) if c.type == "bool"]
 
     def row(self, values: list[Any]) -> None:
+        if len(values) != len(self.columns):
+            raise ValueError(f"{len(values)} values for {len(self.columns)} columns")
         self.rows += 1
-        self.csv.writerow([_csv_cell(c, v) for c, v in zip(self.columns, values, strict=True)])
+        out = list(values)
+        for i in self.text:
+            v = out[i]
+            if v and v.__class__ is str and v[0] in _FORMULA_START:
+                out[i] = "'" + v
+        for i in self.times:
+            if out[i]:
+                out[i] = _time_text(out[i])
+        for i in self.bools:
+            if out[i] is not None:
+                out[i] = "true" if out[i] else "false"
+        self.csv.writerow(out)
 
     def close(self, about: dict[str, Any]) -> None:
         self.file.close()
-
-
-def _csv_cell(column: Column, value: Any) -> Any:
-    if value is None:
-        return ""
-    if column.type == "bool":
-        return "true" if value else "false"
-    if column.type == "datetime":
-        return _time_text(value)
-    if isinstance(value, str):
-        return neutralise(value)
-    return value
 
 
 class JsonWriter(ExportWriter):
@@ -138,25 +144,32 @@ class XlsxWriter(ExportWriter):
             self.sheet.set_column(i, i, _width(c))
         self.sheet.freeze_panes(1, 0)
 
+        self.cell = [self._cell_writer(c) for c in self.columns]
+
+    def _cell_writer(self, column: Column) -> Any:
+        """How a column's cells are written (typed), chosen once per column."""
+        sheet, kind = self.sheet, column.type
+        if kind == "datetime":
+            fmt = self.formats["datetime"]
+            return lambda r, i, v: sheet.write_datetime(
+                r, i, _parse_time(v).replace(tzinfo=None), fmt)
+        if kind == "date":
+            fmt = self.formats["date"]
+            return lambda r, i, v: sheet.write_datetime(
+                r, i, datetime.combine(date.fromisoformat(v), datetime.min.time()), fmt)
+        if kind == "bool":
+            return lambda r, i, v: sheet.write_boolean(r, i, bool(v))
+        if kind in ("int", "float", "bytes"):
+            fmt = self.formats.get(kind)
+            return lambda r, i, v: sheet.write_number(r, i, v, fmt)
+        return lambda r, i, v: sheet.write_string(r, i, neutralise(str(v)))
+
     def row(self, values: list[Any]) -> None:
         self.rows += 1
         r = self.rows
-        for i, (c, v) in enumerate(zip(self.columns, values, strict=True)):
-            if v is None:
-                continue
-            if c.type == "datetime":
-                self.sheet.write_datetime(r, i, _parse_time(v).replace(tzinfo=None),
-                                          self.formats["datetime"])
-            elif c.type == "date":
-                self.sheet.write_datetime(r, i, datetime.combine(date.fromisoformat(v),
-                                                                 datetime.min.time()),
-                                          self.formats["date"])
-            elif c.type == "bool":
-                self.sheet.write_boolean(r, i, bool(v))
-            elif c.type in ("int", "float", "bytes"):
-                self.sheet.write_number(r, i, v, self.formats.get(c.type))
-            else:
-                self.sheet.write_string(r, i, neutralise(str(v)))
+        for i, (write, v) in enumerate(zip(self.cell, values, strict=True)):
+            if v is not None:
+                write(r, i, v)
 
     def close(self, about: dict[str, Any]) -> None:
         self.sheet.autofilter(0, 0, max(self.rows, 1), len(self.columns) - 1)

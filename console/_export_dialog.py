@@ -1,0 +1,79 @@
+"""The console's export dialog (`ctrl+s`, `:export`): what the current view shows, exported.
+
+It asks for the report, format and file; the current filter goes with the request. The
+export is `estate export`'s own code path (`console.export.fetch`): the hub produces the file in
+the operator's scope and signs its manifest, and both are written next to each other.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select
+
+from inventory.export._columns import REPORTS
+from inventory.export._writers import FORMATS
+
+
+class ExportDialog(ModalScreen[dict[str, Any] | None]):
+    """Returns {"report", "format", "output", "filter", "register"} or None (cancelled)."""
+
+    BINDINGS: ClassVar[list[Binding]] = [Binding("escape", "dismiss(None)", "Cancel")]
+    DEFAULT_CSS = """
+    ExportDialog { align: center middle; }
+    #export { width: 80; height: auto; padding: 1 2; background: $panel; }
+    #export Label { margin-top: 1; }
+    #buttons { height: auto; margin-top: 1; }
+    """
+
+    def __init__(self, filter_text: str) -> None:
+        super().__init__()
+        self.filter_text = filter_text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="export"):
+            yield Label(f"Export what this view shows (filter: {self.filter_text or 'none'})")
+            yield Label("Report")
+            yield Select([(r, r) for r in REPORTS], value="inventory", allow_blank=False,
+                         id="report")
+            yield Label("Format")
+            yield Select([(f, f) for f in FORMATS], value="xlsx", allow_blank=False,
+                         id="format")
+            yield Label("File (a manifest is written beside it)")
+            yield Input(str(_default_path("inventory", "xlsx")), id="output")
+            yield Label("Asset register (reconcile only): a CSV file")
+            yield Input("", placeholder="register.csv", id="register")
+            with Horizontal(id="buttons"):
+                yield Button("Export", variant="primary", id="go")
+                yield Button("Cancel", id="cancel")
+
+    @on(Select.Changed)
+    def _choice(self, event: Select.Changed) -> None:
+        report = str(self.query_one("#report", Select).value)
+        fmt = str(self.query_one("#format", Select).value)
+        self.query_one("#output", Input).value = str(_default_path(report, fmt))
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#go")
+    @on(Input.Submitted)
+    def _go(self) -> None:
+        register = self.query_one("#register", Input).value.strip()
+        self.dismiss({"report": str(self.query_one("#report", Select).value),
+                      "format": str(self.query_one("#format", Select).value),
+                      "output": Path(self.query_one("#output", Input).value).expanduser(),
+                      "filter": self.filter_text,
+                      "register": Path(register).expanduser() if register else None})
+
+
+def _default_path(report: str, fmt: str) -> Path:
+    return Path.cwd() / f"estate-{report}-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
