@@ -154,13 +154,18 @@ def make_report(base: dict[str, Any], agent_id: str, **changes: Any) -> dict[str
     r["agent"]["id"] = agent_id
     r["report_id"] = f"{agent_id}:1:{n}"
     r["collected_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + n))
+    return edit(r, **changes)
+
+
+def edit(report: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Set fields in place by path, `__` between keys: edit(r, system__hostname="pc")."""
     for path, value in changes.items():
-        target = r
+        target = report
         keys = path.split("__")
         for k in keys[:-1]:
             target = target[k]
         target[keys[-1]] = value
-    return r
+    return report
 
 
 def wait_for(condition, timeout: float = 30, interval: float = 0.1, what: str = "condition"):

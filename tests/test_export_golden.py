@@ -21,6 +21,7 @@ from inventory.export import ExportRequest, Producer, run_export
 from inventory.export.manifest import verify
 from inventory.simulate import Identity, fake_report
 from inventory.store import Incoming, Store
+from tests.harness import edit
 
 GOLDEN = Path(__file__).parent / "golden" / "export"
 HUB_KEY = Path(__file__).parent / "data" / "export_hub_key"  # a test-only key
@@ -47,16 +48,10 @@ def estate(tmp_path_factory) -> Path:
                   ("Fire & Rescue", "Station 1"))
         agents = [_enrol(store, agency, site, n) for n, (agency, site) in enumerate(places)]
 
-    def report(n: int, seq: int, **edit: object) -> dict:
+    def report(n: int, seq: int, **changes: object) -> dict:
         r = fake_report(Identity(n, agents[n], None, *places[n]), seq, 300,  # type: ignore[arg-type]
                         random.Random(seq))
-        for path, value in edit.items():
-            target = r
-            keys = path.split("__")
-            for k in keys[:-1]:
-                target = target[k]
-            target[keys[-1]] = value
-        return r
+        return edit(r, **changes)
 
     windows10 = {"system__os": {"family": "windows", "name": "Windows 10 Pro",
                                 "version": "22H2", "build": "19045", "kernel": None,

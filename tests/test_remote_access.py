@@ -7,6 +7,7 @@ where sshd is missing (`.ci/run` installs openssh-server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import shutil
 import signal
@@ -238,22 +239,106 @@ def test_agent_may_offer_only_itself_on_port_22(remote):
     assert _remote_state(hub, ready.agent_id) == "ready"
 
 
-def test_agent_connects_only_its_configured_sshd(remote):
-    """A hub asking the agent for another address gets the channel closed, nothing opened."""
-    from agent.remote import RemoteRelay
+def test_agent_connects_only_its_configured_sshd(remote, tmp_path):
+    """A hub that asks the agent for other addresses (a compromised hub, played here by a
+    bare asyncssh server) gets those channels closed, and nothing reaches any sshd."""
+    sshd = remote["sshd"]
+    rogue = asyncio.run(_rogue_hub_session(sshd, tmp_path))
+    for asked, (data, closed) in rogue.items():
+        if asked == ("ag-000000000777", 22):
+            assert data.startswith(b"SSH-2.0-OpenSSH"), data  # its own sshd, as offered
+        else:
+            assert closed and data == b"", (asked, data)
 
-    relay = RemoteRelay("ag-000000000001", ("127.0.0.1", remote["sshd"].port))
 
-    class Channel:  # what paramiko hands the handler; only close() may be called
-        closed = False
+async def _rogue_hub_session(sshd: Sshd, folder: Path) -> dict:
+    """Run a real agent against a rogue hub; open channels asking for various addresses."""
+    agent_id = "ag-000000000777"
+    offered: asyncio.Future = asyncio.get_running_loop().create_future()
 
-        def close(self) -> None:
-            self.closed = True
+    class Rogue(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return True
 
-    for server in (("ag-000000000002", 22), ("ag-000000000001", 2222), ("127.0.0.1", 22)):
-        chan = Channel()
-        relay._incoming(chan, ("hub", 0), server)  # type: ignore[arg-type]
-        assert chan.closed and relay.active == 0
+        def public_key_auth_supported(self) -> bool:
+            return True
+
+        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+            return True
+
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            self.conn = conn
+
+        def server_requested(self, host: str, port: int) -> asyncssh.SSHListener:
+            if not offered.done():
+                offered.set_result(self.conn)
+            return asyncssh.SSHListener()
+
+    async def ack(process: asyncssh.SSHServerProcess) -> None:
+        await process.stdin.read()
+        process.stdout.write(b'{"status": "stored", "report_id": "x"}\n')
+        process.exit(0)
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(Rogue, "127.0.0.1", 0, server_host_keys=[host_key],
+                                          process_factory=ack, encoding=None)
+    port = server.sockets[0].getsockname()[1]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    (folder / "agent_key").write_bytes(key.export_private_key())
+    (folder / "agent_key").chmod(0o600)
+    config = folder / "agent.toml"
+    config.write_text(f'agent_id = "{agent_id}"\nhub = "127.0.0.1:{port}"\n'
+                      f'hub_key = "{host_key.get_fingerprint("sha256")}"\n'
+                      f'key_file = "agent_key"\ninterval = 300\nstart_delay = 0\n'
+                      f'remote_access = true\nremote_access_target = "127.0.0.1:{sshd.port}"\n')
+    with open(folder / "agent.log", "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-m", "agent", "run", "--config", str(config),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log)
+    seen: dict = {}
+    try:
+        conn = await asyncio.wait_for(offered, 30)
+        for _ in range(100):  # until the agent has taken the hub's yes (its status says)
+            if '"remote_access": "offered"' in _read(folder / "status.json"):
+                break
+            await asyncio.sleep(0.1)
+        before = sshd.log().count("Connection from")
+        for asked in ((f"ag-{'1' * 12}", 22), (agent_id, 2222), ("127.0.0.1", 22),
+                      ("127.0.0.1", sshd.port), (agent_id, 22)):
+            watch = _Watch()
+            chan, _ = await conn.create_connection(lambda w=watch: w, *asked)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(watch.closed.wait(), 3)
+            chan.close()
+            seen[asked] = (bytes(watch.got), watch.closed.is_set())
+        # Only the one good channel reached sshd.
+        assert sshd.log().count("Connection from") - before <= 1
+    finally:
+        proc.kill()
+        await proc.wait()
+        server.close()
+    return seen
+
+
+class _Watch(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
+    """What a channel brings back, and whether the other side closed it."""
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.closed = asyncio.Event()
+
+    def data_received(self, data: bytes, datatype: object) -> None:
+        self.got.extend(data)
+
+    def connection_lost(self, exc: object) -> None:
+        self.closed.set()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def test_session_limits_per_operator_and_per_host(remote):
