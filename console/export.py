@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,8 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     if fmt is None:
         suffix = args.output.suffix.lower().lstrip(".") if args.output else ""
         fmt = suffix if suffix in FORMATS else "csv"
-    output = args.output or Path(f"estate-{args.report}-{args.as_of or 'now'}.{fmt}")
+    when = (args.as_of or time.strftime("%Y-%m-%d")).replace(":", "")
+    output = args.output or Path(f"estate-{args.report}-{when}.{fmt}")
     if output.exists() and not args.force:
         raise ValueError(f"-o: {output} exists (use --force to overwrite)")
     if not output.parent.is_dir():

@@ -214,18 +214,29 @@ def test_tmux_embedded_default_shows_this_machine(tmp_path, live_report):
             time.sleep(0.3)
         raise AssertionError(f"{text!r} never appeared:\n{screen()}")
 
+    def wait_for_gone(text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text not in screen():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never went away:\n{screen()}")
+
     hostname = live_report["system"]["hostname"]
     try:
         wait_for_text("This machine")
         wait_for_text(hostname)
+        # Each step waits for the screen to show the last one took effect: the footer lists
+        # the list's keys ("s Sort") only while the host list, not the filter box, has focus.
         subprocess.run(["tmux", "send-keys", "-t", session, "/"], check=True)
+        wait_for_gone("s Sort")
         subprocess.run(["tmux", "send-keys", "-t", session, "-l", hostname], check=True)
         subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
-        time.sleep(0.5)
+        wait_for_text("s Sort")
         subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
         wait_for_text("Agent id")
         subprocess.run(["tmux", "send-keys", "-t", session, "Escape"], check=True)
-        wait_for_text("/ Filter")
+        wait_for_text("s Sort")
         subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
