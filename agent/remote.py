@@ -45,9 +45,14 @@ class RemoteRelay:
         """Ask the hub, on this connection, for the forward. False if it refused (logged)."""
         if transport.is_active() and self.offered_on is transport:
             return True
+        # paramiko installs the handler only once the hub's yes has reached this thread; a
+        # session the hub opens in between would be refused. So install it first (and take
+        # it away again if the hub says no).
+        transport._tcp_handler = self._incoming
         try:
             transport.request_port_forward(self.agent_id, SSH_PORT, handler=self._incoming)
         except (paramiko.SSHException, OSError, EOFError):
+            transport._tcp_handler = None
             if self.refused_on is not transport:  # once per connection, not every retry
                 log.warning("the hub refused remote access for %s: an admin must allow it "
                             "(estate-hub agent allow-remote %s)", self.agent_id, self.agent_id)
