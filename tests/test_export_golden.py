@@ -145,3 +145,18 @@ def test_formula_looking_text_is_neutralised_everywhere(estate, tmp_path):
             _xlsx_cells(out).decode()
         for evil in ('=HYPERLINK("http://x")', "+fire-laptop", "@vendor"):
             assert ("'" + evil.replace('"', '""' if fmt == "csv" else '\\"')) in text
+
+
+def test_hosts_stored_before_facts_were_kept_export_the_same(estate, tmp_path):
+    """A store upgraded from before `hosts.facts`: exports derive the facts themselves."""
+    import shutil
+    import sqlite3
+
+    old = tmp_path / "estate.db"
+    shutil.copy(estate, old)
+    with sqlite3.connect(old) as db:
+        db.execute("UPDATE hosts SET facts = NULL")
+    out = tmp_path / "inventory.csv"
+    run_export(old, ExportRequest.parse({"report": "inventory", "format": "csv"}),
+               _producer(), out, now=NOW)
+    assert out.read_bytes() == (GOLDEN / "inventory.csv").read_bytes()

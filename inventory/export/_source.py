@@ -18,12 +18,12 @@ from typing import Any
 
 from inventory.export._eos import support_of
 from inventory.export._register import Entry, normal_mac
+from inventory.facts import facts_of
 from inventory.filters import compile_filter
 from inventory.store import _StatusClock, iso, parse_time
 from inventory.store._common import _scoped
 from inventory.store._remote import remote_state
 
-_LOCAL = ("127.", "::1", "fe80:")
 BATCH = 500  # snapshots read at a time
 
 
@@ -35,24 +35,22 @@ class Host:
     first_seen: str
     last_seen: str
     status: str
-    report: dict[str, Any]
+    facts: dict[str, Any]  # `inventory.facts.facts_of` the report of the moment described
     remote: str = "off"
 
     @property
     def hostname(self) -> str | None:
-        return self.report["system"]["hostname"]
+        return self.facts["hostname"]
 
     @property
     def serial(self) -> str | None:
-        return self.report["hardware"]["serial"]
+        return self.facts["serial"]
 
     def ips(self) -> list[str]:
-        return [a["address"] for nic in self.report["network"]["interfaces"]
-                for a in nic["addresses"] if not a["address"].startswith(_LOCAL)]
+        return list(self.facts["ips"])
 
     def macs(self) -> list[str]:
-        return sorted({nic["mac"] for nic in self.report["network"]["interfaces"]
-                       if nic.get("mac")})
+        return list(self.facts["macs"])
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,9 @@ class Source:
     def _current(self, sel: Selection) -> Iterator[Host]:
         sql, args = self._where(sel, (
             "SELECT h.agent_id, a.name, s.name, h.first_seen, h.last_seen, h.interval_s, "
-            "g.connected, g.revoked_at, g.remote_access, g.remote_offered, h.snapshot "
+            "g.connected, g.revoked_at, g.remote_access, g.remote_offered, h.facts, "
+            # Hosts last stored before facts were kept: their whole snapshot, once.
+            "CASE WHEN h.facts IS NULL THEN h.snapshot END "
             "FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "WHERE 1 = 1"), [])
@@ -114,8 +114,9 @@ class Source:
                 f"{sql} AND h.agent_id IN ({marks})", [*args, *batch])}
             for agent_id in batch:
                 r = rows[agent_id]
+                facts = json.loads(r[10]) if r[10] else facts_of(json.loads(r[11]))
                 yield Host(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
-                           json.loads(r[10]), remote_state(r[8], r[9], r[6], r[7]))
+                           facts, remote_state(r[8], r[9], r[6], r[7]))
 
     def _as_of(self, sel: Selection) -> Iterator[Host]:
         assert sel.as_of is not None
@@ -136,7 +137,7 @@ class Source:
                                        (r[0], at)).fetchone()
             connected = 1 if presence and presence[0] == "online" else 0
             yield Host(r[0], r[1], r[2], r[3], r[4], status_of(revoked, r[4], connected, r[5]),
-                       json.loads(gzip.decompress(r[7])))
+                       facts_of(json.loads(gzip.decompress(r[7]))))
 
     def pruned_before(self, sel: Selection) -> int:
         """Hosts known at `as_of` whose reports from then are no longer kept (retention)."""
@@ -153,16 +154,12 @@ class Source:
     @staticmethod
     def _list_row(h: Host) -> list[Any]:
         """The host as a host-list row (`inventory.hostlist`), for the shared filter syntax."""
-        r = h.report
-        os = r["system"]["os"]
-        fullest = max((v["used_percent"] for v in r["hardware"]["volumes"]
-                       if v["used_percent"] is not None), default=None)
-        ips = h.ips()
+        f = h.facts
+        ips = f["ips"]
         return [h.agent_id, h.hostname, h.agency, h.site, h.status,
-                " ".join(x for x in (os["name"], os["version"]) if x) or None,
-                r["hardware"]["model"], h.serial, r["hardware"]["cpu"]["model"],
-                r["hardware"]["memory"]["total_bytes"], fullest, ips[0] if ips else None,
-                h.last_seen, h.remote]
+                " ".join(x for x in (f["os_name"], f["os_version"]) if x) or None,
+                f["model"], h.serial, f["cpu"], f["ram_bytes"], f["disk_percent"],
+                ips[0] if ips else None, h.last_seen, h.remote]
 
     # --- the reports ---------------------------------------------------------------------
 
@@ -173,17 +170,15 @@ class Source:
     def inventory(self, sel: Selection) -> Iterator[list[Any]]:
         day = self.reference(sel).date()
         for h in self.hosts(sel):
-            r = h.report
-            hw, os = r["hardware"], r["system"]["os"]
-            support = support_of(os["name"], os["version"])
-            disks = [d["size_bytes"] for d in hw["disks"] if d["size_bytes"] is not None]
-            yield [h.agent_id, h.agency, h.site, h.hostname, r["system"]["fqdn"], h.serial,
-                   hw["vendor"], hw["model"], hw["chassis"], hw["cpu"]["model"],
-                   hw["cpu"]["cores"], hw["memory"]["total_bytes"], sum(disks) if disks else None,
-                   os["family"], os["name"], os["version"], os["build"],
+            f = h.facts
+            support = support_of(f["os_name"], f["os_version"])
+            yield [h.agent_id, h.agency, h.site, f["hostname"], f["fqdn"], f["serial"],
+                   f["vendor"], f["model"], f["chassis"], f["cpu"], f["cpu_cores"],
+                   f["ram_bytes"], f["storage_bytes"], f["os_family"], f["os_name"],
+                   f["os_version"], f["os_build"],
                    support.end_of_support.isoformat() if support else None,
                    (support.end_of_support >= day) if support else None,
-                   "; ".join(h.ips()) or None, "; ".join(h.macs()) or None,
+                   "; ".join(f["ips"]) or None, "; ".join(f["macs"]) or None,
                    h.first_seen, h.last_seen, h.status]
 
     def changes(self, sel: Selection, since: datetime | None) -> Iterator[list[Any]]:
@@ -225,11 +220,11 @@ class Source:
     def unsupported(self, sel: Selection) -> Iterator[list[Any]]:
         day = self.reference(sel).date()
         for h in self.hosts(sel):
-            os = h.report["system"]["os"]
-            support = support_of(os["name"], os["version"])
+            f = h.facts
+            support = support_of(f["os_name"], f["os_version"])
             if support and support.end_of_support < day:
-                yield [h.agent_id, h.agency, h.site, h.hostname, h.serial, os["name"],
-                       os["version"], os["build"], support.os,
+                yield [h.agent_id, h.agency, h.site, h.hostname, h.serial, f["os_name"],
+                       f["os_version"], f["os_build"], support.os,
                        support.end_of_support.isoformat(),
                        (day - support.end_of_support).days, support.source, h.last_seen,
                        h.status]

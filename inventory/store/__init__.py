@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from inventory.changes import software_changes, state_changes, state_digest
+from inventory.facts import facts_of
 from inventory.store._common import _scoped, iso, parse_time, utcnow
 from inventory.store._migrations import MIGRATIONS
 from inventory.store._remote import RemoteRecords, remote_state
@@ -413,10 +414,7 @@ class Store(RemoteRecords):
                      software_changed: bool) -> None:
         r = item.report
         system, hardware = r["system"], r["hardware"]
-        fullest = max((v["used_percent"] for v in hardware["volumes"]
-                       if v["used_percent"] is not None), default=None)
-        ips = [a["address"] for nic in r["network"]["interfaces"] for a in nic["addresses"]
-               if not a["address"].startswith(("127.", "::1", "fe80:"))]
+        facts = facts_of(r)
         received = iso(item.received_at)
         agency_site = self.db.execute("SELECT agency_id, site_id FROM agents WHERE id = ?",
                                       (item.agent_id,)).fetchone()
@@ -429,12 +427,14 @@ class Store(RemoteRecords):
             "model": hardware["model"], "serial": hardware["serial"], "uuid": hardware["uuid"],
             "cpu_model": hardware["cpu"]["model"],
             "memory_bytes": hardware["memory"]["total_bytes"],
-            "fullest_volume_percent": fullest, "ip_addresses": " ".join(ips) or None,
+            "fullest_volume_percent": facts["disk_percent"],
+            "ip_addresses": " ".join(facts["ips"]) or None,
             "first_seen": received, "last_seen": received,
             "last_report_id": r["report_id"], "collected_at": r["collected_at"],
             "clock_skew_s": skew, "software_hash": r["software"]["hash"],
             "state_digest": digest, "interval_s": r["agent"]["interval_s"],
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
+            "facts": json.dumps(facts, ensure_ascii=False, separators=(",", ":")),
         }
         if software_changed:
             # Unchanged lists are not resent, and not rewritten either. A changed hash with

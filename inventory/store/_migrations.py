@@ -150,4 +150,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX remote_sessions_started ON remote_sessions (started_at)",
     ),
+    # 5: the facts lists and exports show, taken from each host's snapshot at ingest
+    # (`inventory.facts`); NULL for hosts last stored before, which exports derive themselves.
+    (
+        "ALTER TABLE hosts ADD COLUMN facts TEXT",
+    ),
 )
