@@ -7,7 +7,6 @@ default: a hub on loopback and this machine's agent, so one command shows this m
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import signal
@@ -32,12 +31,16 @@ def config_path() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["ssh"], ["tunnel"], ["export"], ["verify"]):
-        from console import export, remote
+    if argv[:1] in (["ssh"], ["tunnel"]):
+        from console import remote
 
-        verb = {"ssh": remote.ssh_main, "tunnel": remote.tunnel_main,
-                "export": export.export_main, "verify": export.verify_main}[argv[0]]
+        verb = remote.ssh_main if argv[0] == "ssh" else remote.tunnel_main
         return verb(argv[1:], _settings)
+    if argv[:1] in (["export"], ["verify"]):
+        from console import export
+
+        return (export.export_main if argv[0] == "export" else export.verify_main)(
+            argv[1:], _settings)
     parser = argparse.ArgumentParser(
         prog="estate",
         description="Estate console: the estate's hosts live, over SSH to the hub. With no "
@@ -136,6 +139,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _run(settings: dict[str, Any], args: argparse.Namespace) -> int:
+    import asyncio
+
     from console._client import HubConnection, HubUnreachable, probe_host_key
 
     if not settings.get("hub_key"):

@@ -2,7 +2,8 @@
 
 `estate ssh HOST` runs the system's OpenSSH client with `estate tunnel` as its ProxyCommand.
 The tunnel logs in to the hub with the operator's key and opens a `direct-tcpip` channel to
-`HOST:22`; the hub bridges it through the host's agent to the host's own sshd. So `ssh` itself
+`HOST:22` (as OpenSSH's `ssh -W` once the hub's full key is known, else in asyncssh); the hub
+bridges it through the host's agent to the host's own sshd. So `ssh` itself
 authenticates to the endpoint (the operator's keys, agent, certificates and ~/.ssh/config work
 as usual) and checks the endpoint's host key, recorded under the host id (HostKeyAlias), not
 under the hub's address.
@@ -11,20 +12,21 @@ under the hub's address.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import re
 import shlex
 import shutil
-import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
+from console import _known_hubs
 
-from console._client import ApiFailure, HubConnection, HubUnreachable, open_connection
+if TYPE_CHECKING:
+    from console._client import HubConnection
+
+# asyncssh and asyncio are imported where used: `estate tunnel` on its fast path (OpenSSH's
+# `ssh -W`) must start in milliseconds, before every session.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 SSH_PORT = 22
@@ -53,10 +55,33 @@ def tunnel_main(argv: list[str], settings_of: Any) -> int:
     settings = _hub_settings(args, settings_of, "tunnel")
     if settings is None:
         return EXIT_USAGE
+    _exec_openssh_tunnel(settings, args.host)  # returns only when it cannot be used
+    import asyncio
+
     try:
         return asyncio.run(_tunnel(settings, args.host))
     except KeyboardInterrupt:
         return EXIT_FAIL
+
+
+def _exec_openssh_tunnel(settings: dict[str, Any], host: str) -> None:
+    """Become `ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's full
+    key is known (`_known_hubs`); it relays in C and checks the hub's key itself."""
+    ssh = shutil.which("ssh")
+    known = _known_hubs.verified(settings["address"], settings["hub_key"])
+    if ssh is None or known is None:
+        return
+    hub_host, _, port = settings["address"].rpartition(":")
+    alias = _known_hubs.alias(settings["address"])
+    command = [ssh, "-F", "/dev/null", "-W", f"{host}:{SSH_PORT}", "-p", port,
+               "-l", settings["user"], "-o", f"HostKeyAlias={alias}",
+               "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
+               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+               "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+               "-o", "ServerAliveInterval=30"]
+    if settings.get("key"):
+        command += ["-i", str(settings["key"]), "-o", "IdentitiesOnly=yes"]
+    os.execv(ssh, [*command, hub_host.strip("[]")])  # noqa: S606 - a fixed argv, no shell
 
 
 def ssh_main(argv: list[str], settings_of: Any) -> int:
@@ -77,44 +102,59 @@ def ssh_main(argv: list[str], settings_of: Any) -> int:
         return EXIT_USAGE
     user, _, host = args.target.rpartition("@")
     extra = args.ssh_args[1:] if args.ssh_args[:1] == ["--"] else args.ssh_args
-    try:
-        command = asyncio.run(ssh_command(settings, host, user or None, extra))
-    except (HubUnreachable, ApiFailure, ValueError) as exc:
-        print(f"estate ssh: {exc}", file=sys.stderr)
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        print("estate ssh: the OpenSSH client (ssh) is not installed; on Debian or Ubuntu: "
+              "apt install openssh-client", file=sys.stderr)
         return EXIT_FAIL
+    agent_id = host
+    if not AGENT_ID.match(host):
+        # A hostname is looked up first. A host id needs no lookup (the console passes
+        # one): the hub's answer to the tunnel says why if it cannot be reached, and the
+        # session starts without a round trip (or asyncssh's import) first.
+        import asyncio
+
+        from console._client import ApiFailure, HubUnreachable
+
+        try:
+            agent_id = asyncio.run(resolve(settings, host))
+        except (HubUnreachable, ApiFailure, ValueError) as exc:
+            print(f"estate ssh: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+    command = ssh_command(ssh, settings, agent_id, user or None, extra)
     sys.stdout.flush()
-    os.execvp(command[0], command)  # noqa: S606 - ssh replaces us: its exit status is the session's
+    os.execv(ssh, command)  # noqa: S606 - ssh replaces us: its exit status is the session's
 
 
-async def ssh_command(settings: dict[str, Any], host: str, user: str | None,
-                      extra: list[str]) -> list[str]:
-    """The ssh command line for HOST, after checking with the hub that it is reachable.
+async def resolve(settings: dict[str, Any], host: str) -> str:
+    """A hostname to the host id it names, if that host accepts remote access now.
 
     Raises:
-        ValueError: no ssh client, or the host does not accept remote access now.
+        ValueError: the host does not accept remote access now.
         ApiFailure: unknown or ambiguous host.
         HubUnreachable: the hub could not be reached.
     """
-    ssh = shutil.which("ssh")
-    if ssh is None:
-        raise ValueError("the OpenSSH client (ssh) is not installed; on Debian or Ubuntu: "
-                         "apt install openssh-client")
-    if AGENT_ID.match(host):
-        # A host id needs no lookup (the console passes one): the hub's answer to the
-        # tunnel says why, if the host cannot be reached, and starting is a round trip faster.
-        agent_id = host
-    else:
-        hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
-                            settings["hub_key"])
-        await hub.connect()
-        try:
-            found = await hub.request("resolve", host=host)
-        finally:
-            await hub.close()
-        agent_id, state = found["agent_id"], found["remote"]
-        if state != "ready":
-            raise ValueError(f"{agent_id} ({found['hostname'] or 'no hostname'}) does not "
-                             f"accept remote access now: {_WHY[state]}")
+    from console._client import HubConnection
+
+    hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
+                        settings["hub_key"])
+    await hub.connect()
+    try:
+        _remember_hub_key(settings, hub.conn)
+        found = await hub.request("resolve", host=host)
+    finally:
+        await hub.close()
+    agent_id, state = found["agent_id"], found["remote"]
+    if state != "ready":
+        raise ValueError(f"{agent_id} ({found['hostname'] or 'no hostname'}) does not "
+                         f"accept remote access now: {_WHY[state]}")
+    return str(agent_id)
+
+
+def ssh_command(ssh: str, settings: dict[str, Any], agent_id: str, user: str | None,
+                extra: list[str]) -> list[str]:
+    """The ssh command line for a host: `estate tunnel` as its ProxyCommand, the endpoint's
+    host key checked under the host id."""
     tunnel = [sys.executable, "-m", "console.cli", "tunnel",
               "--hub", f"{settings['user']}@{settings['address']}",
               "--hub-key", settings["hub_key"]]
@@ -173,13 +213,34 @@ def _hub_settings(args: argparse.Namespace, settings_of: Any,
     return settings
 
 
+def _remember_hub_key(settings: dict[str, Any], conn: Any) -> None:
+    """After a login that checked the hub's key against the pin: keep the full key."""
+    key = conn.get_server_host_key() if conn is not None else None
+    if key is not None and key.get_fingerprint("sha256") == settings["hub_key"]:
+        try:
+            _known_hubs.remember(settings["address"],
+                                 key.export_public_key("openssh").decode())
+        except OSError:
+            pass  # a read-only home: the next session takes the slower path again
+
+
 async def _tunnel(settings: dict[str, Any], host: str) -> int:
+    """The relay in Python (asyncssh), when OpenSSH's cannot be used yet."""
+    import asyncio
+    import contextlib
+    import signal
+
+    import asyncssh
+
+    from console._client import HubUnreachable, open_connection
+
     try:
         conn = await open_connection(settings["address"], settings["user"],
                                      settings.get("key"), settings["hub_key"])
     except HubUnreachable as exc:
         print(f"estate tunnel: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    _remember_hub_key(settings, conn)
     async with conn:
         try:
             reader, writer = await conn.open_connection(host, SSH_PORT)

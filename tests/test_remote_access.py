@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
 import shutil
 import signal
@@ -89,7 +90,12 @@ def _estate_ssh(env, operator: str, host: str, *command: str,
         [PY, "-m", "console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
          "--key", str(env["base"] / operator), "--hub-key", hub.fingerprint,
          f"{sshd.user}@{host}", "--", *sshd.client_options(env["known_hosts"]), *command],
-        capture_output=True, text=True, timeout=timeout)
+        capture_output=True, text=True, timeout=timeout, env=_console_env(env))
+
+
+def _console_env(env) -> dict[str, str]:
+    """The operator's console folder (console.toml, known_hubs) inside the test's own."""
+    return {**os.environ, "ESTATE_CONSOLE_CONFIG": str(env["base"] / "console" / "console.toml")}
 
 
 async def _open_channel(env, operator: str, host: str, port: int = 22):
@@ -143,6 +149,43 @@ def test_ssh_through_hub_runs_a_command_and_the_hub_never_sees_it(remote):
     assert OUTPUT.encode() not in written
     # ssh checked the endpoint's key under the host id (HostKeyAlias), not the hub's port.
     assert hub.address not in remote["known_hosts"].read_text()
+
+
+def test_tunnel_hands_the_hub_leg_to_openssh_once_the_hub_key_is_known(remote):
+    """After a first session (Python relay), the pinned hub's full key is kept, and
+    `estate tunnel` becomes `ssh -W`; a known_hubs line for another key is never used."""
+    import psutil
+
+    hub, ready = remote["hub"], remote["agents"]["ready"]
+    known = remote["base"] / "console" / "known_hubs"
+    assert _estate_ssh(remote, "alice", ready.agent_id, "true").returncode == 0
+    line = known.read_text()
+    assert hub.fingerprint not in line and line.startswith("estate-hub-127.0.0.1-")
+
+    def tunnel_program() -> tuple[str, bytes]:
+        proc = subprocess.Popen(
+            [PY, "-m", "console.cli", "tunnel", "--hub", f"alice@{hub.address}", "--key",
+             str(remote["base"] / "alice"), "--hub-key", hub.fingerprint, ready.agent_id],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=_console_env(remote))
+        try:
+            assert proc.stdout is not None
+            banner = proc.stdout.readline()  # the endpoint's sshd greets through the relay
+            return psutil.Process(proc.pid).name(), banner
+        finally:
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe:
+                    pipe.close()
+
+    name, banner = tunnel_program()
+    assert name == "ssh" and banner.startswith(b"SSH-2.0-OpenSSH")
+    other = keygen(remote["base"] / "not-the-hub")
+    known.write_text(f"{line.split(' ', 1)[0]} {' '.join(other.split()[:2])}\n")
+    name, banner = tunnel_program()  # wrong key on file: the Python relay, which re-pins
+    assert name.startswith("python") and banner.startswith(b"SSH-2.0-OpenSSH")
+    assert known.read_text() == line
 
 
 def test_host_key_is_checked_by_ssh_under_the_host_id(remote, tmp_path):
@@ -213,8 +256,7 @@ def test_agent_without_remote_access_is_refused(remote):
     done = _estate_ssh(remote, "alice", "quiet-pc", COMMAND)  # a name: looked up first
     assert done.returncode == 1 and "does not accept remote access" in done.stderr
     done = _estate_ssh(remote, "alice", quiet.agent_id, COMMAND)  # an id: the tunnel says
-    assert done.returncode == 255 and "the hub refused: remote access is not enabled" \
-        in done.stderr
+    assert done.returncode == 255 and "remote access is not enabled" in done.stderr
     codes = " ".join(_audited_refusals(hub))
     assert '"code": "not_allowed"' in codes and '"code": "not_offered"' in codes
 
@@ -388,7 +430,7 @@ def _ssh_background(env, operator: str, host: str, command: str) -> subprocess.P
             [PY, "-m", "console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
              "--key", str(env["base"] / operator), "--hub-key", hub.fingerprint,
              f"{sshd.user}@{host}", "--", *sshd.client_options(env["known_hosts"]), command],
-            stdout=subprocess.DEVNULL, stderr=log)
+            stdout=subprocess.DEVNULL, stderr=log, env=_console_env(env))
 
 
 # --- from the console: x suspends it, runs estate ssh, and comes back --------------------
