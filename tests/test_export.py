@@ -158,6 +158,12 @@ def test_bad_requests_get_clear_errors(estate, tmp_path):
     done = _export(estate, "chief", "--report", "inventory", "--as-of", "yesterday",
                    "-o", str(tmp_path / "y.csv"), check=False)
     assert done.returncode == 1 and "as_of: expected a date" in done.stderr
+    done = _export(estate, "chief", "--report", "inventory", "--as-of", "2099-01-01",
+                   "-o", str(tmp_path / "future.csv"), check=False)
+    assert done.returncode == 1 and "as_of: 2099-01-01 is in the future" in done.stderr
+    today = time.strftime("%Y-%m-%d", time.gmtime())  # the day so far: accepted
+    _export(estate, "chief", "--report", "inventory", "--as-of", today,
+            "-o", str(tmp_path / "today.csv"))
     done = _export(estate, "chief", "--report", "reconcile", "-o", str(tmp_path / "z.csv"),
                    check=False)
     assert done.returncode == 2 and "--register FILE.csv: required" in done.stderr

@@ -119,10 +119,11 @@ def _time(doc: dict[str, Any], key: str) -> datetime | None:
     except ValueError:
         raise ExportError("bad_request", f"{key}: expected a date like 2026-01-31 or "
                                          f"2026-01-31T12:00:00Z, got {text[:40]!r}") from None
-    if len(text.strip()) == 10 and key == "as_of":
-        value = value.replace(hour=23, minute=59, second=59, microsecond=999999)  # whole day
-    if value > utcnow():
+    now = utcnow()
+    if value > now:
         raise ExportError("bad_request", f"{key}: {text} is in the future")
+    if len(text.strip()) == 10 and key == "as_of":  # a date: the whole of that day (so far)
+        value = min(value.replace(hour=23, minute=59, second=59, microsecond=999999), now)
     return value
 
 
