@@ -62,6 +62,9 @@ class _Half(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
+        if self.bridge.ended:  # the other side went away while this one was opening
+            chan.close()
+            return
         for data in self.peer.pending:
             chan.write(data)
         self.peer.pending.clear()
@@ -212,6 +215,8 @@ class RemoteAccess:
         log.info("session %d: operator %s -> %s", bridge.session_id, name, agent_id)
         if bridge.ended:  # the host side closed while we were recording the start
             self.ended(bridge, "host closed")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            f"{agent_id} closed the session at once")
         return bridge.operator
 
     async def _authorize(self, conn: _Connection, dest_host: str,
