@@ -60,21 +60,13 @@ async def measure_console(address: str, user: str, key: Path, fingerprint: str,
         box = app.estate.query_one("#filter")
         # Pilot's own round trip (a key bound to nothing), measured in the same run, so the
         # console's cost can be told from the harness's.
-        idle = []
-        for _ in range(20):
-            t = time.perf_counter()
-            await pilot.press("f12")
-            await pilot.pause()
-            idle.append((time.perf_counter() - t) * 1000)
+        idle = [await press_ms(pilot, "f12") for _ in range(20)]
         figures["pilot_ms"] = statistics.median(idle)
         box.focus()
         keys, work = [], []
         for word in ("status:offline", "disk>90", "windows", "agency:fire"):
             for i in range(1, len(word) + 1):
-                t = time.perf_counter()
-                await pilot.press(word[i - 1])
-                await pilot.pause()
-                keys.append((time.perf_counter() - t) * 1000)
+                keys.append(await press_ms(pilot, word[i - 1]))
                 work.append(repaint_ms(app, table, lambda w=word[:i]: app.model.set_filter(w)))
             for _ in word:
                 await pilot.press("backspace")
@@ -88,24 +80,24 @@ async def measure_console(address: str, user: str, key: Path, fingerprint: str,
         sorts, sort_work = [], []
         keys_cycle = ["hostname", "agency", "site", "status", "os", "model", "last_seen"]
         for k in keys_cycle:
-            t = time.perf_counter()
-            await pilot.press("s")
-            await pilot.pause()
-            sorts.append((time.perf_counter() - t) * 1000)
+            sorts.append(await press_ms(pilot, "s"))
             sort_work.append(repaint_ms(app, table, lambda k=k: app.model.sort_by(k)))
         figures["sort_p50_ms"] = statistics.median(sorts)
         figures["sort_work_p50_ms"] = statistics.median(sort_work)
-        pages = []
-        for _ in range(20):
-            t = time.perf_counter()
-            await pilot.press("pagedown")
-            await pilot.pause()
-            pages.append((time.perf_counter() - t) * 1000)
+        pages = [await press_ms(pilot, "pagedown") for _ in range(20)]
         figures["page_p50_ms"] = statistics.median(pages)
         figures["rss_mb"] = psutil.Process().memory_info().rss / 2**20
         rows = list(app.model.rows.values())
     figures["datatable_s"] = await stock_datatable(rows)
     return figures
+
+
+async def press_ms(pilot, key: str) -> float:
+    """Milliseconds from a key press until the app has handled it and repainted."""
+    t = time.perf_counter()
+    await pilot.press(key)
+    await pilot.pause()
+    return (time.perf_counter() - t) * 1000
 
 
 def repaint_ms(app, table, change) -> float:

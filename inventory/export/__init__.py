@@ -22,6 +22,7 @@ from inventory.export._source import Selection, Source
 from inventory.export._writers import FORMATS, WRITERS
 from inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
 from inventory.filters import FilterError, compile_filter
+from inventory.params import Params, RequestError
 from inventory.store import iso, parse_time, utcnow
 
 __all__ = ["FORMATS", "REPORTS", "ExportError", "ExportRequest", "run_export"]
@@ -30,12 +31,7 @@ PROGRESS_EVERY = 2000  # rows between progress messages
 DEFAULT_STALE_DAYS = 30
 
 
-class ExportError(ValueError):
-    """A request that cannot be exported; `code` is stable, the message names the field."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+ExportError = RequestError  # a request that cannot be exported; the message names the field
 
 
 @dataclass(frozen=True)
@@ -61,57 +57,38 @@ class ExportRequest:
         """
         if not isinstance(doc, dict):
             raise ExportError("bad_request", "the request is a JSON object")
-        known = {"report", "format", "file_name", "agency", "site", "filter", "as_of", "since",
-                 "days", "register", "register_name"}
-        for key in doc:
-            if key not in known:
-                raise ExportError("bad_request", f"{str(key)[:64]}: unknown field")
-        report = _text(doc, "report", required=True, choices=tuple(REPORTS))
-        fmt = _text(doc, "format", required=True, choices=FORMATS)
-        text_filter = _text(doc, "filter", max_len=1000) or ""
+        p = Params(doc, "export", envelope=())
+        report = p.text("report", required=True, choices=tuple(REPORTS))
+        fmt = p.text("format", required=True, choices=FORMATS)
+        text_filter = p.text("filter", default="", max_len=1000)
         try:
             compile_filter(text_filter)
         except FilterError as exc:
             raise ExportError("bad_filter", f"filter: {exc}") from None
-        days = doc.get("days", DEFAULT_STALE_DAYS)
-        if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= 3650:
-            raise ExportError("bad_request", "days: expected a whole number from 0 to 3650")
+        days = p.integer("days", default=DEFAULT_STALE_DAYS, low=0, high=3650)
+        encoded = p.text("register", max_len=20 * 1024 * 1024,
+                         required=report == "reconcile")
         register = None
-        if report == "reconcile":
-            encoded = _text(doc, "register", required=True, max_len=20 * 1024 * 1024)
+        if encoded is not None:
+            if report != "reconcile":
+                raise ExportError("bad_request", "register: only for the reconcile report")
             try:
                 register = base64.b64decode(encoded, validate=True)
             except ValueError:
                 raise ExportError("bad_request", "register: expected base64") from None
-        elif "register" in doc:
-            raise ExportError("bad_request", "register: only for the reconcile report")
-        since = _time(doc, "since")
+        since = _time(p, "since")
         if since is not None and report != "changes":
             raise ExportError("bad_request", "since: only for the changes report")
-        file_name = _text(doc, "file_name", max_len=255) or f"estate-{report}.{fmt}"
-        return cls(report, fmt, Path(file_name).name, _text(doc, "agency", max_len=128),
-                   _text(doc, "site", max_len=128), text_filter, _time(doc, "as_of"), since,
-                   days, register, _text(doc, "register_name", max_len=255))
+        file_name = p.text("file_name", max_len=255) or f"estate-{report}.{fmt}"
+        request = cls(report, fmt, Path(file_name).name, p.text("agency", max_len=128),
+                      p.text("site", max_len=128), text_filter, _time(p, "as_of"), since,
+                      days, register, p.text("register_name", max_len=255))
+        p.done()
+        return request
 
 
-def _text(doc: dict[str, Any], key: str, required: bool = False, max_len: int = 256,
-          choices: tuple[str, ...] = ()) -> Any:
-    value = doc.get(key)
-    if value is None:
-        if required:
-            raise ExportError("bad_request", f"{key}: required")
-        return None
-    if not isinstance(value, str) or len(value) > max_len:
-        raise ExportError("bad_request", f"{key}: expected text of at most {max_len} "
-                                         f"characters")
-    if choices and value not in choices:
-        raise ExportError("bad_request", f"{key}: expected one of {', '.join(choices)}, "
-                                         f"got {value[:64]!r}")
-    return value
-
-
-def _time(doc: dict[str, Any], key: str) -> datetime | None:
-    text = _text(doc, key, max_len=40)
+def _time(p: Params, key: str) -> datetime | None:
+    text = p.text(key, max_len=40)
     if text is None:
         return None
     try:

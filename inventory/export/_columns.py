@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from inventory.fields import BY_PATH
 
-# How a value is typed in XLSX and JSON: text, a whole number, bytes (a whole number of
-# bytes), a number, a date and time (UTC), a date, or true/false.
-TYPES = ("text", "int", "bytes", "float", "datetime", "date", "bool")
+# A column's `type` says how its values are typed in XLSX and JSON: text, int (a whole
+# number), bytes (a whole number of bytes), float, datetime (UTC), date, or bool.
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,6 @@ from inventory.store import _StatusClock, iso, parse_time
 from inventory.store._common import _scoped
 from inventory.store._remote import remote_state
 
-BATCH = 500  # snapshots read at a time
-
 
 @dataclass
 class Host:
@@ -97,26 +95,14 @@ class Source:
             "FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "WHERE 1 = 1"), [])
-        # Sort the ids alone, then read the (large) snapshots a batch at a time by id:
-        # sorting whole rows would move every snapshot through a temporary B-tree.
-        order, order_args = self._where(sel, (
-            "SELECT h.agent_id FROM hosts h JOIN agencies a ON a.id = h.agency_id "
-            "JOIN sites s ON s.id = h.site_id WHERE 1 = 1"), [])
-        ids = [r[0] for r in self.db.execute(
-            order + " ORDER BY a.name, s.name, h.hostname, h.agent_id", order_args)]
         status_of = _StatusClock(self.now)
         cursor = self.db.cursor()
         cursor.row_factory = None
-        for start in range(0, len(ids), BATCH):
-            batch = ids[start:start + BATCH]
-            marks = ", ".join("?" for _ in batch)
-            rows = {r[0]: r for r in cursor.execute(
-                f"{sql} AND h.agent_id IN ({marks})", [*args, *batch])}
-            for agent_id in batch:
-                r = rows[agent_id]
-                facts = json.loads(r[10]) if r[10] else facts_of(json.loads(r[11]))
-                yield Host(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
-                           facts, remote_state(r[8], r[9], r[6], r[7]))
+        for r in cursor.execute(sql + " ORDER BY a.name, s.name, h.hostname, h.agent_id",
+                                args):
+            facts = json.loads(r[10]) if r[10] else facts_of(json.loads(r[11]))
+            yield Host(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
+                       facts, remote_state(r[8], r[9], r[6], r[7]))
 
     def _as_of(self, sel: Selection) -> Iterator[Host]:
         assert sel.as_of is not None

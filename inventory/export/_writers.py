@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABC, abstractmethod
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-class ExportWriter:
+class ExportWriter(ABC):
     """One file: header, rows in column order, then `close(about)`."""
 
     def __init__(self, path: Path, report: str, columns: tuple[Column, ...],
@@ -41,11 +42,13 @@ class ExportWriter:
         self.path, self.report, self.columns, self.meta = path, report, columns, meta
         self.rows = 0
 
+    @abstractmethod
     def row(self, values: list[Any]) -> None:
-        raise NotImplementedError
+        """Write one row: values in column order, typed as the columns say."""
 
+    @abstractmethod
     def close(self, about: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Finish the file; `about` describes the export (scope, filters, time, rows)."""
 
 
 class CsvWriter(ExportWriter):

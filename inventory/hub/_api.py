@@ -12,16 +12,12 @@ from typing import Any
 
 from inventory.filters import FilterError, compile_filter
 from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
+from inventory.params import Params as _Params
+from inventory.params import RequestError as ApiError
 from inventory.store import Store, parse_time
 
 MAX_LINE_BYTES = 64 * 1024
 OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve")
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class OperatorApi:
@@ -137,50 +133,3 @@ class OperatorApi:
                                         f"the host id ({ids})")
         m = matches[0]
         return {k: m[k] for k in ("agent_id", "hostname", "agency", "site", "remote")}
-
-
-class _Params:
-    """Typed access to a request's parameters; unknown parameters are errors."""
-
-    def __init__(self, request: dict[str, Any], op: str) -> None:
-        self.request, self.op = request, op
-        self.used = {"id", "op"}
-
-    def _get(self, key: str) -> Any:
-        self.used.add(key)
-        return self.request.get(key)
-
-    def text(self, key: str, default: Any = None, max_len: int = 256, required: bool = False,
-             choices: tuple[str, ...] = ()) -> Any:
-        value = self._get(key)
-        if value is None:
-            if required:
-                raise ApiError("bad_request", f"{key}: required for {self.op}")
-            return default
-        if not isinstance(value, str) or len(value) > max_len:
-            raise ApiError("bad_request", f"{key}: expected a string of at most {max_len}")
-        if choices and value not in choices:
-            raise ApiError("bad_request", f"{key}: expected one of {', '.join(choices)}")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ApiError("bad_request", f"{key}: expected a whole number from {low} to {high}")
-        return value
-
-    def flag(self, key: str) -> bool:
-        value = self._get(key)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise ApiError("bad_request", f"{key}: expected true or false")
-        return value
-
-    def done(self) -> None:
-        extra = sorted(set(self.request) - self.used)
-        if extra:
-            raise ApiError("bad_request", f"unknown parameter {str(extra[0])[:64]!r} for "
-                                          f"{self.op}")

@@ -24,7 +24,6 @@ log = logging.getLogger("estate.hub")
 EXPORTS_AT_ONCE = 2
 CHUNK = 256 * 1024
 EXIT_OK, EXIT_DATA, EXIT_TEMPFAIL = 0, 65, 75
-ESTATE_VERSION = "0.1.0"
 
 _pool = ThreadPoolExecutor(max_workers=EXPORTS_AT_ONCE, thread_name_prefix="export")
 
@@ -47,7 +46,7 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
         line = json.dumps({"type": "progress", "rows": rows, "total": total}) + "\n"
         loop.call_soon_threadsafe(chan.write, line.encode())
 
-    producer = Producer(operator, hub.host_key, hub.fingerprint, ESTATE_VERSION)
+    producer = Producer(operator, hub.host_key, hub.fingerprint, _estate_version())
     with tempfile.TemporaryDirectory(prefix="export-", dir=hub.settings.data_dir) as tmp:
         out = Path(tmp) / f"export.{request.format}"
         try:
@@ -76,3 +75,13 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
                 await writable.wait()  # the operator's window is full: wait, don't buffer
                 chan.write(chunk)
     return EXIT_OK, None
+
+
+def _estate_version() -> str:
+    """The installed Estate's version (pyproject), as the manifest records it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("estate")
+    except PackageNotFoundError:
+        return "unknown"

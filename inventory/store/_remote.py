@@ -12,8 +12,6 @@ from typing import Any
 
 from inventory.store._common import _scoped, iso
 
-REMOTE_STATES = ("ready", "allowed", "asked", "off")
-
 
 def remote_state(allowed: int, offered: int, connected: int, revoked: str | None) -> str:
     """What the console shows: ready (reachable now), allowed (hub allows, the agent has not
