@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test fuzz bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The fuzz tests that `make test` runs bounded, with a random search 30 times as long
+# (about 8 minutes here); ESTATE_FUZZ_EXAMPLES=N sets the examples per test instead.
+fuzz: $(STAMP)
+	ESTATE_FUZZ=long $(PY) -m pytest tests/test_fuzz.py -p no:cacheprovider
+
 bench: $(STAMP)
 	$(PY) bench/agent_collect.py
 	$(PY) bench/hub_ingest.py
@@ -28,4 +33,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,11 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from inventory import private_files
+
+    # The key, spool and status are this user's alone: every file created here is 0600.
+    private_files.restrict_umask()
+    private_files.allow_open_dirs(getattr(args, "allow_open_data_dir", False))
     try:
         return int(args.func(args))
     except _UsageError as exc:
         print(f"estate-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except private_files.OpenDataDir as exc:
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `estate-agent collect | head`
@@ -64,7 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Create the agent's ed25519 key (next to the config), pin the hub's host "
                     "key from the token, register with the hub and write the config.")
     _config_arg(enrol)
-    enrol.add_argument("--token", required=True, help="token from `estate-hub token create`")
+    _open_dir_arg(enrol)
+    given = enrol.add_mutually_exclusive_group(required=True)
+    given.add_argument("--token", metavar="TOKEN",
+                       help="token from `estate-hub token create`, or - to read it from "
+                            "stdin. A token given here is visible to every local user in "
+                            "`ps` while enrolment runs: prefer - or --token-file")
+    given.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="read the token from FILE (first line)")
     enrol.add_argument("--hub", metavar="HOST:PORT",
                        help="hub address (default: the address carried in the token)")
     enrol.set_defaults(func=_cmd_enrol)
@@ -83,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(spooled first, deleted after the hub's ack). SIGTERM stops it cleanly; "
                     "SIGHUP reloads the config.")
     _config_arg(run)
+    _open_dir_arg(run)
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser(
@@ -111,6 +127,14 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", type=Path,
                    help="agent config (default: $ESTATE_AGENT_CONFIG, /etc/estate/agent.toml "
                         "as root, else ~/.config/estate/agent.toml)")
+
+
+def _open_dir_arg(p: argparse.ArgumentParser) -> None:
+    from inventory.private_files import OPEN_DIR_FLAG
+
+    p.add_argument(OPEN_DIR_FLAG, action="store_true",
+                   help="use the config's folder even if other users can enter it (mode not "
+                        "0700) instead of refusing; only when its parent keeps them out")
 
 
 class _UsageError(Exception):
@@ -152,6 +176,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     doc = report[args.section] if args.section else report
     text = json.dumps(doc, indent=2 if args.pretty else None, ensure_ascii=False,
                       separators=None if args.pretty else (",", ":"))
+    if not text.isascii():  # package names come from files: escape what a terminal obeys
+        from inventory.sanitise import dumps
+
+        text = dumps(doc, indent=2 if args.pretty else None)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return EXIT_OK
@@ -174,16 +202,43 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_enrol(args: argparse.Namespace) -> int:
     from agent.config import default_path
     from agent.enrol import EnrolFailed, enrol
+    from inventory.sanitise import plain
 
     path = args.config or default_path()
+    token = _read_token(args)
     try:
-        result = enrol(args.token, args.hub, path)
+        result = enrol(token, args.hub, path)
     except EnrolFailed as exc:
-        print(f"estate-agent: enrolment failed: {exc}", file=sys.stderr)
+        # The message may carry the hub's (or an impostor's) words: one plain line.
+        print(f"estate-agent: enrolment failed: {plain(exc, 2000)}", file=sys.stderr)
         return EXIT_FAIL
-    print(f"enrolled as {result['agent_id']} ({result['agency']} / {result['site']}); "
-          f"config written to {path}")
+    print(f"enrolled as {plain(result['agent_id'])} ({plain(result['agency'])} / "
+          f"{plain(result['site'])}); config written to {path}")
     return EXIT_OK
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    """The token from --token, stdin (--token -) or --token-file: only the first of these
+    is visible to other users (in `ps`).
+
+    Raises:
+        _UsageError: the file cannot be read, or no token was given.
+    """
+    if args.token_file is not None:
+        try:
+            text = args.token_file.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise _UsageError(f"--token-file: cannot read {args.token_file}: "
+                              f"{exc.strerror}") from None
+        source = f"--token-file {args.token_file}"
+    elif args.token == "-":  # noqa: S105 - the stdin marker, not a secret
+        text, source = sys.stdin.readline(4096), "stdin"
+    else:
+        return str(args.token)
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise _UsageError(f"no token in {source}")
+    return token
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -191,6 +246,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from agent.collect import collect_report
     from agent.transport import HubClient, HubError, load_key
+    from inventory.sanitise import dumps, plain
 
     cfg = _load_config(args.config, must_exist=True)
     if not (cfg.agent_id and cfg.hub and cfg.hub_key and cfg.key_file):
@@ -210,9 +266,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         result = client.run("estate-report v1", body)
         client.close()
     except HubError as exc:
-        print(f"estate-agent: {exc}", file=sys.stderr)
+        print(f"estate-agent: {plain(exc, 2000)}", file=sys.stderr)
         return 75 if exc.retry else EXIT_FAIL
-    print(json.dumps(result.doc, ensure_ascii=False))
+    print(dumps(result.doc))  # the hub's answer: its text must not drive the terminal
     return result.exit_status
 
 
@@ -242,11 +298,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from agent.service import read_status
+    from inventory.sanitise import dumps, plain
 
     cfg = _load_config(args.config, must_exist=True)
     state = read_status(cfg) or {}
     if args.json:
-        print(json.dumps(state, indent=1))
+        print(dumps(state, indent=1))
         return EXIT_OK if state.get("running") else EXIT_FAIL
     if not state:
         print(f"agent {cfg.agent_id or '(not enrolled)'}: the service has not run with "
@@ -256,13 +313,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"agent       {state.get('agent_id')}")
     running = f"running (pid {state['pid']})" if state["running"] else "stopped"
     print(f"service     {running}")
-    print(f"hub         {state.get('hub')} ({connection})")
+    print(f"hub         {plain(state.get('hub'))} ({connection})")
     print(f"spool       {state.get('spool_reports', 0)} report(s), "
           f"{state.get('spool_bytes', 0)} bytes waiting")
     print(f"last ack    {state.get('last_ack_at') or 'never'} "
           f"({state.get('last_report_id') or '-'})")
     print(f"remote      {state.get('remote_access') or 'off'}")
-    print(f"last error  {state.get('last_error') or 'none'}"
+    print(f"last error  {plain(state.get('last_error'), 1000) or 'none'}"
           + (f" at {state['last_error_at']}" if state.get("last_error_at") else ""))
     print(f"updated     {state.get('updated_at')}")
     return EXIT_OK if state["running"] else EXIT_FAIL

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ConfigError, load, parse_hostport
+from inventory.private_files import private_dir, write_private
+from inventory.sanitise import quoted
 
 KEY_NAME = "agent_key"
 TOKEN_PREFIX = "EST1"  # noqa: S105 - a format marker, not a secret
@@ -94,6 +96,8 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
         except ConfigError as exc:
             raise EnrolFailed(f"the existing config is broken, fix or move it first: {exc}") \
                 from None
+    # Raises OpenDataDir before the private key is written where others could read it.
+    private_dir(config_path.parent)
     key_path = config_path.parent / KEY_NAME
     key, public_line = ensure_key(key_path)
     client = HubClient(hub, pinned, key, "enrol")
@@ -106,8 +110,9 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
     finally:
         client.close()
     if result.exit_status != 0 or result.doc.get("status") != "enrolled":
-        raise EnrolFailed(f"the hub refused enrolment: {result.doc.get('message')} "
-                          f"({result.doc.get('code')})")
+        # The hub's words, quoted: escapes in them must not reach the terminal.
+        raise EnrolFailed(f"the hub refused enrolment: {quoted(result.doc.get('message'))} "
+                          f"({quoted(result.doc.get('code'), 40)})")
     write_config(config_path, {"agent_id": result.doc["agent_id"], "hub": hub,
                                "hub_key": pinned, "key_file": KEY_NAME})
     return result.doc
@@ -123,7 +128,5 @@ def write_config(path: Path, values: dict[str, str]) -> None:
     head = "# Written by `estate-agent enrol`.\n" + "".join(
         f"{k} = {json.dumps(v)}\n" for k, v in values.items())
     kept = kept.replace("# Written by `estate-agent enrol`.\n", "")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(head + kept, encoding="utf-8")
-    os.replace(tmp, path)
+    private_dir(path.parent)
+    write_private(path, (head + kept).encode("utf-8"))

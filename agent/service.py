@@ -23,6 +23,7 @@ from agent.config import AgentConfig, ConfigError, load
 from agent.remote import RemoteRelay
 from agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
 from agent.transport import HostKeyMismatch, HubClient, HubError, load_key
+from inventory.private_files import OpenDataDir, private_dir, write_private
 
 log = logging.getLogger("estate.agent")
 
@@ -59,6 +60,8 @@ class Service:
         self.client: HubClient | None = None
         self.relay = RemoteRelay(config.agent_id, config.remote_access_target) \
             if config.remote_access else None
+        # Raises OpenDataDir: the key, spool and status must not sit where others can read.
+        private_dir(config.state_dir())
         self.spool = self._open_spool()
         self.unspooled: bytes | None = None  # the latest report when the spool cannot keep it
         self.sample: Any = None
@@ -165,6 +168,8 @@ class Service:
         path = sc.path or self.cfg.state_dir() / SPOOL_FILE
         try:
             return Spool(path, SpoolLimits(sc.max_reports, sc.max_bytes, sc.max_age_s))
+        except OpenDataDir:
+            raise  # the operator must fix the folder's mode: not a reason to run unspooled
         except Exception as exc:  # run without a spool rather than not at all
             log.error("cannot open the spool %s (%s): sending reports directly, unspooled",
                       path, exc)
@@ -320,9 +325,7 @@ class Service:
                  "running": not stopped, "updated_at": _now_iso()}
         path = self.cfg.state_dir() / STATUS_FILE
         try:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(state, indent=1))
-            os.replace(tmp, path)
+            write_private(path, json.dumps(state, indent=1).encode())
         except OSError:
             pass  # a full disk must not stop reporting; `status` will show stale data
 

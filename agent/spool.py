@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from inventory.private_files import private_dir, private_file
+
 log = logging.getLogger("estate.agent")
 
 __all__ = ["Spool", "SpoolFull", "SpoolLimits", "Spooled"]
@@ -46,7 +48,7 @@ class Spool:
     # --- opening, and recovering from corruption ----------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)  # reports name users, addresses and software
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
@@ -60,6 +62,8 @@ class Spool:
             return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
+        # Created 0600 first: SQLite gives the -wal and -shm files the database's mode.
+        private_file(self.path.parent, self.path.name)
         db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         try:
             db.execute("PRAGMA journal_mode=WAL")

@@ -55,7 +55,11 @@ class Hub:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inventory.hub.cli", "serve", "--listen",
              f"127.0.0.1:{self.port}", "--data", str(self.data), "--max-unauthenticated",
-             "5000", "--login-timeout", "120"],
+             "5000", "--login-timeout", "120",
+             # Every simulated agent comes from 127.0.0.1: lift the per-source front door,
+             # which would otherwise (rightly) pace this storm at 10 connections a second.
+             "--connection-rate", "1000000", "--connection-burst", "1000000",
+             "--max-unauthenticated-per-source", "5000", "--early-drop", "5000:30"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncssh
 
+from inventory.sanitise import plain
+
 __all__ = ["ApiFailure", "HubConnection", "HubUnreachable", "UnknownHubKey", "open_connection",
            "probe_host_key"]
 
@@ -32,7 +34,10 @@ class UnknownHubKey(HubUnreachable):
 
 
 class ApiFailure(Exception):
+    """The hub's error answer; its code and message made plain text (they are the hub's)."""
+
     def __init__(self, code: str, message: str) -> None:
+        code, message = plain(code, 64), plain(message, 1000)
         super().__init__(f"{message} ({code})")
         self.code, self.message = code, message
 
@@ -71,8 +76,9 @@ async def _open(address: str, user: str, key_path: Path | None,
         raise HubUnreachable(f"the hub at {address} refused the login of {user!r} (is the "
                              f"operator registered with this key?)") from None
     except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
-        raise HubUnreachable(f"cannot reach the hub at {address}: "
-                             f"{getattr(exc, 'strerror', None) or exc or 'timed out'}") from None
+        # A disconnect's reason is the server's text: plain, whoever is listening there.
+        why = plain(getattr(exc, "strerror", None) or exc or "timed out", 500)
+        raise HubUnreachable(f"cannot reach the hub at {address}: {why}") from None
     return conn, client
 
 
@@ -111,7 +117,8 @@ class HubConnection:
         try:
             self._api = await self.conn.create_process("estate-api v1", encoding="utf-8")
         except (asyncssh.Error, OSError) as exc:
-            raise HubUnreachable(f"the hub refused the API channel ({exc})") from None
+            raise HubUnreachable(f"the hub refused the API channel ({plain(exc, 500)})") \
+                from None
         self._reader = asyncio.get_running_loop().create_task(self._read_answers())
 
     @property

@@ -45,7 +45,11 @@ class Embedded:
         self.fingerprint = ""
 
     def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # These folders are the embedded default's own: keep them 0700 (an older Estate may
+        # have left them 0755), since the hub and the agent refuse folders others can enter.
+        for folder in (self.data, self.hub_dir, self.agent_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
         self._start_hub()
         self._ensure_operator()
         self._start_agent()
@@ -66,7 +70,8 @@ class Embedded:
                 proc.wait(timeout=10)
 
     def _spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen[str]:
-        with open(self.data / f"{name}.log", "a") as log:
+        fd = os.open(self.data / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as log:
             proc = subprocess.Popen(argv, stderr=log, stdout=kw.pop("stdout", log), text=True,
                                     start_new_session=True, **kw)
         self.procs.append(proc)
@@ -113,13 +118,16 @@ class Embedded:
         """Enrol (again: idempotent for the same key) with a fresh token, then run."""
         config = self.agent_dir / "agent.toml"
         if not config.exists():
-            self.agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            config.write_text("interval = 60\nstart_delay = 0\nreconnect_max = 30\n")
+            fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("interval = 60\nstart_delay = 0\nreconnect_max = 30\n")
         token = self._admin("token", "create", "--agency", "This machine", "--site", "Local")
         if token.returncode != 0:
             raise RuntimeError(f"could not create an enrolment token: {token.stderr}")
-        done = subprocess.run([PY, "-m", "agent", "enrol", "--token", token.stdout.split()[0],
+        # On stdin, not in argv: another local user could read it in `ps`.
+        done = subprocess.run([PY, "-m", "agent", "enrol", "--token", "-",
                                "--hub", self.address, "--config", str(config)],
+                              input=token.stdout.split()[0] + "\n",
                               capture_output=True, text=True, timeout=120)
         self._admin("token", "revoke", token.stdout.split(".")[1])  # used; keep none lying about
         if done.returncode != 0:

@@ -60,6 +60,15 @@ def remember(address: str, public_key_line: str) -> None:
     os.replace(tmp, file)
 
 
+def fingerprints() -> set[str]:
+    """Every hub key kept here: each was checked against a pin when it was written."""
+    try:
+        lines = path().read_text().splitlines()
+    except (OSError, ValueError):
+        return set()
+    return {fp for line in lines if (fp := fingerprint(line.partition(" ")[2]))}
+
+
 def verified(address: str, pinned: str) -> Path | None:
     """The file, if it holds this hub's key and that key is the pinned one."""
     file, name = path(), alias(address)

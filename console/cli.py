@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         args.keymap_overrides = _keymap(args.keymap)
     except ValueError as exc:
-        print(f"estate: {exc}", file=sys.stderr)
+        print(f"estate: {_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop what the embedded
     # default started: turn both into SystemExit so the `finally` below runs.
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             embedded.start()
         except (RuntimeError, OSError) as exc:
             embedded.stop()
-            print(f"estate: {exc}", file=sys.stderr)
+            print(f"estate: {_text(exc)}", file=sys.stderr)
             return EXIT_FAIL
         except BaseException:  # a signal while starting: stop what did start
             embedded.stop()
@@ -99,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if embedded:
             embedded.stop()
+
+
+def _text(message: Any) -> str:
+    """An error for the terminal, line by line through the sanitiser: it may quote a hub, an
+    agent's output or a config file."""
+    from inventory.sanitise import plain
+
+    return "\n".join(plain(line, 1000) for line in str(message).splitlines()[:40])
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -147,7 +155,7 @@ def _run(settings: dict[str, Any], args: argparse.Namespace) -> int:
         try:
             seen = asyncio.run(probe_host_key(settings["address"]))
         except HubUnreachable as exc:
-            print(f"estate: {exc}", file=sys.stderr)
+            print(f"estate: {_text(exc)}", file=sys.stderr)
             return EXIT_FAIL
         if not sys.stdin.isatty():
             print(f"estate: the hub at {settings['address']} presents {seen}; check it with "

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from console.remote import add_connection_options
 from inventory.export._columns import REPORTS
 from inventory.export._register import MAX_REGISTER_BYTES
 from inventory.export._writers import FORMATS
-from inventory.export.manifest import VerifyError, manifest_path, verify
+from inventory.export.manifest import VerifyError, check_shape, manifest_path, verify
+from inventory.sanitise import plain
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXPORT_COMMAND = "estate-export v1"
@@ -78,7 +80,8 @@ def export_main(argv: list[str], settings_of: Any) -> int:
     except (HubUnreachable, ExportFailed) as exc:
         return _fail(str(exc), EXIT_FAIL)
     print(f"estate export: {output} ({manifest['rows']} rows, {manifest['bytes']} bytes) and "
-          f"{manifest_path(output).name}; signed by hub {manifest['hub']['fingerprint']}")
+          f"{manifest_path(output).name}; signed by hub "
+          f"{plain(manifest['hub']['fingerprint'], 80)}")
     return EXIT_OK
 
 
@@ -94,6 +97,11 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         fmt = suffix if suffix in FORMATS else "csv"
     when = (args.as_of or time.strftime("%Y-%m-%d")).replace(":", "")
     output = args.output or Path(f"estate-{args.report}-{when}.{fmt}")
+    for target in (output, manifest_path(output)):
+        # Someone who can write to the folder could point a link at a file of yours.
+        if target.is_symlink():
+            raise ValueError(f"-o: {target} is a symbolic link; refusing to write through it "
+                             f"(remove it, or choose another name)")
     if output.exists() and not args.force:
         raise ValueError(f"-o: {output} exists (use --force to overwrite)")
     if not output.parent.is_dir():
@@ -129,11 +137,15 @@ async def fetch(settings: dict[str, Any], request: dict[str, Any], output: Path,
     """Ask the hub for an export; write FILE and FILE.manifest.json. Returns the manifest.
 
     The file is written beside its final name and moved there only once its SHA-256 matches
-    the signed manifest: a cut connection never leaves a half file under the real name.
+    the signed manifest: a cut connection never leaves a half file under the real name. Both
+    files go through new files created with O_EXCL|O_NOFOLLOW (a planted file or symlink is
+    never written through) and are renamed over their names, which replaces a link planted
+    since the check rather than following it.
     """
     conn = await open_connection(settings["address"], settings["user"], settings.get("key"),
                                  settings["hub_key"])
-    partial = output.with_name(f".{output.name}.partial")
+    partial = _new_file_beside(output)
+    partial_manifest: Path | None = None
     async with conn:
         try:
             process = await conn.create_process(EXPORT_COMMAND, encoding=None)
@@ -145,7 +157,7 @@ async def fetch(settings: dict[str, Any], request: dict[str, Any], output: Path,
         digest = hashlib.sha256()
         received = 0
         try:
-            with open(partial, "wb") as f:
+            with open(partial, "wb") as f:  # ours: created by _new_file_beside
                 while received < manifest["bytes"]:
                     chunk = await process.stdout.read(min(1 << 20, manifest["bytes"] - received))
                     if not chunk:
@@ -156,11 +168,15 @@ async def fetch(settings: dict[str, Any], request: dict[str, Any], output: Path,
             if received != manifest["bytes"] or digest.hexdigest() != manifest["sha256"]:
                 raise ExportFailed(f"the export arrived incomplete or changed ({received} of "
                                    f"{manifest['bytes']} bytes); nothing was written")
-            manifest_path(output).write_text(json.dumps(manifest, ensure_ascii=False,
-                                                        indent=1) + "\n", encoding="utf-8")
+            partial_manifest = _new_file_beside(manifest_path(output))
+            partial_manifest.write_text(json.dumps(manifest, ensure_ascii=False, indent=1)
+                                        + "\n", encoding="utf-8")
+            os.replace(partial_manifest, manifest_path(output))
             os.replace(partial, output)
         finally:
             partial.unlink(missing_ok=True)
+            if partial_manifest is not None:
+                partial_manifest.unlink(missing_ok=True)
         try:  # let the hub finish the channel cleanly
             await asyncio.wait_for(process.wait(), 10)
         except (asyncio.TimeoutError, asyncssh.Error):
@@ -168,6 +184,23 @@ async def fetch(settings: dict[str, Any], request: dict[str, Any], output: Path,
     if progress:
         progress.done()
     return dict(manifest)
+
+
+def _new_file_beside(target: Path) -> Path:
+    """A new empty 0600 file in `target`'s folder, for writing then renaming over it.
+
+    Exports hold the estate's inventory: only their owner reads them until they choose
+    otherwise.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(10):
+        path = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+        try:
+            os.close(os.open(path, flags, 0o600))
+            return path
+        except FileExistsError:
+            continue
+    raise ExportFailed(f"cannot create a temporary file beside {target}")
 
 
 async def _header(process: Any, progress: Any) -> dict[str, Any]:
@@ -180,14 +213,30 @@ async def _header(process: Any, progress: Any) -> dict[str, Any]:
                                f"{status.exit_status})")
         try:
             doc = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ExportFailed(f"the hub answered {line[:200]!r}, not JSON") from None
+        if not isinstance(doc, dict):
+            raise ExportFailed(f"the hub answered {line[:200]!r}, not a JSON object")
         if doc.get("type") == "progress" and progress:
-            progress(doc.get("rows", 0), doc.get("total", 0))
+            progress(_count(doc.get("rows")), _count(doc.get("total")))
         elif doc.get("type") == "manifest":
-            return dict(doc["manifest"])
+            try:  # its fields are printed and its size drives the read: check them first
+                return dict(check_shape(doc.get("manifest"), Path("the hub's manifest")))
+            except VerifyError as exc:
+                raise ExportFailed(str(exc)) from None
         elif doc.get("type") == "error" or doc.get("status") == "error":
-            raise ExportFailed(f"the hub refused: {doc.get('message')} ({doc.get('code')})")
+            # The hub's words, line by line through the sanitiser: an escape sequence in them
+            # must not reach the terminal (a register's problems are one per line).
+            raise ExportFailed(f"the hub refused: {_lines(doc.get('message'))} "
+                               f"({plain(doc.get('code'), 40)})")
+
+
+def _lines(text: Any, most: int = 50) -> str:
+    return "\n".join(plain(line, 500) for line in str(text).splitlines()[:most])
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class _Progress:
@@ -213,50 +262,68 @@ def verify_main(argv: list[str], settings_of: Any) -> int:
     parser = argparse.ArgumentParser(
         prog="estate verify",
         description="Check an export against its manifest (FILE.manifest.json): the file's "
-                    "SHA-256 and the hub's signature. Prints who produced it and when; exits 1 "
-                    "if anything does not match.")
+                    "SHA-256 and the hub's signature, by a hub key you pinned. Prints who "
+                    "produced it and when; exits 1 if anything does not match.")
     parser.add_argument("file", type=Path, metavar="FILE")
     parser.add_argument("--manifest", type=Path, help="default: FILE.manifest.json")
     parser.add_argument("--hub-key", metavar="SHA256:…",
                         help="the hub key the export must be signed by (default: console.toml's "
-                             "hub_key, if any)")
+                             "hub_key and the hubs in known_hubs beside it; with none of "
+                             "these, verify fails: a signature by an unpinned key proves "
+                             "nothing)")
     args = parser.parse_args(argv)
     try:
         checked = verify(args.file, args.manifest)
     except VerifyError as exc:
-        print(f"estate verify: FAILED: {exc}", file=sys.stderr)
+        print(f"estate verify: FAILED: {plain(exc, 4000)}", file=sys.stderr)
         return EXIT_FAIL
+    # A valid signature proves only that *some* key signed: anyone can re-sign a changed file
+    # with a key of their own. Only a key this console pinned makes it the hub's word.
+    pinned = {args.hub_key} if args.hub_key else _pinned_keys(settings_of)
+    if checked.fingerprint not in pinned:
+        if pinned:
+            print(f"estate verify: FAILED: signed by {checked.fingerprint}, not by the expected "
+                  f"hub key {', '.join(sorted(plain(p, 80) for p in pinned))}",
+                  file=sys.stderr)
+        else:
+            print(f"estate verify: FAILED: the signature is valid but made by key "
+                  f"{checked.fingerprint}, which is not pinned: pass --hub-key with your "
+                  f"hub's fingerprint (estate-hub serve prints it), or log in to that hub "
+                  f"once with estate", file=sys.stderr)
+        return EXIT_FAIL
+    # Every field below came from a file: plain() keeps its escapes off the terminal.
     m = checked.manifest
     scope = m["scope"]
     agencies = scope["agencies"] if isinstance(scope["agencies"], str) else \
         ", ".join(scope["agencies"])
-    print(f"{args.file}: OK — unchanged since the hub produced it")
-    print(f"  report       {m['report']} ({m['file_format']}, {m['rows']} rows)")
-    print(f"  produced     {m['generated_at']} by operator {scope['operator']} "
-          f"({scope['role']}; agencies: {agencies})")
-    print(f"  as of        {m['as_of'] or 'the time it was produced'}")
     filters = {k: v for k, v in m["filters"].items() if v is not None}
-    print(f"  filters      {', '.join(f'{k}={v}' for k, v in filters.items()) or 'none'}")
-    print(f"  signed by    hub key {checked.fingerprint} (Estate {m['estate_version']})")
-    expected = args.hub_key or _pinned_key(settings_of)
-    if expected and expected != checked.fingerprint:
-        print(f"estate verify: FAILED: signed by {checked.fingerprint}, not by the expected "
-              f"hub key {expected}", file=sys.stderr)
-        return EXIT_FAIL
-    compared = f"matches {expected}" if expected else \
-        "not compared: pass --hub-key with your hub's fingerprint"
-    print(f"  hub key      {compared}")
+    shown_filters = ", ".join(f"{k}={v}" for k, v in filters.items()) or "none"
+    print(f"{args.file}: OK — unchanged since the hub produced it")
+    print(f"  report       {plain(m['report'])} ({plain(m['file_format'])}, {m['rows']} rows)")
+    print(f"  produced     {plain(m['generated_at'])} by operator {plain(scope['operator'])} "
+          f"({plain(scope['role'])}; agencies: {plain(agencies, 2000)})")
+    print(f"  as of        {plain(m['as_of'] or 'the time it was produced')}")
+    print(f"  filters      {plain(shown_filters, 2000)}")
+    print(f"  signed by    hub key {checked.fingerprint} (Estate {plain(m['estate_version'])})")
+    print(f"  hub key      matches {checked.fingerprint}"
+          f"{'' if args.hub_key else ' (pinned by this console)'}")
     return EXIT_OK
 
 
-def _pinned_key(settings_of: Any) -> str | None:
+def _pinned_keys(settings_of: Any) -> set[str]:
+    """The hub keys this console trusts: console.toml's hub_key and the known_hubs file."""
+    from console import _known_hubs
+
+    keys = _known_hubs.fingerprints()
     try:
         settings = settings_of(argparse.Namespace(hub=None, key=None, hub_key=None, theme=None))
     except ValueError:
-        return None
-    return settings.get("hub_key") if settings else None
+        settings = None
+    if settings and settings.get("hub_key"):
+        keys.add(str(settings["hub_key"]))
+    return keys
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"estate export: {message}", file=sys.stderr)
+    print(f"estate export: {_lines(message)}", file=sys.stderr)
     return status

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from console import _known_hubs
+from inventory.sanitise import plain
 
 if TYPE_CHECKING:
     from console._client import HubConnection
@@ -119,7 +120,7 @@ def ssh_main(argv: list[str], settings_of: Any) -> int:
         try:
             agent_id = asyncio.run(resolve(settings, host))
         except (HubUnreachable, ApiFailure, ValueError) as exc:
-            print(f"estate ssh: {exc}", file=sys.stderr)
+            print(f"estate ssh: {plain(exc, 2000)}", file=sys.stderr)
             return EXIT_FAIL
     command = ssh_command(ssh, settings, agent_id, user or None, extra)
     sys.stdout.flush()
@@ -200,7 +201,7 @@ def _hub_settings(args: argparse.Namespace, settings_of: Any,
     try:
         settings = settings_of(args)
     except ValueError as exc:
-        print(f"estate {verb}: {exc}", file=sys.stderr)
+        print(f"estate {verb}: {plain(exc, 2000)}", file=sys.stderr)
         return None
     if settings is None:
         print(f"estate {verb}: no hub configured: pass --hub USER@HOST:PORT, or set hub in "
@@ -238,14 +239,17 @@ async def _tunnel(settings: dict[str, Any], host: str) -> int:
         conn = await open_connection(settings["address"], settings["user"],
                                      settings.get("key"), settings["hub_key"])
     except HubUnreachable as exc:
-        print(f"estate tunnel: {exc}", file=sys.stderr)
+        print(f"estate tunnel: {plain(exc, 2000)}", file=sys.stderr)
         return EXIT_FAIL
     _remember_hub_key(settings, conn)
     async with conn:
         try:
             reader, writer = await conn.open_connection(host, SSH_PORT)
         except asyncssh.ChannelOpenError as exc:
-            print(f"estate tunnel: the hub refused: {exc.reason}", file=sys.stderr)
+            # The reason is the hub's (or the host's agent's) text: one plain line, so it
+            # cannot clear the operator's screen or draw a prompt of its own.
+            print(f"estate tunnel: the hub refused: {plain(exc.reason, 1000)}",
+                  file=sys.stderr)
             return EXIT_FAIL
         loop = asyncio.get_running_loop()
         stdin = asyncio.StreamReader(limit=CHUNK)
@@ -283,6 +287,7 @@ async def _tunnel(settings: dict[str, Any], host: str) -> int:
         for task in done:
             failure = task.exception()
             if isinstance(failure, asyncssh.Error):
-                print(f"estate tunnel: the session was cut: {failure}", file=sys.stderr)
+                print(f"estate tunnel: the session was cut: {plain(failure, 1000)}",
+                      file=sys.stderr)
                 return EXIT_FAIL
     return EXIT_OK

@@ -7,10 +7,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KINDS", "Change", "diff", "software_changes", "state_changes", "state_digest"]
+__all__ = ["KINDS", "MAX_CHANGES", "MAX_SOFTWARE_CHANGES", "Change", "bounded", "diff",
+           "software_changes", "state_changes", "state_digest"]
 
 # Memory totals move by a few MB between kernels (reserved memory); a DIMM is far more.
 MEMORY_TOLERANCE = 0.02
+
+# One report may not turn into more change rows than this. An agent alternating two
+# 100,000-package lists wrote 200,000 rows per report and stalled every other agent's ack;
+# the full lists stay in the stored report, so a summary loses nothing an auditor needs.
+MAX_SOFTWARE_CHANGES = 100
+MAX_CHANGES = 200
+_SOFTWARE_KINDS = {"software_installed": "installed", "software_removed": "removed",
+                   "software_updated": "updated"}
 
 KINDS = {
     "hostname_changed": "Host name changed",
@@ -33,7 +42,9 @@ KINDS = {
     "software_installed": "Software installed",
     "software_removed": "Software removed",
     "software_updated": "Software updated",
-    "software_changed": "Software changed (package list not available)",
+    "software_changed": "Software changed (package list not available, or too many "
+                        "changes to list one by one)",
+    "changes_summarised": "More changes than one report may record (counted by kind)",
 }
 
 
@@ -68,9 +79,33 @@ def diff(old: dict[str, Any], new: dict[str, Any],
         old_packages / new_packages: the package lists; None when unknown. When the
             software hash changed but a list is missing, one `software_changed` is emitted.
     """
-    return state_changes(old, new) + software_changes(
+    return bounded(state_changes(old, new) + software_changes(
         (old.get("software") or {}).get("hash"), (new.get("software") or {}).get("hash"),
-        old_packages, new_packages)
+        old_packages, new_packages))
+
+
+def bounded(changes: list[Change], max_software: int = MAX_SOFTWARE_CHANGES,
+            max_total: int = MAX_CHANGES) -> list[Change]:
+    """The events one report records: at most `max_total`, software summarised past a point.
+
+    More than `max_software` software events become one `software_changed` event whose new
+    value counts them (`installed`, `removed`, `updated`); past `max_total` events in all, the
+    rest become one `changes_summarised` event whose new value counts them by kind.
+    """
+    software = [c for c in changes if c.kind in _SOFTWARE_KINDS]
+    if len(software) > max_software:
+        counts = dict.fromkeys(_SOFTWARE_KINDS.values(), 0)
+        for c in software:
+            counts[_SOFTWARE_KINDS[c.kind]] += 1
+        changes = [c for c in changes if c.kind not in _SOFTWARE_KINDS]
+        changes.append(Change("software_changed", "summary", None, counts))
+    if len(changes) <= max_total:
+        return changes
+    kept, rest = changes[:max_total - 1], changes[max_total - 1:]
+    by_kind: dict[str, int] = {}
+    for c in rest:
+        by_kind[c.kind] = by_kind.get(c.kind, 0) + 1
+    return [*kept, Change("changes_summarised", None, None, by_kind)]
 
 
 def state_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
@@ -87,7 +122,7 @@ def software_changes(old_hash: str | None, new_hash: str | None,
     if old_hash == new_hash or new_hash is None:
         return []
     if old_packages is not None and new_packages is not None:
-        return list(_software(old_packages, new_packages))
+        return _software(old_packages, new_packages)
     if old_hash is not None:
         return [Change("software_changed", None, old_hash, new_hash)]
     return []
@@ -199,16 +234,22 @@ def _addresses(nic: dict[str, Any]) -> list[str]:
     return sorted(f"{a['address']}/{a.get('prefix')}" for a in nic.get("addresses") or [])
 
 
-def _software(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Iterator[Change]:
+def _software(old: list[dict[str, Any]], new: list[dict[str, Any]],
+              limit: int = MAX_SOFTWARE_CHANGES) -> list[Change]:
+    """One event per package, or past `limit` of them the summary `bounded` would make,
+    counted without building (and sorting) 200,000 events first."""
     def index(pkgs: list[dict[str, Any]]) -> dict[str, str | None]:
         return {f"{p['name']}:{p['arch']}" if p.get("arch") else p["name"]: p.get("version")
                 for p in pkgs}
 
     o, n = index(old), index(new)
-    for name in sorted(n.keys() - o.keys()):
-        yield Change("software_installed", name, None, n[name])
-    for name in sorted(o.keys() - n.keys()):
-        yield Change("software_removed", name, o[name], None)
-    for name in sorted(o.keys() & n.keys()):
-        if o[name] != n[name]:
-            yield Change("software_updated", name, o[name], n[name])
+    installed, removed = n.keys() - o.keys(), o.keys() - n.keys()
+    updated = [name for name in o.keys() & n.keys() if o[name] != n[name]]
+    if len(installed) + len(removed) + len(updated) > limit:
+        return [Change("software_changed", "summary", None,
+                       {"installed": len(installed), "removed": len(removed),
+                        "updated": len(updated)})]
+    return ([Change("software_installed", name, None, n[name]) for name in sorted(installed)]
+            + [Change("software_removed", name, o[name], None) for name in sorted(removed)]
+            + [Change("software_updated", name, o[name], n[name])
+               for name in sorted(updated)])

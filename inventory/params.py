@@ -38,6 +38,10 @@ class Params:
             return default
         if not isinstance(value, str) or len(value) > max_len:
             raise RequestError("bad_request", f"{key}: expected a string of at most {max_len}")
+        if not value.isascii() and not is_unicode(value):
+            # JSON may escape a lone surrogate ("\ud800"); SQLite, UTF-8 answers and files
+            # cannot hold one, and would raise far from the request that sent it.
+            raise RequestError("bad_request", f"{key}: not valid Unicode (lone surrogate)")
         if choices and value not in choices:
             raise RequestError("bad_request", f"{key}: expected one of {', '.join(choices)}")
         return value
@@ -64,3 +68,12 @@ class Params:
         if extra:
             raise RequestError("bad_request", f"unknown parameter {str(extra[0])[:64]!r} for "
                                           f"{self.op}")
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON can spell one; UTF-8 cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -20,9 +20,12 @@ MAX_REPORT_BYTES = 8 * 1024 * 1024
 """Largest uncompressed report accepted; a report of 5,000 packages is about 400 KB."""
 
 _INT64 = 2**63
-_REPORT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}:[0-9]{1,12}:[0-9]{1,20}$")
+# \Z, not $: `$` also matches before a final newline, so "AGENT:1:2\n" would pass as a second
+# id for the same report, and a time ending in a newline would sort after every real time in
+# the store (regressions in tests/test_fuzz.py).
+_REPORT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}:[0-9]{1,12}:[0-9]{1,20}\Z")
 _RFC3339_UTC = re.compile(
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|\+00:00)$"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|\+00:00)\Z"
 )
 
 __all__ = [

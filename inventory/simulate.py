@@ -21,6 +21,7 @@ from typing import Any
 import asyncssh
 
 log = logging.getLogger("estate.simulate")
+ENROL_ATTEMPTS = 10  # with capped backoff: about two minutes before an enrolment gives up
 
 AGENCIES = {
     "County Council": ["County Hall", "Highways Depot", "Library North", "Library South"],
@@ -188,9 +189,20 @@ class Simulator:
     async def enrol(self, index: int, token: str, agency: str, site: str) -> Identity:
         key = asyncssh.generate_private_key("ssh-ed25519")
         public = key.export_public_key("openssh").decode().strip()
-        async with self._connect("enrol", key) as conn:
-            res = await conn.run("estate-enrol v1", input=json.dumps(
-                {"token": token, "public_key": public, "hostname": f"sim-{index:05d}"}))
+        rng = random.Random()  # noqa: S311
+        for attempt in range(ENROL_ATTEMPTS):
+            # The hub's front door refuses part of a burst of new connections from one
+            # address (rate and pre-auth budgets): slowed down, not broken, like the agent.
+            try:
+                async with self._connect("enrol", key) as conn:
+                    res = await conn.run("estate-enrol v1", input=json.dumps(
+                        {"token": token, "public_key": public, "hostname": f"sim-{index:05d}"}))
+                break
+            except (OSError, asyncssh.Error, asyncio.TimeoutError):
+                if attempt == ENROL_ATTEMPTS - 1:
+                    raise
+                self.stats.reconnects += 1
+                await asyncio.sleep(rng.uniform(0, min(30.0, 2.0 ** attempt)))
         doc = json.loads(str(res.stdout))
         if doc.get("status") != "enrolled":
             raise RuntimeError(f"simulated agent {index} could not enrol: {doc}")

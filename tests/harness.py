@@ -22,6 +22,10 @@ from typing import Any
 from agent.transport import HubClient, load_key
 
 PY = sys.executable
+# Every test client connects from 127.0.0.1, often many times a second: lift the hub's
+# per-source connection rate (10 a second by default) unless a test sets its own (later flags
+# win). tests/test_hardening_door.py and tests/test_ssh_audit.py test the real default.
+LOOPBACK_RATE = ("--connection-rate", "1000", "--connection-burst", "1000")
 
 
 def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
@@ -50,7 +54,7 @@ class HubProcess:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [PY, "-m", "inventory.hub.cli", "serve", "--listen", listen, "--data",
-                 str(self.data), *self.extra],
+                 str(self.data), *LOOPBACK_RATE, *self.extra],
                 stdout=subprocess.PIPE, stderr=log, text=True)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -116,7 +120,7 @@ class Agent:
     def __init__(self, hub: HubProcess, folder: Path, token: str | None = None) -> None:
         self.hub = hub
         self.config = folder / "agent.toml"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # agents refuse open folders
         done = run("-m", "agent", "enrol", "--token", token or hub.token(), "--hub",
                    hub.address, "--config", str(self.config))
         self.agent_id = re.search(r"enrolled as (ag-[0-9a-f]+)", done.stdout).group(1)
@@ -221,6 +225,114 @@ class AgentService:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+class TcpRelay:
+    """A loopback TCP relay in front of the hub, to fail a connection in the middle of a send.
+
+    `hold()` stops passing the client's bytes on (they are counted in `held`, then dropped), so
+    whatever the agent sends next never reaches the hub; `cut()` then closes every relayed
+    connection, as a hub that dies or a network that drops mid-body would, and passes new
+    connections through normally again.
+    """
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.holding = threading.Event()
+        self.held = 0
+        self._lock = threading.Lock()
+        self._socks: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, upward: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upward and self.holding.is_set():
+                    with self._lock:
+                        self.held += len(data)
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def hold(self) -> None:
+        with self._lock:
+            self.held = 0
+        self.holding.set()
+
+    def cut(self) -> None:
+        import socket
+
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+        self.holding.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def tcp_queues(port: int) -> tuple[list[int], list[int]] | None:
+    """Bytes waiting in the kernel on loopback TCP connections to `port` (Linux only).
+
+    Returns (unread by the server, per server-side socket; unacknowledged by the server, per
+    client-side socket), from /proc/net/tcp; None where that file does not exist. Both all 0
+    means the server process has read everything its clients sent.
+    """
+    unread: list[int] = []
+    unacked: list[int] = []
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+        if state != "01":  # ESTABLISHED
+            continue
+        tx, rx = (int(q, 16) for q in queues.split(":"))
+        if int(local.split(":")[1], 16) == port:
+            unread.append(rx)
+        elif int(remote.split(":")[1], 16) == port:
+            unacked.append(tx)
+    return unread, unacked
 
 
 def stored_sequences(hub: HubProcess, agent_id: str) -> list[int]:

@@ -19,7 +19,9 @@ from console.app import EstateApp, HelpScreen
 from inventory import simulate
 from tests.harness import Agent, HubProcess, make_report
 
-EVIL = "[red]pwn[/red][link=https://e.vil]x[/link][@click=app.quit]q[/]\x1b[2J\x1b]8;;\u202eevil"
+# The escapes come first, so they fall inside the hostname column's width on screen.
+EVIL = "\x1b[2J\u202e[red]pwn[/red]\x1b]8;;[link=https://e.vil]x[/link][@click=app.quit]q[/]evil"
+EVIL_SHOWN = "\ufffd[2J\ufffd[red]pwn[/red]"  # what an operator must see, literally
 
 
 @pytest.fixture()
@@ -60,6 +62,14 @@ async def _loaded(app: EstateApp, pilot) -> HostTable:
 
 def _screen_text(table: HostTable) -> str:
     return "\n".join(table.render_line(y).text for y in range(min(40, table.size.height)))
+
+
+def _widget_text(widget) -> str:
+    """What a widget draws on screen, line by line, as the terminal would receive it."""
+    from textual.geometry import Region
+
+    lines = widget.render_lines(Region(0, 0, widget.size.width, widget.size.height))
+    return "\n".join(line.text for line in lines)
 
 
 async def _until(predicate, pilot, timeout: float = 20) -> None:
@@ -124,15 +134,19 @@ def test_agent_text_is_never_markup_or_terminal_control(estate):
             await pilot.pause()
             assert len(app.model.view) == 1
             text = _screen_text(table)
-            assert "[red]pwn[/red]" in text, "markup must show as the literal text"
+            row = [line for line in text.splitlines() if "pwn" in line]
+            assert EVIL_SHOWN in text, f"markup and escapes must show as marked text: {row!r}"
             assert "\x1b" not in text and "\u202e" not in text
             table.focus()
             await pilot.press("enter")
             await _until(lambda: isinstance(app.screen, HostScreen)
                          and app.screen.detail is not None, pilot)
+            await pilot.pause()
             assert app.is_running, "[@click=app.quit] must not have done anything"
-            overview = str(app.screen.query_one("#overview-body").render())
-            assert "\x1b" not in overview and "\u202e" not in overview
+            for part in ("#title", "#overview-body"):
+                shown = _widget_text(app.screen.query_one(part))
+                assert EVIL_SHOWN in shown, f"{part}: {shown!r}"
+                assert "\x1b" not in shown and "\u202e" not in shown, part
 
     asyncio.run(run())
     assert plain(EVIL).count("\ufffd") == 3
@@ -313,7 +327,15 @@ def test_embedded_default_stops_its_hub_and_agent_when_killed(tmp_path):
             assert time.monotonic() < deadline, "the embedded hub and agent never started"
             time.sleep(0.2)
         (console,) = pids(f"console.cli --data {data}")
-        time.sleep(1)
+
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"],
+                                  capture_output=True, text=True).stdout
+
+        # The console has drawn its list, so its signal handlers are in place.
+        while "This machine" not in screen():
+            assert time.monotonic() < deadline, f"the console never drew:\n{screen()}"
+            time.sleep(0.2)
         os.kill(console, signal.SIGTERM)
         deadline = time.monotonic() + 45
         while pids(str(data)) and time.monotonic() < deadline:

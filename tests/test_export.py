@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inventory.export._register import RegisterError, parse_register
-from tests.harness import Agent, make_report, run
+from tests.harness import Agent, make_report, run, wait_for
 from tests.sshd import keygen
 
 
@@ -25,9 +25,12 @@ def estate(module_hub, tmp_path_factory, live_report):
                                  hardware__memory=memory))[0] == 0
     assert health.send(make_report(live_report, health.agent_id,
                                    system__hostname="health-pc"))[0] == 0
-    time.sleep(1.2)  # the hub's clock is the history's clock: a second apart
-    before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    time.sleep(1.2)
+    # The hub's clock is the history's clock, to the second: `before` is a second after the
+    # first reports and a second before the upgrade.
+    stored_at = _second()
+    before = wait_for(lambda: _second() > stored_at and _second(), timeout=5, interval=0.02,
+                      what="the next second")
+    wait_for(lambda: _second() > before, timeout=5, interval=0.02, what="the next second")
     assert fire.send(make_report(live_report, fire.agent_id, system__hostname="fire-pc",
                                  hardware__memory={**memory,
                                                    "total_bytes": 16 * 2**30}))[0] == 0
@@ -37,6 +40,10 @@ def estate(module_hub, tmp_path_factory, live_report):
         hub.admin("operator", "add", name, "--key", str(base / f"{name}.pub"), "--role", role,
                   "--agencies", agencies)
     return {"base": base, "hub": hub, "fire": fire, "health": health, "before": before}
+
+
+def _second() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _export(env, operator: str, *args: str, check: bool = True):
@@ -184,3 +191,65 @@ def test_register_problems_each_name_their_line():
     entries = parse_register("\ufeffComputer Name;x\n".replace(";", ",").encode() +
                              b"pc-1,\n\n")
     assert [(e.line, e.hostname) for e in entries] == [(2, "pc-1")]
+
+
+# Every character a spreadsheet may take as the start of a formula, and text that only
+# contains one further in, which must stay as it is.
+FORMULA_CELLS = [
+    ("=HYPERLINK(\"http://e.vil\",\"x\")", "'=HYPERLINK(\"http://e.vil\",\"x\")"),
+    ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+    ("+1+2", "'+1+2"),
+    ("-2+3", "'-2+3"),
+    ("@SUM(A1:A2)", "'@SUM(A1:A2)"),
+    ("\t=1", "'\t=1"),
+    ("\r=1", "'\r=1"),
+    ("a=b", "a=b"),
+    ("école, \"nord\"", "école, \"nord\""),
+    ("", ""),
+]
+
+
+def _formula_export(tmp_path: Path, fmt: str) -> Path:
+    from inventory.export._columns import Column
+    from inventory.export._writers import CsvWriter, XlsxWriter
+
+    columns = (Column("name", "Name", "text", "a text cell"),
+               Column("count", "=Count", "int", "a number: typed, never neutralised"))
+    meta = {"generated_at": "2026-11-27T12:00:00Z"}
+    path = tmp_path / f"cells.{fmt}"
+    writer = {"csv": CsvWriter, "xlsx": XlsxWriter}[fmt](path, "inventory", columns, meta)
+    for n, (text, _) in enumerate(FORMULA_CELLS):
+        writer.row([text, -n])
+    writer.close({"scope": "=evil()"})
+    return path
+
+
+def test_csv_cells_that_look_like_formulas_are_text_cell_by_cell(tmp_path):
+    import csv
+
+    path = _formula_export(tmp_path, "csv")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["Name", "'=Count"]
+    assert len(rows) == len(FORMULA_CELLS)
+    for n, ((sent, expected), row) in enumerate(zip(FORMULA_CELLS, rows, strict=True)):
+        assert row == [expected, str(-n)], f"row {n}: {sent!r} was written as {row!r}"
+
+
+def test_xlsx_cells_that_look_like_formulas_are_strings_cell_by_cell(tmp_path):
+    import openpyxl
+
+    path = _formula_export(tmp_path, "xlsx")
+    book = openpyxl.load_workbook(path)
+    sheet = book.worksheets[0]
+    rows = list(sheet.iter_rows(values_only=False))
+    assert [c.value for c in rows[0]] == ["Name", "=Count"]  # our own title, not agent text
+    for n, ((sent, expected), row) in enumerate(zip(FORMULA_CELLS, rows[1:], strict=True)):
+        name, count = row
+        if expected:
+            # XLSX stores a carriage return as the escape _x000D_, which openpyxl keeps.
+            got = name.value.replace("_x000D_", "\r")
+            assert (got, name.data_type) == (expected, "s"), f"row {n}: {sent!r}"
+        assert (count.value, count.data_type) == (-n, "n")
+    about = book["About"]
+    assert [c.value for c in next(about.iter_rows())] == ["scope", "'=evil()"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import sqlite3
 from datetime import timedelta
 
@@ -9,7 +11,7 @@ import pytest
 
 from agent.enrol import parse_token
 from inventory.hub._tokens import make_token, split_token
-from inventory.store import EnrolError, Store
+from inventory.store import EnrolError, Incoming, Store, utcnow
 from inventory.store._migrations import MIGRATIONS
 
 
@@ -65,3 +67,43 @@ def test_token_format_is_shared_by_hub_and_agent():
     assert parse_token(make_token("i", "s", "SHA256:f")) == ("SHA256:f", None)
     with pytest.raises(ValueError):
         split_token("EST2.a.b.c")
+
+
+def _enrolled(store: Store, agency: str = "Schools", site: str = "St Mary's") -> str:
+    token_id, secret, _ = store.create_token(agency, site, 1, timedelta(hours=1), "admin:test")
+    key = f"ssh-ed25519 {agency}{site}"
+    return store.enrol(token_id, secret, key, f"SHA256:{key}", "pc")["agent_id"]
+
+
+def test_a_report_id_is_stored_once_whatever_comes_again(tmp_path, report):
+    """Idempotency by report_id: a resent report (after a lost ack) is answered `duplicate`
+    and changes nothing, in a later batch or in the same one, even if its body differs."""
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    report["agent"]["id"] = agent_id
+    report["report_id"] = f"{agent_id}:1:1"
+
+    def incoming(r):
+        body = json.dumps(r).encode()
+        return Incoming(agent_id, copy.deepcopy(r), body, utcnow())
+
+    first = incoming(report)
+    assert store.store_reports([first]) == ["stored"]
+    changes_before = store.changes()
+    assert store.store_reports([first]) == ["duplicate"]
+    # Same id, other content (a buggy or replayed sender): still the first one counts.
+    altered = copy.deepcopy(report)
+    altered["system"]["hostname"] = "replayed-name"
+    altered["hardware"]["memory"]["total_bytes"] = 12345
+    assert store.store_reports([incoming(altered)]) == ["duplicate"]
+    second = copy.deepcopy(report)
+    second["report_id"] = f"{agent_id}:1:2"
+    assert store.store_reports([incoming(second), incoming(second)]) == ["stored",
+                                                                          "duplicate"]
+    rows = store.db.execute("SELECT report_id, COUNT(*) FROM reports GROUP BY report_id "
+                            "ORDER BY report_id").fetchall()
+    assert [tuple(r) for r in rows] == [(f"{agent_id}:1:1", 1), (f"{agent_id}:1:2", 1)]
+    (host,) = store.hosts()
+    assert host["hostname"] == report["system"]["hostname"]
+    assert store.changes() == changes_before, "a duplicate made change events"
+    store.close()

@@ -79,12 +79,22 @@ class ExportRequest:
         since = _time(p, "since")
         if since is not None and report != "changes":
             raise ExportError("bad_request", "since: only for the changes report")
-        file_name = p.text("file_name", max_len=255) or f"estate-{report}.{fmt}"
-        request = cls(report, fmt, Path(file_name).name, p.text("agency", max_len=128),
+        file_name = _file_name(p.text("file_name", max_len=255), f"estate-{report}.{fmt}")
+        request = cls(report, fmt, file_name, p.text("agency", max_len=128),
                       p.text("site", max_len=128), text_filter, _time(p, "as_of"), since,
                       days, register, p.text("register_name", max_len=255))
         p.done()
         return request
+
+
+def _file_name(text: str | None, default: str) -> str:
+    """The bare name the manifest records: never a path, "", "." or "..", nor control codes."""
+    name = Path(text or "").name
+    if name in ("", ".", ".."):
+        return default  # "." or "dir/" names no file: the manifest still needs one
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise ExportError("bad_request", "file_name: control characters are not allowed")
+    return name
 
 
 def _time(p: Params, key: str) -> datetime | None:
@@ -146,17 +156,22 @@ def run_export(db_path: Path, request: ExportRequest, producer: Producer, out: P
             if progress and writer.rows % PROGRESS_EVERY == 0:
                 progress(writer.rows, total)
         pruned = source.pruned_before(sel)
+        unreadable = source.skipped_unreadable
     finally:
         db.close()
     about = {**_about(meta), "rows": str(writer.rows)}
     if pruned:
         about["note"] = (f"{pruned} host(s) known at the as-of date are missing: their reports "
                          f"from then are older than the hub's report retention")
+    if unreadable:
+        about["skipped"] = (f"{unreadable} host(s) left out: their stored report from then "
+                            f"could not be read")
     writer.close(about)
     if progress:
         progress(writer.rows, max(total, writer.rows))
     manifest = {**meta, "sha256": sha256_of(out), "bytes": out.stat().st_size,
-                "rows": writer.rows, "hosts_missing_history": pruned}
+                "rows": writer.rows, "hosts_missing_history": pruned,
+                "skipped_unreadable": unreadable}
     return sign(manifest, producer.host_key)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 MAX_REGISTER_BYTES = 10 * 1024 * 1024
@@ -59,6 +60,16 @@ def parse_register(data: bytes, name: str = "register") -> list[Entry]:
         raise RegisterError(f"{name}: not UTF-8 text (byte {exc.start}); save it as "
                             f"CSV UTF-8") from None
     rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _entries(rows, name)
+    except csv.Error as exc:
+        # The csv module's own refusals (a cell over its 128 KiB field limit, say) name no
+        # line unless we do; they are the register's problem, not the hub's.
+        raise RegisterError(f"{name}: line {rows.line_num}: not readable as CSV "
+                            f"({exc})") from None
+
+
+def _entries(rows: Iterator[list[str]], name: str) -> list[Entry]:
     header = next(rows, None)
     if not header:
         raise RegisterError(f"{name}: empty; expected a header line naming the columns")

@@ -65,6 +65,9 @@ class Selection:
 class Source:
     def __init__(self, db: sqlite3.Connection, now: datetime) -> None:
         self.db, self.now = db, now
+        # Stored reports an as-of export could not read (a corrupt body), skipped rather
+        # than failing the whole export; the manifest counts them.
+        self.skipped_unreadable = 0
 
     # --- hosts ---------------------------------------------------------------------------
 
@@ -117,13 +120,19 @@ class Source:
         status_of = _StatusClock(sel.as_of)
         rows = self.db.execute(sql + " ORDER BY a.name, s.name, h.hostname, h.agent_id", args)
         for r in rows.fetchall():
+            try:
+                facts = facts_of(json.loads(gzip.decompress(r[7])))
+            except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
+                # One bad body must not cost every operator in scope their export.
+                self.skipped_unreadable += 1
+                continue
             revoked = r[6] if r[6] and r[6] <= at else None
             presence = self.db.execute("SELECT state FROM presence WHERE agent_id = ? AND "
                                        "at <= ? ORDER BY at DESC, id DESC LIMIT 1",
                                        (r[0], at)).fetchone()
             connected = 1 if presence and presence[0] == "online" else 0
             yield Host(r[0], r[1], r[2], r[3], r[4], status_of(revoked, r[4], connected, r[5]),
-                       facts_of(json.loads(gzip.decompress(r[7]))))
+                       facts)
 
     def pruned_before(self, sel: Selection) -> int:
         """Hosts known at `as_of` whose reports from then are no longer kept (retention)."""

@@ -8,28 +8,50 @@ change outside their agencies. Runs on the store's thread.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from inventory.filters import FilterError, compile_filter
 from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
+from inventory.hub._audit import AuditCoalescer
 from inventory.params import Params as _Params
 from inventory.params import RequestError as ApiError
+from inventory.params import is_unicode
+from inventory.sanitise import quoted
 from inventory.store import Store, parse_time
+
+log = logging.getLogger("estate.hub")
 
 MAX_LINE_BYTES = 64 * 1024
 OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve")
 
 
 class OperatorApi:
-    def __init__(self, store: Store, operator: dict[str, Any]) -> None:
+    def __init__(self, store: Store, operator: dict[str, Any],
+                 audit: AuditCoalescer | None = None, source: str = "?") -> None:
         self.store = store
         self.name = operator["name"]
         self.role = operator["role"]
         self.scope: list[str] | None = operator["agencies"]
+        self.audit, self.source = audit, source  # where probes out of scope are recorded
+
+    def _not_found(self, op: str, host: str) -> ApiError:
+        """The refusal for a host not in scope, audited (coalesced per source).
+
+        The operator is told the same whether the host exists in another agency or not at
+        all; the audit row says which (`scope_denied` or `not_found`), for whoever reviews it.
+        """
+        if self.audit is not None:
+            exists = (self.store.host_detail_exists(host, None) if op != "resolve"
+                      else bool(self.store.remote_targets(host, None)))
+            self.audit.record(self.source, f"operator:{self.name}",
+                              "scope_denied" if exists else "not_found", host[:255], {"op": op})
+        return ApiError("not_found", f"no host {host!r} in your agencies")
 
     def handle(self, line: bytes) -> dict[str, Any]:
         """One request line in, one response out (never raises)."""
         request_id: Any = None
+        op: Any = None
         try:
             try:
                 request = json.loads(line.decode("utf-8"))
@@ -39,7 +61,7 @@ class OperatorApi:
                 raise ApiError("bad_request", "a request is a JSON object")
             request_id = request.get("id")
             if not isinstance(request_id, (str, int)) or isinstance(request_id, bool) or \
-                    len(str(request_id)) > 64:
+                    len(str(request_id)) > 64 or not is_unicode(str(request_id)):
                 request_id = None
                 raise ApiError("bad_request", "id: expected a string or number (64 chars max)")
             op = request.get("op")
@@ -50,6 +72,21 @@ class OperatorApi:
         except ApiError as exc:
             return {"id": request_id, "ok": False,
                     "error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:
+            # A bug or a value no check foresaw: this request fails, the channel goes on.
+            log.exception("API request %s from operator %s failed", quoted(op, 32), self.name)
+            detail = {"op": op if op in OPS else None, "error": type(exc).__name__}
+            try:
+                if self.audit is not None:
+                    self.audit.record(self.source, f"operator:{self.name}", "api_internal",
+                                      None, detail)
+                else:
+                    self.store.audit(f"operator:{self.name}", "api_internal", None, detail)
+            except Exception:
+                log.exception("auditing a failed API request failed")
+            return {"id": request_id, "ok": False, "error": {
+                "code": "internal", "message": "the hub failed to answer this request; it "
+                                               "is logged, and other requests still work"}}
 
     # --- operations ---------------------------------------------------------------------
 
@@ -94,7 +131,7 @@ class OperatorApi:
         p.done()
         detail = self.store.host_detail(agent_id, self.scope)
         if detail is None:
-            raise ApiError("not_found", f"no host {agent_id!r} in your agencies")
+            raise self._not_found("host", agent_id)
         self.store.audit(f"operator:{self.name}", "host_read", agent_id)
         return detail
 
@@ -116,7 +153,7 @@ class OperatorApi:
         p.done()
         reports = self.store.recent_reports(agent_id, self.scope, limit)
         if reports is None:
-            raise ApiError("not_found", f"no host {agent_id!r} in your agencies")
+            raise self._not_found("reports", agent_id)
         return reports
 
 
@@ -126,10 +163,11 @@ class OperatorApi:
         p.done()
         matches = self.store.remote_targets(host, self.scope)
         if not matches:
-            raise ApiError("not_found", f"no host {host!r} in your agencies")
+            raise self._not_found("resolve", host)
         if len(matches) > 1:
             ids = ", ".join(m["agent_id"] for m in matches)
             raise ApiError("ambiguous", f"hostname {host!r} matches {len(matches)} hosts; use "
                                         f"the host id ({ids})")
         m = matches[0]
         return {k: m[k] for k in ("agent_id", "hostname", "agency", "site", "remote")}
+

@@ -33,13 +33,19 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
     """Run one export on `chan`. Returns (exit status, final error document or None)."""
     name = operator["name"]
     try:
-        request = ExportRequest.parse(json.loads(body.decode("utf-8")))
-    except (UnicodeDecodeError, ValueError) as exc:
-        code = exc.code if isinstance(exc, ExportError) else "bad_json"
-        message = exc.message if isinstance(exc, ExportError) else "the request is one JSON " \
-                                                                   "object"
-        return EXIT_DATA, {"type": "error", "status": "error", "code": code,
-                           "message": message}
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        _refused(hub, name, None, "bad_json", "the request is not one JSON object")
+        return EXIT_DATA, {"type": "error", "status": "error", "code": "bad_json",
+                           "message": "the request is one JSON object"}
+    try:
+        request = ExportRequest.parse(doc)
+    except ExportError as exc:
+        report = doc.get("report") if isinstance(doc, dict) else None
+        _refused(hub, name, report if isinstance(report, str) else None, exc.code,
+                 exc.message)
+        return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
+                           "message": exc.message}
     loop = asyncio.get_running_loop()
 
     def progress(rows: int, total: int) -> None:
@@ -53,12 +59,12 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
             manifest = await loop.run_in_executor(
                 _pool, run_export, hub.store.path, request, producer, out, progress)
         except ExportError as exc:
-            await hub.db(hub.store.audit, f"operator:{name}", "export_refused", request.report,
-                         {"code": exc.code, "reason": exc.message[:500]})
+            _refused(hub, name, request.report, exc.code, exc.message)
             return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
                                "message": exc.message}
-        except Exception:
+        except Exception as exc:
             log.exception("export for %s failed", name)
+            _refused(hub, name, request.report, "internal", type(exc).__name__)
             return EXIT_TEMPFAIL, {"type": "error", "status": "error", "code": "internal",
                                    "message": "the hub failed to produce the export; retry "
                                               "later", "retry_after": 30}
@@ -75,6 +81,13 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
                 await writable.wait()  # the operator's window is full: wait, don't buffer
                 chan.write(chunk)
     return EXIT_OK, None
+
+
+def _refused(hub: Any, name: str, report: str | None, code: str, reason: str) -> None:
+    """Audit a refused export, coalesced per operator and code: an operator's script
+    retrying a bad request every second writes one row a minute, not sixty."""
+    hub.audit.record(f"operator:{name}/{code}", f"operator:{name}", "export_refused",
+                     report[:64] if report else None, {"code": code, "reason": reason[:500]})
 
 
 def _estate_version() -> str:

@@ -7,12 +7,18 @@ bomb is stopped at the limit instead of filling memory.
 from __future__ import annotations
 
 import zlib
+from datetime import datetime, timedelta
 from typing import Any
 
 from inventory.report import MAX_REPORT_BYTES, ReportError, parse
+from inventory.store import parse_time, utcnow
 
 MAX_RECEIVED_BYTES = 4 * 1024 * 1024
 """Largest body accepted on the wire, compressed or not."""
+
+MAX_FUTURE = timedelta(days=365)
+"""A report collected further ahead of the hub's clock than this is refused (`collected_at`);
+closer ones are stored, and ordered by the time received when more than a day ahead."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -34,16 +40,30 @@ def decompress(body: bytes, limit: int = MAX_REPORT_BYTES) -> bytes:
         raise ReportError("", f"report decompresses to more than the limit of {limit} bytes")
     if not inflater.eof:
         raise ReportError("", "gzip stream is truncated")
+    if inflater.unused_data:
+        # A second gzip member (or junk) after the report would be stored with it and break
+        # every later reader of the stored body (as-of exports).
+        raise ReportError("", f"{len(inflater.unused_data)} bytes of trailing data after the "
+                              f"gzip stream")
     return out
 
 
-def accept(body: bytes, agent_id: str) -> dict[str, Any]:
-    """Decode, validate and check a report against its sender's enrolment.
+def accept(body: bytes, agent_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """Decode, validate and check a report against its sender's enrolment and the hub clock.
 
     Raises:
-        ReportError: the report is malformed or claims to be from someone else.
+        ReportError: the report is malformed, claims to be from someone else, or was
+            collected implausibly far in the future.
     """
     report = parse(decompress(body))
+    now = now or utcnow()
+    try:
+        ahead = parse_time(report["collected_at"]) - now
+    except (ValueError, OverflowError):
+        raise ReportError("collected_at", "not a time the hub can read") from None
+    if ahead > MAX_FUTURE:
+        raise ReportError("collected_at", f"{report['collected_at']} is more than "
+                                          f"{MAX_FUTURE.days} days ahead of the hub's clock")
     if report["agent"]["id"] != agent_id:
         raise ReportError("agent.id", f"this connection is agent {agent_id}; a report may "
                                       f"not claim to be {report['agent']['id']!r}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from inventory.sanitise import quoted
 from inventory.store import utcnow
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class RemoteAccess:
         """An agent's `tcpip-forward` request: accepted only for itself, port 22, allowed."""
         agent_id = conn.username
         if conn.role != "agent":
-            why = f"user {agent_id!r} is not an agent"
+            why = f"user {quoted(agent_id, 64)} is not an agent"
         elif listen_host != agent_id or listen_port != SSH_PORT:
             why = f"an agent may offer only {agent_id}:{SSH_PORT}"
         elif not await self.hub.db(self.hub.store.remote_allowed, agent_id):
@@ -158,7 +159,7 @@ class RemoteAccess:
             log.info("conn %s agent %s offers remote access", conn.peer, agent_id)
             return _Offer(self, conn)
         log.warning("conn %s refused remote forward %s:%s: %s", conn.peer,
-                    listen_host[:64], listen_port, why)
+                    quoted(listen_host, 64), listen_port, why)
         return False
 
     def withdraw(self, conn: _Connection) -> None:
@@ -189,7 +190,7 @@ class RemoteAccess:
             agent_id, target = await self._authorize(conn, dest_host, dest_port)
         except Refused as exc:
             log.warning("conn %s operator %s refused session to %s:%s: %s", conn.peer, name,
-                        dest_host[:64], dest_port, exc.message)
+                        quoted(dest_host, 64), dest_port, quoted(exc.message, 300))
             await self.hub.db(self.hub.store.audit, f"operator:{name}", "remote_refused",
                               dest_host[:255], {"port": dest_port, "code": exc.code,
                                                 "reason": exc.message, "peer": conn.peer})
@@ -201,7 +202,8 @@ class RemoteAccess:
                 lambda: bridge.host, agent_id, SSH_PORT, conn.peer.rsplit(":", 1)[0], 0),
                 OPEN_TIMEOUT_S)
         except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-            detail = str(exc) or "timed out"
+            # The agent's reason is its own text: quoted for the log and the operator's ssh.
+            detail = quoted(str(exc) or "timed out", 200)
             log.warning("agent %s did not open the session: %s", agent_id, detail)
             await self.hub.db(self.hub.store.audit, f"operator:{name}", "remote_refused",
                               agent_id, {"code": "agent_failed", "reason": detail,

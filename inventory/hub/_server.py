@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,26 +23,34 @@ from typing import Any, TypeVar
 import asyncssh
 
 from inventory.hub import _tokens
+from inventory.hub._access import AccessGuard, refused
 from inventory.hub._api import MAX_LINE_BYTES, OperatorApi
+from inventory.hub._audit import AuditCoalescer, Row
+from inventory.hub._budget import MAX_BUFFERED_INPUT, MAX_EXPORT_REQUESTS, RETRY_AFTER_S, Budget
+from inventory.hub._door import MESSAGES, Door, DoorLimits, source_of
 from inventory.hub._ingest import MAX_RECEIVED_BYTES, accept
 from inventory.hub._keys import fingerprint, load_or_create_host_key
+from inventory.hub._lines import TOO_LONG, LineReader
 from inventory.hub._remote import Limits, RemoteAccess
-from inventory.hub._writer import Busy, StoreUnavailable, Writer
+from inventory.hub._writer import Busy, ReportRate, StoreUnavailable, Writer
 from inventory.report import ReportError
+from inventory.sanitise import quoted
 from inventory.store import EnrolError, Incoming, Store, utcnow
 
 log = logging.getLogger("estate.hub")
 T = TypeVar("T")
 
-# Modern algorithms only: no CBC, 3DES, SHA-1 or MD5 anywhere.
+# What an SSH server audit (ssh-audit) passes, post-quantum notes aside: no NIST-curve ECDH
+# (fail), no 2048-bit group14 and no encrypt-and-MAC hmac-sha2-* (warn); no CBC, 3DES, SHA-1
+# or MD5 anywhere. Every client we ship or document still connects (tests/test_ssh_audit.py):
+# paramiko >= 3.4 (curve25519-sha256@libssh.org, aes-ctr with the -etm MACs), asyncssh and
+# OpenSSH. The host key is ed25519 only. group16/18 stay for older clients; the front door's
+# per-source connection rate limit keeps their cost from being a DoS (DHEat, CVE-2002-20001).
 KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org",
-            "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
-            "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512",
-            "diffie-hellman-group14-sha256"]
+            "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512"]
 ENCRYPTION_ALGS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com",
                    "aes128-gcm@openssh.com", "aes256-ctr", "aes192-ctr", "aes128-ctr"]
-MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
-            "hmac-sha2-256", "hmac-sha2-512"]
+MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
 
 ENROL_USER = "enrol"
 REPORT_COMMAND = "estate-report v1"
@@ -56,6 +64,11 @@ WATCH_QUEUE = 2000  # events a slow watcher may fall behind by before it is told
 MAX_ENROL_BYTES = 16 * 1024
 MAX_EXPORT_REQUEST_BYTES = 16 * 1024 * 1024  # a reconcile request carries the register
 BODY_TIMEOUT_S = 60.0
+# Open session channels per connection: the console uses a few (API, watch, exports); an agent
+# one at a time; `enrol` runs one command and is then disconnected.
+CHANNELS_PER_CONNECTION = {"operator": 8, "agent": 4, "enrol": 1}
+# API answers that mean "this line is not a request"; many a second and the channel is cut.
+INVALID_LINE_CODES = frozenset({"bad_json", "bad_request", "unknown_op", "line_too_long"})
 
 # Exit statuses: the client tells "fix your data" from "retry later" without parsing text.
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_TEMPFAIL, EXIT_NOPERM = 0, 64, 65, 75, 77
@@ -71,11 +84,18 @@ class HubSettings:
     port: int = 2222
     login_timeout_s: float = 20.0
     max_unauthenticated: int = 200
+    handshake_timeout_s: float = 10.0  # until the first login attempt: banner and key exchange
+    door: DoorLimits = field(default_factory=DoorLimits)  # its `full` is max_unauthenticated
     keepalive_interval_s: float = 30.0
     keepalive_count_max: int = 3
     retention: timedelta = timedelta(days=30)
     sessions_per_operator: int = 4
     sessions_per_host: int = 2
+    change_retention: timedelta = timedelta(days=400)  # auditors want a year of history
+    report_burst: int = 10  # reports one agent may send back to back; 0: no limit
+    reports_per_interval: float = 4  # then this many per the agent's own interval
+    max_buffered_input: int = MAX_BUFFERED_INPUT  # report/enrol bodies, all channels
+    max_export_requests: int = MAX_EXPORT_REQUESTS  # export request bodies, all channels
 
 
 class Hub:
@@ -88,12 +108,20 @@ class Hub:
         # One thread owns the database connection; every store call goes through it.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store = Store.open(settings.data_dir)
-        self.writer = Writer(self.db, self.store, on_commit=self._committed)
+        self.writer = Writer(self.db, self.store, on_commit=self._committed,
+                             rate=ReportRate(settings.report_burst,
+                                             settings.reports_per_interval))
         self.watchers: set[_Watcher] = set()
         self.remote = RemoteAccess(self, Limits(settings.sessions_per_operator,
                                                 settings.sessions_per_host))
+        # Refusals are audited through the coalescer, so a flood writes a few rows.
+        self.audit = AuditCoalescer(self._write_audit)
+        # Input every channel buffers, bounded in total (a channel's own limit is not enough).
+        self.input_budget = Budget(settings.max_buffered_input)
+        self.export_budget = Budget(settings.max_export_requests)
+        self.access = AccessGuard(self)  # ends open connections whose access was withdrawn
         self.last_change_id = 0
-        self.unauthenticated = 0
+        self.door = Door(replace(settings.door, full=settings.max_unauthenticated))
         self.stopping = False
         self._server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -108,6 +136,8 @@ class Hub:
         self.writer.start()
         self.spawn(self._prune_loop())
         self.spawn(self.remote.supervise())
+        self.spawn(self.audit.run())
+        self.spawn(self.access.run())
         self._server = await asyncssh.create_server(
             lambda: _Connection(self), self.settings.host, self.settings.port,
             server_host_keys=[self.host_key],
@@ -139,9 +169,16 @@ class Hub:
         await self.writer.stop()
         for task in list(self._tasks):
             task.cancel()
+        await self.audit.close()
         await self.db(self.store.reset_presence)
         await self.db(self.store.close)
         self._db_thread.shutdown(wait=True)
+
+    async def _write_audit(self, rows: list[Row]) -> None:
+        def write() -> None:
+            for row in rows:
+                self.store.audit(*row)
+        await self.db(write)
 
     # --- events for estate-watch -------------------------------------------------------
 
@@ -190,8 +227,13 @@ class Hub:
                 n = await self.db(self.store.prune_reports, utcnow() - self.settings.retention)
                 if n:
                     log.info("pruned %d raw reports older than %s", n, self.settings.retention)
+                n = await self.db(self.store.prune_changes,
+                                  utcnow() - self.settings.change_retention)
+                if n:
+                    log.info("pruned %d change events older than %s", n,
+                             self.settings.change_retention)
             except Exception:
-                log.exception("pruning raw reports failed")
+                log.exception("pruning raw reports or change history failed")
             await asyncio.sleep(3600)
 
 
@@ -207,7 +249,13 @@ class _Connection(asyncssh.SSHServer):
         self.key: asyncssh.SSHKey | None = None
         self.operator: dict[str, Any] | None = None
         self.authenticated = False
-        self.counted = False
+        self.counted = False  # admitted by the door and still counted as a startup
+        self.source = ""
+        self.turned_away = False  # refused at the door: nothing more to log or count
+        self.deadline: asyncio.TimerHandle | None = None  # handshake, or an enrol's command
+        self.login_refused: str | None = None  # audited once when the connection ends
+        self.access_version = 0  # hub.access.version when the login's records were read
+        self.channels = 0  # session channels open now (capped per role)
 
     # --- connection and login -----------------------------------------------------------
 
@@ -215,25 +263,67 @@ class _Connection(asyncssh.SSHServer):
         self.conn = conn
         host, port = conn.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
-        if self.hub.unauthenticated >= self.hub.settings.max_unauthenticated:
-            log.warning("conn %s refused: %d connections are still logging in", self.peer,
-                        self.hub.unauthenticated)
-            conn.close()
+        # asyncssh sends its version line right after this returns: a refusal here costs the
+        # hub no key exchange, which is the point of the door (inventory/hub/_door.py).
+        self.source = source_of(str(host))
+        door = self.hub.door
+        code = door.admit(self.source)
+        if code is not None:
+            if (folded := door.refusal_to_log(self.source, code)) is not None:
+                log.warning("conn %s refused (%s): %d connections are still logging in, %d "
+                            "from this address; %d more refused since the last such line",
+                            self.peer, code, door.pending_total, door.pending(self.source),
+                            folded)
+            self.hub.audit.record(self.source, "anonymous", "connection_refused", code, None)
+            self.turned_away = True
+            _refuse(conn, code)
             return
-        self.hub.unauthenticated += 1
         self.counted = True
+        self.deadline = asyncio.get_running_loop().call_later(
+            self.hub.settings.handshake_timeout_s, self._expired, "handshake_timeout",
+            f"no key exchange within {self.hub.settings.handshake_timeout_s:g} s")
         log.info("conn %s opened", self.peer)
 
+    def _expired(self, code: str, why: str) -> None:
+        self.deadline = None
+        log.warning("conn %s closed (%s): %s", self.peer, code, why)
+        if self.conn is None:
+            return
+        if self.authenticated:
+            self.conn.close()  # an enrol that overstayed: a clean SSH disconnect
+        else:
+            self.conn.abort()  # before the key exchange there is nothing to say it on
+
+    def _release(self) -> None:
+        """Stop counting this connection against the pre-auth budgets."""
+        if self.counted:
+            self.counted = False
+            self.hub.door.release(self.source)
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.counted and not self.authenticated:
-            self.hub.unauthenticated -= 1
-        reason = f": {exc}" if exc else ""
+        if self.turned_away:
+            return  # logged (coalesced) when refused; a line each would let a flood fill the log
+        if self.deadline:
+            self.deadline.cancel()
+            self.deadline = None
+        self._release()
+        # The reason may be the client's own disconnect message: quoted, it forges nothing.
+        reason = f": {quoted(str(exc))}" if exc else ""
         log.info("conn %s closed%s", self.peer, reason)
+        if self.authenticated:
+            self.hub.access.discard(self)
+        elif self.login_refused:
+            # Once per connection, not per key tried or queried; coalesced per source.
+            self.hub.audit.record(self.source, "anonymous", "login_failed",
+                                  self.username[:64], {"reason": self.login_refused})
         if self.authenticated and self.role == "agent":
             self.hub.remote.withdraw(self)
             self.hub.spawn(self.hub.presence(self.username, False))
 
     def begin_auth(self, username: str) -> bool:
+        if self.deadline:  # the key exchange is done: asyncssh's login timeout takes over
+            self.deadline.cancel()
+            self.deadline = None
         self.username = username
         return True  # authentication is always required
 
@@ -252,6 +342,7 @@ class _Connection(asyncssh.SSHServer):
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # Also called for "would this key be accepted?" queries: decide, but don't log a login.
         fp = key.get_fingerprint("sha256")
+        self.access_version = self.hub.access.version
         if username == ENROL_USER:
             self.role, self.key = "enrol", key
             return True
@@ -269,14 +360,24 @@ class _Connection(asyncssh.SSHServer):
             why = "unknown operator" if operator is None else "key does not match"
         else:
             why = "unknown user"
-        log.warning("conn %s refused user %r key %s: %s", self.peer, username[:64], fp, why)
+        log.warning("conn %s refused user %s key %s: %s", self.peer, quoted(username, 64), fp,
+                    why)
+        self.login_refused = why
         return False
 
     def auth_completed(self) -> None:
         self.authenticated = True
-        self.hub.unauthenticated -= 1
+        if self.role == "enrol":
+            # Any key logs in as enrol, so it is anonymous in effect: it stays a startup until
+            # it closes, and must be done within the login timeout.
+            self.deadline = asyncio.get_running_loop().call_later(
+                self.hub.settings.login_timeout_s, self._expired, "enrol_timeout",
+                f"enrol not done within {self.hub.settings.login_timeout_s:g} s")
+        else:
+            self._release()
         fp = self.key.get_fingerprint("sha256") if self.key else "?"
         log.info("conn %s login user=%s role=%s key=%s", self.peer, self.username, self.role, fp)
+        self.hub.access.add(self)
         if self.role == "agent":
             self.hub.spawn(self.hub.presence(self.username, True))
         elif self.role == "operator":
@@ -287,17 +388,35 @@ class _Connection(asyncssh.SSHServer):
 
     def session_requested(self) -> Any:
         assert self.conn is not None
+        if (ended := refused(self.hub, self)) is not None:
+            raise ended
+        # Each channel costs buffers and a task: 2,000 on one connection cost +27 MB.
+        limit = CHANNELS_PER_CONNECTION.get(self.role or "", 1)
+        if self.channels >= limit:
+            log.warning("conn %s refused channel: %d open, the limit for %s", self.peer,
+                        self.channels, self.role)
+            self.hub.audit.record(self.peer.rsplit(":", 1)[0], f"{self.role}:{self.username}",
+                                  "channel_refused", None,
+                                  {"code": "too_many_channels", "limit": limit})
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"too_many_channels: at most {limit} open channels per connection")
+        self.channels += 1
         return self.conn.create_server_channel(encoding=None), _Session(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Any:
+        if (ended := refused(self.hub, self)) is not None:
+            raise ended
         if self.role == "operator":
             return self.hub.remote.open(self, dest_host, dest_port)  # a remote session
-        log.warning("conn %s refused port forward to %s:%s", self.peer, dest_host[:64],
-                    dest_port)
+        log.warning("conn %s refused port forward to %s:%s", self.peer,
+                    quoted(dest_host, 64), dest_port)
         return False
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        if self.hub.access.refusal(self) is not None:
+            return False
         return self.hub.remote.offer(self, listen_host, listen_port)  # agents only
 
     def unix_connection_requested(self, dest_path: str) -> bool:
@@ -307,6 +426,21 @@ class _Connection(asyncssh.SSHServer):
     def unix_server_requested(self, listen_path: str) -> bool:
         log.warning("conn %s refused unix socket listener", self.peer)
         return False
+
+
+
+def _refuse(conn: asyncssh.SSHServerConnection, code: str) -> None:
+    """Cut a connection off before the SSH version exchange, with one line saying why.
+
+    RFC 4253 lets a server send text lines before its version; OpenSSH does the same with
+    "Exceeded MaxStartups". asyncssh has no public way to write raw bytes, so the line goes
+    out on its transport when there is one; the connection is cut off either way.
+    """
+    transport = getattr(conn, "_transport", None)
+    if transport is not None:
+        transport.write(f"Refused {code}: {MESSAGES[code]}\r\n".encode())
+        transport.close()  # sends the line, then FIN; abort alone could drop the line
+    conn.abort()
 
 
 class _Watcher:
@@ -330,8 +464,11 @@ class _Watcher:
                 self.chan.write(b'{"type": "resync"}\n')
             return
         self.behind = False
-        self.chan.write((json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-                         + "\n").encode())
+        try:
+            self.chan.write((json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+                             + "\n").encode())
+        except Exception:  # one broken watcher (a closing channel) must not stop the others
+            log.exception("sending a watch event failed")
 
 
 class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
@@ -347,8 +484,14 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.finished = False
         self.timer: asyncio.TimerHandle | None = None
         self.watcher: _Watcher | None = None
-        self.lines: asyncio.Queue[bytes | None] | None = None
-        self.writable = asyncio.Event()  # flow control for long answers (exports)
+        self.api: OperatorApi | None = None
+        self.lines: LineReader | None = None  # estate-api: request lines waiting for answers
+        self.lines_ready = asyncio.Event()  # a line (or the end of input) is waiting
+        self.input_ended = False
+        self.reading_paused = False
+        self.held = 0  # bytes of body taken from the hub's input budget
+        self.handling = False  # the body went to its handler, which gives the budget back
+        self.writable = asyncio.Event()  # flow control: answers wait for the client's window
         self.writable.set()
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
@@ -363,7 +506,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return False
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        log.warning("conn %s refused subsystem %r", self.owner.peer, subsystem[:64])
+        log.warning("conn %s refused subsystem %s", self.owner.peer, quoted(subsystem, 64))
         return False
 
     def exec_requested(self, command: str) -> bool:
@@ -374,15 +517,16 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         needed = COMMANDS.get(self.command or "")
         if needed is None:
             self._fail(EXIT_USAGE, "unknown_command",
-                       f"unknown command {str(self.command)[:64]!r}; this hub runs "
+                       f"unknown command {quoted(self.command, 64)}; this hub runs "
                        f"{', '.join(sorted(COMMANDS))}")
         elif needed != self.owner.role:
             self._fail(EXIT_NOPERM, "forbidden",
                        f"user {self.owner.username!r} may not run {self.command!r}")
         elif self.command == API_COMMAND:
             assert self.owner.operator is not None
-            self.api = OperatorApi(self.hub.store, self.owner.operator)
-            self.lines = asyncio.Queue()
+            self.api = OperatorApi(self.hub.store, self.owner.operator, audit=self.hub.audit,
+                                   source=self.owner.source)
+            self.lines = LineReader(MAX_LINE_BYTES)
             self.hub.spawn(self._serve_api())
         elif self.command == WATCH_COMMAND:
             assert self.owner.operator is not None and self.chan is not None
@@ -404,14 +548,37 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             return
         if self.watcher is not None:
             return  # a watch has no input
-        self.body += data
-        if len(self.body) > self.limit:
-            self.body.clear()
+        if len(self.body) + len(data) > self.limit:
+            self._release()
             self._fail(EXIT_DATA, "too_large", f"input is over the limit of {self.limit} bytes")
+            return
+        budget = self._budget()
+        if not budget.take(len(data)):
+            # Every channel's bodies together are over the hub's budget: come back later.
+            self._release()
+            log.warning("conn %s %s refused: %d bytes of input buffered, the limit",
+                        self.owner.peer, self.command, budget.used)
+            self._fail(EXIT_TEMPFAIL, "busy", "the hub is holding as much input as it may; "
+                                              "retry later", retry_after=RETRY_AFTER_S)
+            return
+        self.held += len(data)
+        self.body += data
+
+    def _budget(self) -> Budget:
+        return self.hub.export_budget if self.command == EXPORT_COMMAND else \
+            self.hub.input_budget
+
+    def _release(self) -> None:
+        """Drop the body and give its bytes back to the hub's budget."""
+        self.body = bytearray()
+        if self.held:
+            self._budget().give(self.held)
+            self.held = 0
 
     def eof_received(self) -> bool:
         if self.lines is not None and not self.finished:
-            self.lines.put_nowait(None)  # answer what was asked, then end
+            self.input_ended = True  # answer what was asked, then end
+            self.lines_ready.set()
             return True
         if self.command == WATCH_COMMAND:
             self._finish_quietly()
@@ -420,51 +587,115 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             body, self.body = bytes(self.body), bytearray()
             handler = {REPORT_COMMAND: self._report, ENROL_COMMAND: self._enrol,
                        EXPORT_COMMAND: self._export}[self.command or ""]
-            self.hub.spawn(self._run(handler, body))
+            self.handling = True  # the budget is given back when the handler is done
+            self.hub.spawn(self._handle(handler, body))
         return True  # keep our side open to answer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finished = True
         self.writable.set()  # release a sender waiting on a window that will never open
+        self.lines_ready.set()  # and the API loop, which ends
         if self.timer:
             self.timer.cancel()
+            self.timer = None
         if self.watcher is not None:
             self.hub.watchers.discard(self.watcher)
+            self.watcher = None
+        # Closed sessions sit in reference cycles (channel <-> session) until a full GC:
+        # whatever they buffered is let go now, not then.
+        if not self.handling:
+            self._release()
+        self.body = bytearray()
         if self.lines is not None:
-            self.lines.put_nowait(None)
+            self.lines.clear()
+        self.chan = None
+        self.owner.channels -= 1
+        if self.owner.role == "enrol" and self.owner.conn is not None:
+            self.owner.conn.close()  # enrol runs one command per connection
 
     # --- estate-api v1: JSON lines ------------------------------------------------------
 
     def _api_data(self, data: bytes) -> None:
-        self.body += data
-        while True:
-            end = self.body.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(self.body[:end])
-            del self.body[:end + 1]
-            if len(line) > MAX_LINE_BYTES:
-                line = b"\x00too-long"
-            if line.strip() and self.lines is not None:
-                self.lines.put_nowait(line)
-        if len(self.body) > MAX_LINE_BYTES:
-            # A line this long is refused, and the rest of it skipped up to its newline.
-            self.body.clear()
-            self.body += b"\x00too-long"
+        assert self.lines is not None
+        if not self.lines.feed(data, asyncio.get_running_loop().time()):
+            self._cut_off("too_many_bad_lines", "too many blank lines; this channel is closed")
+            return
+        self.lines_ready.set()
+        self._pace()
+
+    def _pace(self) -> None:
+        """Read while the line queue has room and the last answer has gone; else pause.
+
+        Paused, asyncssh stops opening the SSH window, so a client that sends faster than it
+        reads its answers is held back by its own window, not buffered by the hub.
+        """
+        if self.chan is None or self.lines is None:
+            return
+        pause = self.lines.full or not self.writable.is_set()
+        if pause and not self.reading_paused:
+            self.reading_paused = True
+            self.chan.pause_reading()
+        elif not pause and self.reading_paused:
+            self.reading_paused = False
+            self.chan.resume_reading()  # may deliver buffered data (and EOF) at once
+
+    def _cut_off(self, code: str, message: str) -> None:
+        """End an API channel that sends garbage at a rate no client does."""
+        if self.finished or self.chan is None:
+            return
+        log.warning("conn %s operator %s cut off: %s", self.owner.peer, self.owner.username,
+                    code)
+        self.hub.audit.record(self.owner.peer.rsplit(":", 1)[0],
+                              f"operator:{self.owner.username}", "channel_cut_off", None,
+                              {"code": code})
+        self.finished = True
+        self.chan.write((json.dumps({"id": None, "ok": False, "error": {
+            "code": code, "message": message}}) + "\n").encode())
+        self.chan.exit(EXIT_DATA)
+        if self.lines is not None:
+            self.lines.clear()
 
     async def _serve_api(self) -> None:
-        assert self.lines is not None
-        while (line := await self.lines.get()) is not None:
-            if line.startswith(b"\x00too-long"):
+        lines, api = self.lines, self.api
+        assert lines is not None and api is not None
+        while not self.finished:
+            if not lines.lines:
+                if self.input_ended:
+                    break
+                self.lines_ready.clear()
+                await self.lines_ready.wait()
+                continue
+            line = lines.pop()
+            self._pace()
+            if (ended := self.hub.access.refusal(self.owner)) is not None:
+                self._fail(EXIT_NOPERM, "access_ended", f"access ended: {ended}")
+                return
+            if line == TOO_LONG:
                 response: dict[str, Any] = {"id": None, "ok": False, "error": {
                     "code": "line_too_long", "message": f"a request line may be at most "
                                                         f"{MAX_LINE_BYTES} bytes"}}
             else:
-                response = await self.hub.db(self.api.handle, line)
+                try:
+                    response = await self.hub.db(api.handle, line)
+                except Exception:  # handle() never raises; if the call itself fails, answer
+                    log.exception("conn %s: API request failed", self.owner.peer)
+                    response = {"id": None, "ok": False, "error": {
+                        "code": "internal", "message": "the hub failed; retry later"}}
             if self.finished or self.chan is None:
+                return
+            if response["ok"] is False and response["error"]["code"] in INVALID_LINE_CODES \
+                    and not lines.invalid(asyncio.get_running_loop().time()):
+                self._cut_off("too_many_bad_lines", "too many invalid request lines; this "
+                                                    "channel is closed")
                 return
             self.chan.write((json.dumps(response, ensure_ascii=False,
                                         separators=(",", ":")) + "\n").encode())
+            # The next request waits until this answer is on its way: a client that never
+            # reads its answers stops being served, instead of growing the hub.
+            if not self.writable.is_set():
+                self._pace()
+                await self.writable.wait()
+                self._pace()
         self._finish_quietly()
 
     def _finish_quietly(self) -> None:
@@ -476,9 +707,19 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._fail(EXIT_TEMPFAIL, "timeout", f"no end of input within {BODY_TIMEOUT_S:g} s",
                    retry_after=5)
 
+    async def _handle(self, handler: Callable[[bytes], Any], body: bytes) -> None:
+        try:
+            await self._run(handler, body)
+        finally:
+            self.handling = False
+            self._release()
+
     async def _run(self, handler: Callable[[bytes], Any], body: bytes) -> None:
         if self.timer:
             self.timer.cancel()
+        if (ended := self.hub.access.refusal(self.owner)) is not None:
+            self._fail(EXIT_NOPERM, "access_ended", f"access ended: {ended}")
+            return
         try:
             await handler(body)
         except Exception:
@@ -490,7 +731,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         try:
             report = accept(body, agent_id)
         except ReportError as exc:
-            log.warning("report from %s refused: %s", agent_id, exc)
+            log.warning("report from %s refused: %s", agent_id, quoted(str(exc), 300))
             self._fail(EXIT_DATA, "invalid_report", exc.problem, path=exc.path)
             return
         try:
@@ -537,9 +778,14 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             result = await self.hub.db(
                 self.hub.store.enrol, token_id, secret,
                 key.export_public_key("openssh").decode().strip(),
-                key.get_fingerprint("sha256"), (hostname or "")[:255] or None)
+                key.get_fingerprint("sha256"), (hostname or "")[:255] or None, False)
         except EnrolError as exc:
             log.warning("conn %s enrol refused: %s", self.owner.peer, exc.code)
+            # Coalesced: a flood of refused enrolments writes a row a minute, not 500 a second.
+            self.hub.audit.record(self.owner.source, "enrol", "enrol_refused",
+                                  token_id, {"code": exc.code,
+                                             "key": key.get_fingerprint("sha256"),
+                                             "hostname": (hostname or "")[:255] or None})
             self._fail(EXIT_NOPERM, exc.code, exc.message)
             return
         log.info("enrolled %s (%s/%s) key %s", result["agent_id"], result["agency"],
@@ -549,7 +795,9 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     async def _export(self, body: bytes) -> None:
         from inventory.hub._export import serve_export
 
-        assert self.owner.operator is not None and self.chan is not None
+        assert self.owner.operator is not None
+        if self.chan is None:
+            return  # the operator went away before the export started
         status, doc = await serve_export(self.hub, self.owner.operator, body, self.chan,
                                          self.writable)
         if doc is not None:
@@ -560,9 +808,11 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def pause_writing(self) -> None:
         self.writable.clear()
+        self._pace()
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self._pace()
 
     def _fail(self, status: int, code: str, message: str, **extra: Any) -> None:
         self._finish(status, {"status": "error", "code": code, "message": message, **extra})
@@ -575,3 +825,6 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.timer.cancel()
         self.chan.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
         self.chan.exit(status)
+        if self.owner.role == "enrol" and self.owner.conn is not None:
+            # One command per enrol connection: it holds no state past its answer.
+            self.owner.conn.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import logging
 import os
 import re
@@ -40,8 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from inventory import private_files
+
+    # Every file the hub or an admin verb creates (store, WAL, host key, logs) is 0600.
+    private_files.restrict_umask()
+    private_files.allow_open_dirs(getattr(args, "allow_open_data_dir", False))
     try:
         return int(args.func(args))
+    except private_files.OpenDataDir as exc:
+        print(f"estate-hub: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -63,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="drop connections that have not logged in by then (default 20)")
     serve.add_argument("--max-unauthenticated", type=_positive_int, default=200, metavar="N",
                        help="connections allowed to be logging in at once (default 200)")
+    # The front door (docs/protocol.md "Connections and logins"): budgets per source address
+    # and for connections not yet logged in, checked before any SSH work is done.
+    serve.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                       help="time to finish the key exchange and start logging in (default 10)")
+    serve.add_argument("--max-unauthenticated-per-source", type=_positive_int, default=10,
+                       metavar="N", help="connections from one address (IPv6: one /64) allowed "
+                                         "to be logging in at once (default 10)")
+    serve.add_argument("--early-drop", type=_early_drop, default=(20, 30),
+                       metavar="START:PERCENT",
+                       help="past START connections logging in, drop new ones with PERCENT "
+                            "chance, rising to all at --max-unauthenticated (default 20:30)")
+    serve.add_argument("--connection-rate", type=_positive_int, default=10, metavar="N",
+                       help="new connections a second from one address (default 10)")
+    serve.add_argument("--connection-burst", type=_positive_int, default=10, metavar="N",
+                       help="new connections from one address at once (default 10)")
     serve.add_argument("--retention-days", type=_positive_int, default=30, metavar="DAYS",
                        help="keep raw reports this long (default 30)")
     serve.add_argument("--keepalive", type=_seconds, default=30.0, metavar="SECONDS",
@@ -72,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="remote sessions one operator may have open at once (default 4)")
     serve.add_argument("--sessions-per-host", type=_positive_int, default=2, metavar="N",
                        help="remote sessions open to one host at once (default 2)")
+    serve.add_argument("--change-retention-days", type=_positive_int, default=400,
+                       metavar="DAYS", help="keep change history this long (default 400)")
+    serve.add_argument("--report-burst", type=_count, default=10, metavar="N",
+                       help="reports one agent may send back to back before it is told "
+                            "`busy` (default 10; 0 turns the limit off, for load tests)")
+    serve.add_argument("--reports-per-interval", type=_positive_int, default=4, metavar="N",
+                       help="past the burst, reports one agent may send per its own "
+                            "report interval (default 4)")
+    serve.add_argument("--max-buffered-input", type=_positive_int, default=64, metavar="MIB",
+                       help="report and enrol input all channels may hold at once; past it "
+                            "a body is told `busy` (default 64)")
+    serve.add_argument("--max-export-requests", type=_positive_int, default=32, metavar="MIB",
+                       help="export request bodies all channels may hold at once "
+                            "(default 32)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
@@ -132,8 +168,24 @@ def _parser() -> argparse.ArgumentParser:
     changes.add_argument("--since", metavar="DATE", type=_date,
                          help="only changes at or after DATE (2026-01-31 or an ISO time, UTC)")
     changes.set_defaults(func=_cmd_changes)
-    _verb(sub, "audit", "the audit log, newest first", json_flag=True).set_defaults(
-        func=_cmd_audit)
+    audit = _verb(sub, "audit", "the audit log, newest first, a page at a time; `audit "
+                                "verify` checks its hash chain", json_flag=True)
+    audit.add_argument("check", nargs="?", choices=("verify",),
+                       help="verify: walk the hash chain; OK with the count, or the first "
+                            "bad row and exit 1")
+    audit.add_argument("--since", metavar="DATE", type=_date,
+                       help="rows at or after DATE (2026-01-31 or an ISO time, UTC)")
+    audit.add_argument("--until", metavar="DATE", type=_date, help="rows before DATE")
+    audit.add_argument("--actor", metavar="ACTOR", help="rows of this actor only "
+                                                        "(e.g. operator:alice, admin:root)")
+    audit.add_argument("--action", metavar="ACTION", help="rows of this action only "
+                                                          "(e.g. export, enrol_refused)")
+    audit.add_argument("--limit", type=_positive_int, default=1000, metavar="N",
+                       help="rows per page (default 1000)")
+    audit.add_argument("--before-id", type=_positive_int, metavar="ID",
+                       help="the page of rows older than row ID (the next page's command is "
+                            "printed after each page)")
+    audit.set_defaults(func=_cmd_audit)
     sessions = _verb(sub, "sessions", "remote sessions, newest first: operator, host, start, "
                                       "end, bytes each way, why it ended", json_flag=True)
     sessions.add_argument("--live", action="store_true", help="only sessions still open")
@@ -153,6 +205,20 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                      help="stop after this long (default: until Ctrl-C)")
     sim.set_defaults(func=_cmd_simulate)
+
+    svc = sub.add_parser(
+        "install-service", help="write a systemd unit for `estate-hub serve`",
+        description="Write /etc/systemd/system/estate-hub.service (its own system user "
+                    "estate-hub, the data folder as its only writable state, no "
+                    "capabilities, a system-call filter) and print the next commands.")
+    svc.add_argument("--data", type=Path, default=None, metavar="DIR",
+                     help="the service's data folder (default /var/lib/estate-hub)")
+    svc.add_argument("--listen", default="127.0.0.1:2222", metavar="HOST:PORT",
+                     help="address the service listens on (default 127.0.0.1:2222; "
+                          "0.0.0.0:2222 for agents on other machines)")
+    svc.add_argument("--print", action="store_true", dest="print_only",
+                     help="print the unit instead of writing it")
+    svc.set_defaults(func=_cmd_install_service)
     return p
 
 
@@ -165,6 +231,9 @@ def _verb(sub: Any, name: str, help_text: str, json_flag: bool = False) -> Any:
     v = sub.add_parser(name, help=help_text, description=help_text)
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="hub data folder (default: $ESTATE_HUB_DATA or the hub's default)")
+    v.add_argument("--allow-open-data-dir", action="store_true",
+                   help="use a data folder other users can enter (mode not 0700) instead of "
+                        "refusing; only when its parent keeps them out")
     if json_flag:
         v.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return v
@@ -185,6 +254,21 @@ def _seconds(text: str) -> float:
 def _positive_int(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) <= 1_000_000:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000000, "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def _early_drop(text: str) -> tuple[int, int]:
+    start, sep, percent = text.partition(":")
+    if not (sep and start.isdigit() and percent.isdigit() and int(percent) <= 100
+            and 0 < int(start) <= 1_000_000):
+        raise argparse.ArgumentTypeError(f"expected START:PERCENT such as 20:30, got {text!r}")
+    return int(start), int(percent)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 1000000, "
                                          f"got {text!r}")
     return int(text)
 
@@ -259,17 +343,32 @@ def _actor() -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from inventory.hub._door import DoorLimits
     from inventory.hub._server import HubSettings
+    from inventory.private_files import private_dir
 
     host, port = _parse_listen(args.listen)
+    # Refuse an open data folder before the host key or the store is written into it.
+    private_dir(_data(args))
     _setup_logging(args.verbose)
     settings = HubSettings(data_dir=_data(args), host=host, port=port,
                            login_timeout_s=args.login_timeout,
                            max_unauthenticated=args.max_unauthenticated,
+                           handshake_timeout_s=args.handshake_timeout,
+                           door=DoorLimits(rate_per_s=args.connection_rate,
+                                           burst=args.connection_burst,
+                                           per_source=args.max_unauthenticated_per_source,
+                                           drop_start=args.early_drop[0],
+                                           drop_rate=args.early_drop[1] / 100),
                            keepalive_interval_s=args.keepalive,
                            retention=timedelta(days=args.retention_days),
                            sessions_per_operator=args.sessions_per_operator,
-                           sessions_per_host=args.sessions_per_host)
+                           sessions_per_host=args.sessions_per_host,
+                           change_retention=timedelta(days=args.change_retention_days),
+                           report_burst=args.report_burst,
+                           max_buffered_input=args.max_buffered_input * 1024 * 1024,
+                           max_export_requests=args.max_export_requests * 1024 * 1024,
+                           reports_per_interval=args.reports_per_interval)
     return asyncio.run(_serve(settings))
 
 
@@ -447,8 +546,60 @@ def _cmd_changes(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    return _print(args, _store(args).audit_log(), ("at", "actor", "action", "target",
-                                                   "detail"))
+    from inventory.sanitise import dumps
+
+    store = _store(args)
+    if args.check == "verify":
+        count, bad, why = store.verify_audit()
+        if bad is None:
+            print(f"OK: {count} audit rows, hash chain intact")
+            return EXIT_OK
+        print(f"FAILED: audit row {bad} {why}; the {count} rows before it chain correctly",
+              file=sys.stderr)
+        return EXIT_FAIL
+    # One row more than the page shows whether there is a next page.
+    rows = store.audit_log(args.limit + 1, args.since, args.until, args.actor, args.action,
+                           args.before_id)
+    page, more = rows[:args.limit], len(rows) > args.limit
+    if args.json:
+        print(dumps(page, indent=1))
+    else:
+        _print(args, page, ("id", "at", "actor", "action", "target", "detail"))
+    if more:
+        # On stderr, so stdout stays one table or one JSON document.
+        print(f"more rows: add --before-id {page[-1]['id']} (with the same filters) for the "
+              f"next page", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    import pwd
+
+    from inventory.hub._systemd import DATA_DIR, UNIT_PATH, USER, install, unit_text
+
+    _parse_listen(args.listen)
+    # Not default_data_dir(): that depends on who runs this verb, the unit on nobody.
+    data = (args.data or DATA_DIR).absolute()
+    if args.print_only:
+        sys.stdout.write(unit_text(args.listen, data))
+        return EXIT_OK
+    try:
+        path = install(args.listen, data)
+    except OSError as exc:
+        print(f"estate-hub: cannot write {UNIT_PATH}: {exc.strerror} (run as root, or use "
+              f"--print)", file=sys.stderr)
+        return EXIT_FAIL
+    steps = []
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        steps.append(f"useradd --system --home-dir {data} --shell /usr/sbin/nologin {USER}")
+    if not str(data).startswith("/var/lib/"):
+        steps.append(f"install -d -o {USER} -g {USER} -m 0700 {data}")
+    steps.append("systemctl daemon-reload && systemctl enable --now estate-hub")
+    print(f"wrote {path}. Then:\n" + "".join(f"  {s}\n" for s in steps)
+          + f"Admin verbs run as the hub's user: sudo -u {USER} estate-hub hosts --data {data}")
+    return EXIT_OK
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -530,9 +681,12 @@ async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
 
 def _print(args: argparse.Namespace, rows: list[dict[str, Any]],
            columns: tuple[str, ...], widest: int = 48) -> int:
+    from inventory.sanitise import dumps
+
     if args.json:
-        json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
-        print()
+        # Hostnames, failure reasons and audit details come from agents and clients: dumps
+        # escapes the C1 controls and bidi overrides that plain JSON passes through.
+        print(dumps(rows, indent=1))
         return EXIT_OK
     if not rows:
         print("(none)")
@@ -548,10 +702,9 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]],
 
 def _cell(value: Any) -> str:
     """Plain one-line text: agent-supplied strings must not move or colour the terminal."""
-    if value is None:
-        return "-"
-    text = str(value)
-    return "".join(c if c.isprintable() else "?" for c in text)
+    from inventory.sanitise import plain
+
+    return "-" if value is None else plain(value)
 
 
 if __name__ == "__main__":

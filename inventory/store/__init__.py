@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from inventory.changes import software_changes, state_changes, state_digest
+from inventory.changes import bounded, software_changes, state_changes, state_digest
 from inventory.facts import facts_of
+from inventory.private_files import private_file
 from inventory.store._common import _scoped, iso, parse_time, utcnow
 from inventory.store._migrations import MIGRATIONS
 from inventory.store._remote import RemoteRecords, remote_state
@@ -30,6 +31,10 @@ __all__ = ["DB_NAME", "EnrolError", "Incoming", "Store", "iso", "parse_time", "u
 DB_NAME = "estate.db"
 DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
 CLOCK_SKEW_FLAG_S = 300.0  # an agent clock this far off the hub's is flagged
+# A report "collected" further ahead of the hub's clock than this is ordered as if collected
+# when received: one report dated 9999 would otherwise make every later one look like backlog.
+FUTURE_TOLERANCE = timedelta(days=1)
+AUDIT_GENESIS = "0" * 64  # the prev_hash of the first audit row
 
 # SQLite only: PostgreSQL gets the same guarantee from REVOKE UPDATE, DELETE on the table.
 _SQLITE_AUDIT_GUARDS = (
@@ -85,8 +90,8 @@ class Store(RemoteRecords):
 
     @classmethod
     def open(cls, data_dir: Path) -> Store:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return cls(data_dir / DB_NAME)
+        # 0700 folder, 0600 file: the token table and audit log are no one else's to read.
+        return cls(private_file(data_dir, DB_NAME))
 
     def close(self) -> None:
         self.db.close()
@@ -102,8 +107,13 @@ class Store(RemoteRecords):
                                f"Estate ({len(MIGRATIONS)}): upgrade Estate")
         for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
             with self._transaction():
-                for sql in statements:
-                    self.db.execute(sql)
+                for step in statements:
+                    # A step is SQL, or a function of the connection for what SQL cannot do
+                    # portably (hashing existing rows).
+                    if callable(step):
+                        step(self.db)
+                    else:
+                        self.db.execute(step)
                 self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
         for sql in _SQLITE_AUDIT_GUARDS:
             self.db.execute(sql)
@@ -129,19 +139,69 @@ class Store(RemoteRecords):
 
     def _audit(self, actor: str, action: str, target: str | None,
                detail: dict[str, Any] | None = None, at: datetime | None = None) -> None:
+        """Append one audit row, chained to the one before it.
+
+        Must run inside `_transaction()`: BEGIN IMMEDIATE holds SQLite's write lock from the
+        read of the last row to this insert, so the hub and an admin verb in another process
+        cannot both chain to the same row.
+        """
+        assert self.db.in_transaction, "audit rows are chained inside a write transaction"
+        last = self.db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        row_id, prev = (last[0] + 1, last[1] or "") if last else (1, AUDIT_GENESIS)
+        values = (row_id, iso(at or utcnow()), actor, action, target,
+                  json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None)
         self.db.execute(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-            (iso(at or utcnow()), actor, action, target,
-             json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None))
+            "INSERT INTO audit (id, at, actor, action, target, detail, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*values, prev, audit_hash(prev, *values)))
 
     def audit(self, actor: str, action: str, target: str | None,
               detail: dict[str, Any] | None = None) -> None:
         with self._transaction():
             self._audit(actor, action, target, detail)
 
-    def audit_log(self, limit: int = 1000) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+    def audit_log(self, limit: int = 1000, since: datetime | None = None,
+                  until: datetime | None = None, actor: str | None = None,
+                  action: str | None = None,
+                  before_id: int | None = None) -> list[dict[str, Any]]:
+        """Audit rows, newest first: at most `limit`, keyset-paged by `before_id`.
+
+        Args:
+            since / until: `at` within [since, until).
+            before_id: only rows older than this id (the last id of the previous page).
+        """
+        sql, args = "SELECT * FROM audit WHERE 1 = 1", list[Any]()
+        for cond, value in (("at >= ?", iso(since) if since else None),
+                            ("at < ?", iso(until) if until else None),
+                            ("actor = ?", actor), ("action = ?", action),
+                            ("id < ?", before_id)):
+            if value is not None:
+                sql += f" AND {cond}"
+                args.append(value)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [dict(r) for r in rows]
+
+    def verify_audit(self) -> tuple[int, int | None, str | None]:
+        """Walk the audit chain from the first row.
+
+        Returns:
+            (rows checked, first bad row id or None, what is wrong with it). A deleted row
+            is named by its missing id; the newest rows deleted leave no trace in the chain.
+        """
+        prev, expected_id, count = AUDIT_GENESIS, 1, 0
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        for row in cursor.execute("SELECT id, at, actor, action, target, detail, prev_hash, "
+                                  "hash FROM audit ORDER BY id"):
+            row_id = row[0]
+            if row_id != expected_id:
+                return count, expected_id, "is missing (deleted)"
+            if row[6] != prev:
+                return count, row_id, "does not chain to the row before it (changed or " \
+                                      "inserted)"
+            if row[7] != audit_hash(prev, *row[:6]):
+                return count, row_id, "its hash does not match its contents (changed)"
+            prev, expected_id, count = row[7], row_id + 1, count + 1
+        return count, None, None
 
     # --- tokens -------------------------------------------------------------------------
 
@@ -195,8 +255,12 @@ class Store(RemoteRecords):
     # --- agents -------------------------------------------------------------------------
 
     def enrol(self, token_id: str, secret: str, public_key: str, fingerprint: str,
-              hostname: str | None) -> dict[str, Any]:
+              hostname: str | None, audit_refusal: bool = True) -> dict[str, Any]:
         """Register an agent's key with a token, or return its existing registration.
+
+        Args:
+            audit_refusal: write an `enrol_refused` row here; the hub passes False and
+                audits refusals through its coalescer (one row per source per minute).
 
         Raises:
             EnrolError: the token is unknown, wrong, expired, revoked or used up, or the key
@@ -220,8 +284,10 @@ class Store(RemoteRecords):
                         "site": existing["site"], "new": False}
             if refusal:
                 # Committed with the transaction, then raised: refusals are audited too.
-                self._audit("enrol", "enrol_refused", token_id,
-                            {"code": refusal.code, "key": fingerprint, "hostname": hostname})
+                if audit_refusal:
+                    self._audit("enrol", "enrol_refused", token_id,
+                                {"code": refusal.code, "key": fingerprint,
+                                 "hostname": hostname})
             else:
                 agent_id = f"ag-{secrets.token_hex(6)}"
                 self.db.execute(
@@ -364,7 +430,10 @@ class Store(RemoteRecords):
             return last
         row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid "
                               "FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
-        return _Last(row[0], row[1], row[2], (row[3], row[4])) if row else None
+        if row is None:
+            return None
+        # A far-future time stored before times were bounded would freeze the host for good.
+        return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]))
 
     def _store_one(self, item: Incoming) -> str:
         report = item.report
@@ -378,7 +447,8 @@ class Store(RemoteRecords):
         if cur.rowcount == 0:
             return "duplicate"
         prev = self._previous(item.agent_id)
-        if prev and report["collected_at"] < prev.collected_at:
+        collected = _ordering_time(report["collected_at"], item.received_at)
+        if prev and collected < prev.collected_at:
             # A backlog report older than what we show: keep it as history only.
             self.db.execute("UPDATE hosts SET last_seen = ? WHERE agent_id = ?",
                             (received, item.agent_id))
@@ -397,21 +467,22 @@ class Store(RemoteRecords):
                                   (item.agent_id,)).fetchone()[0]
             changes += software_changes(prev.software_hash, new_hash,
                                         json.loads(old) if old else None, packages)
+        changes = bounded(changes)
         if changes:
             self.db.executemany(
                 "INSERT INTO changes (agent_id, at, kind, subject, old_value, new_value, "
                 "report_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(item.agent_id, received, c.kind, c.subject, c.old_text(), c.new_text(),
                   report["report_id"]) for c in changes])
-        self._upsert_host(item, digest, skew, software_changed)
+        self._upsert_host(item, digest, skew, software_changed, collected)
         identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
         if prev is None or prev.identity != identity:
             self._refresh_identity_conflicts(item.agent_id)
-        self._pending[item.agent_id] = _Last(report["collected_at"], digest, new_hash, identity)
+        self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity)
         return "stored"
 
     def _upsert_host(self, item: Incoming, digest: str, skew: float,
-                     software_changed: bool) -> None:
+                     software_changed: bool, collected_at: str) -> None:
         r = item.report
         system, hardware = r["system"], r["hardware"]
         facts = facts_of(r)
@@ -430,7 +501,8 @@ class Store(RemoteRecords):
             "fullest_volume_percent": facts["disk_percent"],
             "ip_addresses": " ".join(facts["ips"]) or None,
             "first_seen": received, "last_seen": received,
-            "last_report_id": r["report_id"], "collected_at": r["collected_at"],
+            # The ordering time (clamped); the snapshot keeps what the agent said.
+            "last_report_id": r["report_id"], "collected_at": collected_at,
             "clock_skew_s": skew, "software_hash": r["software"]["hash"],
             "state_digest": digest, "interval_s": r["agent"]["interval_s"],
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
@@ -470,6 +542,19 @@ class Store(RemoteRecords):
             cur = self.db.execute("DELETE FROM reports WHERE received_at < ?",
                                   (iso(older_than),))
         return cur.rowcount
+
+    def prune_changes(self, older_than: datetime, chunk: int = 10_000) -> int:
+        """Delete change history recorded before `older_than`, a chunk per transaction so
+        reports waiting on the store thread are not held up by one long delete."""
+        total = 0
+        while True:
+            with self._transaction():
+                cur = self.db.execute(
+                    "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE at < ? "
+                    "ORDER BY id LIMIT ?)", (iso(older_than), chunk))
+            total += cur.rowcount
+            if cur.rowcount < chunk:
+                return total
 
     # --- reading ------------------------------------------------------------------------
 
@@ -547,10 +632,28 @@ class Store(RemoteRecords):
                                              d["connected"], d["interval_s"]),
             "first_seen": d["first_seen"], "last_seen": d["last_seen"],
             "enrolled_at": d["enrolled_at"], "clock_skew_s": d["clock_skew_s"],
-            "identity_conflict": d["identity_conflict"],
+            "identity_conflict": self._conflicts_in_scope(d["identity_conflict"], scope),
             "report": json.loads(d["snapshot"]),
             "packages": json.loads(d["packages"]) if d["packages"] else None,
         }
+
+    def _conflicts_in_scope(self, conflict: str | None,
+                            scope: list[str] | None) -> str | None:
+        """The hosts sharing this one's serial or UUID that the reader may see.
+
+        Another agency's agent id must not leak through a serial reported in this agency
+        (anyone enrolled can report any serial), so out-of-scope members are left out, and
+        a conflict only with hosts out of scope reads as none.
+        """
+        if not conflict or scope is None:
+            return conflict
+        ids = conflict.split()
+        marks = ", ".join("?" for _ in ids)
+        sql, args = _scoped("SELECT h.agent_id FROM hosts h JOIN agencies a "  # noqa: S608 - placeholders only
+                            f"ON a.id = h.agency_id WHERE h.agent_id IN ({marks})",
+                            list(ids), scope)
+        visible = {r[0] for r in self.db.execute(sql, args)}
+        return " ".join(i for i in ids if i in visible) or None
 
     def recent_reports(self, agent_id: str, scope: list[str] | None,
                        limit: int) -> list[dict[str, Any]] | None:
@@ -667,6 +770,23 @@ def _host_upsert_sql(columns: tuple[str, ...]) -> str:
     return (f"INSERT INTO hosts ({', '.join(columns)}) "  # noqa: S608 - column names are literals in _upsert_host
             f"VALUES ({', '.join('?' for _ in columns)}) "
             f"ON CONFLICT (agent_id) DO UPDATE SET {updates}")
+
+
+def audit_hash(prev_hash: str, row_id: int, at: str, actor: str, action: str,
+               target: str | None, detail: str | None) -> str:
+    """sha256 over the previous row's hash and this row's canonical fields."""
+    canonical = json.dumps([row_id, at, actor, action, target, detail], ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def _ordering_time(collected_at: str, now: datetime) -> str:
+    """The time a report sorts by: as collected, unless implausibly far ahead of `now`."""
+    try:
+        ahead = parse_time(collected_at) - now > FUTURE_TOLERANCE
+    except (ValueError, OverflowError):
+        ahead = False
+    return iso(now) if ahead else collected_at
 
 
 def _gzipped(body: bytes) -> bytes:

@@ -6,7 +6,33 @@ times as TEXT, ON CONFLICT upserts) so a PostgreSQL store can run the same state
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable
+
+Step = str | Callable[[sqlite3.Connection], None]
+
+
+def _chain_audit(db: sqlite3.Connection) -> None:
+    """Hash-chain the audit rows written before the chain existed, oldest first.
+
+    Ids are kept: the triggers refused deletes, so they run 1..N without gaps, and a gap
+    found later means a deleted row. Must match `inventory.store.audit_hash`, copied here
+    so this released migration never changes when the store does.
+    """
+    prev = "0" * 64
+    rows = db.execute("SELECT id, at, actor, action, target, detail FROM audit "
+                      "ORDER BY id").fetchall()
+    for row in rows:
+        canonical = json.dumps(list(row), ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(f"{prev}\n{canonical}".encode()).hexdigest()
+        db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?",
+                   (prev, digest, row[0]))
+        prev = digest
+
+
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     # 1: the first release.
     (
         """CREATE TABLE agencies (
@@ -154,5 +180,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # (`inventory.facts`); NULL for hosts last stored before, which exports derive themselves.
     (
         "ALTER TABLE hosts ADD COLUMN facts TEXT",
+    ),
+    # 6: a tamper-evident audit log: each row carries sha256(prev_hash + its fields). The
+    # append-only triggers refuse the backfill's rewrite, so they are dropped around it here,
+    # inside the migration's transaction, and recreated (the store also ensures them).
+    (
+        "ALTER TABLE audit ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE audit ADD COLUMN hash TEXT",
+        "DROP TRIGGER IF EXISTS audit_no_update",
+        "DROP TRIGGER IF EXISTS audit_no_delete",
+        _chain_audit,
+        """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+        """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     ),
 )

@@ -1,0 +1,158 @@
+"""Access withdrawn is access ended: open connections of revoked agents and removed or changed
+operators are closed within about a second.
+
+`estate-hub agent revoke` and `estate-hub operator remove` run as other processes against the
+same store, so the hub cannot be told; it looks. Every `CHECK_INTERVAL_S` it asks SQLite
+whether another connection has committed anything (`PRAGMA data_version`, a counter read, no
+table scan) and only then re-reads the records of the agents and operators it has connected.
+A connection whose access is gone, or an operator whose role, agencies or key changed, is
+ended: its remote sessions end with the reason, an `access_ended` audit row is written, and
+the SSH connection is disconnected with the reason. A changed operator is closed rather than
+re-scoped in place: their console reconnects with the new scope, and no half-old state
+(an open watch, an export underway) survives the change.
+
+Between the change and the loop seeing it, `refusal(conn)` is checked on every new channel,
+API request, report and forward, so nothing new starts on a connection being ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+if TYPE_CHECKING:
+    from inventory.hub._server import Hub, _Connection
+
+log = logging.getLogger("estate.hub.access")
+
+CHECK_INTERVAL_S = 1.0
+# A backstop in case a change slips past the detector (e.g. a write on the hub's own
+# connection, which does not move data_version): re-read the records this often anyway.
+FULL_CHECK_S = 60.0
+
+
+class AccessGuard:
+    """The hub's authenticated connections by agent id and operator name, and the loop that
+    ends the ones whose access was withdrawn."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.connections: dict[str, set[_Connection]] = {}  # username -> open connections
+        self.ended: dict[_Connection, str] = {}  # being closed, and why
+        self.version = 0  # bumped whenever the records changed (for tests and metrics)
+        self._data_version: int | None = None
+
+    # --- the registry -------------------------------------------------------------------
+
+    def add(self, conn: _Connection) -> None:
+        """A login completed (agents and operators; `enrol` has no access to withdraw)."""
+        if conn.role in ("agent", "operator"):
+            self.connections.setdefault(conn.username, set()).add(conn)
+            if conn.access_version != self.version:
+                # The records changed while this login was being checked: look again now
+                # rather than trusting what validate_public_key read.
+                self.hub.spawn(self.check())
+
+    def discard(self, conn: _Connection) -> None:
+        conns = self.connections.get(conn.username)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.connections[conn.username]
+        self.ended.pop(conn, None)
+
+    def refusal(self, conn: _Connection) -> str | None:
+        """Why this connection may start nothing new (its access ended), or None."""
+        return self.ended.get(conn)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Every second: if the records changed, end what lost its access. Until cancelled."""
+        loop = asyncio.get_running_loop()
+        last_full = loop.time()
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                changed = await self.hub.db(self._records_changed)
+                if changed or loop.time() - last_full >= FULL_CHECK_S:
+                    last_full = loop.time()
+                    await self.check()
+            except Exception:
+                log.exception("checking access of open connections failed")
+
+    def _records_changed(self) -> bool:
+        """On the store thread: has another process committed since the last look?"""
+        # SQLite's own change counter; Store has no backend-neutral one yet.
+        version = int(self.hub.store.db.execute("PRAGMA data_version").fetchone()[0])
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
+
+    async def check(self) -> None:
+        """Re-read the records of everyone connected and end what lost its access."""
+        self.version += 1
+        if not self.connections:
+            return
+        snapshot = {name: list(conns) for name, conns in self.connections.items()}
+        verdicts = await self.hub.db(self._verdicts, snapshot)
+        for conn, reason in verdicts:
+            self.end(conn, reason)
+
+    def _verdicts(self, snapshot: dict[str, list[_Connection]]) -> list[tuple[_Connection, str]]:
+        """On the store thread: (connection, reason) for each that lost its access."""
+        store = self.hub.store
+        out: list[tuple[_Connection, str]] = []
+        agents: dict[str, dict[str, Any]] | None = None
+        for name, conns in snapshot.items():
+            for conn in conns:
+                fp = conn.key.get_fingerprint("sha256") if conn.key else None
+                if conn.role == "agent":
+                    if agents is None:  # one query for all of them, only when needed
+                        agents = {a["id"]: a for a in store.agents()}
+                    agent = agents.get(name)
+                    if agent is None:
+                        out.append((conn, "agent removed"))
+                    elif agent["revoked_at"]:
+                        out.append((conn, "agent revoked"))
+                    elif agent["key_fingerprint"] != fp:
+                        out.append((conn, "agent key changed"))
+                elif conn.role == "operator":
+                    record = store.operator(name)
+                    before = conn.operator or {}
+                    if record is None:
+                        out.append((conn, "operator removed"))
+                    elif record["key_fingerprint"] != fp:
+                        out.append((conn, "operator key changed"))
+                    elif (record["role"], record["agencies"]) != \
+                            (before.get("role"), before.get("agencies")):
+                        out.append((conn, "operator role or agencies changed"))
+        return out
+
+    def end(self, conn: _Connection, reason: str) -> None:
+        """End one connection's access: its sessions, an audit row, then the connection."""
+        if conn in self.ended or conn.conn is None:
+            return
+        self.ended[conn] = reason
+        remote = self.hub.remote
+        for bridge in list(remote.live.values()):
+            if (conn.role == "operator" and bridge.operator_name == conn.username) or \
+                    (conn.role == "agent" and bridge.agent_id == conn.username):
+                bridge.end(reason)
+        log.warning("conn %s user %s: access ended (%s); closing", conn.peer, conn.username,
+                    reason)
+        self.hub.spawn(self.hub.db(self.hub.store.audit, "hub", "access_ended", conn.username,
+                                   {"reason": reason, "role": conn.role, "peer": conn.peer}))
+        conn.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"access ended: {reason}")
+
+
+def refused(hub: Hub, conn: _Connection) -> asyncssh.ChannelOpenError | None:
+    """The channel-open refusal for a connection whose access ended, or None."""
+    reason = hub.access.refusal(conn)
+    if reason is None:
+        return None
+    return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                     f"access ended: {reason}")

@@ -1,0 +1,168 @@
+"""The audit log: paged and filtered by `estate-hub audit`, hash-chained and checked by
+`estate-hub audit verify`, and every export refusal in it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import asyncssh
+
+from inventory.store import Store
+from tests.harness import run, wait_for
+
+
+def _audit(data, *args: str, check: bool = True):
+    return run("-m", "inventory.hub.cli", "audit", *args, "--data", str(data), check=check)
+
+
+def _store_with_rows(tmp_path, n: int = 12):
+    data = tmp_path / "data"
+    store = Store.open(data)
+    for i in range(n):
+        store.audit("admin:alice" if i % 2 else "operator:bob",
+                    "token_create" if i % 3 else "login", f"t{i}", {"i": i})
+    store.close()
+    return data
+
+
+def _tamper(data, sql: str, args: tuple) -> None:
+    """Change the log behind the hub's back, as someone with the file could (SQLite)."""
+    db = sqlite3.connect(data / "estate.db")
+    db.execute("DROP TRIGGER audit_no_update")
+    db.execute("DROP TRIGGER audit_no_delete")
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def test_verify_says_ok_with_the_count(tmp_path):
+    data = _store_with_rows(tmp_path)
+    done = _audit(data, "verify")
+    assert "OK: 12 audit rows" in done.stdout
+
+
+def test_an_edited_row_is_named(tmp_path):
+    data = _store_with_rows(tmp_path)
+    _tamper(data, "UPDATE audit SET actor = 'admin:mallory' WHERE id = ?", (5,))
+    done = _audit(data, "verify", check=False)
+    assert done.returncode == 1
+    assert "audit row 5 " in done.stderr and "FAILED" in done.stderr
+
+
+def test_an_edited_row_with_its_hash_recomputed_breaks_the_next_link(tmp_path):
+    from inventory.store import audit_hash
+
+    data = _store_with_rows(tmp_path)
+    db = sqlite3.connect(data / "estate.db")
+    row = db.execute("SELECT id, at, actor, action, target, detail, prev_hash FROM audit "
+                     "WHERE id = 7").fetchone()
+    db.close()
+    forged = audit_hash(row[6], row[0], row[1], "admin:mallory", *row[3:6])
+    _tamper(data, "UPDATE audit SET actor = 'admin:mallory', hash = ? WHERE id = 7", (forged,))
+    done = _audit(data, "verify", check=False)
+    assert done.returncode == 1 and "audit row 8 " in done.stderr
+
+
+def test_a_deleted_row_is_named(tmp_path):
+    data = _store_with_rows(tmp_path)
+    _tamper(data, "DELETE FROM audit WHERE id = ?", (4,))
+    done = _audit(data, "verify", check=False)
+    assert done.returncode == 1
+    assert "audit row 4 is missing" in done.stderr
+
+
+def test_rows_from_before_the_chain_are_chained_by_the_migration(tmp_path):
+    """A store at schema 5 (no chain) with audit rows: migrated, verify says OK, and new rows
+    chain on."""
+    from inventory.store._migrations import MIGRATIONS
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    db = sqlite3.connect(data / "estate.db", isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, statements in enumerate(MIGRATIONS[:5], start=1):
+        for sql in statements:
+            db.execute(sql)
+        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    for i in range(3):
+        db.execute("INSERT INTO audit (at, actor, action) VALUES (?, 'admin:old', 'login')",
+                   (f"2025-01-0{i + 1}T00:00:00.000000Z",))
+    db.execute("""CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""")
+    db.close()
+    store = Store.open(data)
+    store.audit("admin:new", "login", None)
+    assert store.verify_audit() == (4, None, None)
+    store.close()
+    assert "OK: 4 audit rows" in _audit(data, "verify").stdout
+
+
+def test_filters_and_paging(tmp_path):
+    data = _store_with_rows(tmp_path, 12)
+    first = json.loads(_audit(data, "--limit", "5", "--json").stdout)
+    assert [r["id"] for r in first] == [12, 11, 10, 9, 8]
+    done = _audit(data, "--limit", "5", "--before-id", "8", "--json")
+    assert [r["id"] for r in json.loads(done.stdout)] == [7, 6, 5, 4, 3]
+    assert "--before-id 3" in done.stderr  # how to get the next page
+    last = _audit(data, "--limit", "5", "--before-id", "3", "--json")
+    assert [r["id"] for r in json.loads(last.stdout)] == [2, 1]
+    assert "--before-id" not in last.stderr  # no more pages
+    bob = json.loads(_audit(data, "--actor", "operator:bob", "--action", "login",
+                            "--json").stdout)
+    assert {(r["actor"], r["action"]) for r in bob} == {("operator:bob", "login")}
+    assert [r["id"] for r in bob] == [7, 1]
+    store = Store.open(data)
+    middle = store.audit_log()[5]["at"]
+    store.close()
+    since = json.loads(_audit(data, "--since", middle, "--json").stdout)
+    assert min(r["id"] for r in since) == 7
+    until = json.loads(_audit(data, "--until", middle, "--json").stdout)
+    assert max(r["id"] for r in until) == 6
+    table = _audit(data, "--limit", "2").stdout
+    assert table.splitlines()[0].split()[:3] == ["ID", "AT", "ACTOR"]
+
+
+def test_the_newest_thousand_do_not_hide_an_older_row(tmp_path):
+    data = tmp_path / "data"
+    store = Store.open(data)
+    store.audit("operator:alice", "host_read", "ag-000000000001")
+    with store._transaction():
+        for i in range(1100):
+            store._audit("enrol", "enrol_refused", f"tok{i}")
+    store.close()
+    rows = json.loads(_audit(data, "--action", "host_read", "--json").stdout)
+    assert [r["actor"] for r in rows] == ["operator:alice"]
+
+
+# --- export refusals are audited -------------------------------------------------------------
+
+def test_every_export_refusal_is_audited(module_hub, tmp_path):
+    import asyncio
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "k.pub").write_bytes(key.export_public_key())
+    module_hub.admin("operator", "add", "exporter", "--key", str(tmp_path / "k.pub"),
+                     "--role", "admin", "--agencies", "all")
+
+    async def export(body: bytes) -> dict:
+        async with asyncssh.connect(
+                "127.0.0.1", module_hub.port, username="exporter", client_keys=[key],
+                known_hosts=None) as conn:
+            done = await conn.run("estate-export v1", input=body, encoding=None)
+            return json.loads(done.stdout.decode().splitlines()[-1])
+
+    cases = [(b"{not json", "bad_json"),
+             (json.dumps({"report": "inventory"}).encode(), "bad_request"),
+             (json.dumps({"report": "inventory", "format": "csv",
+                          "filter": "nosuchfield:x"}).encode(), "bad_filter")]
+    for body, code in cases:
+        assert asyncio.run(export(body))["code"] == code
+
+    def rows():
+        return [json.loads(r["detail"]) for r in module_hub.admin_json(
+            "audit", "--actor", "operator:exporter", "--action", "export_refused")]
+
+    found = wait_for(lambda: (r := rows()) and len(r) >= 3 and r, timeout=10,
+                     what="three export_refused rows")
+    assert {d["code"] for d in found} == {"bad_json", "bad_request", "bad_filter"}

@@ -1,0 +1,333 @@
+"""The hub's front door: per-source budgets before login, a handshake deadline, early drop.
+
+Unit tests drive `inventory.hub._door.Door` with an injected clock and coin; the end-to-end
+tests run a real hub and attack it from other loopback addresses (the whole of 127.0.0.0/8 is
+loopback on Linux) while a legitimate agent logs in from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import asyncssh
+import pytest
+
+from inventory.hub._door import (
+    EARLY_DROP,
+    RATE_LIMITED,
+    SOURCE_BUSY,
+    STARTUPS_FULL,
+    Door,
+    DoorLimits,
+    source_of,
+)
+from tests.harness import Agent, HubProcess, make_report, wait_for
+
+# The hub's default per-source rate (the harness lifts it for everyone else's tests).
+DEFAULT_RATE = ("--connection-rate", "10", "--connection-burst", "10")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _door(coin: float = 0.99, **limits) -> tuple[Door, Clock]:
+    clock = Clock()
+    return Door(DoorLimits(**limits), clock=clock, coin=lambda: coin), clock
+
+
+# --- the pure limiter ------------------------------------------------------------------
+
+def test_rate_limit_is_a_token_bucket_per_source():
+    door, clock = _door(rate_per_s=10, burst=5, per_source=100)
+    for _ in range(5):
+        assert door.admit("10.0.0.1") is None
+        door.release("10.0.0.1")
+    assert door.admit("10.0.0.1") == RATE_LIMITED
+    assert door.admit("10.0.0.2") is None, "another address has its own bucket"
+    clock.now += 0.1  # one token back at 10 a second
+    assert door.admit("10.0.0.1") is None
+    assert door.admit("10.0.0.1") == RATE_LIMITED
+    clock.now += 60  # refills up to the burst, no further
+    assert [door.admit("10.0.0.1") for _ in range(6)].count(None) == 5
+
+
+def test_refused_attempts_cost_no_token():
+    door, _ = _door(rate_per_s=1, burst=2, per_source=1)
+    assert door.admit("a") is None
+    assert door.admit("a") == SOURCE_BUSY
+    door.release("a")
+    assert door.admit("a") is None, "the refused attempt did not spend the second token"
+
+
+def test_pending_per_source_cap_and_release():
+    door, _ = _door(rate_per_s=1000, burst=1000, per_source=3, drop_start=100)
+    assert [door.admit("a") for _ in range(4)] == [None, None, None, SOURCE_BUSY]
+    assert door.admit("b") is None
+    assert (door.pending("a"), door.pending_total) == (3, 4)
+    door.release("a")
+    assert door.admit("a") is None
+    for _ in range(3):
+        door.release("a")
+    door.release("a")  # more releases than admissions change nothing
+    assert (door.pending("a"), door.pending_total) == (0, 1)
+
+
+def test_early_drop_rises_linearly_to_the_cap():
+    door, _ = _door(rate_per_s=1000, burst=1000, per_source=1000, drop_start=10,
+                    drop_rate=0.3, full=20)
+    for _ in range(10):
+        assert door.admit("a") is None
+    assert door.drop_probability() == pytest.approx(0.3)
+    for _ in range(5):
+        assert door.admit("a") is None  # the coin says 0.99: past the threshold, still in
+    assert door.drop_probability() == pytest.approx(0.3 + 0.7 * 5 / 10)
+    door._coin = lambda: 0.5
+    assert door.admit("a") == EARLY_DROP  # 0.5 < 0.65
+    door._coin = lambda: 0.99
+    for _ in range(5):
+        assert door.admit("a") is None
+    assert door.admit("a") == STARTUPS_FULL
+    assert door.drop_probability() == 1.0
+
+
+def test_no_early_drop_below_the_threshold():
+    door, _ = _door(coin=0.0, rate_per_s=1000, burst=1000, per_source=1000, drop_start=10)
+    assert all(door.admit("a") is None for _ in range(10))
+    assert door.admit("a") == EARLY_DROP
+
+
+def test_sources_are_addresses_and_ipv6_slash_64s():
+    assert source_of("192.0.2.7") == "192.0.2.7"
+    assert source_of("::ffff:192.0.2.7") == "192.0.2.7"
+    assert source_of("2001:db8:1:2::1") == source_of("2001:db8:1:2:ffff::9") \
+        == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("fe80::1%eth0") == "fe80::/64"
+    assert source_of("not-an-ip") == "not-an-ip"
+
+
+def test_memory_follows_active_sources_only():
+    door, clock = _door(rate_per_s=10, burst=10)
+    for i in range(20_000):
+        assert door.admit(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") is None
+        door.release(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+        clock.now += 0.01
+    assert door.tracked_sources() < 5000, "quiet sources' full buckets are forgotten"
+
+
+def test_refusal_log_lines_are_folded_per_source_and_code():
+    door, clock = _door()
+    assert door.refusal_to_log("a", RATE_LIMITED) == 0
+    assert door.refusal_to_log("a", RATE_LIMITED) is None
+    assert door.refusal_to_log("a", SOURCE_BUSY) == 0
+    assert door.refusal_to_log("b", RATE_LIMITED) == 0
+    for _ in range(10):
+        door.refusal_to_log("a", RATE_LIMITED)
+    clock.now += 61
+    assert door.refusal_to_log("a", RATE_LIMITED) == 11
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError):
+        DoorLimits(burst=0)
+    with pytest.raises(ValueError):
+        DoorLimits(drop_rate=1.5)
+
+
+# --- against a real hub ----------------------------------------------------------------
+
+def _open(hub: HubProcess, source: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", hub.port), timeout=10,
+                                    source_address=(source, 0))
+    sock.settimeout(10)
+    return sock
+
+
+def _first_line(sock: socket.socket) -> bytes:
+    """The hub's first line: its SSH version, or a refusal (b"" when cut off before it)."""
+    data = b""
+    try:
+        while b"\n" not in data:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data.split(b"\n", 1)[0]
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def _close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+
+
+def test_idle_sockets_from_one_address_do_not_lock_out_a_real_agent(tmp_path, live_report):
+    """The reported attack: hundreds of idle sockets from one address. Only the per-source
+    budget's worth are taken on; the rest are refused with a reason; an agent from another
+    address logs in and reports at its first attempt."""
+    hub = HubProcess(tmp_path / "hub", ("--connection-rate", "1000", "--connection-burst",
+                                        "1000")).start()
+    attack: list[socket.socket] = []
+    try:
+        agent = Agent(hub, tmp_path / "agent", hub.token())
+        lines = []
+        for _ in range(60):
+            attack.append(_open(hub, "127.0.0.2"))
+            lines.append(_first_line(attack[-1]))
+        served = [line for line in lines if line.startswith(b"SSH-2.0-")]
+        assert len(served) == 10, lines
+        assert b"Refused source_busy: too many connections from this address" in lines[-1]
+        assert agent.send(make_report(live_report, agent.agent_id))[0] == 0
+        assert "refused (source_busy)" in hub.log()
+        # The ten it took on still stand (until the handshake deadline), none was dropped.
+        assert not _closed_within(attack[0], 0.3)
+    finally:
+        _close_all(attack)
+        hub.kill()
+
+
+def test_sockets_held_from_many_addresses_slow_a_real_login_but_do_not_stop_it(tmp_path):
+    """Past the early-drop threshold a new connection is dropped at random: a client that
+    retries (as the agent and the console do) gets in within a few attempts."""
+    hub = HubProcess(tmp_path / "hub", ("--early-drop", "20:30", *DEFAULT_RATE)).start()
+    attack: list[socket.socket] = []
+    try:
+        served = 0
+        for n in range(2, 8):  # 6 addresses x 10: past 20 pending, the attacker is dropped too
+            for _ in range(10):
+                attack.append(_open(hub, f"127.0.0.{n}"))
+                served += _first_line(attack[-1]).startswith(b"SSH-2.0-")
+        assert 20 < served < 60
+        key = asyncssh.generate_private_key("ssh-ed25519")
+
+        async def login() -> int:
+            for attempt in range(1, 31):
+                try:
+                    async with asyncssh.connect(
+                            "127.0.0.1", hub.port, username="enrol", client_keys=[key],
+                            known_hosts=None, agent_path=None, config=None,
+                            login_timeout=10) as conn:
+                        res = await conn.run("estate-enrol v1", input="{}")
+                        assert res.exit_status == 65  # bad_request: we were let in
+                        return attempt
+                except (OSError, asyncssh.Error):
+                    await asyncio.sleep(0.12)  # stay under the address's 10 a second
+            raise AssertionError("never got in")
+
+        attempts = asyncio.run(login())
+        assert attempts >= 1
+    finally:
+        _close_all(attack)
+        hub.kill()
+
+
+def test_idle_sockets_are_closed_after_the_handshake_timeout(tmp_path):
+    hub = HubProcess(tmp_path / "hub", ("--handshake-timeout", "1",
+                                        "--max-unauthenticated-per-source", "2")).start()
+    socks: list[socket.socket] = []
+
+    def first_line_of_a_new_one() -> bytes:
+        socks.append(_open(hub, "127.0.0.2"))
+        return _first_line(socks[-1])
+
+    try:
+        silent = _open(hub, "127.0.0.2")
+        versioned = _open(hub, "127.0.0.2")  # sends a version line, never a key exchange
+        socks += [silent, versioned]
+        assert _first_line(silent).startswith(b"SSH-2.0-")
+        assert _first_line(versioned).startswith(b"SSH-2.0-")
+        versioned.sendall(b"SSH-2.0-stalled\r\n")
+        assert first_line_of_a_new_one().startswith(b"Refused source_busy")
+        assert _closed_within(silent, 15) and _closed_within(versioned, 15)
+        assert "closed (handshake_timeout): no key exchange within 1 s" in hub.log()
+        # Their slots are free again.
+        wait_for(lambda: first_line_of_a_new_one().startswith(b"SSH-2.0-"),
+                 timeout=10, interval=0.2, what="a slot freed by the timeout")
+    finally:
+        _close_all(socks)
+        hub.kill()
+
+
+def test_a_burst_of_new_connections_from_one_address_is_rate_limited(tmp_path):
+    hub = HubProcess(tmp_path / "hub", ("--max-unauthenticated-per-source", "100",
+                                        *DEFAULT_RATE)).start()
+    socks: list[socket.socket] = []
+    try:
+        started = time.monotonic()
+        for _ in range(40):
+            socks.append(_open(hub, "127.0.0.3"))
+        lines = [_first_line(s) for s in socks]
+        elapsed = time.monotonic() - started
+        served = sum(line.startswith(b"SSH-2.0-") for line in lines)
+        # Default budget: 10 at once, 10 a second after that.
+        assert 10 <= served <= 10 + 10 * elapsed + 1, (served, elapsed)
+        assert any(line.startswith(b"Refused rate_limited") for line in lines)
+        assert "refused (rate_limited)" in hub.log()
+        # Another address is not held back by this one's burst.
+        other = _open(hub, "127.0.0.4")
+        socks.append(other)
+        assert _first_line(other).startswith(b"SSH-2.0-")
+    finally:
+        _close_all(socks)
+        hub.kill()
+
+
+def test_enrol_logins_count_against_the_pre_auth_budget_and_agents_do_not(tmp_path):
+    hub = HubProcess(tmp_path / "hub", ("--max-unauthenticated-per-source", "2",
+                                        "--login-timeout", "3")).start()
+    try:
+        agent = Agent(hub, tmp_path / "agent", hub.token())
+        agent_key = asyncssh.read_private_key(agent.key_file)
+
+        async def scenario() -> None:
+            def connect(source: str, user: str, key: asyncssh.SSHKey):
+                return asyncssh.connect("127.0.0.1", hub.port, username=user,
+                                        client_keys=[key], known_hosts=None,
+                                        agent_path=None, config=None,
+                                        local_addr=(source, 0))
+
+            # Two logged-in agent connections from one address leave its budget untouched.
+            agents = [await connect("127.0.0.5", agent.agent_id, agent_key) for _ in range(2)]
+            third = await connect("127.0.0.5", agent.agent_id, agent_key)
+            third.close()
+            # Two idle enrol logins use the whole budget of their address...
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            enrols = [await connect("127.0.0.6", "enrol", key) for _ in range(2)]
+            with pytest.raises((OSError, asyncssh.Error)):
+                async with connect("127.0.0.6", "enrol", key):
+                    pass
+            # ...until the login timeout ends them: enrol must be done by then.
+            for conn in enrols:
+                await asyncio.wait_for(conn.wait_closed(), 15)
+            async with connect("127.0.0.6", "enrol", key):
+                pass
+            for conn in agents:
+                assert not conn.is_closed(), "logged-in agents are not timed out"
+                conn.close()
+
+        asyncio.run(scenario())
+        log = hub.log()
+        assert "refused (source_busy)" in log
+        assert "closed (enrol_timeout)" in log
+    finally:
+        hub.kill()
