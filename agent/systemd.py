@@ -11,8 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from inventory.unit_file import arg, escape, state_lines
+
 UNIT_PATH = Path("/etc/systemd/system/estate-agent.service")
-STATE_ROOT = Path("/var/lib")
 
 
 def unit_text(config: Path, executable: str | None = None) -> str:
@@ -25,7 +26,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStart={_escape(exe)} run --config {_arg(config)}
+ExecStart={escape(exe)} run --config {arg(config)}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=10
@@ -39,7 +40,7 @@ CapabilityBoundingSet=CAP_NET_RAW
 NoNewPrivileges=yes
 # The spool, key and status.json are nobody else's business.
 UMask=0077
-{_state_lines(config)}
+{state_lines(config.parent)}
 ProtectSystem=strict
 # Read-only rather than hidden: hiding /home would make the agent report the empty tmpfs put
 # over it instead of the real volume's size.
@@ -80,26 +81,6 @@ CPUQuota=20%
 [Install]
 WantedBy=multi-user.target
 """
-
-
-def _state_lines(config: Path) -> str:
-    """The config's folder is writable; under /var/lib systemd creates and owns it."""
-    state = config.parent
-    if state.is_relative_to(STATE_ROOT) and state != STATE_ROOT:
-        return (f"StateDirectory={_escape(str(state.relative_to(STATE_ROOT)))}\n"
-                f"StateDirectoryMode=0700")
-    return f"ReadWritePaths={_arg(state)}"
-
-
-def _arg(path: Path) -> str:
-    """A path as one unit-file word: quoted when it has spaces."""
-    text = _escape(str(path))
-    return f'"{text}"' if any(c.isspace() for c in text) else text
-
-
-def _escape(text: str) -> str:
-    # '%' starts a systemd specifier (%h, %n …); a literal one is written '%%'.
-    return text.replace("%", "%%")
 
 
 def install(config: Path, target: Path = UNIT_PATH) -> Path:

@@ -10,10 +10,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from inventory.unit_file import STATE_ROOT, arg, escape, state_lines
+
 __all__ = ["DATA_DIR", "UNIT_PATH", "USER", "install", "unit_text"]
 
 UNIT_PATH = Path("/etc/systemd/system/estate-hub.service")
-STATE_ROOT = Path("/var/lib")
 DATA_DIR = STATE_ROOT / "estate-hub"
 USER = "estate-hub"
 # One descriptor per agent connection (15,000-20,000 endpoints, some held by other hubs), plus
@@ -45,7 +46,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStart={_escape(exe)} serve --data {_arg(data)} --listen {_escape(listen)}
+ExecStart={escape(exe)} serve --data {arg(data)} --listen {escape(listen)}
 Restart=on-failure
 RestartSec=5
 # SIGTERM makes the hub store what is queued before it exits.
@@ -54,7 +55,7 @@ TimeoutStopSec=60
 # every file in the data folder stays the hub's.
 User={USER}
 Group={USER}
-{_state_lines(data)}
+{state_lines(data)}
 UMask=0077
 LimitNOFILE={OPEN_FILES}
 {privilege}
@@ -89,25 +90,6 @@ SystemCallErrorNumber=EPERM
 [Install]
 WantedBy=multi-user.target
 """
-
-
-def _state_lines(data: Path) -> str:
-    """Under /var/lib systemd creates the data folder and gives it to the hub's user."""
-    if data.is_relative_to(STATE_ROOT) and data != STATE_ROOT:
-        return (f"StateDirectory={_escape(str(data.relative_to(STATE_ROOT)))}\n"
-                f"StateDirectoryMode=0700")
-    return f"ReadWritePaths={_arg(data)}"
-
-
-def _arg(path: Path) -> str:
-    """A path as one unit-file word: quoted when it has spaces."""
-    text = _escape(str(path))
-    return f'"{text}"' if any(c.isspace() for c in text) else text
-
-
-def _escape(text: str) -> str:
-    # '%' starts a systemd specifier (%h, %n …); a literal one is written '%%'.
-    return text.replace("%", "%%")
 
 
 def install(listen: str, data: Path = DATA_DIR, target: Path = UNIT_PATH) -> Path:

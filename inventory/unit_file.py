@@ -1,0 +1,32 @@
+"""Writing systemd unit files: quoting paths and the writable state folder. Stdlib only.
+
+Shared by the agent's unit (`agent/systemd.py`) and the hub's (`inventory/hub/_systemd.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["STATE_ROOT", "arg", "escape", "state_lines"]
+
+STATE_ROOT = Path("/var/lib")
+
+
+def state_lines(folder: Path) -> str:
+    """The service's writable folder: under /var/lib systemd creates it and gives it to the
+    service's user (StateDirectory=); elsewhere it is the one path not made read-only."""
+    if folder.is_relative_to(STATE_ROOT) and folder != STATE_ROOT:
+        return (f"StateDirectory={escape(str(folder.relative_to(STATE_ROOT)))}\n"
+                f"StateDirectoryMode=0700")
+    return f"ReadWritePaths={arg(folder)}"
+
+
+def arg(path: Path) -> str:
+    """A path as one unit-file word: quoted when it has spaces."""
+    text = escape(str(path))
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def escape(text: str) -> str:
+    """'%' starts a systemd specifier (%h, %n …); a literal one is written '%%'."""
+    return text.replace("%", "%%")
