@@ -3,7 +3,7 @@ operators are closed within about a second.
 
 `estate-hub agent revoke` and `estate-hub operator remove` run as other processes against the
 same store, so the hub cannot be told; it looks. Every `CHECK_INTERVAL_S` it asks SQLite
-whether another connection has committed anything (`PRAGMA data_version`, a counter read, no
+whether another connection has committed anything (`Store.outside_writes`, a counter read, no
 table scan) and only then re-reads the records of the agents and operators it has connected.
 A connection whose access is gone, or an operator whose role, agencies or key changed, is
 ended: its remote sessions end with the reason, an `access_ended` audit row is written, and
@@ -86,8 +86,7 @@ class AccessGuard:
 
     def _records_changed(self) -> bool:
         """On the store thread: has another process committed since the last look?"""
-        # SQLite's own change counter; Store has no backend-neutral one yet.
-        version = int(self.hub.store.db.execute("PRAGMA data_version").fetchone()[0])
+        version = self.hub.store.outside_writes()
         changed = self._data_version is not None and version != self._data_version
         self._data_version = version
         return changed

@@ -121,6 +121,11 @@ class Store(RemoteRecords):
     def schema_version(self) -> int:
         return int(self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
+    def outside_writes(self) -> int:
+        """A counter that moves when another connection (an admin verb) commits; compare two
+        readings to learn whether records may have changed under this process."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def _transaction(self) -> _Tx:
         return _Tx(self.db)
 
