@@ -334,6 +334,11 @@ def _sandbox_main(settings: dict, command: list[str]) -> None:  # pragma: no cov
     # Nothing done below may reach the host's mounts.
     mount(None, "/", None, _MS_REC | _MS_PRIVATE)
     rw = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in settings["read_write"]}
+    # The checkout and its .venv may live under /tmp themselves (a CI clone): kept, read-only,
+    # through the private /tmp below, as an installed Estate under /usr would be.
+    code = {p: os.open(p, os.O_PATH | os.O_DIRECTORY)
+            for p in {str(ROOT), str(Path(sys.prefix).resolve())}
+            if p.startswith(("/tmp/", "/var/tmp/"))}
     devices = {d: os.open(f"/dev/{d}", os.O_PATH)
                for d in ("null", "zero", "full", "random", "urandom", "tty")}
 
@@ -353,6 +358,9 @@ def _sandbox_main(settings: dict, command: list[str]) -> None:  # pragma: no cov
     # one (systemd would refuse such a unit; an installed agent keeps its state in /etc).
     for tmp in ("/tmp", "/var/tmp"):
         mount("tmpfs", tmp, "tmpfs", _MS_NOSUID | _MS_NODEV)
+    for path, fd in code.items():
+        os.makedirs(path, exist_ok=True)
+        bind(f"/proc/self/fd/{fd}", path, read_only=True)
     for path, fd in rw.items():
         os.makedirs(path, exist_ok=True)
         bind(f"/proc/self/fd/{fd}", path, read_only=False)
@@ -363,7 +371,7 @@ def _sandbox_main(settings: dict, command: list[str]) -> None:  # pragma: no cov
             bind(f"/proc/self/fd/{fd}", f"/dev/{name}", read_only=False)
         os.makedirs("/dev/shm")
         mount("tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV)
-    for fd in (*rw.values(), *devices.values()):
+    for fd in (*code.values(), *rw.values(), *devices.values()):
         os.close(fd)
 
     os.umask(settings["umask"])
