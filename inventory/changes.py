@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KINDS", "MAX_CHANGES", "MAX_SOFTWARE_CHANGES", "Change", "bounded", "diff",
-           "software_changes", "state_changes", "state_digest"]
+__all__ = ["KINDS", "MAX_CHANGES", "MAX_CHANGE_BYTES", "MAX_SOFTWARE_CHANGES",
+           "MAX_VALUE_BYTES", "Change", "TooLarge", "bounded", "cut", "diff", "software_changes",
+           "state_changes", "state_digest"]
 
 # Memory totals move by a few MB between kernels (reserved memory); a DIMM is far more.
 MEMORY_TOLERANCE = 0.02
@@ -18,6 +19,12 @@ MEMORY_TOLERANCE = 0.02
 # the full lists stay in the stored report, so a summary loses nothing an auditor needs.
 MAX_SOFTWARE_CHANGES = 100
 MAX_CHANGES = 200
+# Counting events is not enough: 200 `ip_changed` events of 100 long addresses each wrote
+# 13 KB a value, 2.6 MB a report, kept 400 days. So each old or new value is cut past
+# MAX_VALUE_BYTES (saying how much was left out), and past MAX_CHANGE_BYTES of values in one
+# report the rest is summarised. The full values stay in the stored report.
+MAX_VALUE_BYTES = 1024
+MAX_CHANGE_BYTES = 64 * 1024
 _SOFTWARE_KINDS = {"software_installed": "installed", "software_removed": "removed",
                    "software_updated": "updated"}
 
@@ -46,6 +53,10 @@ KINDS = {
                         "changes to list one by one)",
     "changes_summarised": "More changes than one report may record (counted by kind)",
 }
+
+
+class TooLarge(Exception):
+    """A read of the change history would be over its byte budget (see Store.scoped_changes)."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +95,41 @@ def diff(old: dict[str, Any], new: dict[str, Any],
         old_packages, new_packages))
 
 
+def cut(text: str | None, limit: int = MAX_VALUE_BYTES) -> str | None:
+    """`text` if it is at most `limit` bytes of UTF-8, else its start and how much is left out."""
+    if text is None:
+        return None
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    kept = data[:limit].decode("utf-8", "ignore")  # never half a character
+    left = len(data) - len(kept.encode("utf-8", "surrogatepass"))
+    return f"{kept}… [{left} more bytes in the stored report]"
+
+
+def _cut_values(c: Change, limit: int) -> Change:
+    old, new = c.old_text(), c.new_text()
+    cut_old, cut_new = cut(old, limit), cut(new, limit)
+    if cut_old is old and cut_new is new:
+        return c  # nothing cut: the values keep their types
+    return Change(c.kind, c.subject, cut_old, cut_new)
+
+
+def _size(c: Change) -> int:
+    return sum(len(t.encode("utf-8", "surrogatepass"))
+               for t in (c.subject, c.old_text(), c.new_text()) if t is not None)
+
+
 def bounded(changes: list[Change], max_software: int = MAX_SOFTWARE_CHANGES,
-            max_total: int = MAX_CHANGES) -> list[Change]:
+            max_total: int = MAX_CHANGES, max_value: int = MAX_VALUE_BYTES,
+            max_bytes: int = MAX_CHANGE_BYTES) -> list[Change]:
     """The events one report records: at most `max_total`, software summarised past a point.
 
     More than `max_software` software events become one `software_changed` event whose new
-    value counts them (`installed`, `removed`, `updated`); past `max_total` events in all, the
-    rest become one `changes_summarised` event whose new value counts them by kind.
+    value counts them (`installed`, `removed`, `updated`). Each old and new value is cut past
+    `max_value` bytes. Past `max_total` events in all, or past `max_bytes` bytes of subjects
+    and values, the rest become one `changes_summarised` event whose new value counts them
+    by kind.
     """
     software = [c for c in changes if c.kind in _SOFTWARE_KINDS]
     if len(software) > max_software:
@@ -99,9 +138,18 @@ def bounded(changes: list[Change], max_software: int = MAX_SOFTWARE_CHANGES,
             counts[_SOFTWARE_KINDS[c.kind]] += 1
         changes = [c for c in changes if c.kind not in _SOFTWARE_KINDS]
         changes.append(Change("software_changed", "summary", None, counts))
-    if len(changes) <= max_total:
+    changes = [_cut_values(c, max_value) for c in changes]
+    # Over `max_total`, one place is left for the summary.
+    stop = len(changes) if len(changes) <= max_total else max_total - 1
+    size = 0
+    for i in range(stop):
+        size += _size(changes[i])
+        if size > max_bytes:
+            stop = i
+            break
+    if stop == len(changes):
         return changes
-    kept, rest = changes[:max_total - 1], changes[max_total - 1:]
+    kept, rest = changes[:stop], changes[stop:]
     by_kind: dict[str, int] = {}
     for c in rest:
         by_kind[c.kind] = by_kind.get(c.kind, 0) + 1

@@ -25,7 +25,9 @@ PY = sys.executable
 # Every test client connects from 127.0.0.1, often many times a second: lift the hub's
 # per-source connection rate (10 a second by default) unless a test sets its own (later flags
 # win). tests/test_hardening_door.py and tests/test_ssh_audit.py test the real default.
-LOOPBACK_RATE = ("--connection-rate", "1000", "--connection-burst", "1000")
+# Many tests refuse logins from 127.0.0.1 on purpose: no source penalty unless a test asks.
+LOOPBACK_RATE = ("--connection-rate", "1000", "--connection-burst", "1000",
+                 "--penalty-after", "0")
 
 
 def run(*args: str, check: bool = True, env: dict[str, str] | None = None,

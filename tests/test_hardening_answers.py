@@ -6,8 +6,10 @@ Real hub process, asyncssh clients doing what an attacker would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import sqlite3
 
 import asyncssh
 import paramiko
@@ -15,7 +17,7 @@ import pytest
 
 from agent.transport import load_key
 from inventory.hub._api import OperatorApi
-from tests.harness import Agent, HubProcess
+from tests.harness import Agent, HubProcess, make_report
 
 FORGED = "FORGED 2026-01-01T00:00:00.000Z INFO conn 1.2.3.4:5 login user=root role=admin"
 EVIL = f"x\n{FORGED}\x1b[2J\x1b]0;owned\x07\u202e\x9b"
@@ -124,3 +126,91 @@ def test_untrusted_names_cannot_forge_log_lines(module_hub, module_agent: Agent)
     for what in ("refused port forward to", "refused remote forward"):
         lines = [line for line in log.splitlines() if what in line]
         assert lines and any(quoted_evil in line.lower() for line in lines), what
+
+
+# --- answers bounded in bytes (attack finding 4) ------------------------------------------
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def _rss(hub: HubProcess) -> int:
+    assert hub.proc is not None
+    with open(f"/proc/{hub.proc.pid}/status") as status:
+        return next(int(line.split()[1]) * KiB for line in status if line.startswith("VmRSS:"))
+
+
+class _Unread(asyncssh.SSHClientSession):
+    """A client that asks and then does not read: what it got stays in its SSH window."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def data_received(self, data, datatype) -> None:
+        self.received += data
+
+
+def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
+                                                                        live_report):
+    # Small budgets, so going over them is cheap: 12 MiB an answer, 20 MiB held in all.
+    hub = HubProcess(tmp_path / "data", ("--max-answer-size", "12", "--max-answer-bytes",
+                                         "20")).start()
+    try:
+        agent = Agent(hub, tmp_path / "agent")
+        assert agent.send(make_report(live_report, agent.agent_id))[0] == 0
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        (tmp_path / "op.pub").write_bytes(key.export_public_key())
+        hub.admin("operator", "add", "olga", "--key", str(tmp_path / "op.pub"), "--role",
+                  "staff", "--agencies", "all")
+        # History from before values were cut (600 rows of 32 KiB): one row, one value each.
+        with contextlib.closing(sqlite3.connect(hub.data / "estate.db", timeout=30)) as db:
+            db.executemany("INSERT INTO changes (agent_id, at, kind, subject, old_value, "
+                           "new_value, report_id) VALUES (?, '2026-01-01T00:00:00Z', "
+                           "'ip_changed', 'eth0', ?, ?, 'r')",
+                           [(agent.agent_id, "a" * 16 * KiB, "b" * 16 * KiB)] * 600)
+            db.commit()
+
+        async def body():
+            conns = [await _connect(hub, "olga", key) for _ in range(2)]
+            try:
+                before = _rss(hub)
+                sessions = []
+                for n in range(16):  # 8 channels on each connection, ~9.6 MiB asked on each
+                    chan, session = await conns[n % 2].create_session(
+                        _Unread, "estate-api v1", encoding=None)
+                    chan.pause_reading()
+                    chan.write(json.dumps({"id": n, "op": "changes", "limit": 300}).encode()
+                               + b"\n")
+                    sessions.append((chan, session))
+                peak = before
+                for _ in range(60):  # bounded: 30 s to build, encode and (not) send them
+                    await asyncio.sleep(0.5)
+                    peak = max(peak, _rss(hub))
+                settled = _rss(hub)
+                fresh = await _connect(hub, "olga", key)
+                proc = await fresh.create_process("estate-api v1", encoding="utf-8")
+                proc.stdin.write('{"id": "s", "op": "summary"}\n'
+                                 '{"id": "big", "op": "changes", "limit": 600}\n')
+                summary = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+                big = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+                fresh.close()
+                for chan, _ in sessions:
+                    chan.resume_reading()
+                await asyncio.sleep(2)
+                firsts = [bytes(s.received[:200]) for _, s in sessions]
+                return before, peak, settled, summary, big, firsts
+            finally:
+                for conn in conns:
+                    conn.close()
+
+        before, peak, settled, summary, big, firsts = asyncio.run(body())
+    finally:
+        hub.kill()
+    # Unbounded, the 16 answers (~150 MiB) were held in the channels until they closed.
+    assert settled - before < 80 * MiB, (before / MiB, peak / MiB, settled / MiB)
+    assert summary["ok"] is True and summary["id"] == "s"
+    assert big["ok"] is False and big["error"]["code"] == "too_large", big
+    assert "limit" in big["error"]["message"] and "since" in big["error"]["message"]
+    busy = [f for f in firsts if b'"code":"busy"' in f]
+    answered = [f for f in firsts if f.startswith(b'{"id":') and b'"ok":true' in f]
+    assert busy and all(b'"retry_after":' in f for f in busy), firsts
+    assert len(answered) <= 2, "more answers held than the budget allows"

@@ -16,6 +16,8 @@ import pytest
 
 from inventory.hub._door import (
     EARLY_DROP,
+    MAX_KNOWN_SOURCES,
+    PENALISED,
     RATE_LIMITED,
     SOURCE_BUSY,
     STARTUPS_FULL,
@@ -139,6 +141,64 @@ def test_limits_are_checked():
         DoorLimits(burst=0)
     with pytest.raises(ValueError):
         DoorLimits(drop_rate=1.5)
+
+
+def test_a_source_whose_connections_keep_failing_is_penalised_doubling_to_a_cap():
+    door, clock = _door(rate_per_s=1000, burst=1000, penalty_after=3, penalty_min_s=30,
+                        penalty_max_s=100)
+
+    def fail_times(n: int) -> list[bool]:
+        out = []
+        for _ in range(n):
+            assert door.admit("a") is None
+            out.append(door.failed("a"))
+            door.release("a")
+        return out
+
+    assert fail_times(4) == [False, False, False, True], "more than 3 in a minute"
+    assert door.admit("a") == PENALISED
+    assert door.admit("b") is None, "other sources are not penalised"
+    clock.now += 29
+    assert door.admit("a") == PENALISED
+    clock.now += 1.5
+    assert fail_times(4)[-1] is True
+    clock.now += 59
+    assert door.admit("a") == PENALISED, "a repeat doubles the penalty: 60 s"
+    clock.now += 1.5
+    fail_times(4)
+    clock.now += 99
+    assert door.admit("a") == PENALISED, "then 100 s, the cap"
+    clock.now += 1.5
+    assert door.admit("a") is None
+    door.release("a")
+    # Failures spread wider than the window never add up to a penalty.
+    door2, clock2 = _door(rate_per_s=1000, burst=1000, penalty_after=3)
+    for _ in range(10):
+        assert door2.admit("c") is None
+        assert door2.failed("c") is False
+        door2.release("c")
+        clock2.now += 30
+
+
+def test_known_sources_are_never_penalised_or_dropped_early_and_have_a_reserve():
+    door, clock = _door(coin=0.0, rate_per_s=1000, burst=1000, per_source=100, drop_start=2,
+                        full=4, reserve=2, penalty_after=1)
+    door.logged_in("good")
+    assert [door.admit("x1"), door.admit("x2"), door.admit("x3")] == [None, None, EARLY_DROP]
+    assert [door.admit("good") for _ in range(5)] == [None, None, None, None, STARTUPS_FULL], \
+        "known: no early drop, and two reserve slots above full (4)"
+    assert door.admit("fresh") == STARTUPS_FULL
+    assert [door.failed("good") for _ in range(5)] == [False] * 5
+    clock.now += 24 * 3600 + 1  # a day later it is a stranger again
+    assert not door.is_known("good")
+
+
+def test_known_and_penalty_tables_are_bounded():
+    door, _ = _door(rate_per_s=1000, burst=1000, penalty_after=1)
+    for n in range(MAX_KNOWN_SOURCES + 10):
+        door.logged_in(f"s{n}")
+    assert not door.is_known("s0") and door.is_known(f"s{MAX_KNOWN_SOURCES + 9}")
+    assert door.tracked_penalties() == 0
 
 
 # --- against a real hub ----------------------------------------------------------------
@@ -329,5 +389,142 @@ def test_enrol_logins_count_against_the_pre_auth_budget_and_agents_do_not(tmp_pa
         log = hub.log()
         assert "refused (source_busy)" in log
         assert "closed (enrol_timeout)" in log
+    finally:
+        hub.kill()
+
+
+def test_a_source_whose_connections_end_without_login_is_penalised(tmp_path):
+    """OpenSSH's PerSourcePenalties: connections that end without logging in (here: closed
+    at once) more than --penalty-after times in a minute get the address refused for a
+    while, with its code, before any SSH work; other addresses are served."""
+    hub = HubProcess(tmp_path / "hub", ("--penalty-after", "3", "--penalty", "60:600")).start()
+    try:
+        def first_line(source: str) -> bytes:
+            sock = _open(hub, source)
+            try:
+                return _first_line(sock)
+            finally:
+                sock.close()
+
+        for _ in range(4):
+            assert first_line("127.0.4.77").startswith(b"SSH-2.0-")
+        wait_for(lambda: first_line("127.0.4.77").startswith(b"Refused penalised"),
+                 timeout=10, interval=0.2, what="the penalty")
+        assert first_line("127.0.4.78").startswith(b"SSH-2.0-")
+        wait_for(lambda: "source 127.0.4.77 penalised for 60 s" in hub.log(), timeout=10)
+        assert "refused (penalised)" in hub.log()
+
+        def audited() -> int:
+            with hub.db() as db:
+                return db.execute("SELECT count(*) FROM audit WHERE action = "
+                                  "'connection_refused' AND target = 'penalised'").fetchone()[0]
+        wait_for(audited, timeout=10, what="the audit row")  # written by the coalescer
+    finally:
+        hub.kill()
+
+
+def test_a_flood_from_many_addresses_does_not_lock_out_a_client_known_to_the_hub(tmp_path):
+    """Finding 6: sockets held from 20 addresses (re-opened as they close) fill the pre-auth
+    budget, so fresh addresses are refused; a client that logged in before from 127.0.0.1
+    still gets in, through the reserve. Penalties are off here, so the reserve alone does it."""
+    hub = HubProcess(tmp_path / "hub", ("--max-unauthenticated", "40", "--early-drop", "10:30",
+                                        "--max-unauthenticated-per-source", "2",
+                                        "--known-source-reserve", "20",
+                                        "--penalty-after", "0")).start()
+    try:
+        agent = Agent(hub, tmp_path / "agent", hub.token())
+        key = asyncssh.read_private_key(agent.key_file)
+
+        def connect(source: str):
+            return asyncssh.connect("127.0.0.1", hub.port, username=agent.agent_id,
+                                    client_keys=[key], known_hosts=None, agent_path=None,
+                                    config=None, local_addr=(source, 0), login_timeout=10)
+
+        async def scenario() -> tuple[int, int]:
+            async with connect("127.0.0.1"):
+                pass  # logged in once: 127.0.0.1 is known
+            stop = asyncio.Event()
+            held = [0]
+
+            async def holder(source: str) -> None:
+                while not stop.is_set():
+                    try:
+                        reader, writer = await asyncio.open_connection(
+                            "127.0.0.1", hub.port, local_addr=(source, 0))
+                    except OSError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    try:
+                        if (await reader.readline()).startswith(b"SSH-2.0-"):
+                            held[0] += 1
+                            try:
+                                await reader.read()  # held until the hub closes it
+                            finally:
+                                held[0] -= 1
+                    except OSError:
+                        pass
+                    finally:
+                        writer.close()
+                    await asyncio.sleep(0.01)
+
+            tasks = [asyncio.create_task(holder(f"127.0.4.{n}"))
+                     for n in range(1, 25) for _ in range(3)]
+            try:
+                for _ in range(100):
+                    if held[0] >= 40:
+                        break
+                    await asyncio.sleep(0.1)
+                assert held[0] >= 40, held[0]
+                # A fresh address is locked out by the flood...
+                with pytest.raises((OSError, asyncssh.Error)):
+                    async with connect("127.0.5.1"):
+                        pass
+                # ...the known client is not (bounded retries: once or twice is enough).
+                for attempt in range(1, 6):
+                    try:
+                        async with connect("127.0.0.1"):
+                            return attempt, held[0]
+                    except (OSError, asyncssh.Error):
+                        await asyncio.sleep(0.2)
+                raise AssertionError("the known client was locked out")
+            finally:
+                stop.set()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        attempt, held = asyncio.run(scenario())
+        assert attempt <= 5 and held >= 40
+    finally:
+        hub.kill()
+
+
+def test_key_spraying_is_cut_off_after_six_refused_keys_and_logged_once(tmp_path):
+    """Finding 7 (OpenSSH's MaxAuthTries): one connection offering many keys is cut off after
+    six are refused; the log gets one line with the count, not a line per key."""
+    hub = HubProcess(tmp_path / "hub").start()
+    try:
+        keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(30)]
+
+        async def spray() -> None:
+            with pytest.raises((OSError, asyncssh.Error)):
+                async with asyncssh.connect(
+                        "127.0.0.1", hub.port, username="ag-000000000000", client_keys=keys,
+                        known_hosts=None, agent_path=None, config=None, login_timeout=20,
+                        local_addr=("127.0.0.9", 0)):
+                    pass
+
+        asyncio.run(spray())
+        wait_for(lambda: "key(s) refused" in hub.log(), timeout=10)
+        log = hub.log()
+        assert "too_many_auth_attempts" in log
+        assert log.count('login refused for user "ag-000000000000": 6 key(s) refused') == 1
+        assert "refused user" not in log, "no line per key"
+        def rows() -> list:
+            with hub.db() as db:
+                return db.execute("SELECT detail FROM audit WHERE action = 'login_failed'"
+                                  ).fetchall()
+        wait_for(rows, timeout=10, what="the audit row")  # written by the coalescer
+        assert len(rows()) == 1 and '"keys_refused": 6' in rows()[0][0], rows()
     finally:
         hub.kill()

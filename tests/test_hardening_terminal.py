@@ -266,3 +266,42 @@ def test_hub_json_and_tables_escape_a_hostile_hostname(module_hub, module_agent,
         assert _raw_controls(changes) == set()
     finally:  # a normal host again for the module's other tests
         module_agent.send(make_report(live_report, module_agent.agent_id))
+
+
+# --- the sanitiser itself, character by character (fast enough for `make mutate`) -----------
+
+def test_plain_quoted_and_dumps_escape_exactly_the_unsafe_characters():
+    from inventory.sanitise import MAX_CELL, REPLACEMENT, dumps, plain, quoted
+
+    # Safe: ASCII, a space, accents, CJK, an emoji. Unsafe: C0, DEL, C1, bidi, zero width,
+    # line separators, private use, an unassigned code point.
+    assert not any(is_unsafe(c) for c in "a Z~ é漢😀")
+    assert all(is_unsafe(c) for c in "\x00\x1b\n\x7f\u0085\u009b\u202e\u200b\u2028\u2029"
+                                     "\ue000\U000e0001\U0010fffe")
+    assert plain(None) == "" and plain(42) == "42" and plain("ok text") == "ok text"
+    assert plain("é\x1b[2J\u202eok\u2028") == f"é{REPLACEMENT}[2J{REPLACEMENT}ok{REPLACEMENT}"
+    assert plain("x" * 600) == "x" * MAX_CELL and plain("abcdef", limit=3) == "abc"
+    assert plain("a\tb") == f"a{REPLACEMENT}b"
+
+    assert quoted(None) == '""' and quoted(7) == '"7"'
+    assert quoted('say "hi"\\') == '"say \\"hi\\"\\\\"'
+    assert quoted("a\nb\rc\td") == '"a\\nb\\rc\\td"'
+    assert quoted("\x1b\x7f\u009b") == '"\\x1b\\x7f\\x9b"'
+    assert quoted("\u202e\ue000") == '"\\u202e\\ue000"'
+    assert quoted("\U000e0001") == '"\\U000e0001"'
+    assert quoted("é 漢") == '"é 漢"'
+    assert quoted("abcdef", limit=3) == '"abc..."' and quoted("abc", limit=3) == '"abc"'
+    assert quoted("x" * 201) == '"' + "x" * 200 + '..."'
+
+    assert dumps({"b": 1, "a": "é"}) == '{"b": 1, "a": "é"}'
+    assert dumps({"b": 1, "a": 2}, sort_keys=True) == '{"a": 2, "b": 1}'
+    assert dumps([1], indent=2) == "[\n  1\n]"
+    assert dumps({"t": __import__("datetime").date(2026, 1, 2)}) == '{"t": "2026-01-02"}'
+    assert dumps("\x1b\x7f\u0085\u202e\u2028\u200b\ufeff") == \
+        '"\\u001b\\u007f\\u0085\\u202e\\u2028\\u200b\\ufeff"'
+    # Outside the fast pattern: private use and unassigned, astral ones as surrogate pairs.
+    assert dumps("\ue000 é") == '"\\ue000 é"'
+    assert dumps("\U0010fffe") == '"\\udbff\\udffe"' and dumps("\U000f0000") == \
+        '"\\udb80\\udc00"'
+    assert json.loads(dumps("\U0010fffe\ue000")) == "\U0010fffe\ue000"
+    assert dumps("😀 漢") == '"😀 漢"'

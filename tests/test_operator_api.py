@@ -268,3 +268,192 @@ def test_operator_cannot_run_agent_commands(module_hub, estate):
 
     status, doc = asyncio.run(_session(module_hub, estate, "audrey", body))
     assert (status, doc["code"]) == (77, "forbidden")
+
+
+# --- the same promises in-process: OperatorApi on a real SQLite store ------------------------
+# Fast enough for `make mutate` (tests/mutate.py), which runs them against every mutant of
+# inventory/hub/_api.py and the store's scoped reads.
+
+def _store_estate(tmp_path, report):
+    """A real store: Fire's two hosts (one named like Health's) and Health's two, each with
+    two reports a day apart, the second changing the memory (one change event each)."""
+    from datetime import timedelta
+
+    from inventory.store import Incoming, Store, utcnow
+
+    store = Store.open(tmp_path)
+    ids: dict[str, str] = {}
+    now = utcnow()
+    for n, (agency, name) in enumerate((("Fire & Rescue", "fire-pc"),
+                                        ("Fire & Rescue", "shared-pc"),
+                                        ("Health Trust", "health-pc"),
+                                        ("Health Trust", "shared-pc"))):
+        token_id, secret, _ = store.create_token(agency, "Site", 1, timedelta(hours=1), "t")
+        agent_id = store.enrol(token_id, secret, f"ssh-ed25519 K{n}", f"SHA256:K{n}",
+                               name)["agent_id"]
+        ids[f"{agency.split()[0].lower()}{n % 2}"] = agent_id
+        for seq, memory in ((1, 2**30), (2, 2**31)):
+            r = make_report(report, agent_id, system__hostname=name,
+                            hardware__memory__total_bytes=memory)
+            r["report_id"] = f"{agent_id}:1:{seq}"
+            at = now - timedelta(days=2 - seq)
+            r["collected_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            body = json.dumps(r).encode()
+            assert store.store_reports([Incoming(agent_id, r, body, at)]) == ["stored"]
+    return store, ids
+
+
+def _ask(api, op: str, **params):
+    answer = api.handle(json.dumps({"id": 7, "op": op, **params}).encode())
+    assert answer["id"] == 7
+    return answer
+
+
+def test_the_api_keeps_to_the_operators_agencies_in_process(tmp_path, report):
+    """Alice (Fire & Rescue) gets exactly Fire's rows from every op and paging path; what
+    she may not see is `not_found`, audited as `scope_denied` or `not_found`."""
+    from inventory.hub._api import OperatorApi
+
+    store, ids = _store_estate(tmp_path, report)
+    fire = sorted((ids["fire0"], ids["fire1"]))
+    health = sorted((ids["health0"], ids["health1"]))
+    audited: list[tuple] = []
+
+    class Audit:
+        def record(self, *args):
+            audited.append(args)
+
+    alice = OperatorApi(store, {"name": "alice", "role": "staff",
+                                "agencies": ["Fire & Rescue"]}, Audit(), "10.0.0.1")
+    ok = lambda op, **p: _ask(alice, op, **p)["result"]  # noqa: E731
+    summary = ok("summary")
+    assert summary["operator"] == "alice"
+    assert summary["agencies_in_scope"] == ["Fire & Rescue"]
+    assert summary["totals"]["total"] == 2 and list(summary["agencies"]) == ["Fire & Rescue"]
+    assert summary["agencies"]["Fire & Rescue"]["counts"]["total"] == 2
+    assert summary["agencies"]["Fire & Rescue"]["sites"]["Site"]["total"] == 2
+    columns = ok("columns")
+    assert [c["key"] for c in columns] == ok("hosts")["columns"]
+    assert {"key", "title", "description", "numeric"} == set(columns[0])
+    hosts = ok("hosts")
+    assert hosts["total"] == 2
+    assert [r[1] for r in hosts["rows"]] == ["fire-pc", "shared-pc"]  # by hostname
+    assert [r[1] for r in ok("hosts", reverse=True)["rows"]] == ["shared-pc", "fire-pc"]
+    assert [r[0] for r in ok("hosts", sort="agent_id")["rows"]] == fire
+    assert [r[0] for r in ok("hosts", sort="agent_id", reverse=True)["rows"]] == fire[::-1]
+    assert [r[0] for r in ok("hosts", sort="agent_id", offset=1)["rows"]] == fire[1:]
+    assert [r[0] for r in ok("hosts", sort="agent_id", limit=1)["rows"]] == fire[:1]
+    assert ok("hosts", sort="agent_id", offset=1, limit=1)["total"] == 2
+    assert [r[1] for r in ok("hosts", filter="shared")["rows"]] == ["shared-pc"]
+    assert ok("hosts", filter="health")["rows"] == []
+    for after, want in (("", fire), (fire[0], fire[1:]), (fire[1], []),
+                        (health[0], [i for i in fire if i > health[0]])):
+        page = ok("hosts", sort="agent_id", after=after)
+        assert [r[0] for r in page["rows"]] == want and page["total"] == 2, after
+    assert [r[0] for r in ok("hosts", sort="agent_id", after="", limit=1)["rows"]] == fire[:1]
+    for bad in ({"filter": "x"}, {"sort": "hostname"}, {"reverse": True}, {"offset": 1}):
+        answer = _ask(alice, "hosts", after="", **{"sort": "agent_id", **bad})
+        assert answer["error"]["code"] == "bad_request", bad
+    assert _ask(alice, "hosts", filter="memory:>>")["error"]["code"] == "bad_filter"
+
+    for agent_id in fire:
+        detail = ok("host", agent_id=agent_id)
+        assert detail["agent_id"] == agent_id and detail["agency"] == "Fire & Rescue"
+        assert detail["report"]["hardware"]["memory"]["total_bytes"] == 2**31
+        reports = ok("reports", agent_id=agent_id)
+        assert [r["report_id"] for r in reports] == [f"{agent_id}:1:2", f"{agent_id}:1:1"]
+        assert [r["report_id"] for r in ok("reports", agent_id=agent_id, limit=1)] == \
+            [f"{agent_id}:1:2"]
+    reads = [r for r in store.audit_log(since=None) if r["action"] == "host_read"]
+    assert sorted((r["actor"], r["target"]) for r in reads) == [("operator:alice", i)
+                                                                for i in fire]
+
+    for agent_id in health:
+        for op, key in (("host", "agent_id"), ("reports", "agent_id"), ("resolve", "host")):
+            answer = _ask(alice, op, **{key: agent_id})
+            assert answer == {"id": 7, "ok": False, "error": {
+                "code": "not_found", "message": f"no host {agent_id!r} in your agencies"}}
+        assert ok("changes", host=agent_id) == []
+    assert [a[2] for a in audited] == ["scope_denied"] * 6
+    assert audited[0] == ("10.0.0.1", "operator:alice", "scope_denied", health[0],
+                          {"op": "host"})
+    assert _ask(alice, "host", agent_id="ag-nowhere")["error"]["code"] == "not_found"
+    assert _ask(alice, "resolve", host="nowhere")["error"]["code"] == "not_found"
+    assert [a[2:4] for a in audited[-2:]] == [("not_found", "ag-nowhere"),
+                                              ("not_found", "nowhere")]
+    assert audited[-1][4] == {"op": "resolve"}
+
+    assert ok("resolve", host="SHARED-PC") == {
+        "agent_id": ids["fire1"], "hostname": "shared-pc", "agency": "Fire & Rescue",
+        "site": "Site", "remote": ok("resolve", host=ids["fire1"])["remote"]}
+    changes = ok("changes")
+    assert sorted(c["agent_id"] for c in changes) == fire
+    assert all(c["kind"] and c["report_id"].endswith(":1:2") for c in changes)
+    assert [c["agent_id"] for c in ok("changes", host="shared-pc")] == [ids["fire1"]]
+    assert [c["agent_id"] for c in ok("changes", host=ids["fire0"])] == [ids["fire0"]]
+    assert len(ok("changes", limit=1)) == 1
+    assert ok("changes", since="2999-01-01") == []
+    assert len(ok("changes", since="2000-01-01")) == 2
+    assert _ask(alice, "changes", since="yesterday")["error"]["code"] == "bad_request"
+
+    admin = OperatorApi(store, {"name": "root", "role": "admin", "agencies": None})
+    assert _ask(admin, "hosts")["result"]["total"] == 4
+    assert sorted(r[0] for r in _ask(admin, "hosts", sort="agent_id", after="")["result"]
+                  ["rows"]) == sorted(fire + health)
+    shared = _ask(admin, "resolve", host="shared-pc")["error"]
+    assert shared["code"] == "ambiguous" and "matches 2 hosts" in shared["message"]
+    assert ", ".join(sorted((ids["fire1"], ids["health1"]))) in shared["message"]
+    nobody = OperatorApi(store, {"name": "new", "role": "staff", "agencies": []})
+    assert _ask(nobody, "hosts")["result"] == {"columns": ok("hosts")["columns"], "total": 0,
+                                               "rows": []}
+    assert _ask(nobody, "summary")["result"]["totals"]["total"] == 0
+    store.close()
+
+
+def test_api_requests_are_checked_and_answers_bounded_in_process(tmp_path, report):
+    """Bad lines get their code and the request's id (when it has a usable one); an answer
+    over the limit is replaced by `too_large`; a bug is `internal`, audited, and the next
+    request is answered."""
+    from inventory.hub._api import OperatorApi
+
+    store, _ = _store_estate(tmp_path, report)
+    api = OperatorApi(store, {"name": "alice", "role": "staff",
+                              "agencies": ["Fire & Rescue"]})
+    for line, code, request_id in (
+            (b"\xff", "bad_json", None), (b"not json", "bad_json", None),
+            (b"[1]", "bad_request", None), (b'{"op": "hosts"}', "bad_request", None),
+            (b'{"id": true, "op": "hosts"}', "bad_request", None),
+            (b'{"id": 1.5, "op": "hosts"}', "bad_request", None),
+            (json.dumps({"id": "x" * 65, "op": "hosts"}).encode(), "bad_request", None),
+            (b'{"id": "a", "op": "nope"}', "unknown_op", "a"),
+            (b'{"id": 3, "op": "hosts", "limit": 0}', "bad_request", 3)):
+        answer = api.handle(line)
+        assert answer["ok"] is False and answer["id"] == request_id, line
+        assert answer["error"]["code"] == code, (line, answer)
+    assert api.handle(json.dumps({"id": "x" * 64, "op": "columns"}).encode())["ok"]
+    assert "columns, summary, hosts, host, changes, reports, resolve" in \
+        api.handle(b'{"id": 1, "op": "x"}')["error"]["message"]
+
+    data, code, request_id = api.answer(b'{"id": 9, "op": "columns"}')
+    assert (code, request_id) == (None, 9) and data.endswith(b"\n")
+    assert json.loads(data)["result"] == api.handle(b'{"id": 9, "op": "columns"}')["result"]
+    assert api.answer(b'{"id": 9, "op": "x"}')[1:] == ("unknown_op", 9)
+    small = OperatorApi(store, {"name": "alice", "role": "staff",
+                                "agencies": ["Fire & Rescue"]}, max_answer=300)
+    data, code, request_id = small.answer(b'{"id": "big", "op": "hosts"}')
+    assert (code, request_id) == ("too_large", "big") and len(data) <= 300
+    assert json.loads(data)["error"]["message"].startswith("the answer is over 300 bytes")
+    assert small.handle(b'{"id": 2, "op": "changes"}')["error"]["code"] == "too_large"
+    assert small.answer(b'{"id": 1, "op": "host", "agent_id": "x"}')[1] == "not_found"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    api.store.host_count = broken
+    answer = api.handle(b'{"id": 4, "op": "hosts", "sort": "agent_id", "after": ""}')
+    assert answer["id"] == 4 and answer["error"]["code"] == "internal"
+    (row,) = [r for r in store.audit_log(since=None) if r["action"] == "api_internal"]
+    assert row["actor"] == "operator:alice"
+    assert json.loads(row["detail"]) == {"op": "hosts", "error": "RuntimeError"}
+    assert api.handle(b'{"id": 5, "op": "hosts"}')["ok"]
+    store.close()

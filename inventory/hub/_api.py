@@ -11,9 +11,11 @@ import json
 import logging
 from typing import Any
 
+from inventory.changes import TooLarge
 from inventory.filters import FilterError, compile_filter
 from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
 from inventory.hub._audit import AuditCoalescer
+from inventory.hub._budget import MAX_ANSWER
 from inventory.params import Params as _Params
 from inventory.params import RequestError as ApiError
 from inventory.params import is_unicode
@@ -28,12 +30,14 @@ OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve")
 
 class OperatorApi:
     def __init__(self, store: Store, operator: dict[str, Any],
-                 audit: AuditCoalescer | None = None, source: str = "?") -> None:
+                 audit: AuditCoalescer | None = None, source: str = "?",
+                 max_answer: int = MAX_ANSWER) -> None:
         self.store = store
         self.name = operator["name"]
         self.role = operator["role"]
         self.scope: list[str] | None = operator["agencies"]
         self.audit, self.source = audit, source  # where probes out of scope are recorded
+        self.max_answer = max_answer
 
     def _not_found(self, op: str, host: str) -> ApiError:
         """The refusal for a host not in scope, audited (coalesced per source).
@@ -47,6 +51,25 @@ class OperatorApi:
             self.audit.record(self.source, f"operator:{self.name}",
                               "scope_denied" if exists else "not_found", host[:255], {"op": op})
         return ApiError("not_found", f"no host {host!r} in your agencies")
+
+    def answer(self, line: bytes) -> tuple[bytes, str | None, Any]:
+        """One request line in; its encoded answer line, error code (None: ok) and id out.
+
+        Runs on the store thread, so the event loop never encodes a large answer; an answer
+        over `max_answer` bytes is replaced by `too_large`.
+        """
+        response = self.handle(line)
+        data = (json.dumps(response, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        if len(data) > self.max_answer:
+            response = self._too_large(response.get("id"))
+            data = (json.dumps(response, separators=(",", ":")) + "\n").encode()
+        return data, None if response["ok"] else response["error"]["code"], response["id"]
+
+    def _too_large(self, request_id: Any) -> dict[str, Any]:
+        return {"id": request_id, "ok": False, "error": {
+            "code": "too_large", "message": f"the answer is over {self.max_answer} bytes; "
+                                            f"lower limit, or page (hosts: after; changes: "
+                                            f"since or host)"}}
 
     def handle(self, line: bytes) -> dict[str, Any]:
         """One request line in, one response out (never raises)."""
@@ -72,6 +95,8 @@ class OperatorApi:
         except ApiError as exc:
             return {"id": request_id, "ok": False,
                     "error": {"code": exc.code, "message": exc.message}}
+        except TooLarge:
+            return self._too_large(request_id)
         except Exception as exc:
             # A bug or a value no check foresaw: this request fails, the channel goes on.
             log.exception("API request %s from operator %s failed", quoted(op, 32), self.name)
@@ -145,7 +170,9 @@ class OperatorApi:
         except ValueError:
             raise ApiError("bad_request", "since: expected a date like 2026-01-31 or an ISO "
                                           "time") from None
-        return self.store.scoped_changes(self.scope, host, since, limit)
+        # Read no further than the answer may be long: old rows may hold large values.
+        return self.store.scoped_changes(self.scope, host, since, limit,
+                                         max_bytes=self.max_answer)
 
     def _reports(self, p: _Params) -> Any:
         agent_id = p.text("agent_id", max_len=64, required=True)

@@ -12,6 +12,13 @@ MiB = 1024 * 1024
 MAX_BUFFERED_INPUT = 64 * MiB  # report and enrol bodies, all channels together
 MAX_EXPORT_REQUESTS = 32 * MiB  # export request bodies waiting or being parsed
 RETRY_AFTER_S = 5
+# API answers: each is encoded on the store thread and counts against a hub-wide budget of
+# answer bytes held until it is written (8 unread `changes` answers once held 4 GB). It is
+# written a chunk at a time, each waiting for the client's SSH window.
+MAX_ANSWER_BYTES = 128 * MiB  # answers held, all channels together
+MAX_ANSWER = 32 * MiB  # one answer; past it `too_large` (lower `limit` or page)
+ANSWER_CHUNK = 64 * 1024  # written at a time; an answer this small skips the budget
+ANSWER_WRITE_TIMEOUT_S = 120.0  # a client that does not take its answer loses the channel
 
 
 class Budget:

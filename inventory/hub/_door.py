@@ -13,8 +13,19 @@ as one plain text line before it is cut off, as OpenSSH sends "Exceeded MaxStart
   (OpenSSH's `MaxStartups start:rate:full`), so a legitimate client retrying a few times still
   gets in while someone holds sockets open from many addresses.
 
+- `penalised`: a source whose connections keep ending without a login (handshake or login
+  timeout, refused keys, a close before logging in) more than `penalty_after` times in
+  `PENALTY_WINDOW_S` is refused for `penalty_min_s`, doubling on each repeat up to
+  `penalty_max_s` (OpenSSH's `PerSourcePenalties`): holding sockets open until they time out
+  soon stops costing the holder's address nothing.
+
 Connections that have logged in no longer count (an agent's persistent connection is not a
 startup); `enrol` logins are anonymous in effect, so the hub keeps counting them until they end.
+
+Sources that logged in (not as `enrol`) within `KNOWN_TTL_S` are *known*: they are never
+penalised or dropped early, and may use `reserve` slots above `full`, so a flood from fresh
+addresses cannot lock out returning agents and operators. The per-source and rate budgets
+still apply to them.
 """
 
 from __future__ import annotations
@@ -22,19 +33,23 @@ from __future__ import annotations
 import ipaddress
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 RATE_LIMITED = "rate_limited"
 SOURCE_BUSY = "source_busy"
 EARLY_DROP = "early_drop"
 STARTUPS_FULL = "startups_full"
+PENALISED = "penalised"
 
 MESSAGES = {
     RATE_LIMITED: "too many new connections from this address; retry later",
     SOURCE_BUSY: "too many connections from this address are still logging in; retry later",
     EARLY_DROP: "the hub is busy with connections logging in; retry later",
     STARTUPS_FULL: "too many connections are still logging in; retry later",
+    PENALISED: "too many connections from this address ended without logging in; retry later",
 }
 
 # A refusal is logged at most once per (source, code) in this many seconds; the next line
@@ -44,6 +59,16 @@ LOG_WINDOW_S = 60.0
 # Buckets of quiet sources are forgotten (a full bucket is the same as none); the table is
 # swept whenever it has doubled since the last sweep, so memory follows the active sources.
 _SWEEP_FLOOR = 1024
+
+# Failed pre-auth connections are counted per source over this window.
+PENALTY_WINDOW_S = 60.0
+# A source's penalty history (and its failure count) is bounded: past this many sources the
+# quiet ones are swept, and if all are active new ones go untracked (permissive, as OpenSSH's
+# `overflow=permissive`): memory stays bounded whatever the number of attacking addresses.
+MAX_PENALTY_SOURCES = 65536
+# Known-good sources: logged in within a day, the most recent 100,000 kept (LRU).
+KNOWN_TTL_S = 24 * 3600.0
+MAX_KNOWN_SOURCES = 100_000
 
 
 @dataclass(frozen=True)
@@ -56,10 +81,17 @@ class DoorLimits:
     drop_start: int = 20
     drop_rate: float = 0.3
     full: int = 200
+    reserve: int = 100  # extra pending slots only known sources may use, above `full`
+    penalty_after: int = 5  # failed pre-auth connections in PENALTY_WINDOW_S; 0: no penalty
+    penalty_min_s: float = 30.0
+    penalty_max_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0 or self.burst < 1 or self.per_source < 1 or self.full < 1:
             raise ValueError("door limits must be positive")
+        if self.reserve < 0 or self.penalty_after < 0 or self.penalty_min_s <= 0 or \
+                self.penalty_max_s < self.penalty_min_s:
+            raise ValueError("door reserve and penalties must be positive, min <= max")
         if not 0.0 <= self.drop_rate <= 1.0:
             raise ValueError("drop rate must be between 0 and 1")
 
@@ -93,6 +125,10 @@ class Door:
         self.pending_total = 0
         self._swept_at_size = _SWEEP_FLOOR
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, folded)
+        self._failures: dict[str, tuple[int, float]] = {}  # source -> (count, window start)
+        # source -> (penalised until, last penalty length): the length doubles on a repeat.
+        self._penalties: dict[str, tuple[float, float]] = {}
+        self._known: OrderedDict[str, float] = OrderedDict()  # source -> last login, LRU
 
     def admit(self, source: str) -> str | None:
         """Take on a new connection from `source` (see `source_of`), or say why not.
@@ -102,6 +138,10 @@ class Door:
         """
         lim = self.limits
         now = self._clock()
+        known = self.is_known(source)
+        if not known and (penalty := self._penalties.get(source)) is not None \
+                and now < penalty[0]:
+            return PENALISED  # before the bucket: a penalised source is not even counted
         tokens, at = self._buckets.get(source, (float(lim.burst), now))
         tokens = min(float(lim.burst), tokens + (now - at) * lim.rate_per_s)
         if tokens < 1.0:
@@ -110,10 +150,11 @@ class Door:
         if self._pending.get(source, 0) >= lim.per_source:
             self._buckets[source] = (tokens, now)
             return SOURCE_BUSY
-        if self.pending_total >= lim.full:
+        if self.pending_total >= lim.full + (lim.reserve if known else 0):
             self._buckets[source] = (tokens, now)
             return STARTUPS_FULL
-        if self.pending_total >= lim.drop_start and self._coin() < self.drop_probability():
+        if not known and self.pending_total >= lim.drop_start and \
+                self._coin() < self.drop_probability():
             self._buckets[source] = (tokens, now)
             return EARLY_DROP
         self._buckets[source] = (tokens - 1.0, now)
@@ -133,6 +174,67 @@ class Door:
         else:
             self._pending[source] = n - 1
         self.pending_total -= 1
+
+    def failed(self, source: str) -> bool:
+        """An admitted connection ended without a login. True if that penalises its source."""
+        lim = self.limits
+        if lim.penalty_after == 0 or self.is_known(source):
+            return False
+        now = self._clock()
+        count, start = self._failures.get(source, (0, now))
+        if now - start >= PENALTY_WINDOW_S:
+            count, start = 0, now
+        count += 1
+        if count <= lim.penalty_after:
+            if source in self._failures or self._room(self._failures, now):
+                self._failures[source] = (count, start)
+            return False
+        self._failures.pop(source, None)
+        until, last = self._penalties.get(source, (0.0, 0.0))
+        if now < until:
+            return False  # already penalised (its pending connections are still ending)
+        # A repeat offender's penalty doubles; one quiet for a whole max penalty starts over.
+        length = lim.penalty_min_s if now - until > lim.penalty_max_s or last == 0 \
+            else min(lim.penalty_max_s, 2 * last)
+        if source in self._penalties or self._room(self._penalties, now):
+            self._penalties[source] = (now + length, length)
+            return True
+        return False
+
+    def penalty_left(self, source: str) -> float:
+        until = self._penalties.get(source, (0.0, 0.0))[0]
+        return max(0.0, until - self._clock())
+
+    def logged_in(self, source: str) -> None:
+        """A connection from `source` logged in (not as `enrol`): it is known for a day."""
+        self._known[source] = self._clock()
+        self._known.move_to_end(source)
+        while len(self._known) > MAX_KNOWN_SOURCES:
+            self._known.popitem(last=False)
+        self._failures.pop(source, None)
+        self._penalties.pop(source, None)
+
+    def is_known(self, source: str) -> bool:
+        at = self._known.get(source)
+        if at is None:
+            return False
+        if self._clock() - at > KNOWN_TTL_S:
+            del self._known[source]
+            return False
+        return True
+
+    def _room(self, table: dict[str, tuple[Any, float]], now: float) -> bool:
+        """Whether `table` may take another source, after forgetting what is over."""
+        if len(table) < MAX_PENALTY_SOURCES:
+            return True
+        if table is self._failures:
+            stale = [k for k, (_, start) in table.items() if now - start >= PENALTY_WINDOW_S]
+        else:
+            limit = self.limits.penalty_max_s
+            stale = [k for k, (until, _) in table.items() if now - until > limit]
+        for key in stale:
+            del table[key]
+        return len(table) < MAX_PENALTY_SOURCES
 
     def drop_probability(self) -> float:
         """Chance that the next connection is dropped early, given what is pending now."""
@@ -166,6 +268,9 @@ class Door:
 
     def tracked_sources(self) -> int:
         return len(self._buckets)
+
+    def tracked_penalties(self) -> int:
+        return len(self._failures) + len(self._penalties)
 
     def _sweep(self, now: float) -> None:
         lim = self.limits

@@ -1,17 +1,26 @@
 """Turning the bytes an agent sent into a report the store may keep.
 
-Limits are enforced before parsing: on the bytes received, and while decompressing, so a gzip
-bomb is stopped at the limit instead of filling memory.
+Limits are enforced before parsing: each body is charged to its agent's budgets (reports and
+bytes) as it arrives, refused, duplicate or stored alike, so a hostile agent cannot make the
+hub decompress and parse bodies it would refuse anyway; the bytes are bounded as received and
+while decompressing, so a gzip bomb is stopped at the limit instead of filling memory; and the
+parse runs on worker threads, so a large report does not hold up every other connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from inventory.hub._writer import MAX_RETRY_AFTER_S, Busy
 from inventory.report import MAX_REPORT_BYTES, ReportError, parse
-from inventory.store import parse_time, utcnow
+from inventory.store import DEFAULT_INTERVAL_S, parse_time, utcnow
 
 MAX_RECEIVED_BYTES = 4 * 1024 * 1024
 """Largest body accepted on the wire, compressed or not."""
@@ -71,3 +80,175 @@ def accept(body: bytes, agent_id: str, now: datetime | None = None) -> dict[str,
     if not report["report_id"].startswith(f"{agent_id}:"):
         raise ReportError("report_id", f"must start with this agent's id ({agent_id}:)")
     return report
+
+
+MiB = 1024 * 1024
+REPORT_BURST = 10
+REPORTS_PER_INTERVAL = 4
+MIN_REPORT_INTERVAL_S = 60.0
+AGENT_BYTES_PER_DAY = 64 * MiB
+AGENT_BYTES_BURST = 16 * MiB
+PARSE_WORKERS = 2
+MAX_PARSES_WAITING = 16  # running or queued for a worker, all agents together
+PARSES_BUSY_RETRY_S = 5
+
+
+@dataclass(frozen=True)
+class ReportRate:
+    """What one agent may send, set by the hub, never by the agent.
+
+    Reports: `burst` back to back, then `per_interval` per max(`min_interval_s`, the
+    `agent.interval_s` of its last *stored* report; 300 s until one is). A report is charged
+    when its body arrives, before it is parsed, so the interval it claims cannot raise the
+    budget it is charged against, and no claim raises it above `per_interval` per
+    `min_interval_s`. An invalid report costs `burst / 4` (at least 1), so an agent sending
+    bodies that are refused anyway is throttled within a few.
+    Bytes: `bytes_per_day` of bodies (as received), with a burst of `AGENT_BYTES_BURST`
+    (at most a day's worth, at least one largest body); 0 turns it off.
+    `burst` 0 turns both limits off (benchmarks, load tests).
+    """
+
+    burst: int = REPORT_BURST
+    per_interval: float = REPORTS_PER_INTERVAL
+    min_interval_s: float = MIN_REPORT_INTERVAL_S
+    bytes_per_day: int = AGENT_BYTES_PER_DAY
+
+    @property
+    def invalid_cost(self) -> float:
+        return max(1.0, self.burst / 4)
+
+    @property
+    def bytes_burst(self) -> float:
+        return float(max(MAX_RECEIVED_BYTES, min(AGENT_BYTES_BURST, self.bytes_per_day)))
+
+
+class OverBudget(Busy):
+    """The agent is over one of its own budgets (`budget`: "reports" or "bytes"); `first`
+    when its previous body was admitted, so a throttled episode is logged once."""
+
+    def __init__(self, budget: str, retry_after: int, message: str, first: bool) -> None:
+        super().__init__(0, retry_after, message)
+        self.budget, self.first = budget, first
+
+
+@dataclass
+class _Account:
+    reports: float
+    bytes: float
+    at: float
+    interval_s: float = DEFAULT_INTERVAL_S  # claimed by the agent's last stored report
+    throttled: bool = False  # its last body was refused for its budgets
+
+
+class AgentBudgets:
+    """A token bucket per agent for reports and one for bytes, in memory (event loop only):
+    a hub restart refills them, which is harmless; one entry per agent that has logged in."""
+
+    def __init__(self, rate: ReportRate) -> None:
+        self.rate = rate
+        self._accounts: dict[str, _Account] = {}
+
+    def _account(self, agent_id: str) -> _Account:
+        now = time.monotonic()
+        a = self._accounts.get(agent_id)
+        if a is None:
+            a = self._accounts[agent_id] = _Account(float(self.rate.burst),
+                                                    self.rate.bytes_burst, now)
+        elapsed, a.at = now - a.at, now
+        a.reports = min(float(self.rate.burst), a.reports + elapsed * self._per_s(a))
+        a.bytes = min(self.rate.bytes_burst,
+                      a.bytes + elapsed * self.rate.bytes_per_day / 86400)
+        return a
+
+    def _per_s(self, a: _Account) -> float:
+        return self.rate.per_interval / max(self.rate.min_interval_s, a.interval_s, 1.0)
+
+    def take(self, agent_id: str, nbytes: int) -> None:
+        """Charge one report of `nbytes` to the agent, or refuse it uncharged.
+
+        Raises:
+            OverBudget: the agent has no report left, or not enough bytes for this body.
+        """
+        if self.rate.burst <= 0:
+            return
+        a = self._account(agent_id)
+        first, a.throttled = not a.throttled, True
+        if a.reports < 1.0:
+            wait = _retry_after((1.0 - a.reports) / self._per_s(a))
+            per = max(self.rate.min_interval_s, a.interval_s)
+            raise OverBudget("reports", wait, f"this agent sent more reports than the hub "
+                             f"allows it ({self.rate.per_interval:g} per {per:g} s interval "
+                             f"past a burst of {self.rate.burst}); retry in {wait} s", first)
+        if self.rate.bytes_per_day and a.bytes < nbytes:
+            wait = _retry_after((nbytes - a.bytes) / (self.rate.bytes_per_day / 86400))
+            raise OverBudget("bytes", wait, f"this agent sent more report bytes than the hub "
+                             f"allows it ({self.rate.bytes_per_day / MiB:g} MiB a day); retry "
+                             f"in {wait} s", first)
+        a.throttled = False
+        a.reports -= 1.0
+        a.bytes -= nbytes
+
+    def refused(self, agent_id: str) -> None:
+        """The report was invalid: charge the rest of its cost (a debt of up to a burst)."""
+        if self.rate.burst > 0 and (a := self._accounts.get(agent_id)) is not None:
+            a.reports = max(-float(self.rate.burst), a.reports - (self.rate.invalid_cost - 1))
+
+    def stored(self, agent_id: str, interval_s: float | None) -> None:
+        """Remember the interval the agent's stored report claimed, for its next refills."""
+        if (a := self._accounts.get(agent_id)) is not None:
+            a.interval_s = float(interval_s or DEFAULT_INTERVAL_S)
+
+    def give_back(self, agent_id: str, nbytes: int) -> None:
+        """The hub, not the agent, failed (store queue full, store unavailable)."""
+        if self.rate.burst > 0 and (a := self._accounts.get(agent_id)) is not None:
+            a.reports = min(float(self.rate.burst), a.reports + 1.0)
+            a.bytes = min(self.rate.bytes_burst, a.bytes + nbytes)
+
+
+def _retry_after(seconds: float) -> int:
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(seconds)))
+
+
+class Ingest:
+    """Admits report bodies: charged to the agent first, then parsed on a worker thread, one
+    at a time per agent (an agent sends its reports one after another; a hostile one with
+    many channels must not take every worker)."""
+
+    def __init__(self, rate: ReportRate, workers: int = PARSE_WORKERS,
+                 max_waiting: int = MAX_PARSES_WAITING) -> None:
+        self.budgets = AgentBudgets(rate)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest")
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self._reading: set[str] = set()  # agents with a body being read
+
+    async def accept(self, body: bytes, agent_id: str) -> dict[str, Any]:
+        """`accept()` of the body, once the agent's budgets and the parse queue allow it.
+
+        Raises:
+            OverBudget: over the agent's budgets (nothing charged).
+            Busy: too many parses waiting, or one of this agent's is (nothing charged).
+            ReportError: as `accept()`; the agent is charged an invalid report's cost.
+        """
+        if agent_id in self._reading:
+            raise Busy(0, PARSES_BUSY_RETRY_S, f"a report from this agent is being read; "
+                                               f"retry in {PARSES_BUSY_RETRY_S} s")
+        if self._waiting >= self._max_waiting:
+            raise Busy(self._waiting, PARSES_BUSY_RETRY_S,
+                       f"{self._waiting} reports are waiting to be read; retry in "
+                       f"{PARSES_BUSY_RETRY_S} s")
+        self.budgets.take(agent_id, len(body))
+        self._waiting += 1
+        self._reading.add(agent_id)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, accept, body, agent_id)
+        except ReportError:
+            self.budgets.refused(agent_id)
+            raise
+        finally:
+            self._waiting -= 1
+            self._reading.discard(agent_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

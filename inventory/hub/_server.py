@@ -26,13 +26,22 @@ from inventory.hub import _tokens
 from inventory.hub._access import AccessGuard, refused
 from inventory.hub._api import MAX_LINE_BYTES, OperatorApi
 from inventory.hub._audit import AuditCoalescer, Row
-from inventory.hub._budget import MAX_BUFFERED_INPUT, MAX_EXPORT_REQUESTS, RETRY_AFTER_S, Budget
-from inventory.hub._door import MESSAGES, Door, DoorLimits, source_of
-from inventory.hub._ingest import MAX_RECEIVED_BYTES, accept
+from inventory.hub._budget import (
+    ANSWER_CHUNK,
+    ANSWER_WRITE_TIMEOUT_S,
+    MAX_ANSWER,
+    MAX_ANSWER_BYTES,
+    MAX_BUFFERED_INPUT,
+    MAX_EXPORT_REQUESTS,
+    RETRY_AFTER_S,
+    Budget,
+)
+from inventory.hub._door import MESSAGES, PENALISED, Door, DoorLimits, source_of
+from inventory.hub._ingest import MAX_RECEIVED_BYTES, Ingest, OverBudget, ReportRate
 from inventory.hub._keys import fingerprint, load_or_create_host_key
 from inventory.hub._lines import TOO_LONG, LineReader
 from inventory.hub._remote import Limits, RemoteAccess
-from inventory.hub._writer import Busy, ReportRate, StoreUnavailable, Writer
+from inventory.hub._writer import Busy, StoreUnavailable, Writer
 from inventory.report import ReportError
 from inventory.sanitise import quoted
 from inventory.store import EnrolError, Incoming, Store, utcnow
@@ -60,7 +69,11 @@ WATCH_COMMAND = "estate-watch v1"
 EXPORT_COMMAND = "estate-export v1"
 COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol", API_COMMAND: "operator",
             WATCH_COMMAND: "operator", EXPORT_COMMAND: "operator"}
-WATCH_QUEUE = 2000  # events a slow watcher may fall behind by before it is told to resync
+# Bytes a slow watcher's channel may hold unsent before it is told to resync (then nothing
+# more until it has caught up), and for all watchers together: with --max-watchers of them
+# stalled, the hub holds at most the total, not 1,000 x the per-watcher backlog.
+WATCH_BACKLOG_BYTES = 256 * 1024
+WATCH_BACKLOG_TOTAL = 64 * 1024 * 1024
 MAX_ENROL_BYTES = 16 * 1024
 MAX_EXPORT_REQUEST_BYTES = 16 * 1024 * 1024  # a reconcile request carries the register
 BODY_TIMEOUT_S = 60.0
@@ -69,6 +82,9 @@ BODY_TIMEOUT_S = 60.0
 CHANNELS_PER_CONNECTION = {"operator": 8, "agent": 4, "enrol": 1}
 # API answers that mean "this line is not a request"; many a second and the channel is cut.
 INVALID_LINE_CODES = frozenset({"bad_json", "bad_request", "unknown_op", "line_too_long"})
+# Public keys one connection may have refused (queries count) before it is cut off, as
+# OpenSSH's MaxAuthTries: each is a store lookup, and a client may offer thousands.
+MAX_AUTH_TRIES = 6
 
 # Exit statuses: the client tells "fix your data" from "retry later" without parsing text.
 EXIT_OK, EXIT_USAGE, EXIT_DATA, EXIT_TEMPFAIL, EXIT_NOPERM = 0, 64, 65, 75, 77
@@ -93,9 +109,15 @@ class HubSettings:
     sessions_per_host: int = 2
     change_retention: timedelta = timedelta(days=400)  # auditors want a year of history
     report_burst: int = 10  # reports one agent may send back to back; 0: no limit
-    reports_per_interval: float = 4  # then this many per the agent's own interval
+    reports_per_interval: float = 4  # then this many per max(floor, the agent's interval)
+    min_report_interval_s: float = 60.0  # that floor: no agent claim raises its budget
+    agent_bytes_per_day: int = 64 * 1024 * 1024  # report bodies one agent may send; 0: off
     max_buffered_input: int = MAX_BUFFERED_INPUT  # report/enrol bodies, all channels
     max_export_requests: int = MAX_EXPORT_REQUESTS  # export request bodies, all channels
+    max_answer_bytes: int = MAX_ANSWER_BYTES  # API answers held, all channels
+    max_answer_size: int = MAX_ANSWER  # one API answer
+    watchers_per_operator: int = 4  # watch channels per operator name, all connections
+    max_watchers: int = 1000  # watch channels on the hub
 
 
 class Hub:
@@ -108,9 +130,11 @@ class Hub:
         # One thread owns the database connection; every store call goes through it.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.store = Store.open(settings.data_dir)
-        self.writer = Writer(self.db, self.store, on_commit=self._committed,
-                             rate=ReportRate(settings.report_burst,
-                                             settings.reports_per_interval))
+        self.writer = Writer(self.db, self.store, on_commit=self._committed)
+        # Each report body is charged to its agent before it is parsed, and parsed off the loop.
+        self.ingest = Ingest(ReportRate(settings.report_burst, settings.reports_per_interval,
+                                        settings.min_report_interval_s,
+                                        settings.agent_bytes_per_day))
         self.watchers: set[_Watcher] = set()
         self.remote = RemoteAccess(self, Limits(settings.sessions_per_operator,
                                                 settings.sessions_per_host))
@@ -119,6 +143,7 @@ class Hub:
         # Input every channel buffers, bounded in total (a channel's own limit is not enough).
         self.input_budget = Budget(settings.max_buffered_input)
         self.export_budget = Budget(settings.max_export_requests)
+        self.answer_budget = Budget(settings.max_answer_bytes)
         self.access = AccessGuard(self)  # ends open connections whose access was withdrawn
         self.last_change_id = 0
         self.door = Door(replace(settings.door, full=settings.max_unauthenticated))
@@ -167,6 +192,7 @@ class Hub:
                 log.warning("stopping with client connections still open")
         await self.remote.close_all("hub stopping")
         await self.writer.stop()
+        self.ingest.close()
         for task in list(self._tasks):
             task.cancel()
         await self.audit.close()
@@ -183,8 +209,15 @@ class Hub:
     # --- events for estate-watch -------------------------------------------------------
 
     def publish(self, event: dict[str, Any], agency: str | None) -> None:
-        for watcher in list(self.watchers):
-            watcher.offer(event, agency)
+        watchers = [w for w in self.watchers if w.scope is None or agency in w.scope]
+        if not watchers:
+            return
+        # Encoded once for every watcher (80 watchers each encoding 200 changes a report took
+        # the event loop for seconds); the hub-wide backlog summed once per event.
+        line = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        over = sum(w.backlog() for w in self.watchers) > WATCH_BACKLOG_TOTAL
+        for watcher in watchers:
+            watcher.offer(line, over)
 
     async def presence(self, agent_id: str, connected: bool) -> None:
         if self.stopping:
@@ -254,6 +287,8 @@ class _Connection(asyncssh.SSHServer):
         self.turned_away = False  # refused at the door: nothing more to log or count
         self.deadline: asyncio.TimerHandle | None = None  # handshake, or an enrol's command
         self.login_refused: str | None = None  # audited once when the connection ends
+        self.keys_refused = 0  # public keys refused on this connection (queries count)
+        self.timed_out = False  # a deadline ended it: an enrol that overstayed is no login
         self.access_version = 0  # hub.access.version when the login's records were read
         self.channels = 0  # session channels open now (capped per role)
 
@@ -271,9 +306,10 @@ class _Connection(asyncssh.SSHServer):
         if code is not None:
             if (folded := door.refusal_to_log(self.source, code)) is not None:
                 log.warning("conn %s refused (%s): %d connections are still logging in, %d "
-                            "from this address; %d more refused since the last such line",
+                            "from this address%s; %d more refused since the last such line",
                             self.peer, code, door.pending_total, door.pending(self.source),
-                            folded)
+                            f", penalised for {door.penalty_left(self.source):.0f} s more"
+                            if code == PENALISED else "", folded)
             self.hub.audit.record(self.source, "anonymous", "connection_refused", code, None)
             self.turned_away = True
             _refuse(conn, code)
@@ -286,6 +322,7 @@ class _Connection(asyncssh.SSHServer):
 
     def _expired(self, code: str, why: str) -> None:
         self.deadline = None
+        self.timed_out = True
         log.warning("conn %s closed (%s): %s", self.peer, code, why)
         if self.conn is None:
             return
@@ -306,6 +343,15 @@ class _Connection(asyncssh.SSHServer):
         if self.deadline:
             self.deadline.cancel()
             self.deadline = None
+        # Still counted and no login (or an enrol that timed out): a failed startup, which
+        # penalises a source that keeps doing it (_door.py, `penalised`).
+        if self.counted and (not self.authenticated or self.timed_out) and \
+                self.hub.door.failed(self.source):
+            log.warning("conn %s: source %s penalised for %.0f s: too many connections ended "
+                        "without logging in", self.peer, self.source,
+                        self.hub.door.penalty_left(self.source))
+            self.hub.audit.record(self.source, "anonymous", "connection_refused", PENALISED,
+                                  None)
         self._release()
         # The reason may be the client's own disconnect message: quoted, it forges nothing.
         reason = f": {quoted(str(exc))}" if exc else ""
@@ -313,9 +359,14 @@ class _Connection(asyncssh.SSHServer):
         if self.authenticated:
             self.hub.access.discard(self)
         elif self.login_refused:
-            # Once per connection, not per key tried or queried; coalesced per source.
+            # One line and one audit row per connection (coalesced per source), with the
+            # count of keys refused, not one per key tried or queried.
+            log.warning("conn %s login refused for user %s: %d key(s) refused, the last: %s",
+                        self.peer, quoted(self.username, 64), self.keys_refused,
+                        self.login_refused)
             self.hub.audit.record(self.source, "anonymous", "login_failed",
-                                  self.username[:64], {"reason": self.login_refused})
+                                  self.username[:64], {"reason": self.login_refused,
+                                                       "keys_refused": self.keys_refused})
         if self.authenticated and self.role == "agent":
             self.hub.remote.withdraw(self)
             self.hub.spawn(self.hub.presence(self.username, False))
@@ -360,13 +411,26 @@ class _Connection(asyncssh.SSHServer):
             why = "unknown operator" if operator is None else "key does not match"
         else:
             why = "unknown user"
-        log.warning("conn %s refused user %s key %s: %s", self.peer, quoted(username, 64), fp,
-                    why)
+        # Logged once at close with the count (connection_lost), not per key: a client
+        # offering thousands of keys would otherwise write a line for each.
+        log.debug("conn %s refused user %s key %s: %s", self.peer, quoted(username, 64), fp,
+                  why)
         self.login_refused = why
+        self.keys_refused += 1
+        if self.keys_refused >= MAX_AUTH_TRIES:
+            # OpenSSH's MaxAuthTries: each attempt is a store lookup; past the cap, cut off.
+            raise asyncssh.DisconnectError(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                f"too_many_auth_attempts: at most {MAX_AUTH_TRIES} keys may be refused "
+                "per connection")
         return False
 
     def auth_completed(self) -> None:
         self.authenticated = True
+        if self.role != "enrol":
+            # A real login: the source is known for a day (exempt from penalties and early
+            # drop, may use the reserve), so a flood from fresh addresses cannot lock it out.
+            self.hub.door.logged_in(self.source)
         if self.role == "enrol":
             # Any key logs in as enrol, so it is anonymous in effect: it stays a startup until
             # it closes, and must be done within the login timeout.
@@ -446,29 +510,41 @@ def _refuse(conn: asyncssh.SSHServerConnection, code: str) -> None:
 class _Watcher:
     """One `estate-watch v1` channel: events in the operator's scope, as JSON lines.
 
-    A watcher that falls more than WATCH_QUEUE events behind (a stalled console) is sent one
-    `resync` event instead of the ones it missed, and reloads; the hub never buffers without
-    bound for a slow client.
+    A watcher holding more than WATCH_BACKLOG_BYTES unsent (a stalled console), or any
+    behind one while all watchers together hold WATCH_BACKLOG_TOTAL, is sent one `resync`
+    event instead of the ones it missed, and reloads; the hub never buffers without bound
+    for slow clients.
     """
 
-    def __init__(self, chan: Any, scope: list[str] | None) -> None:
-        self.chan, self.scope = chan, scope
+    def __init__(self, chan: Any, scope: list[str] | None, operator: str = "") -> None:
+        self.chan, self.scope, self.operator = chan, scope, operator
         self.behind = False
 
-    def offer(self, event: dict[str, Any], agency: str | None) -> None:
-        if self.scope is not None and agency not in self.scope:
-            return
-        if self.chan.get_write_buffer_size() > WATCH_QUEUE * 512:
+    def backlog(self) -> int:
+        try:
+            return int(self.chan.get_write_buffer_size())
+        except Exception:  # a closing channel holds nothing the hub can still send
+            return 0
+
+    def offer(self, line: bytes, over_total: bool) -> None:
+        """Send one encoded event line (Hub.publish has checked the scope)."""
+        backlog = self.backlog()
+        if backlog > WATCH_BACKLOG_BYTES or (over_total and backlog > 0):
             if not self.behind:
                 self.behind = True
                 self.chan.write(b'{"type": "resync"}\n')
             return
         self.behind = False
         try:
-            self.chan.write((json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-                             + "\n").encode())
+            self.chan.write(line)
         except Exception:  # one broken watcher (a closing channel) must not stop the others
             log.exception("sending a watch event failed")
+
+
+def _error_line(request_id: Any, code: str, message: str, **extra: Any) -> bytes:
+    """An `estate-api v1` error answer, encoded."""
+    return (json.dumps({"id": request_id, "ok": False, "error": {
+        "code": code, "message": message, **extra}}, separators=(",", ":")) + "\n").encode()
 
 
 class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
@@ -525,12 +601,17 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         elif self.command == API_COMMAND:
             assert self.owner.operator is not None
             self.api = OperatorApi(self.hub.store, self.owner.operator, audit=self.hub.audit,
-                                   source=self.owner.source)
+                                   source=self.owner.source,
+                                   max_answer=self.hub.settings.max_answer_size)
             self.lines = LineReader(MAX_LINE_BYTES)
             self.hub.spawn(self._serve_api())
         elif self.command == WATCH_COMMAND:
             assert self.owner.operator is not None and self.chan is not None
-            self.watcher = _Watcher(self.chan, self.owner.operator["agencies"])
+            if (refusal := self._watch_refusal()) is not None:
+                self._fail(EXIT_TEMPFAIL, "too_many_watchers", refusal, retry_after=30)
+                return
+            self.watcher = _Watcher(self.chan, self.owner.operator["agencies"],
+                                    self.owner.username)
             self.hub.watchers.add(self.watcher)
             self.chan.write(b'{"type": "hello"}\n')
         else:
@@ -539,6 +620,22 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             elif self.command == EXPORT_COMMAND:
                 self.limit = MAX_EXPORT_REQUEST_BYTES
             self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT_S, self._timeout)
+
+    def _watch_refusal(self) -> str | None:
+        """Why one more watch may not be opened (each is a copy of every event), or None."""
+        settings, name = self.hub.settings, self.owner.username
+        if len(self.hub.watchers) >= settings.max_watchers:
+            limit, what = settings.max_watchers, "on this hub"
+        elif sum(w.operator == name for w in self.hub.watchers) >= \
+                settings.watchers_per_operator:
+            limit, what = settings.watchers_per_operator, f"for operator {name}"
+        else:
+            return None
+        log.warning("conn %s operator %s refused watch: %d open %s, the limit",
+                    self.owner.peer, name, limit, what)
+        self.hub.audit.record(self.owner.source, f"operator:{name}", "channel_refused", None,
+                              {"code": "too_many_watchers", "limit": limit})
+        return f"at most {limit} watches may be open {what}; close one and retry"
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         if self.finished:
@@ -670,33 +767,70 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             if (ended := self.hub.access.refusal(self.owner)) is not None:
                 self._fail(EXIT_NOPERM, "access_ended", f"access ended: {ended}")
                 return
+            code: str | None
+            request_id: Any = None
             if line == TOO_LONG:
-                response: dict[str, Any] = {"id": None, "ok": False, "error": {
-                    "code": "line_too_long", "message": f"a request line may be at most "
-                                                        f"{MAX_LINE_BYTES} bytes"}}
+                code = "line_too_long"
+                data = _error_line(None, code, f"a request line may be at most "
+                                               f"{MAX_LINE_BYTES} bytes")
             else:
                 try:
-                    response = await self.hub.db(api.handle, line)
-                except Exception:  # handle() never raises; if the call itself fails, answer
+                    # Encoded on the store thread: the event loop never dumps a big answer.
+                    data, code, request_id = await self.hub.db(api.answer, line)
+                except Exception:  # answer() never raises; if the call itself fails, answer
                     log.exception("conn %s: API request failed", self.owner.peer)
-                    response = {"id": None, "ok": False, "error": {
-                        "code": "internal", "message": "the hub failed; retry later"}}
+                    code = "internal"
+                    data = _error_line(None, code, "the hub failed; retry later")
             if self.finished or self.chan is None:
                 return
-            if response["ok"] is False and response["error"]["code"] in INVALID_LINE_CODES \
+            if code in INVALID_LINE_CODES \
                     and not lines.invalid(asyncio.get_running_loop().time()):
                 self._cut_off("too_many_bad_lines", "too many invalid request lines; this "
                                                     "channel is closed")
                 return
-            self.chan.write((json.dumps(response, ensure_ascii=False,
-                                        separators=(",", ":")) + "\n").encode())
-            # The next request waits until this answer is on its way: a client that never
-            # reads its answers stops being served, instead of growing the hub.
+            if len(data) > ANSWER_CHUNK and not self.hub.answer_budget.take(len(data)):
+                log.warning("conn %s operator %s: an answer of %d bytes refused busy, %d "
+                            "bytes of answers held", self.owner.peer, self.owner.username,
+                            len(data), self.hub.answer_budget.used)
+                data = _error_line(request_id, "busy", "the hub is holding as many answer "
+                                   "bytes as it may; retry later", retry_after=RETRY_AFTER_S)
+            held = len(data) if len(data) > ANSWER_CHUNK else 0
+            try:
+                if not await self._write_answer(data):
+                    return
+            finally:
+                self.hub.answer_budget.give(held)
+        self._finish_quietly()
+
+    async def _write_answer(self, data: bytes) -> bool:
+        """Write one answer a chunk at a time, each once the client's window has room.
+
+        The next request waits until this answer is on its way, so a client that never
+        reads its answers stops being served instead of growing the hub; one that takes
+        no answer bytes for ANSWER_WRITE_TIMEOUT_S loses the channel (and the bytes it
+        held). False: the channel is gone.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_WRITE_TIMEOUT_S
+        for start in range(0, len(data), ANSWER_CHUNK):
+            if self.finished or self.chan is None:
+                return False
+            self.chan.write(data[start:start + ANSWER_CHUNK])
             if not self.writable.is_set():
                 self._pace()
-                await self.writable.wait()
+                try:
+                    await asyncio.wait_for(self.writable.wait(), deadline - loop.time())
+                except TimeoutError:
+                    log.warning("conn %s operator %s: answer not read within %g s; channel "
+                                "closed", self.owner.peer, self.owner.username,
+                                ANSWER_WRITE_TIMEOUT_S)
+                    self.finished = True
+                    if self.chan is not None:
+                        self.chan.close()
+                    return False
                 self._pace()
-        self._finish_quietly()
+                deadline = loop.time() + ANSWER_WRITE_TIMEOUT_S  # it reads: give it time
+        return not self.finished
 
     def _finish_quietly(self) -> None:
         if not self.finished and self.chan is not None:
@@ -728,8 +862,20 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     async def _report(self, body: bytes) -> None:
         agent_id = self.owner.username
+        budgets = self.hub.ingest.budgets
         try:
-            report = accept(body, agent_id)
+            # Charged to the agent before it is decompressed or parsed (on a worker thread).
+            report = await self.hub.ingest.accept(body, agent_id)
+        except OverBudget as exc:
+            if exc.first:  # once per throttled episode, not per refusal
+                log.warning("reports from %s throttled: %s", agent_id, exc)
+            self.hub.audit.record(self.owner.source, f"agent:{agent_id}", "report_throttled",
+                                  agent_id, {"code": "busy", "budget": exc.budget})
+            self._fail(EXIT_TEMPFAIL, "busy", str(exc), retry_after=exc.retry_after)
+            return
+        except Busy as exc:
+            self._fail(EXIT_TEMPFAIL, "busy", str(exc), retry_after=exc.retry_after)
+            return
         except ReportError as exc:
             log.warning("report from %s refused: %s", agent_id, quoted(str(exc), 300))
             self._fail(EXIT_DATA, "invalid_report", exc.problem, path=exc.path)
@@ -737,11 +883,15 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         try:
             status = await self.hub.writer.submit(Incoming(agent_id, report, body, utcnow()))
         except Busy as exc:
+            budgets.give_back(agent_id, len(body))  # the hub is behind, not the agent
             self._fail(EXIT_TEMPFAIL, "busy", str(exc), retry_after=exc.retry_after)
             return
         except StoreUnavailable as exc:
+            budgets.give_back(agent_id, len(body))
             self._fail(EXIT_TEMPFAIL, "store_unavailable", str(exc), retry_after=30)
             return
+        if status == "stored":
+            budgets.stored(agent_id, report["agent"].get("interval_s"))
         # Debug only: at 200 reports/s an info line per report would swamp the log.
         log.debug("report %s from %s %s", report["report_id"], agent_id, status)
         self._finish(EXIT_OK, {"status": status, "report_id": report["report_id"]})

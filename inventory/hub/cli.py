@@ -85,6 +85,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="new connections a second from one address (default 10)")
     serve.add_argument("--connection-burst", type=_positive_int, default=10, metavar="N",
                        help="new connections from one address at once (default 10)")
+    serve.add_argument("--known-source-reserve", type=_count, default=100, metavar="N",
+                       help="connections logging in allowed above --max-unauthenticated for "
+                            "addresses that logged in within a day (default 100)")
+    serve.add_argument("--penalty-after", type=_count, default=5, metavar="N",
+                       help="refuse an address (`penalised`) once more than N of its "
+                            "connections in a minute end without logging in (default 5; "
+                            "0: never)")
+    serve.add_argument("--penalty", type=_penalty, default=(30.0, 600.0), metavar="MIN:MAX",
+                       help="seconds a penalised address is refused, doubling on each "
+                            "repeat up to MAX (default 30:600)")
+    serve.add_argument("--watchers-per-operator", type=_positive_int, default=4, metavar="N",
+                       help="watch channels one operator may have open across all their "
+                            "connections (default 4)")
+    serve.add_argument("--max-watchers", type=_positive_int, default=1000, metavar="N",
+                       help="watch channels open on the hub at once (default 1000)")
     serve.add_argument("--retention-days", type=_positive_int, default=30, metavar="DAYS",
                        help="keep raw reports this long (default 30)")
     serve.add_argument("--keepalive", type=_seconds, default=30.0, metavar="SECONDS",
@@ -98,16 +113,28 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="DAYS", help="keep change history this long (default 400)")
     serve.add_argument("--report-burst", type=_count, default=10, metavar="N",
                        help="reports one agent may send back to back before it is told "
-                            "`busy` (default 10; 0 turns the limit off, for load tests)")
+                            "`busy` (default 10; 0 turns this and the bytes budget off, "
+                            "for load tests)")
     serve.add_argument("--reports-per-interval", type=_positive_int, default=4, metavar="N",
-                       help="past the burst, reports one agent may send per its own "
-                            "report interval (default 4)")
+                       help="past the burst, reports one agent may send per its report "
+                            "interval, never shorter than --min-report-interval (default 4)")
+    serve.add_argument("--min-report-interval", type=_seconds, default=60.0,
+                       metavar="SECONDS", help="the shortest report interval the hub "
+                       "budgets an agent for, whatever its reports claim (default 60)")
+    serve.add_argument("--agent-bytes-per-day", type=_count, default=64, metavar="MIB",
+                       help="report bytes one agent may send a day (burst 16 MiB); past it "
+                            "`busy` (default 64; 0 turns it off)")
     serve.add_argument("--max-buffered-input", type=_positive_int, default=64, metavar="MIB",
                        help="report and enrol input all channels may hold at once; past it "
                             "a body is told `busy` (default 64)")
     serve.add_argument("--max-export-requests", type=_positive_int, default=32, metavar="MIB",
                        help="export request bodies all channels may hold at once "
                             "(default 32)")
+    serve.add_argument("--max-answer-bytes", type=_positive_int, default=128, metavar="MIB",
+                       help="API answers all channels may hold while they are written; past "
+                            "it an answer is told `busy` (default 128)")
+    serve.add_argument("--max-answer-size", type=_positive_int, default=32, metavar="MIB",
+                       help="one API answer; past it `too_large` (default 32)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
@@ -266,6 +293,18 @@ def _early_drop(text: str) -> tuple[int, int]:
     return int(start), int(percent)
 
 
+def _penalty(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition(":")
+    try:
+        pair = (_seconds(low), _seconds(high)) if sep else None
+    except argparse.ArgumentTypeError:
+        pair = None
+    if pair is None or pair[0] > pair[1]:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX seconds such as 30:600, "
+                                         f"got {text!r}")
+    return pair
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) > 1_000_000:
         raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 1000000, "
@@ -359,7 +398,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                            burst=args.connection_burst,
                                            per_source=args.max_unauthenticated_per_source,
                                            drop_start=args.early_drop[0],
-                                           drop_rate=args.early_drop[1] / 100),
+                                           drop_rate=args.early_drop[1] / 100,
+                                           reserve=args.known_source_reserve,
+                                           penalty_after=args.penalty_after,
+                                           penalty_min_s=args.penalty[0],
+                                           penalty_max_s=args.penalty[1]),
+                           watchers_per_operator=args.watchers_per_operator,
+                           max_watchers=args.max_watchers,
                            keepalive_interval_s=args.keepalive,
                            retention=timedelta(days=args.retention_days),
                            sessions_per_operator=args.sessions_per_operator,
@@ -368,7 +413,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            report_burst=args.report_burst,
                            max_buffered_input=args.max_buffered_input * 1024 * 1024,
                            max_export_requests=args.max_export_requests * 1024 * 1024,
-                           reports_per_interval=args.reports_per_interval)
+                           max_answer_bytes=args.max_answer_bytes * 1024 * 1024,
+                           max_answer_size=args.max_answer_size * 1024 * 1024,
+                           reports_per_interval=args.reports_per_interval,
+                           min_report_interval_s=args.min_report_interval,
+                           agent_bytes_per_day=args.agent_bytes_per_day * 1024 * 1024)
     return asyncio.run(_serve(settings))
 
 

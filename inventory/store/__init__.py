@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from inventory.changes import bounded, software_changes, state_changes, state_digest
+from inventory.changes import TooLarge, bounded, software_changes, state_changes, state_digest
 from inventory.facts import facts_of
 from inventory.private_files import private_file
 from inventory.store._common import _scoped, iso, parse_time, utcnow
@@ -688,7 +688,10 @@ class Store(RemoteRecords):
 
     def scoped_changes(self, scope: list[str] | None, host: str | None = None,
                        since: datetime | None = None,
-                       limit: int = 1000) -> list[dict[str, Any]]:
+                       limit: int = 1000,
+                       max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` changes, oldest first; `TooLarge` once their text passes
+        `max_bytes`, so an API answer is never built past its budget."""
         sql = ("SELECT c.id, c.at, c.agent_id, h.hostname, a.name AS agency, c.kind, "
                "c.subject, c.old_value, c.new_value, c.report_id FROM changes c "
                "JOIN hosts h ON h.agent_id = c.agent_id "
@@ -703,7 +706,16 @@ class Store(RemoteRecords):
             args.append(iso(since))
         # The newest `limit` (-1: all), returned oldest first.
         rows = self.db.execute(sql + " ORDER BY c.id DESC LIMIT ?", [*args, limit])
-        return [dict(r) for r in reversed(rows.fetchall())]
+        if max_bytes is None:
+            return [dict(r) for r in reversed(rows.fetchall())]
+        out, size = [], 0
+        for r in rows:
+            out.append(dict(r))
+            size += 200 + sum(len(v) for v in r if isinstance(v, str))  # ~ its JSON
+            if size > max_bytes:
+                raise TooLarge(f"more than {max_bytes} bytes of changes")
+        out.reverse()
+        return out
 
     def hosts(self) -> list[dict[str, Any]]:
         """Every host with its status: online while its agent's connection is up, offline
