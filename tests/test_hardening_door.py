@@ -8,6 +8,8 @@ loopback on Linux) while a legitimate agent logs in from 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
 import time
 
@@ -199,6 +201,26 @@ def test_known_and_penalty_tables_are_bounded():
         door.logged_in(f"s{n}")
     assert not door.is_known("s0") and door.is_known(f"s{MAX_KNOWN_SOURCES + 9}")
     assert door.tracked_penalties() == 0
+
+
+def test_known_sources_are_saved_privately_and_read_back_with_their_ages(tmp_path):
+    from inventory.hub import _known_sources
+
+    door, clock = _door()
+    door.logged_in("10.0.0.1")
+    clock.now += 3600
+    door.logged_in("10.0.0.2")
+    _known_sources.save(tmp_path, door)
+    path = tmp_path / _known_sources.FILE_NAME
+    assert path.stat().st_mode & 0o777 == 0o600
+    again, later = _door()
+    assert _known_sources.load(tmp_path, again) == 2
+    assert again.known_ages() == {"10.0.0.1": 3600.0, "10.0.0.2": 0.0}
+    later.now += 23 * 3600 + 1  # 10.0.0.1's day ends an hour before 10.0.0.2's
+    assert not again.is_known("10.0.0.1") and again.is_known("10.0.0.2")
+    for bad in (b"{not json", b'["10.0.0.1"]', b'{"10.0.0.1": "old"}'):
+        path.write_bytes(bad)
+        assert _known_sources.load(tmp_path, _door()[0]) == 0, bad
 
 
 # --- against a real hub ----------------------------------------------------------------
@@ -419,6 +441,34 @@ def test_a_source_whose_connections_end_without_login_is_penalised(tmp_path):
                 return db.execute("SELECT count(*) FROM audit WHERE action = "
                                   "'connection_refused' AND target = 'penalised'").fetchone()[0]
         wait_for(audited, timeout=10, what="the audit row")  # written by the coalescer
+    finally:
+        hub.kill()
+
+
+def test_a_restarted_hub_still_knows_who_logged_in_and_does_not_penalise_them(tmp_path,
+                                                                             live_report):
+    """After a restart every agent reconnects at once and some connections end before they
+    log in: a source that logged in before the restart is not penalised for that."""
+    hub = HubProcess(tmp_path / "hub", ("--penalty-after", "2", "--penalty", "60:600")).start()
+    try:
+        agent = Agent(hub, tmp_path / "agent", hub.token())
+        code, _ = agent.send(make_report(live_report, agent.agent_id))
+        assert code == 0  # 127.0.0.1 logged in, as an agent
+        assert hub.signal(signal.SIGTERM) == 0
+        assert "127.0.0.1" in json.loads((hub.data / "known_sources.json").read_text())
+        hub.start()
+        assert "1 known sources kept from the last run" in hub.log()
+
+        def first_line() -> bytes:
+            sock = _open(hub, "127.0.0.1")
+            try:
+                return _first_line(sock)
+            finally:
+                sock.close()  # ends without logging in: a failure, for a stranger
+
+        assert all(first_line().startswith(b"SSH-2.0-") for _ in range(6)), \
+            "a known source is never penalised"
+        assert agent.send(make_report(live_report, agent.agent_id))[0] == 0
     finally:
         hub.kill()
 

@@ -25,7 +25,8 @@ startup); `enrol` logins are anonymous in effect, so the hub keeps counting them
 Sources that logged in (not as `enrol`) within `KNOWN_TTL_S` are *known*: they are never
 penalised or dropped early, and may use `reserve` slots above `full`, so a flood from fresh
 addresses cannot lock out returning agents and operators. The per-source and rate budgets
-still apply to them.
+still apply to them. The hub keeps them across a restart (`known_ages`/`remember`), since the
+reconnect storm after a restart is when its sites most need the room.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class Door:
         # source -> (penalised until, last penalty length): the length doubles on a repeat.
         self._penalties: dict[str, tuple[float, float]] = {}
         self._known: OrderedDict[str, float] = OrderedDict()  # source -> last login, LRU
+        self.logins = 0  # counted, so the hub knows when the known sources are worth saving
 
     def admit(self, source: str) -> str | None:
         """Take on a new connection from `source` (see `source_of`), or say why not.
@@ -209,10 +211,27 @@ class Door:
         """A connection from `source` logged in (not as `enrol`): it is known for a day."""
         self._known[source] = self._clock()
         self._known.move_to_end(source)
+        self.logins += 1
         while len(self._known) > MAX_KNOWN_SOURCES:
             self._known.popitem(last=False)
         self._failures.pop(source, None)
         self._penalties.pop(source, None)
+
+    def known_ages(self) -> dict[str, float]:
+        """Each known source with the seconds since its last login, oldest first."""
+        now = self._clock()
+        return {source: round(now - at, 1) for source, at in self._known.items()
+                if now - at <= KNOWN_TTL_S}
+
+    def remember(self, ages: dict[str, float]) -> None:
+        """Take back `known_ages()` from before a restart (the newest win past the cap)."""
+        now = self._clock()
+        for source, age in sorted(ages.items(), key=lambda item: -item[1]):
+            if 0 <= age <= KNOWN_TTL_S:
+                self._known[source] = now - age
+                self._known.move_to_end(source)
+        while len(self._known) > MAX_KNOWN_SOURCES:
+            self._known.popitem(last=False)
 
     def is_known(self, source: str) -> bool:
         at = self._known.get(source)

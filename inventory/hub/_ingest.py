@@ -89,7 +89,10 @@ MIN_REPORT_INTERVAL_S = 60.0
 AGENT_BYTES_PER_DAY = 64 * MiB
 AGENT_BYTES_BURST = 16 * MiB
 PARSE_WORKERS = 2
-MAX_PARSES_WAITING = 16  # running or queued for a worker, all agents together
+# Running or queued for a worker, all agents together. Their bodies already count against
+# the hub's input budget, so this bounds latency rather than memory: a hub restart brings
+# back hundreds of agents at once, and a few milliseconds each is a wait worth having.
+MAX_PARSES_WAITING = 1024
 PARSES_BUSY_RETRY_S = 5
 
 

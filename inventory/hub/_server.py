@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from inventory.hub import _tokens
+from inventory.hub import _known_sources, _tokens
 from inventory.hub._access import AccessGuard, refused
 from inventory.hub._api import MAX_LINE_BYTES, OperatorApi
 from inventory.hub._audit import AuditCoalescer, Row
@@ -163,6 +163,9 @@ class Hub:
         self.spawn(self.remote.supervise())
         self.spawn(self.audit.run())
         self.spawn(self.access.run())
+        if n := _known_sources.load(self.settings.data_dir, self.door):
+            log.info("%d known sources kept from the last run", n)
+        self.spawn(_known_sources.keep(self.settings.data_dir, self.door))
         self._server = await asyncssh.create_server(
             lambda: _Connection(self), self.settings.host, self.settings.port,
             server_host_keys=[self.host_key],
@@ -196,6 +199,10 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await self.audit.close()
+        try:
+            _known_sources.save(self.settings.data_dir, self.door)
+        except OSError as exc:
+            log.warning("could not save the known sources: %s", exc)
         await self.db(self.store.reset_presence)
         await self.db(self.store.close)
         self._db_thread.shutdown(wait=True)
