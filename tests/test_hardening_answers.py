@@ -214,3 +214,31 @@ def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
     answered = [f for f in firsts if f.startswith(b'{"id":') and b'"ok":true' in f]
     assert busy and all(b'"retry_after":' in f for f in busy), firsts
     assert len(answered) <= 2, "more answers held than the budget allows"
+
+
+# --- exports: a fair queue, nothing made for a channel that went away (second attack, F2) --
+
+def test_export_slots_are_shared_fairly_between_operators():
+    from inventory.hub._export import ExportSlots
+
+    slots = ExportSlots(per_operator=2, total=3)
+    assert slots.take("auditor") is None and slots.take("auditor") is None
+    assert "you have 2 exports" in slots.take("auditor"), "a third of one operator's waits"
+    assert slots.take("olive") is None, "another operator still gets in"
+    assert "3 exports are queued or running" in slots.take("ann")
+    slots.give("auditor")
+    assert slots.take("ann") is None and slots.in_use == 3
+    for name in ("auditor", "olive", "ann"):
+        slots.give(name)
+    assert slots.in_use == 0 and slots.take("auditor") is None
+
+
+def test_an_export_whose_channel_went_away_is_not_made(tmp_path):
+    from inventory.export import ExportRequest
+    from inventory.hub._export import _Gone, _produce
+
+    request = ExportRequest.parse({"report": "inventory", "format": "csv"})
+    with pytest.raises(_Gone):
+        _produce(tmp_path / "missing.db", tmp_path, request, producer=None,  # type: ignore[arg-type]
+                 progress=lambda rows, total: None, gone=lambda: True)
+    assert list(tmp_path.iterdir()) == [], "no folder, no file, no read of the store"

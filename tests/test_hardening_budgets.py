@@ -17,7 +17,7 @@ import asyncssh
 import pytest
 
 from inventory.hub._lines import MAX_BLANK_LINES_PER_S, TOO_LONG, LineReader
-from tests.harness import Agent, HubProcess, make_report
+from tests.harness import Agent, HubProcess, make_report, wait_for
 
 MiB = 1024 * 1024
 
@@ -290,11 +290,62 @@ def test_input_over_the_hub_budget_is_busy_and_given_back_on_close(budget_hub, a
     assert refused["code"] == "invalid_report"  # read whole and judged: not busy any more
 
 
+def test_one_agent_holding_bodies_cannot_take_the_whole_input_budget(tmp_path, live_report):
+    """Second attack, F1: an agent holding report bodies without an end of input on many
+    channels and connections filled the hub's 64 MiB in two seconds and every other agent
+    got `busy`. One sender's share is 8 MiB, and an agent keeps at most two connections."""
+    hub = HubProcess(tmp_path / "hub").start()
+    try:
+        hostile = Agent(hub, tmp_path / "hostile")
+        honest = Agent(hub, tmp_path / "honest")
+        body = b"x" * (3 * MiB + MiB // 2)
+
+        async def scenario() -> tuple[list[dict], int]:
+            key = _agent_key(hostile)
+            conns = [await _connect(hub, hostile.agent_id, key) for _ in range(3)]
+            try:
+                await asyncio.wait_for(conns[0].wait_closed(), 30)  # the oldest is closed
+                held, answers = [], []
+                for conn in conns[1:]:
+                    for _ in range(4):
+                        try:
+                            proc = await conn.create_process("estate-report v1",
+                                                             encoding=None)
+                        except (asyncssh.Error, OSError):
+                            continue
+                        proc.stdin.write(body)
+                        held.append(proc)
+                for proc in held:  # 2 bodies fit in the share; the rest are refused
+                    try:
+                        line = await asyncio.wait_for(proc.stdout.readline(), 5)
+                    except asyncio.TimeoutError:
+                        continue  # still held, without an end of input
+                    if line:
+                        answers.append(json.loads(line))
+                stored = await asyncio.to_thread(
+                    honest.send, make_report(live_report, honest.agent_id))
+                return answers, stored[0]
+            finally:
+                for conn in conns:
+                    conn.close()
+
+        answers, honest_status = asyncio.run(scenario())
+        assert honest_status == 0, "the other agent is still served"
+        assert answers and all(a["code"] == "busy" for a in answers), answers
+        assert all("from you" in a["message"] for a in answers), answers
+        assert len(answers) >= 6 - 2, "two bodies fit in one agent's share, no more"
+        wait_for(lambda: "input_refused" in json.dumps(hub.admin_json("audit")), timeout=10,
+                 what="the refusal audited")
+    finally:
+        hub.kill()
+
+
 def test_abandoned_report_channels_give_their_memory_back(tmp_path, live_report):
     hub = HubProcess(tmp_path / "hub").start()
     try:
         agent = Agent(hub, tmp_path / "agent")
-        payload = b"y" * (int(3.5 * MiB))
+        # Four channels of 1.9 MiB: within one agent's 8 MiB share of the input budget.
+        payload = b"y" * (int(1.9 * MiB))
 
         async def burst(conn: asyncssh.SSHClientConnection) -> None:
             procs = [await conn.create_process("estate-report v1", encoding=None)
@@ -313,7 +364,7 @@ def test_abandoned_report_channels_give_their_memory_back(tmp_path, live_report)
                 await burst(conn)  # warm up: the allocator's first growth is not a leak
                 await asyncio.sleep(0.5)
                 baseline = rss(hub)
-                for _ in range(10):  # 140 MiB in all
+                for _ in range(18):  # 137 MiB in all
                     await burst(conn)
                 await asyncio.sleep(1)
                 return baseline, rss(hub)

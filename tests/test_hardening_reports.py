@@ -281,7 +281,8 @@ def test_costly_invalid_reports_do_not_stall_other_agents(tmp_path, live_report)
 
     try:
         baseline = statistics.median(ack_s() for _ in range(5))
-        threads = [threading.Thread(target=flood) for _ in range(3)]
+        # Two connections: an agent may hold no more (a third login closes the oldest).
+        threads = [threading.Thread(target=flood) for _ in range(2)]
         for t in threads:
             t.start()
         during: list[float] = []
@@ -295,9 +296,9 @@ def test_costly_invalid_reports_do_not_stall_other_agents(tmp_path, live_report)
     finally:
         calm_client.close()
         hub.kill()
-    # Four invalid reports spend the burst; bodies already arriving on the other two
-    # channels may be read too. Before, all 45 were.
-    assert 4 <= statuses.count(65) <= 6 and set(statuses) == {65, 75}, statuses
+    # Four invalid reports spend the burst; a body already arriving on the other connection
+    # may be read too. Before, all 30 were.
+    assert 4 <= statuses.count(65) <= 5 and set(statuses) == {65, 75}, statuses
     # Before the budget was charged ahead of the parse (on the event loop), every body was
     # read: another agent's ack waited ~0.3 s a body (~25x the baseline here). A generous
     # ratio, measured in one run: the machine is shared.

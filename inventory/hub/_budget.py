@@ -21,19 +21,43 @@ ANSWER_CHUNK = 64 * 1024  # written at a time; an answer this small skips the bu
 ANSWER_WRITE_TIMEOUT_S = 120.0  # a client that does not take its answer loses the channel
 
 
+# What one holder (an agent, an operator, an anonymous address enrolling) may hold of the
+# input budgets at once: two report bodies, one export request. Without it one compromised
+# agent holding bodies without an end of input on many channels filled the hub's whole input
+# budget in two seconds, and every other agent got `busy`.
+INPUT_PER_HOLDER = 8 * MiB
+EXPORT_REQUESTS_PER_HOLDER = 16 * MiB
+
+
 class Budget:
-    """A count of bytes held against a limit (event-loop only, so no lock)."""
+    """A count of bytes held against a limit, and optionally a limit per holder (event-loop
+    only, so no lock)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, per_holder: int | None = None) -> None:
+        self.limit, self.per_holder = limit, per_holder
         self.used = 0
+        self._held: dict[str, int] = {}  # holder -> bytes; only holders holding something
 
-    def take(self, n: int) -> bool:
-        """Reserve `n` bytes; False (nothing reserved) if that would go over the limit."""
+    def take(self, n: int, holder: str = "") -> bool:
+        """Reserve `n` bytes; False (nothing reserved) if that would go over a limit."""
         if self.used + n > self.limit:
             return False
+        if self.per_holder is not None:
+            mine = self._held.get(holder, 0) + n
+            if mine > self.per_holder:
+                return False
+            self._held[holder] = mine
         self.used += n
         return True
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, holder: str = "") -> None:
         self.used = max(0, self.used - n)
+        if self.per_holder is not None and holder in self._held:
+            left = self._held[holder] - n
+            if left > 0:
+                self._held[holder] = left
+            else:
+                del self._held[holder]
+
+    def held_by(self, holder: str) -> int:
+        return self._held.get(holder, 0)

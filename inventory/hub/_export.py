@@ -4,7 +4,9 @@ Input: one JSON request (`inventory.export.ExportRequest`). Output: JSON lines â
 (`rows`, `total`) while the file is written, then one `manifest` line (the signed manifest),
 then exactly `manifest.bytes` bytes of the file. A refused request is one `error` line. The
 export runs on a thread of its own with its own read-only database connection, so reports,
-the API and other exports carry on meanwhile; at most EXPORTS_AT_ONCE run at a time.
+the API and other exports carry on meanwhile; at most EXPORTS_AT_ONCE run at a time, and
+at most EXPORTS_PER_OPERATOR of one operator's and MAX_EXPORTS_QUEUED in all are queued or
+running (past either: `busy` with `retry_after`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,30 +26,123 @@ from inventory.export import ExportError, ExportRequest, Producer, run_export
 log = logging.getLogger("estate.hub")
 
 EXPORTS_AT_ONCE = 2
+# Queued or running: per operator, and for the hub. An auditor's script once queued 200
+# exports in four seconds and closed each channel; the queue was first in, first out and
+# unbounded, so every other operator's export waited minutes behind files nobody would read.
+EXPORTS_PER_OPERATOR = 2
+MAX_EXPORTS_QUEUED = 16
+BUSY_RETRY_S = 30
 CHUNK = 256 * 1024
 EXIT_OK, EXIT_DATA, EXIT_TEMPFAIL = 0, 65, 75
 
 _pool = ThreadPoolExecutor(max_workers=EXPORTS_AT_ONCE, thread_name_prefix="export")
 
 
-async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: Any,
-                       writable: asyncio.Event) -> tuple[int, dict[str, Any] | None]:
-    """Run one export on `chan`. Returns (exit status, final error document or None)."""
-    name = operator["name"]
+class ExportSlots:
+    """Exports queued or running, per operator and in all (event loop only)."""
+
+    def __init__(self, per_operator: int = EXPORTS_PER_OPERATOR,
+                 total: int = MAX_EXPORTS_QUEUED) -> None:
+        self.per_operator, self.total = per_operator, total
+        self.in_use = 0
+        self._by_operator: dict[str, int] = {}
+
+    def take(self, name: str) -> str | None:
+        """A slot for `name`'s export, or why not."""
+        if self._by_operator.get(name, 0) >= self.per_operator:
+            return f"you have {self.per_operator} exports queued or running; retry when " \
+                   f"one is done"
+        if self.in_use >= self.total:
+            return f"{self.in_use} exports are queued or running; retry later"
+        self._by_operator[name] = self._by_operator.get(name, 0) + 1
+        self.in_use += 1
+        return None
+
+    def give(self, name: str) -> None:
+        n = self._by_operator.pop(name, 0) - 1
+        if n > 0:
+            self._by_operator[name] = n
+        self.in_use = max(0, self.in_use - 1)
+
+
+class _Gone(Exception):
+    """The operator's channel closed (or their access ended): stop producing the file."""
+
+
+class _Refusal(Exception):
+    def __init__(self, report: str | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.report, self.code, self.message = report, code, message
+
+
+def _parse(body: bytes) -> ExportRequest:
+    """The request, read on a worker thread: a reconcile request carries a register of up to
+    10 MiB in base64, too much to decode on the event loop."""
     try:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        _refused(hub, name, None, "bad_json", "the request is not one JSON object")
-        return EXIT_DATA, {"type": "error", "status": "error", "code": "bad_json",
-                           "message": "the request is one JSON object"}
+        raise _Refusal(None, "bad_json", "the request is not one JSON object") from None
     try:
-        request = ExportRequest.parse(doc)
+        return ExportRequest.parse(doc)
     except ExportError as exc:
         report = doc.get("report") if isinstance(doc, dict) else None
-        _refused(hub, name, report if isinstance(report, str) else None, exc.code,
-                 exc.message)
+        raise _Refusal(report if isinstance(report, str) else None, exc.code,
+                       exc.message) from None
+
+
+def _produce(db_path: Path, data_dir: Path, request: ExportRequest, producer: Producer,
+             progress: Callable[[int, int], None],
+             gone: Callable[[], bool]) -> tuple[dict[str, Any], Path]:
+    """On an export thread: the file in a new private folder, and its manifest.
+
+    Nothing is made for a channel that went away while the export waited its turn, and an
+    export stops at its next progress step once its channel is gone.
+    """
+    if gone():
+        raise _Gone
+    tmp = Path(tempfile.mkdtemp(prefix="export-", dir=data_dir))
+    out = tmp / f"export.{request.format}"
+
+    def checked_progress(rows: int, total: int) -> None:
+        if gone():
+            raise _Gone
+        progress(rows, total)
+
+    try:
+        return run_export(db_path, request, producer, out, checked_progress), out
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: Any,
+                       writable: asyncio.Event,
+                       gone: Callable[[], bool]) -> tuple[int, dict[str, Any] | None]:
+    """Run one export on `chan`. Returns (exit status, final error document or None).
+
+    `gone()` says whether the channel closed (or the operator's access ended) meanwhile.
+    """
+    name = operator["name"]
+    try:
+        request = await asyncio.to_thread(_parse, body)
+    except _Refusal as exc:
+        _refused(hub, name, exc.report, exc.code, exc.message)
         return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
                            "message": exc.message}
+    if (why := hub.exports.take(name)) is not None:
+        _refused(hub, name, request.report, "busy", why)
+        return EXIT_TEMPFAIL, {"type": "error", "status": "error", "code": "busy",
+                               "message": why, "retry_after": BUSY_RETRY_S}
+    try:
+        return await _serve(hub, operator, request, chan, writable, gone)
+    finally:
+        hub.exports.give(name)
+
+
+async def _serve(hub: Any, operator: dict[str, Any], request: ExportRequest, chan: Any,
+                 writable: asyncio.Event,
+                 gone: Callable[[], bool]) -> tuple[int, dict[str, Any] | None]:
+    name = operator["name"]
     loop = asyncio.get_running_loop()
 
     def progress(rows: int, total: int) -> None:
@@ -53,21 +150,24 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
         loop.call_soon_threadsafe(chan.write, line.encode())
 
     producer = Producer(operator, hub.host_key, hub.fingerprint, _estate_version())
-    with tempfile.TemporaryDirectory(prefix="export-", dir=hub.settings.data_dir) as tmp:
-        out = Path(tmp) / f"export.{request.format}"
-        try:
-            manifest = await loop.run_in_executor(
-                _pool, run_export, hub.store.path, request, producer, out, progress)
-        except ExportError as exc:
-            _refused(hub, name, request.report, exc.code, exc.message)
-            return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
-                               "message": exc.message}
-        except Exception as exc:
-            log.exception("export for %s failed", name)
-            _refused(hub, name, request.report, "internal", type(exc).__name__)
-            return EXIT_TEMPFAIL, {"type": "error", "status": "error", "code": "internal",
-                                   "message": "the hub failed to produce the export; retry "
-                                              "later", "retry_after": 30}
+    try:
+        manifest, out = await loop.run_in_executor(
+            _pool, _produce, hub.store.path, hub.settings.data_dir, request, producer,
+            progress, gone)
+    except _Gone:
+        log.info("export %s for %s abandoned: its channel closed", request.report, name)
+        return EXIT_TEMPFAIL, None
+    except ExportError as exc:
+        _refused(hub, name, request.report, exc.code, exc.message)
+        return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
+                           "message": exc.message}
+    except Exception as exc:
+        log.exception("export for %s failed", name)
+        _refused(hub, name, request.report, "internal", type(exc).__name__)
+        return EXIT_TEMPFAIL, {"type": "error", "status": "error", "code": "internal",
+                               "message": "the hub failed to produce the export; retry "
+                                          "later", "retry_after": 30}
+    try:
         await hub.db(hub.store.audit, f"operator:{name}", "export", request.report,
                      {"format": request.format, "rows": manifest["rows"],
                       "sha256": manifest["sha256"], "filters": manifest["filters"],
@@ -79,7 +179,11 @@ async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: An
         with open(out, "rb") as f:
             while chunk := f.read(CHUNK):
                 await writable.wait()  # the operator's window is full: wait, don't buffer
+                if gone():
+                    break
                 chan.write(chunk)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, out.parent, True)
     return EXIT_OK, None
 
 

@@ -10,6 +10,7 @@ the two forwards remote access uses.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -29,6 +30,8 @@ from inventory.hub._audit import AuditCoalescer, Row
 from inventory.hub._budget import (
     ANSWER_CHUNK,
     ANSWER_WRITE_TIMEOUT_S,
+    EXPORT_REQUESTS_PER_HOLDER,
+    INPUT_PER_HOLDER,
     MAX_ANSWER,
     MAX_ANSWER_BYTES,
     MAX_BUFFERED_INPUT,
@@ -37,6 +40,7 @@ from inventory.hub._budget import (
     Budget,
 )
 from inventory.hub._door import MESSAGES, PENALISED, Door, DoorLimits, source_of
+from inventory.hub._export import ExportSlots
 from inventory.hub._ingest import MAX_RECEIVED_BYTES, Ingest, OverBudget, ReportRate
 from inventory.hub._keys import fingerprint, load_or_create_host_key
 from inventory.hub._lines import TOO_LONG, LineReader
@@ -80,6 +84,8 @@ BODY_TIMEOUT_S = 60.0
 # Open session channels per connection: the console uses a few (API, watch, exports); an agent
 # one at a time; `enrol` runs one command and is then disconnected.
 CHANNELS_PER_CONNECTION = {"operator": 8, "agent": 4, "enrol": 1}
+AGENT_CONNECTIONS = 2  # logged-in connections one agent may hold; the oldest go past it
+_LOGIN_ORDER = itertools.count(1)
 # API answers that mean "this line is not a request"; many a second and the channel is cut.
 INVALID_LINE_CODES = frozenset({"bad_json", "bad_request", "unknown_op", "line_too_long"})
 # Public keys one connection may have refused (queries count) before it is cut off, as
@@ -141,10 +147,11 @@ class Hub:
         # Refusals are audited through the coalescer, so a flood writes a few rows.
         self.audit = AuditCoalescer(self._write_audit)
         # Input every channel buffers, bounded in total (a channel's own limit is not enough).
-        self.input_budget = Budget(settings.max_buffered_input)
-        self.export_budget = Budget(settings.max_export_requests)
+        self.input_budget = Budget(settings.max_buffered_input, INPUT_PER_HOLDER)
+        self.export_budget = Budget(settings.max_export_requests, EXPORT_REQUESTS_PER_HOLDER)
         self.answer_budget = Budget(settings.max_answer_bytes)
         self.access = AccessGuard(self)  # ends open connections whose access was withdrawn
+        self.exports = ExportSlots()  # exports queued or running, per operator and in all
         self.last_change_id = 0
         self.door = Door(replace(settings.door, full=settings.max_unauthenticated))
         self.stopping = False
@@ -298,6 +305,7 @@ class _Connection(asyncssh.SSHServer):
         self.timed_out = False  # a deadline ended it: an enrol that overstayed is no login
         self.access_version = 0  # hub.access.version when the login's records were read
         self.channels = 0  # session channels open now (capped per role)
+        self.login_order = 0  # agents: which of its connections logged in last
 
     # --- connection and login -----------------------------------------------------------
 
@@ -376,7 +384,10 @@ class _Connection(asyncssh.SSHServer):
                                                        "keys_refused": self.keys_refused})
         if self.authenticated and self.role == "agent":
             self.hub.remote.withdraw(self)
-            self.hub.spawn(self.hub.presence(self.username, False))
+            if not self.hub.access.connections.get(self.username):
+                # Offline only when this was its last connection: a replaced one closing
+                # after its successor logged in must not mark the agent offline.
+                self.hub.spawn(self.hub.presence(self.username, False))
 
     def begin_auth(self, username: str) -> bool:
         if self.deadline:  # the key exchange is done: asyncssh's login timeout takes over
@@ -450,10 +461,25 @@ class _Connection(asyncssh.SSHServer):
         log.info("conn %s login user=%s role=%s key=%s", self.peer, self.username, self.role, fp)
         self.hub.access.add(self)
         if self.role == "agent":
+            self.login_order = next(_LOGIN_ORDER)
+            self._close_older_connections()
             self.hub.spawn(self.hub.presence(self.username, True))
         elif self.role == "operator":
             self.hub.spawn(self.hub.db(self.hub.store.audit, f"operator:{self.username}",
                                        "login", None, {"peer": self.peer}))
+
+    def _close_older_connections(self) -> None:
+        """An agent keeps one connection; a second is allowed while the first (maybe dead
+        after a network drop, not yet noticed by keepalives) is being replaced. Past that
+        the oldest are closed: a compromised agent cannot multiply its channels and buffers
+        by opening connections."""
+        mine = sorted(self.hub.access.connections.get(self.username, ()),
+                      key=lambda c: c.login_order)
+        for old in mine[:max(0, len(mine) - AGENT_CONNECTIONS)]:
+            log.info("conn %s closed: agent %s logged in again from %s", old.peer,
+                     self.username, self.peer)
+            if old.conn is not None:
+                old.conn.close()
 
     # --- what the client may open -------------------------------------------------------
 
@@ -656,14 +682,23 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._release()
             self._fail(EXIT_DATA, "too_large", f"input is over the limit of {self.limit} bytes")
             return
-        budget = self._budget()
-        if not budget.take(len(data)):
-            # Every channel's bodies together are over the hub's budget: come back later.
+        budget, holder = self._budget(), self._holder()
+        if not budget.take(len(data), holder):
+            # Over the hub's budget for every channel's bodies together, or over this
+            # sender's share of it (one sender must not hold it all): come back later.
+            mine = budget.held_by(holder) + len(data) > (budget.per_holder or budget.limit)
             self._release()
-            log.warning("conn %s %s refused: %d bytes of input buffered, the limit",
-                        self.owner.peer, self.command, budget.used)
-            self._fail(EXIT_TEMPFAIL, "busy", "the hub is holding as much input as it may; "
-                                              "retry later", retry_after=RETRY_AFTER_S)
+            code = "input_per_sender" if mine else "input_total"
+            if (folded := self.hub.door.refusal_to_log(holder, code)) is not None:
+                log.warning("conn %s %s refused (%s): %d bytes of input buffered in all, %d "
+                            "by %s; %d more refused since the last such line",
+                            self.owner.peer, self.command, code, budget.used,
+                            budget.held_by(holder), quoted(holder, 64), folded)
+            self.hub.audit.record(self.owner.source, f"{self.owner.role}:{self.owner.username}",
+                                  "input_refused", self.command, {"code": code})
+            whose = "from you" if mine else "in all"
+            self._fail(EXIT_TEMPFAIL, "busy", f"the hub is holding as much input as it may "
+                                              f"{whose}; retry later", retry_after=RETRY_AFTER_S)
             return
         self.held += len(data)
         self.body += data
@@ -672,11 +707,18 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return self.hub.export_budget if self.command == EXPORT_COMMAND else \
             self.hub.input_budget
 
+    def _holder(self) -> str:
+        """Whose share of the input budgets a body counts against: the agent or operator,
+        or for `enrol` (any key logs in) the address it comes from."""
+        owner = self.owner
+        return f"source:{owner.source}" if owner.role == "enrol" else \
+            f"{owner.role}:{owner.username}"
+
     def _release(self) -> None:
         """Drop the body and give its bytes back to the hub's budget."""
         self.body = bytearray()
         if self.held:
-            self._budget().give(self.held)
+            self._budget().give(self.held, self._holder())
             self.held = 0
 
     def eof_received(self) -> bool:
@@ -955,8 +997,10 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         assert self.owner.operator is not None
         if self.chan is None:
             return  # the operator went away before the export started
-        status, doc = await serve_export(self.hub, self.owner.operator, body, self.chan,
-                                         self.writable)
+        status, doc = await serve_export(
+            self.hub, self.owner.operator, body, self.chan, self.writable,
+            gone=lambda: self.finished or self.chan is None or
+            self.hub.access.refusal(self.owner) is not None)
         if doc is not None:
             self._finish(status, doc)
         elif not self.finished:
