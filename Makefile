@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz bench lint clean
+.PHONY: run test fuzz mutate bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	ESTATE_FUZZ=long $(PY) -m pytest tests/test_fuzz.py -p no:cacheprovider
 
+# Mutation testing of the modules that keep the product's promises (tests/mutate.py, configured
+# in pyproject.toml's [tool.mutmut]): prints each module's score. Slow, so not part of `make
+# test`: docs/testing.md has the time it takes, the scores and the survivors explained.
+MUTATE_STAMP := $(VENV)/.installed-mutate
+
+$(MUTATE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --group mutate
+	touch $(MUTATE_STAMP)
+
+mutate: $(MUTATE_STAMP)
+	$(PY) tests/mutate.py
+
 bench: $(STAMP)
 	$(PY) bench/agent_collect.py
 	$(PY) bench/hub_ingest.py
@@ -33,4 +45,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

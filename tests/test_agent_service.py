@@ -321,3 +321,121 @@ def test_sighup_reloads_the_config(hub, enrolled, service):
     svc.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration reloaded" in svc.log(), timeout=10, what="reload")
     assert svc.stop() == 0
+
+
+# --- the spool itself, in-process (fast enough for `make mutate`) ----------------------------
+
+def test_the_spool_keeps_reports_newest_first_until_acked_and_bounds_itself(tmp_path,
+                                                                            caplog):
+    """Newest first; an ack removes that report alone; a repeated id is kept once; over a
+    bound the oldest go and are counted until a report that told the hub is acked."""
+    from agent.spool import Spool, SpoolLimits
+
+    spool = Spool(tmp_path / "spool.db", SpoolLimits(max_reports=3, max_bytes=25))
+    assert spool.newest() is None and spool.depth() == (0, 0)
+    assert spool.unreported_drops() == 0
+    assert [spool.next_sequence() for _ in range(3)] == [1, 2, 3]
+    spool.put("a:1:1", b"1234567890")
+    spool.put("a:1:1", b"other body")  # the same report again: kept once, as first put
+    assert spool.depth() == (1, 10)
+    spool.put("a:1:2", b"abcdefghij")
+    newest = spool.newest()
+    assert (newest.report_id, newest.body) == ("a:1:2", b"abcdefghij")
+    spool.ack(newest.seq)
+    assert spool.depth() == (1, 10) and spool.newest().report_id == "a:1:1"
+    spool.put("a:1:3", b"x" * 10)
+    assert spool.depth() == (2, 20) and spool.unreported_drops() == 0
+    with caplog.at_level("WARNING", logger="estate.agent"):
+        spool.put("a:1:4", b"y" * 10)  # 30 bytes > 25: the oldest goes
+    assert "dropped the 1 oldest report(s)" in caplog.text
+    assert spool.depth() == (2, 20) and spool.unreported_drops() == 1
+    ids = []
+    while (item := spool.newest()) is not None:
+        ids.append(item.report_id)
+        spool.ack(item.seq)
+    assert ids == ["a:1:4", "a:1:3"]
+    spool.drops_reported(0)
+    assert spool.unreported_drops() == 1
+    spool.drops_reported(1)
+    assert spool.unreported_drops() == 0
+    for n in range(5):  # by count: 3 at most; one report alone may pass max_bytes
+        spool.put(f"b:1:{n}", b"z" * 30 if n == 4 else b"z")
+    assert spool.depth() == (1, 30) and spool.unreported_drops() == 4
+    spool.close()
+    again = Spool(tmp_path / "spool.db")  # counters and reports survive a restart
+    assert again.next_sequence() == 4 and again.unreported_drops() == 4
+    assert again.newest().report_id == "b:1:4"
+    assert again.limits == SpoolLimits()
+    again.close()
+
+
+def test_old_reports_leave_the_spool_and_a_corrupt_one_is_moved_aside(tmp_path, caplog,
+                                                                         monkeypatch):
+    from agent import spool as spool_module
+    from agent.spool import Spool, SpoolFull, SpoolLimits
+
+    path = tmp_path / "spool.db"
+    spool = Spool(path, SpoolLimits(max_age_s=60))
+    spool.put("a:1:1", b"old")
+    real_time = time.time
+    monkeypatch.setattr(spool_module.time, "time", lambda: real_time() + 61)
+    spool.put("a:1:2", b"new")  # the first is now older than max_age_s
+    assert spool.depth() == (1, 3) and spool.unreported_drops() == 1
+    monkeypatch.setattr(spool_module.time, "time", real_time)
+    spool.put("a:1:3", b"newer")
+    assert spool.depth() == (2, 8) and spool.unreported_drops() == 1  # 59 s old: kept
+    spool.db.execute("PRAGMA query_only=ON")  # a read-only disk, as SQLite sees it
+    with pytest.raises(SpoolFull):
+        spool.put("a:1:4", b"lost")
+    assert not spool.db.in_transaction
+    assert spool.next_sequence() > 10**12  # the spool cannot count: a time stands in
+    spool.close()
+
+    path.write_bytes(b"not a database" * 100)
+    with caplog.at_level("ERROR", logger="estate.agent"):
+        fresh = Spool(path)
+    assert fresh.depth() == (0, 0) and fresh.next_sequence() == 1
+    (aside,) = tmp_path.glob("spool.db.corrupt-*")
+    assert aside.read_bytes() == b"not a database" * 100
+    assert f"moved it to {aside.name}" in caplog.text and "unusable" in caplog.text
+    fresh.close()
+
+
+def test_the_spool_bounds_are_inclusive_and_its_failures_are_spoolfull(tmp_path, caplog):
+    """Exactly max_reports and exactly max_bytes fit; a failure inside a write rolls back
+    and says SpoolFull with SQLite's reason; a broken counter falls back to the clock."""
+    from agent.spool import Spool, SpoolFull, SpoolLimits
+
+    spool = Spool(tmp_path / "spool.db", SpoolLimits(max_reports=2, max_bytes=10))
+    spool.put("a:1:1", b"12345")
+    with caplog.at_level("WARNING", logger="estate.agent"):
+        spool.put("a:1:2", b"67890")
+        assert spool.depth() == (2, 10) and spool.unreported_drops() == 0
+        assert caplog.messages == []
+        spool.put("a:1:3", b"x")
+    assert caplog.messages == ["spool full: dropped the 1 oldest report(s)"]
+    assert spool.depth() == (2, 6) and spool.newest().report_id == "a:1:3"
+    spool.db.execute("DROP TABLE outbox")  # fails inside the transaction, after BEGIN
+    with pytest.raises(SpoolFull, match=r"^no such table: outbox$"):
+        spool.put("a:1:4", b"y")
+    assert not spool.db.in_transaction
+    spool.db.execute("DROP TABLE meta")
+    sequence = spool.next_sequence()
+    assert type(sequence) is int and abs(sequence - time.time() * 1000) < 60_000
+    assert not spool.db.in_transaction
+    spool.close()
+
+
+def test_a_corrupt_spool_is_logged_with_where_it_went(tmp_path, caplog):
+    from agent.spool import Spool
+
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"garbage" * 200)
+    with caplog.at_level("ERROR", logger="estate.agent"):
+        spool = Spool(path)
+    (aside,) = tmp_path.glob("spool.db.corrupt-*[0-9]")
+    (message,) = caplog.messages
+    assert message.startswith(f"spool {path} is unusable (")
+    assert message.endswith(f"); moved it to {aside.name} and started a new one")
+    assert "None" not in message
+    spool.close()

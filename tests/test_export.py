@@ -253,3 +253,198 @@ def test_xlsx_cells_that_look_like_formulas_are_strings_cell_by_cell(tmp_path):
         assert (count.value, count.data_type) == (-n, "n")
     about = book["About"]
     assert [c.value for c in next(about.iter_rows())] == ["scope", "'=evil()"]
+
+
+# --- manifests, in-process (fast enough for `make mutate`) -----------------------------------
+
+def test_a_manifest_signs_the_file_and_verify_names_each_break(tmp_path):
+    """sign + verify round trip; a changed byte, size, member, key, algorithm or signature
+    is refused with the reason; the canonical form is sorted keys, no spaces, no signature."""
+    import asyncssh
+
+    from inventory.export.manifest import (
+        MANIFEST_FORMAT,
+        VerifyError,
+        canonical,
+        manifest_path,
+        sha256_of,
+        sign,
+        verify,
+    )
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "inventory.csv"
+    path.write_bytes(b"agent_id,hostname\r\nag-1,pc-\xc3\xa9\r\n")
+    assert sha256_of(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert manifest_path(path) == tmp_path / "inventory.csv.manifest.json"
+    manifest = {
+        "format": MANIFEST_FORMAT, "file_format": "csv", "report": "inventory",
+        "generated_at": "2026-01-02T00:00:00Z", "as_of": None, "estate_version": "1.0",
+        "sha256": sha256_of(path), "bytes": path.stat().st_size, "rows": 1,
+        "scope": {"operator": "chief", "role": "admin", "agencies": "all"},
+        "filters": {"agency": "Fire é", "days": 30, "site": None},
+        "hub": {"fingerprint": key.get_fingerprint("sha256"),
+                "public_key": key.export_public_key().decode().strip()},
+    }
+    assert canonical({"b": 1, "a": "é", "signature": "x"}) == '{"a":"é","b":1}'.encode()
+    signed = sign(manifest, key)
+    assert {k: v for k, v in signed.items() if k != "signature"} == manifest
+    assert signed["signature"]["algorithm"] == "ssh-ed25519"
+
+    def write(m, where=None):
+        (where or manifest_path(path)).write_text(json.dumps(m))
+
+    write(signed)
+    done = verify(path)
+    assert done.manifest == signed and done.fingerprint == key.get_fingerprint("sha256")
+    other = tmp_path / "elsewhere.json"
+    write(signed, other)
+    assert verify(path, other).manifest == signed
+
+    def refused(m, *, content=None) -> str:
+        if content is None:
+            write(m)
+        else:
+            manifest_path(path).write_bytes(content)
+        with pytest.raises(VerifyError) as err:
+            verify(path)
+        return str(err.value)
+
+    other_key = asyncssh.generate_private_key("ssh-ed25519")
+    assert "BAD SIGNATURE" in refused({**signed, "rows": 2})
+    assert "BAD SIGNATURE" in refused(sign({**manifest, "hub": {
+        **manifest["hub"], "public_key": other_key.export_public_key().decode()}}, key))
+    assert "BAD SIGNATURE" in refused({**sign(manifest, other_key), "hub": manifest["hub"]})
+    assert "BAD SIGNATURE" in refused({**signed, "signature": {
+        **signed["signature"], "algorithm": "rsa-sha2-256"}})
+    assert "no usable hub key or signature" in refused({**signed, "signature": {
+        **signed["signature"], "value": "not base64!"}})
+    assert "no usable hub key or signature" in refused({**signed, "hub": {
+        **signed["hub"], "public_key": "ssh-ed25519 AAAA"}})
+    assert "not an Estate export manifest" in refused({**signed, "format": "other/1"})
+    assert "not an Estate export manifest" in refused([signed])
+    assert "field scope.role is missing" in refused(
+        {**signed, "scope": {"operator": "x", "agencies": []}})
+    assert "field hub: expected an object" in refused({**signed, "hub": "x"})
+    assert "field rows: expected a whole number, got bool" in refused({**signed, "rows": True})
+    assert "field as_of: expected a string or null, got int" in refused({**signed, "as_of": 1})
+    assert "scope.agencies: expected a list of strings" in refused(
+        {**signed, "scope": {**signed["scope"], "agencies": ["a", 1]}})
+    assert 'filters."x\\n": expected a string, a number or null' in refused(
+        {**signed, "filters": {"x\n": [1]}})
+    assert "filters" in refused({**signed, "filters": {"x": True}})
+    assert "cannot be negative" in refused({**signed, "bytes": -1})
+    assert "cannot be negative" in refused({**signed, "rows": -1})
+    assert "over 1048576 bytes" in refused(None, content=b" " * (1 << 20) + b"{}")
+    assert "not JSON" in refused(None, content=b"{")
+    assert "nested too deep" in refused(None, content=b"[" * 100_000)
+    write(signed)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")  # same size, other bytes
+    with pytest.raises(VerifyError, match="CHANGED"):
+        verify(path)
+    path.write_bytes(path.read_bytes() + b"\r\n")
+    with pytest.raises(VerifyError, match=r"CHANGED: .* \(33 bytes, the manifest says 31\)"):
+        verify(path)
+    manifest_path(path).unlink()
+    with pytest.raises(VerifyError, match="no manifest"):
+        verify(path)
+    write(signed)
+    path.unlink()
+    with pytest.raises(VerifyError, match="cannot read"):
+        verify(path)
+
+
+def test_every_writer_types_its_cells_and_describes_its_columns(tmp_path):
+    """One row of every column type through each writer: what a spreadsheet or a program
+    reading the file sees, cell by cell, sheet by sheet."""
+    import csv
+    from datetime import datetime
+
+    import openpyxl
+
+    from inventory.export._columns import Column
+    from inventory.export._writers import WRITERS, CsvWriter, JsonWriter, XlsxWriter
+
+    assert WRITERS == {"csv": CsvWriter, "json": JsonWriter, "xlsx": XlsxWriter}
+    columns = (Column("host", "Host", "text", "the host's name"),
+               Column("seen", "Last seen", "datetime", "when", None),
+               Column("day", "Day", "date", "a day"),
+               Column("ok", "Online", "bool", "up?"),
+               Column("mem", "Memory", "bytes", "RAM", "bytes"),
+               Column("n", "A long column title here", "int", "a count"),
+               Column("pct", "Disk", "float", "used", "%"))
+    meta = {"generated_at": "2026-11-27T12:34:56Z", "report": "inventory"}
+    rows = [["pc-é", "2026-11-27T09:00:00.123456Z", "2026-11-27", True, 2**33, 7, 51.5],
+            ["=bad", "2026-01-02T03:04:05Z", None, False, None, 0, None],
+            [None, None, None, None, None, None, None]]
+    about = {"rows": 3, "scope": {"agencies": ["Fire"]}, "note": "-x"}
+    written = {}
+    for fmt, writer_class in WRITERS.items():
+        path = tmp_path / f"out.{fmt}"
+        writer = writer_class(path, "inventory", columns, meta)
+        for row in rows:
+            writer.row(row)
+        assert writer.rows == 3
+        writer.close(about)
+        written[fmt] = path
+        spare = writer_class(tmp_path / f"spare.{fmt}", "inventory", columns, meta)
+        with pytest.raises(ValueError):
+            spare.row(rows[0][:-1])  # a row that does not fit the columns is a bug
+        spare.close(about)
+
+    raw = written["csv"].read_bytes()
+    assert raw.startswith("\ufeff".encode()) and raw.count(b"\r\n") == 4
+    with open(written["csv"], encoding="utf-8-sig", newline="") as f:
+        assert list(csv.reader(f)) == [
+            ["Host", "Last seen", "Day", "Online", "Memory", "A long column title here",
+             "Disk"],
+            ["pc-é", "2026-11-27T09:00:00Z", "2026-11-27", "true", str(2**33), "7", "51.5"],
+            ["'=bad", "2026-01-02T03:04:05Z", "", "false", "", "0", ""],
+            [""] * 7]
+
+    text = written["json"].read_text(encoding="utf-8")
+    assert "pc-é" in text and "\r" not in text and text.endswith("}\n")
+    doc = json.loads(text)
+    assert doc["manifest"] == meta and doc["about"] == about
+    assert doc["columns"][4] == {"key": "mem", "title": "Memory", "type": "bytes",
+                                 "unit": "bytes", "description": "RAM"}
+    assert doc["rows"][0] == {"host": "pc-é", "seen": "2026-11-27T09:00:00Z",
+                              "day": "2026-11-27", "ok": True, "mem": 2**33, "n": 7,
+                              "pct": 51.5}
+    assert doc["rows"][1]["host"] == "=bad" and doc["rows"][1]["ok"] is False
+    assert doc["rows"][2] == dict.fromkeys(doc["rows"][0])
+    assert text.count("\n") == 8  # manifest, columns + "rows": [, a line a row, ], about
+
+    book = openpyxl.load_workbook(written["xlsx"])
+    assert book.sheetnames == ["inventory", "Fields", "About"]
+    assert book.properties.title == "Estate inventory export"
+    assert book.properties.creator == "Estate"
+    assert book.properties.created == datetime(2026, 11, 27, 12, 34, 56)
+    sheet = book["inventory"]
+    header = next(sheet.iter_rows())
+    assert [c.value for c in header] == [c.title for c in columns]
+    assert all(c.font.bold and c.fill.fgColor.rgb.endswith("DDDDDD") for c in header)
+    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:G4"
+    assert [sheet.column_dimensions[x].width for x in "ABCDEFG"] == \
+        [pytest.approx(w, abs=0.8) for w in (24, 20, 12, 10, 18, 26, 12)]
+    first, second = (list(r) for r in sheet.iter_rows(min_row=2))  # the third is empty
+    assert [c.value for c in first] == ["pc-é", datetime(2026, 11, 27, 9, 0, 0, 123000),
+                                        datetime(2026, 11, 27), True, 2**33, 7, 51.5]
+    assert [c.number_format for c in first[1:5]] == ["yyyy-mm-dd hh:mm:ss", "yyyy-mm-dd",
+                                                      "General", "#,##0"]
+    assert first[5].number_format == "General" and first[0].data_type == "s"
+    assert [c.value for c in second] == ["'=bad", datetime(2026, 1, 2, 3, 4, 5), None,
+                                         False, None, 0, None]
+    fields = [[c.value for c in r] for r in book["Fields"].iter_rows()]
+    assert fields[0] == ["column", "key", "type", "unit", "description"]
+    assert fields[1] == ["Host", "host", "text", "", "the host's name"]
+    assert fields[5] == ["Memory", "mem", "bytes", "bytes", "RAM"]
+    assert len(fields) == 8 and book["Fields"].freeze_panes == "A2"
+    assert all(c.font.bold for c in next(book["Fields"].iter_rows()))
+    assert book["Fields"].column_dimensions["A"].width == pytest.approx(22, abs=0.8)
+    assert book["Fields"].column_dimensions["E"].width == pytest.approx(100, abs=0.8)
+    assert [[c.value for c in r] for r in book["About"].iter_rows()] == [
+        ["rows", "3"], ["scope", '{"agencies": ["Fire"]}'], ["note", "'-x"]]
+    assert book["About"]["A1"].font.bold
+    assert book["About"].column_dimensions["A"].width == pytest.approx(22, abs=0.8)
+    assert book["About"].column_dimensions["B"].width == pytest.approx(80, abs=0.8)

@@ -98,7 +98,9 @@ def test_parse_refuses_oversized_before_decoding():
         (b'{"a": NaN}', "not valid JSON"),
         (b"\xff\xfe", "not UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-        (gzip.compress(b"{}"), "not UTF-8"),
+        # mtime=0: the bytes are the test's id, which must be the same in every run (mutmut
+        # and `pytest --lf` select tests by id).
+        (gzip.compress(b"{}", mtime=0), "not UTF-8"),
     ],
 )
 def test_parse_refuses_malformed(data, problem):
@@ -111,3 +113,102 @@ def test_markup_and_sql_are_just_text(report):
     # neutralises them on display. Validation must not choke on them.
     report["system"]["hostname"] = "[red]x[/red]'); DROP TABLE hosts;--\x1b]8;;"
     assert validate(report)["system"]["hostname"].startswith("[red]")
+
+
+def _set(path: str, value):
+    """A change to a report: the value at a dotted path (list items by [n])."""
+    def change(r):
+        *parents, last = path.replace("[", ".[").split(".")
+        for p in parents:
+            r = r[int(p[1:-1])] if p.startswith("[") else r[p]
+        r[last] = value
+    return change
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        ("collected_at", None, "must not be null"),
+        ("collected_at", 5, "expected an RFC 3339 UTC time like 2026-01-31T12:00:00Z"),
+        ("system.boot_time", "2026-13-01T00:00:00Z", "not a real date and time"),
+        ("hardware.battery", [], "expected an object, got a list"),
+        ("hardware.battery", {"plugged": "yes", "percent": None, "seconds_left": None},
+         "expected true or false, got a string"),
+        ("hardware.disks", None, "must not be null"),
+        ("hardware.disks", ["a"] * 257, "257 items, over the limit of 256"),
+        ("software.packages", 3, "expected a list, got a number"),
+        ("system.hostname", "x" * 256, "256 characters, over the limit of 255"),
+        ("system.hostname", "\udc00", "not valid Unicode (lone surrogate)"),
+        ("system.hostname", 1.5, "expected a string, got a number"),
+        ("system.hostname", True, "expected a string, got a boolean"),
+        ("system.hostname", {}, "expected a string, got an object"),
+        ("system.hostname", (1,), "expected a string, got tuple"),
+        ("system.os.family", "beos", "expected one of linux, windows, macos, bsd, other"),
+        ("agent.interval_s", 0, "0 is below the minimum 1"),
+        ("agent.interval_s", 86401, "86401 is above the maximum 86400"),
+        ("agent.interval_s", -(2**63) - 1, "number out of the 64-bit range"),
+        ("hardware.cpu.cores", 2.0, "expected a whole number"),
+        ("health.cpu_percent", float("inf"), "expected a finite number"),
+        ("health.cpu_percent", None, None),  # nullable: accepted
+        ("system.boot_time", None, None),
+        ("hardware.battery", None, None),
+        ("software.packages", None, None),
+        ("agent.interval_s", 86400, None),
+        ("agent.interval_s", 2**63 - 1, "9223372036854775807 is above the maximum 86400"),
+        ("hardware.disks", ["a"] * 256, "expected an object, got a string"),  # at [0]
+    ],
+)
+def test_every_refusal_says_exactly_what_is_wrong(report, path, value, problem):
+    """The problem text is part of the answer an agent's operator reads: exact, per kind."""
+    _set(path, value)(report)
+    if problem is None:
+        assert validate(report) is report
+        return
+    with pytest.raises(ReportError) as err:
+        validate(report)
+    assert err.value.problem == problem
+    where = path + "[0]" if problem.startswith("expected an object, got a s") else path
+    if path == "hardware.battery" and isinstance(value, dict):
+        where = "hardware.battery.plugged"
+    assert err.value.path == where
+    assert str(err.value) == f"{where}: {problem}"
+
+
+def test_unknown_and_missing_members_are_named():
+    from inventory.report import ReportError as Error
+
+    with pytest.raises(Error) as err:
+        validate({"x" * 65: 1})
+    assert (err.value.path, err.value.problem) == ("(long key)", "unknown field")
+    with pytest.raises(Error) as err:
+        validate({"x" * 64: 1})
+    assert err.value.path == "x" * 64
+    with pytest.raises(Error) as err:
+        validate({})
+    assert (err.value.path, err.value.problem) == ("schema", "missing (use null when unknown)")
+    assert str(Error("", "bad")) == "report: bad"
+
+
+def test_parse_names_each_way_a_body_is_not_a_report(report):
+    from inventory.report import make_report_id
+
+    body = json.dumps(report).encode()
+    assert parse(body, max_bytes=len(body)) == report  # the limit itself fits
+    for data, max_bytes, problem in (
+            (body, len(body) - 1, f"report is {len(body)} bytes, over the limit of "
+                                  f"{len(body) - 1}"),
+            (b"[" * 100_000, MAX_REPORT_BYTES, "report is nested too deeply"),
+            (b'{"a": Infinity}', MAX_REPORT_BYTES,
+             "report is not valid JSON (Infinity is not a number JSON allows)"),
+            (b"\xff", MAX_REPORT_BYTES, "report is not UTF-8 (invalid start byte)"),
+            (b'{"report_id": "x"', MAX_REPORT_BYTES, "report is not valid JSON (")):
+        with pytest.raises(ReportError) as err:
+            parse(data, max_bytes=max_bytes)
+        assert err.value.path == "" and err.value.problem.startswith(problem), err.value
+    report["report_id"] = "ag-1:1:1\n"
+    with pytest.raises(ReportError) as err:
+        validate(report)
+    assert (err.value.path, err.value.problem) == ("report_id",
+                                                   "expected AGENT:BOOT_EPOCH:SEQUENCE")
+    assert make_report_id("ag-1", 12.9, 3) == "ag-1:12:3"
+    assert make_report_id(None, 1, 2) == "local:1:2" == make_report_id("", 1, 2)

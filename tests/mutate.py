@@ -1,0 +1,220 @@
+"""`make mutate`: mutation testing of the modules that keep the product's promises.
+
+Runs mutmut (configured in pyproject.toml, `[tool.mutmut]`: the modules, and the fast in-process
+tests of each module's layer) from a fresh copy, then prints, per module, how many mutants the
+tests killed and the score. A mutant listed in `EQUIVALENT` below behaves exactly like the
+original (docs/testing.md says why for each family) and counts as neither killed nor missed.
+
+    .venv/bin/python tests/mutate.py            # the whole run, from scratch
+    .venv/bin/python tests/mutate.py --report   # the table again, from the last run
+    .venv/bin/python tests/mutate.py --survivors  # also list the surviving mutants
+
+Exit status 1 when a module is under the target (90% of its non-equivalent mutants killed).
+Not part of `make test`: it takes tens of minutes on a 2-core machine (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 0.90
+KILLED = {1, 3, 37}  # a test failed, pytest hit an internal error, mypy refused the mutant
+TIMEOUT = {36, 24, -24, 152, 255}  # the mutant made a test hang: it was caught, too
+
+# inventory/store/__init__.py is too big to mutate whole in a run of this length: its functions
+# that write reports, changes and the audit log, and its reads scoped to agencies (the API's).
+# Enrolment, tokens, operators, presence, pruning and the admin's unscoped reads are not run.
+STORE_FUNCTIONS = (
+    "Store.store_reports", "Store._previous", "Store._store_one", "Store._upsert_host",
+    "Store._refresh_identity_conflicts", "Store._audit", "Store.audit", "Store.verify_audit",
+    "Store.host_rows", "Store.host_count", "Store.summary", "Store.host_detail",
+    "Store._conflicts_in_scope", "Store.recent_reports", "Store.host_detail_exists",
+    "Store.scoped_changes", "_StatusClock.__call__", "audit_hash", "_ordering_time",
+    "_gzipped", "_sha256",
+)
+
+# Mutants that cannot be told from the original by any test (docs/testing.md, "Mutation
+# testing", explains each): mutant names, or fnmatch patterns of them.
+_FALSY = "None for False: the same falsy value to the function called"
+_NEVER_UNSAFE = ("a code point at the changed bound (U+007E, U+007F, U+10000) is never escaped "
+                 "here: `~` and U+10000 are safe, DEL is escaped by the pattern before")
+EQUIVALENT: dict[str, str] = {
+    "agent.spool.xǁSpoolǁ_connect__mutmut_10": "SQLite's lock wait: only timing shows it",
+    "agent.spool.xǁSpoolǁ_connect__mutmut_11": "SQLite's lock wait: only timing shows it",
+    "agent.spool.xǁSpoolǁnext_sequence__mutmut_22": "the clock's fallback divided by another "
+                                                    "constant is still unique per boot",
+    "inventory.sanitise.x_dumps__mutmut_4": _FALSY,
+    "inventory.sanitise.x_dumps__mutmut_28": _NEVER_UNSAFE,
+    "inventory.sanitise.x_dumps__mutmut_29": _NEVER_UNSAFE,
+    "inventory.sanitise.x__escape_json_char__mutmut_3": _NEVER_UNSAFE,
+    "inventory.sanitise.x__escape_json_char__mutmut_4": _NEVER_UNSAFE,
+}
+# Modules whose SQL rows are plain tuples: a column name in another case is never a key.
+TUPLE_ROWS = {"agent/spool.py"}
+
+
+def _modules() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return list(config["source_paths"])
+
+
+def _module_name(path: str) -> str:
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def _patterns() -> dict[str, list[str]]:
+    """Per module, the mutant names (fnmatch patterns) that are run and scored."""
+    out = {}
+    for path in _modules():
+        name = _module_name(path)
+        if path == "inventory/store/__init__.py":
+            out[path] = [f"{name}.x{'ǁ'.join(('', *fn.split('.')))}__mutmut_*" if "." in fn
+                         else f"{name}.x_{fn}__mutmut_*" for fn in STORE_FUNCTIONS]
+        else:
+            out[path] = [f"{name}.*"]
+    return out
+
+
+# Code that runs once, at import: inventory/report.py compiles the schema into nested checker
+# functions when it is imported. mutmut records which tests reach a function while they run,
+# so it would credit these to whichever test happened to import the module first; every test
+# that validates a report goes through them.
+IMPORT_TIME = {
+    "inventory.report": ("x__compile", "x__object_checker", "x__list_checker", "x__str_checker",
+                         "x__bool_checker", "x__datetime_checker", "x__number_checker"),
+}
+VALIDATES = "inventory.report.x_validate"
+
+
+def _credit_import_time_code() -> None:
+    stats_file = ROOT / "mutants" / "mutmut-stats.json"
+    stats = json.loads(stats_file.read_text())
+    tests = stats["tests_by_mangled_function_name"]
+    for module, functions in IMPORT_TIME.items():
+        for function in functions:
+            tests[f"{module}.{function}"] = sorted(set(tests.get(f"{module}.{function}", []))
+                                                   | set(tests[VALIDATES]))
+    stats_file.write_text(json.dumps(stats))
+
+
+def _run() -> float:
+    shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # a fresh copy: no stale results
+    mutmut = Path(sys.executable).with_name("mutmut")
+    started = time.monotonic()
+    patterns = [p for module in _patterns().values() for p in module]
+    # Each mutant's worker imports the mutated modules afresh (pyproject.toml says why); they
+    # hold every mutant's code (the store's is 3 MB), so their bytecode must be cached.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    children = ["--max-children", str(os.cpu_count() or 2)]
+    # First the copy, the mutants and the record of which tests reach which function (with one
+    # quick mutant, as `mutmut run` wants one), then that record corrected, then every mutant.
+    for step in (["run", *children, "inventory.report.x__reject_constant__mutmut_1"],
+                 None, ["run", *children, *patterns]):
+        if step is None:
+            _credit_import_time_code()
+            continue
+        done = subprocess.run([str(mutmut), *step], cwd=ROOT, env=env, check=False)
+        if done.returncode != 0:
+            sys.exit(f"mutmut {step[0]} exited {done.returncode}")
+    return time.monotonic() - started
+
+
+# SQLite reads keywords, table and column names in any case, and every alias and value in
+# Estate's SQL is lower case already: SQL text lowered is the same statement.
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|PRAGMA|BEGIN|COMMIT|ROLLBACK|FROM|"
+                  r"WHERE|JOIN|VALUES|ON CONFLICT|ORDER BY|LIMIT)\b")
+
+
+def _changed_lines(name: str, module: str) -> tuple[str, str]:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    diff = get_diff_for_mutant(name, path=module).splitlines()
+    removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in diff if line.startswith("+") and not line.startswith("+++")]
+    return "\n".join(removed), "\n".join(added)
+
+
+def _sql_recased(old: str, new: str, tuple_rows: bool) -> bool:
+    """The mutant only changes the case of SQL keywords and names, outside quoted values:
+    lowered anywhere, raised only where no column name becomes a key."""
+    if old == new or len(old) != len(new) or not _SQL.search(old):
+        return False
+    quoted = False
+    for a, b in zip(old, new, strict=True):
+        quoted ^= a == "'"
+        if a != b and (quoted or a.lower() != b.lower()):
+            return False
+    raised = any(a != b and b.isupper() for a, b in zip(old, new, strict=True))
+    return not raised or tuple_rows or "SELECT" not in old.upper()
+
+
+def _equivalent(name: str, module: str) -> str | None:
+    """Why a surviving mutant is equivalent, or None."""
+    for pattern, reason in EQUIVALENT.items():
+        if fnmatch(name, pattern):
+            return reason
+    if _sql_recased(*_changed_lines(name, module), module in TUPLE_ROWS):
+        return "SQL in another case"
+    return None
+
+
+def report(show_survivors: bool) -> bool:
+    """Print the table; True when every module reaches the target."""
+    ok = True
+    print(f"{'module':32} {'mutants':>7} {'killed':>6} {'equiv':>5} {'missed':>6} "
+          f"{'score':>6}")
+    survivors: list[str] = []
+    for module, patterns in _patterns().items():
+        meta_file = ROOT / "mutants" / f"{module}.meta"
+        if not meta_file.exists():
+            print(f"{module:32} not run")
+            ok = False
+            continue
+        meta = json.loads(meta_file.read_text())
+        codes: dict[str, int | None] = {
+            name: code for name, code in meta["exit_code_by_key"].items()
+            if any(fnmatch(name, p) for p in patterns)}
+        killed = equivalent = 0
+        for name, code in codes.items():
+            if code in KILLED or code in TIMEOUT:
+                killed += 1
+            elif code is not None and _equivalent(name, module):
+                equivalent += 1
+            else:
+                survivors.append(f"{name} ({'no tests reach it' if code in (5, 33) else code})")
+        counted = len(codes) - equivalent
+        score = killed / counted if counted else 1.0
+        ok = ok and score >= TARGET
+        print(f"{module:32} {len(codes):7} {killed:6} {equivalent:5} "
+              f"{counted - killed:6} {score:6.1%}")
+    if show_survivors:
+        print("\nsurvivors (`.venv/bin/mutmut show NAME` prints one's diff):")
+        print("\n".join(f"  {s}" for s in survivors) or "  none")
+    return ok
+
+
+def main() -> None:
+    os.chdir(ROOT)
+    args = set(sys.argv[1:])
+    if "--report" not in args:
+        elapsed = _run()
+        print(f"\nmutmut run took {elapsed / 60:.1f} minutes")
+    sys.exit(0 if report("--survivors" in args) else 1)
+
+
+if __name__ == "__main__":
+    main()
