@@ -343,3 +343,29 @@ def stored_sequences(hub: HubProcess, agent_id: str) -> list[int]:
         rows = db.execute("SELECT report_id FROM reports WHERE agent_id = ? "
                           "ORDER BY received_at, rowid", (agent_id,)).fetchall()
     return [int(r[0].rsplit(":", 1)[1]) for r in rows]
+
+
+def add_operator(hub: HubProcess, folder: Path, name: str, role: str = "admin",
+                 agencies: str = "all") -> Any:
+    """Register an operator with a new ed25519 key (written to `folder`); returns the key."""
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = folder / name
+    path.write_bytes(key.export_private_key())
+    path.chmod(0o600)
+    key.write_public_key(f"{path}.pub")
+    hub.admin("operator", "add", name, "--key", f"{path}.pub", "--role", role,
+              "--agencies", agencies)
+    return key
+
+
+async def ssh_connect(hub: HubProcess, user: str, key: Any) -> Any:
+    """An asyncssh connection to the hub as `user` with `key`, no known_hosts, no agent."""
+    import asyncio
+
+    import asyncssh
+
+    return await asyncio.wait_for(asyncssh.connect(
+        "127.0.0.1", hub.port, username=user, client_keys=[key], known_hosts=None,
+        agent_path=None, config=None), 30)

@@ -17,7 +17,7 @@ import pytest
 
 from agent.transport import load_key
 from inventory.hub._api import OperatorApi
-from tests.harness import Agent, HubProcess, make_report
+from tests.harness import Agent, HubProcess, add_operator, make_report, ssh_connect
 
 FORGED = "FORGED 2026-01-01T00:00:00.000Z INFO conn 1.2.3.4:5 login user=root role=admin"
 EVIL = f"x\n{FORGED}\x1b[2J\x1b]0;owned\x07\u202e\x9b"
@@ -25,27 +25,14 @@ EVIL = f"x\n{FORGED}\x1b[2J\x1b]0;owned\x07\u202e\x9b"
 
 @pytest.fixture(scope="module")
 def operator_key(module_hub, tmp_path_factory):
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path = tmp_path_factory.mktemp("operator") / "oscar"
-    path.write_bytes(key.export_private_key())
-    path.chmod(0o600)
-    key.write_public_key(f"{path}.pub")
-    module_hub.admin("operator", "add", "oscar", "--key", f"{path}.pub", "--role", "admin",
-                     "--agencies", "all")
-    return key
-
-
-async def _connect(hub: HubProcess, user: str, key) -> asyncssh.SSHClientConnection:
-    return await asyncio.wait_for(asyncssh.connect(
-        "127.0.0.1", hub.port, username=user, client_keys=[key], known_hosts=None,
-        agent_path=None, config=None), 30)
+    return add_operator(module_hub, tmp_path_factory.mktemp("operator"), "oscar")
 
 
 # --- 10: every request gets an answer --------------------------------------------------
 
 def test_out_of_range_since_is_a_bad_request_and_the_channel_goes_on(module_hub, operator_key):
     async def body():
-        conn = await _connect(module_hub, "oscar", operator_key)
+        conn = await ssh_connect(module_hub, "oscar", operator_key)
         try:
             proc = await conn.create_process("estate-api v1", encoding="utf-8")
             answers = []
@@ -105,7 +92,7 @@ def test_untrusted_names_cannot_forge_log_lines(module_hub, module_agent: Agent)
         t.close()
 
     async def body():
-        conn = await _connect(module_hub, module_agent.agent_id,
+        conn = await ssh_connect(module_hub, module_agent.agent_id,
                               asyncssh.read_private_key(str(module_agent.key_file)))
         try:
             with pytest.raises(asyncssh.ChannelOpenError):
@@ -170,7 +157,7 @@ def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
             db.commit()
 
         async def body():
-            conns = [await _connect(hub, "olga", key) for _ in range(2)]
+            conns = [await ssh_connect(hub, "olga", key) for _ in range(2)]
             try:
                 before = _rss(hub)
                 sessions = []
@@ -186,7 +173,7 @@ def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
                     await asyncio.sleep(0.5)
                     peak = max(peak, _rss(hub))
                 settled = _rss(hub)
-                fresh = await _connect(hub, "olga", key)
+                fresh = await ssh_connect(hub, "olga", key)
                 proc = await fresh.create_process("estate-api v1", encoding="utf-8")
                 proc.stdin.write('{"id": "s", "op": "summary"}\n'
                                  '{"id": "big", "op": "changes", "limit": 600}\n')

@@ -17,7 +17,7 @@ import asyncssh
 import pytest
 
 from inventory.hub._lines import MAX_BLANK_LINES_PER_S, TOO_LONG, LineReader
-from tests.harness import Agent, HubProcess, make_report, wait_for
+from tests.harness import Agent, HubProcess, add_operator, make_report, ssh_connect, wait_for
 
 MiB = 1024 * 1024
 
@@ -42,14 +42,7 @@ def budget_hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def operator_key(budget_hub, tmp_path_factory):
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path = tmp_path_factory.mktemp("operator") / "olive"
-    path.write_bytes(key.export_private_key())
-    path.chmod(0o600)
-    key.write_public_key(f"{path}.pub")
-    budget_hub.admin("operator", "add", "olive", "--key", f"{path}.pub", "--role", "admin",
-                     "--agencies", "all")
-    return key
+    return add_operator(budget_hub, tmp_path_factory.mktemp("operator"), "olive")
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +50,6 @@ def agent(budget_hub, tmp_path_factory, live_report):
     agent = Agent(budget_hub, tmp_path_factory.mktemp("agent"))
     assert agent.send(make_report(live_report, agent.agent_id))[0] == 0
     return agent
-
-
-async def _connect(hub: HubProcess, user: str, key) -> asyncssh.SSHClientConnection:
-    return await asyncio.wait_for(asyncssh.connect(
-        "127.0.0.1", hub.port, username=user, client_keys=[key], known_hosts=None,
-        agent_path=None, config=None), 30)
 
 
 def _agent_key(agent: Agent):
@@ -98,8 +85,8 @@ def test_unread_answers_stop_the_sender_instead_of_growing_the_hub(budget_hub, o
                      for n in range(2000))  # ~50 KB of requests; each answer is ~1.6 KB
 
     async def body():
-        conn = await _connect(budget_hub, "olive", operator_key)
-        other = await _connect(budget_hub, "olive", operator_key)
+        conn = await ssh_connect(budget_hub, "olive", operator_key)
+        other = await ssh_connect(budget_hub, "olive", operator_key)
         try:
             chan, session = await conn.create_session(_Unread, "estate-api v1",
                                                       encoding=None)
@@ -165,7 +152,7 @@ def test_newline_flood_is_cut_off_while_reports_are_still_acked(budget_hub, oper
     result: dict = {}
 
     async def flood():
-        conn = await _connect(budget_hub, "olive", operator_key)
+        conn = await ssh_connect(budget_hub, "olive", operator_key)
         try:
             proc = await conn.create_process("estate-api v1", encoding=None)
             block = b"\n" * MiB
@@ -199,7 +186,7 @@ def test_newline_flood_is_cut_off_while_reports_are_still_acked(budget_hub, oper
 
 def test_invalid_lines_at_flood_rate_are_cut_off(budget_hub, operator_key, agent):
     async def body():
-        conn = await _connect(budget_hub, "olive", operator_key)
+        conn = await ssh_connect(budget_hub, "olive", operator_key)
         try:
             proc = await conn.create_process("estate-api v1", encoding="utf-8")
             proc.stdin.write("not json\n" * 5000)
@@ -222,7 +209,7 @@ def test_invalid_lines_at_flood_rate_are_cut_off(budget_hub, operator_key, agent
 
 def test_channels_per_connection_are_capped(budget_hub, operator_key, agent):
     async def body():
-        conn = await _connect(budget_hub, "olive", operator_key)
+        conn = await ssh_connect(budget_hub, "olive", operator_key)
         try:
             # API channels: watches are capped lower, per operator (4).
             watches = [await conn.create_process("estate-api v1") for _ in range(8)]
@@ -241,7 +228,7 @@ def test_channels_per_connection_are_capped(budget_hub, operator_key, agent):
 
 def test_enrol_has_one_channel_and_is_closed_after_its_command(budget_hub):
     async def body():
-        conn = await _connect(budget_hub, "enrol", asyncssh.generate_private_key("ssh-ed25519"))
+        conn = await ssh_connect(budget_hub, "enrol", asyncssh.generate_private_key("ssh-ed25519"))
         try:
             proc = await conn.create_process("estate-enrol v1", encoding="utf-8")
             with pytest.raises(asyncssh.ChannelOpenError, match="too_many_channels"):
@@ -263,7 +250,7 @@ def test_input_over_the_hub_budget_is_busy_and_given_back_on_close(budget_hub, a
     body3 = b"x" * (3 * MiB)
 
     async def body():
-        conn = await _connect(budget_hub, agent.agent_id, _agent_key(agent))
+        conn = await ssh_connect(budget_hub, agent.agent_id, _agent_key(agent))
         try:
             held = [await conn.create_process("estate-report v1", encoding=None)
                     for _ in range(2)]
@@ -302,7 +289,7 @@ def test_one_agent_holding_bodies_cannot_take_the_whole_input_budget(tmp_path, l
 
         async def scenario() -> tuple[list[dict], int]:
             key = _agent_key(hostile)
-            conns = [await _connect(hub, hostile.agent_id, key) for _ in range(3)]
+            conns = [await ssh_connect(hub, hostile.agent_id, key) for _ in range(3)]
             try:
                 await asyncio.wait_for(conns[0].wait_closed(), 30)  # the oldest is closed
                 held, answers = [], []
@@ -359,7 +346,7 @@ def test_abandoned_report_channels_give_their_memory_back(tmp_path, live_report)
                 await proc.wait_closed()
 
         async def body():
-            conn = await _connect(hub, agent.agent_id, _agent_key(agent))
+            conn = await ssh_connect(hub, agent.agent_id, _agent_key(agent))
             try:
                 await burst(conn)  # warm up: the allocator's first growth is not a leak
                 await asyncio.sleep(0.5)
@@ -384,7 +371,7 @@ def test_abandoned_report_channels_give_their_memory_back(tmp_path, live_report)
 def test_a_fifth_watch_of_one_operator_is_refused_with_its_code(budget_hub, operator_key):
     """Each watch gets a copy of every event: one operator may hold 4, across connections."""
     async def scenario() -> None:
-        conns = [await _connect(budget_hub, "olive", operator_key) for _ in range(2)]
+        conns = [await ssh_connect(budget_hub, "olive", operator_key) for _ in range(2)]
         try:
             watches = []
             for n in range(4):  # two on each connection: the cap is the operator's, not one
@@ -452,7 +439,7 @@ def test_a_stalled_watch_is_told_to_resync_after_a_bounded_backlog(tmp_path, liv
                   "--agencies", "all")
 
         async def scenario() -> bytes:
-            conn = await _connect(hub, "olive", key)
+            conn = await ssh_connect(hub, "olive", key)
             try:
                 window = 32 * 1024  # the client's window is small: the rest is the hub's
                 chan, stalled = await conn.create_session(
