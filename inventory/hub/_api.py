@@ -78,7 +78,7 @@ class OperatorApi:
         try:
             try:
                 request = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):  # nesting 5,000 deep
                 raise ApiError("bad_json", "each line must be one JSON object") from None
             if not isinstance(request, dict):
                 raise ApiError("bad_request", "a request is a JSON object")
