@@ -8,6 +8,7 @@ original (docs/testing.md says why for each family) and counts as neither killed
     .venv/bin/python tests/mutate.py            # the whole run, from scratch
     .venv/bin/python tests/mutate.py --report   # the table again, from the last run
     .venv/bin/python tests/mutate.py --survivors  # also list the surviving mutants
+    .venv/bin/python tests/mutate.py --module inventory/store/_common.py  # one module again
 
 Exit status 1 when a module is under the target (90% of its non-equivalent mutants killed).
 Not part of `make test`: it takes tens of minutes on a 2-core machine (docs/testing.md).
@@ -40,7 +41,8 @@ TIMEOUT = {36, 24, -24, 152, 255}  # the mutant made a test hang: it was caught,
 # Enrolment, tokens, operators, presence, pruning and the admin's unscoped reads are not run.
 STORE_FUNCTIONS = (
     "Store.store_reports", "Store._previous", "Store._store_one", "Store._upsert_host",
-    "Store._refresh_identity_conflicts", "Store._audit", "Store.audit", "Store.verify_audit",
+    "Store._refresh_identity_conflicts", "Store._identity", "Store._sharing", "Store._audit",
+    "Store.audit", "Store.verify_audit",
     "Store.host_rows", "Store.host_count", "Store.summary", "Store.host_detail",
     "Store._conflicts_in_scope", "Store.recent_reports", "Store.host_detail_exists",
     "Store.scoped_changes", "_StatusClock.__call__", "audit_hash", "_ordering_time",
@@ -52,6 +54,14 @@ STORE_FUNCTIONS = (
 _FALSY = "None for False: the same falsy value to the function called"
 _NEVER_UNSAFE = ("a code point at the changed bound (U+007E, U+007F, U+10000) is never escaped "
                  "here: `~` and U+10000 are safe, DEL is escaped by the pattern before")
+_READ_SIZE = ("how many bytes one read() asks for (or all at once): only memory use differs; "
+              "the bytes checked and the size refused are the same")
+_BUSY_QUEUED = "Busy's `queued` shapes only its default message, and a message is given"
+_NO_ACCOUNT = "with burst 0 no account is opened, so there is nothing to change"
+_COLUMN_CASE = ("a column name in another case (SQLite reads it the same; an upper-case "
+                "AGENT_ID is set to itself on update)")
+_BY_POSITION = "SQL raised to upper case in a SELECT whose row is read by position, not name"
+_FIRST_WORD = "split(' ') with another maxsplit: the first word is the same"
 EQUIVALENT: dict[str, str] = {
     "agent.spool.xǁSpoolǁ_connect__mutmut_10": "SQLite's lock wait: only timing shows it",
     "agent.spool.xǁSpoolǁ_connect__mutmut_11": "SQLite's lock wait: only timing shows it",
@@ -62,6 +72,48 @@ EQUIVALENT: dict[str, str] = {
     "inventory.sanitise.x_dumps__mutmut_29": _NEVER_UNSAFE,
     "inventory.sanitise.x__escape_json_char__mutmut_3": _NEVER_UNSAFE,
     "inventory.sanitise.x__escape_json_char__mutmut_4": _NEVER_UNSAFE,
+    "inventory.export.manifest.x_canonical__mutmut_6": _FALSY,
+    # Only how much is read at once changes, never what: the same digest, the same refusal.
+    "inventory.export.manifest.x_sha256_of__mutmut_8": _READ_SIZE,
+    "inventory.export.manifest.x_sha256_of__mutmut_10": _READ_SIZE,
+    "inventory.export.manifest.x_sha256_of__mutmut_11": _READ_SIZE,
+    "inventory.export.manifest.x_verify__mutmut_11": _READ_SIZE,
+    "inventory.export.manifest.x_verify__mutmut_13": _READ_SIZE,
+    "inventory.export.manifest.x_verify__mutmut_20": "a codec's name in another case is the "
+                                                     "same codec",
+    # inventory/hub/_ingest.py
+    "inventory.hub._ingest.x_decompress__mutmut_6": "wbits 32 (zlib or gzip, detected) reads "
+                                                    "the same streams: only a body starting "
+                                                    "with the gzip magic gets there",
+    "inventory.hub._ingest.x_decompress__mutmut_13": "one byte more read past the limit: "
+                                                     "refused the same",
+    # Python 3.11's fromisoformat reads every time the schema admits (RFC 3339, UTC), so
+    # accept()'s "not a time the hub can read" is unreachable on it (3.10 reaches it).
+    "inventory.hub._ingest.x_accept__mutmut_1[1-8]": "unreachable on Python 3.11+",
+    # Busy(queued, retry_after, message): `queued` only shapes the default message.
+    "inventory.hub._ingest.xǁOverBudgetǁ__init____mutmut_[17]": _BUSY_QUEUED,
+    "inventory.hub._ingest.xǁIngestǁaccept__mutmut_[28]": _BUSY_QUEUED,
+    "inventory.hub._ingest.xǁIngestǁaccept__mutmut_10": _BUSY_QUEUED,
+    "inventory.hub._ingest.xǁAgentBudgetsǁtake__mutmut_50": _FALSY,
+    "inventory.hub._ingest.xǁIngestǁclose__mutmut_1": _FALSY,
+    # With burst 0 no account is ever opened (take returns first): nothing to charge or give.
+    "inventory.hub._ingest.xǁAgentBudgetsǁrefused__mutmut_2": _NO_ACCOUNT,
+    "inventory.hub._ingest.xǁAgentBudgetsǁgive_back__mutmut_2": _NO_ACCOUNT,
+    "inventory.hub._ingest.xǁAgentBudgetsǁrefused__mutmut_3": "with burst 1 an invalid report "
+                                                              "costs 1, all charged by take()",
+    # inventory/store/__init__.py
+    **{f"inventory.store.xǁStoreǁ_upsert_host__mutmut_{n}": _COLUMN_CASE for n in (
+        28, 30, 33, 36, 40, 44, 50, 56, 62, 66, 70, 74, 78,
+        84, 90, 94, 103, 105, 109, 111, 113, 119, 121, 127, 138, 155)},
+    "inventory.store.xǁStoreǁ_upsert_host__mutmut_18": _BY_POSITION,
+    "inventory.store.xǁStoreǁ_previous__mutmut_12": _BY_POSITION,
+    **{f"inventory.store.xǁStoreǁhost_rows__mutmut_{n}": _BY_POSITION for n in (4, 6, 8, 10)},
+    "inventory.store.xǁStoreǁhost_rows__mutmut_83": _FIRST_WORD,
+    "inventory.store.xǁStoreǁhost_rows__mutmut_89": _FIRST_WORD,
+    **{f"inventory.store.xǁStoreǁ_upsert_host__mutmut_{n}": _FALSY for n in (129, 140, 159)},
+    # `" AND 1 = 0"` lowered: SQL in another case, in a fragment with no keyword that
+    # _sql_recased looks for.
+    "inventory.store._common.x__scoped__mutmut_5": "SQL in another case",
 }
 # Modules whose SQL rows are plain tuples: a column name in another case is never a key.
 TUPLE_ROWS = {"agent/spool.py"}
@@ -111,25 +163,36 @@ def _credit_import_time_code() -> None:
     stats_file.write_text(json.dumps(stats))
 
 
-def _run() -> float:
+def _run(only: list[str] | None = None) -> float:
+    # With --module, the other modules keep the results of their last run: mutmut writes a
+    # fresh (unrun) record for every module it copies, so theirs are put back afterwards.
+    kept = {} if only is None else {
+        module: meta.read_bytes() for module in _patterns() if module not in only
+        and (meta := ROOT / "mutants" / f"{module}.meta").exists()}
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # a fresh copy: no stale results
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.monotonic()
-    patterns = [p for module in _patterns().values() for p in module]
+    patterns = [p for module, patterns in _patterns().items() if only is None or module in only
+                for p in patterns]
     # Each mutant's worker imports the mutated modules afresh (pyproject.toml says why); they
     # hold every mutant's code (the store's is 3 MB), so their bytecode must be cached.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     children = ["--max-children", str(os.cpu_count() or 2)]
     # First the copy, the mutants and the record of which tests reach which function (with one
     # quick mutant, as `mutmut run` wants one), then that record corrected, then every mutant.
-    for step in (["run", *children, "inventory.report.x__reject_constant__mutmut_1"],
-                 None, ["run", *children, *patterns]):
-        if step is None:
-            _credit_import_time_code()
-            continue
-        done = subprocess.run([str(mutmut), *step], cwd=ROOT, env=env, check=False)
-        if done.returncode != 0:
-            sys.exit(f"mutmut {step[0]} exited {done.returncode}")
+    try:
+        for step in (["run", *children, "inventory.report.x__reject_constant__mutmut_1"],
+                     None, ["run", *children, *patterns]):
+            if step is None:
+                _credit_import_time_code()
+                continue
+            done = subprocess.run([str(mutmut), *step], cwd=ROOT, env=env, check=False)
+            if done.returncode != 0:
+                sys.exit(f"mutmut {step[0]} exited {done.returncode}")
+    finally:  # kept even when this run failed: they are the other modules' last results
+        for module, meta in kept.items():
+            (ROOT / "mutants" / f"{module}.meta").parent.mkdir(parents=True, exist_ok=True)
+            (ROOT / "mutants" / f"{module}.meta").write_bytes(meta)
     return time.monotonic() - started
 
 
@@ -209,9 +272,16 @@ def report(show_survivors: bool) -> bool:
 
 def main() -> None:
     os.chdir(ROOT)
-    args = set(sys.argv[1:])
+    argv = sys.argv[1:]
+    only = None
+    if "--module" in argv:  # --module PATH, repeatable: only those modules are run again
+        only = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--module"]
+        unknown = sorted(set(only) - set(_patterns()))
+        if unknown or not only:
+            sys.exit(f"--module takes one of: {', '.join(_patterns())}")
+    args = set(argv)
     if "--report" not in args:
-        elapsed = _run()
+        elapsed = _run(only)
         print(f"\nmutmut run took {elapsed / 60:.1f} minutes")
     sys.exit(0 if report("--survivors" in args) else 1)
 

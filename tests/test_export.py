@@ -448,3 +448,86 @@ def test_every_writer_types_its_cells_and_describes_its_columns(tmp_path):
     assert book["About"]["A1"].font.bold
     assert book["About"].column_dimensions["A"].width == pytest.approx(22, abs=0.8)
     assert book["About"].column_dimensions["B"].width == pytest.approx(80, abs=0.8)
+
+
+def test_verify_refusals_name_the_file_and_quote_what_they_show(tmp_path):
+    """Each refusal of `estate verify`, whole: the file it is about, the reason, untrusted
+    values quoted and cut; and the bounds (an empty file, a manifest of exactly the limit)."""
+    import asyncssh
+
+    from inventory.export.manifest import (
+        MANIFEST_FORMAT,
+        MAX_MANIFEST_BYTES,
+        VerifyError,
+        manifest_path,
+        sha256_of,
+        sign,
+        verify,
+    )
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    mf = manifest_path(path)
+    manifest = {
+        "format": MANIFEST_FORMAT, "file_format": "csv", "report": "inventory",
+        "generated_at": "2026-01-02T00:00:00Z", "as_of": None, "estate_version": "1.0",
+        "sha256": sha256_of(path), "bytes": 0, "rows": 0,
+        "scope": {"operator": "chief", "role": "admin", "agencies": "all"}, "filters": {},
+        "hub": {"fingerprint": key.get_fingerprint("sha256"),
+                "public_key": key.export_public_key().decode().strip()},
+    }
+    signed = sign(manifest, key)
+    mf.write_text(json.dumps(signed))
+    assert verify(path).manifest == signed  # an empty file, no rows: zero is not negative
+    # A manifest of exactly the limit is read (padding is JSON whitespace); one byte more is not.
+    text = json.dumps(signed).encode()
+    mf.write_bytes(text + b" " * (MAX_MANIFEST_BYTES - len(text)))
+    assert verify(path).manifest == signed
+
+    def refused(m=None, *, content=None) -> str:
+        mf.write_bytes(content if content is not None else json.dumps(m).encode())
+        with pytest.raises(VerifyError) as err:
+            verify(path)
+        return str(err.value)
+
+    assert refused(content=text + b" " * (MAX_MANIFEST_BYTES + 1 - len(text))) == \
+        f"{mf}: not a manifest (over {MAX_MANIFEST_BYTES} bytes)"
+    try:
+        json.loads("{")
+    except ValueError as exc:
+        assert refused(content=b"{") == f"{mf}: not a readable manifest, not JSON ({exc})"
+    assert refused(content=b"[" * 100_000) == \
+        f"{mf}: not a readable manifest, not JSON (nested too deep)"
+    assert refused({**signed, "scope": {"operator": "x", "agencies": []}}) == \
+        f"{mf}: malformed manifest: field scope.role is missing"
+    assert refused({**signed, "format": 1}) == \
+        f"{mf}: not an Estate export manifest (format {MANIFEST_FORMAT})"
+    long_key = "k" * 300
+    assert refused({**signed, "filters": {long_key: [1]}}) == (
+        f'{mf}: malformed manifest: filters."{"k" * 40}...": expected a string, a number or '
+        f"null")
+    # The hash and the size are each checked: a right hash with a wrong size is refused too.
+    assert refused({**signed, "bytes": 1}).startswith(f"{path}: CHANGED: ")
+    long_hash = "a" * 300
+    assert refused({**signed, "sha256": long_hash}) == (
+        f"{path}: CHANGED: its SHA-256 is {sha256_of(path)}, the manifest says "
+        f'"{"a" * 80}..." (0 bytes, the manifest says 0). This is not the file the hub '
+        f"produced.")
+    # Base64 is read strictly: a signature with a stray character is not quietly repaired.
+    value = signed["signature"]["value"]
+    assert refused({**signed, "signature": {**signed["signature"],
+                                            "value": value[:4] + "!" + value[4:]}}) == \
+        f"{mf}: the manifest has no usable hub key or signature"
+    # A good signature over a manifest that names another fingerprint than its key's.
+    wrong = sign({**manifest, "hub": {**manifest["hub"], "fingerprint": "f" * 300}}, key)
+    assert refused(wrong) == (f"{mf}: BAD SIGNATURE: the manifest was changed or was not "
+                              f'signed by hub key "{"f" * 80}..."')
+    mf.unlink()
+    with pytest.raises(VerifyError) as err:
+        verify(path)
+    assert str(err.value) == f"{mf}: no manifest (exports are written with one beside them)"
+    mf.mkdir()  # there, but not readable as a file
+    with pytest.raises(VerifyError) as err:
+        verify(path)
+    assert str(err.value) == f"{mf}: cannot read (Is a directory)"

@@ -515,3 +515,340 @@ def test_accept_checks_the_bytes_the_sender_and_the_clock(report):
     r_far = {**r, "collected_at": "2100-01-01T00:00:00Z"}
     with pytest.raises(ReportError):
         accept(json.dumps(r_far).encode(), "ag-1")
+
+
+# The budgets and the parse queue in process (`inventory/hub/_ingest.py`): exact counts,
+# waits and messages, on a clock the test moves.
+
+def _budgets(monkeypatch, **rate):
+    from inventory.hub import _ingest
+
+    now = [1000.0]
+    monkeypatch.setattr(_ingest.time, "monotonic", lambda: now[0])
+    return _ingest.AgentBudgets(_ingest.ReportRate(**rate)), now
+
+
+def _takes(budgets, agent_id: str, nbytes: int = 1, most: int = 100) -> int:
+    """How many reports the agent may send now (charging them), up to `most`."""
+    from inventory.hub._ingest import OverBudget
+
+    for n in range(most):
+        try:
+            budgets.take(agent_id, nbytes)
+        except OverBudget:
+            return n
+    return most
+
+
+def test_report_rate_defaults_and_derived_costs():
+    from inventory.hub._ingest import MAX_RECEIVED_BYTES, ReportRate
+
+    MiB = 1024 * 1024
+    rate = ReportRate()
+    assert (rate.burst, rate.per_interval, rate.min_interval_s, rate.bytes_per_day) == \
+        (10, 4, 60.0, 64 * MiB)
+    assert rate.invalid_cost == 2.5 and ReportRate(burst=2).invalid_cost == 1.0
+    assert ReportRate(burst=8).invalid_cost == 2.0
+    assert rate.bytes_burst == 16 * MiB  # the burst, under a day's worth
+    assert ReportRate(bytes_per_day=8 * MiB).bytes_burst == 8 * MiB  # a day's worth
+    assert ReportRate(bytes_per_day=MiB).bytes_burst == MAX_RECEIVED_BYTES  # one largest body
+    assert isinstance(ReportRate(bytes_per_day=MiB).bytes_burst, float)
+
+
+def test_the_report_budget_refills_at_the_claimed_interval_up_to_the_burst(monkeypatch):
+    import pytest
+
+    from inventory.hub._ingest import OverBudget
+
+    budgets, now = _budgets(monkeypatch)
+    assert _takes(budgets, "a") == 10  # the burst, exactly
+    with pytest.raises(OverBudget) as refused:
+        budgets.take("a", 1)
+    # No stored report yet: 4 per 300 s, one every 75 s.
+    assert (refused.value.budget, refused.value.retry_after) == ("reports", 75)
+    assert str(refused.value) == ("this agent sent more reports than the hub allows it (4 per "
+                                  "300 s interval past a burst of 10); retry in 75 s")
+    now[0] += 74.9
+    assert _takes(budgets, "a") == 0
+    now[0] += 0.1
+    assert _takes(budgets, "a") == 1
+    budgets.stored("a", 600.0)  # a slower agent: its budget follows its claim
+    now[0] += 150
+    assert _takes(budgets, "a") == 1
+    budgets.stored("a", None)  # no claim: the default interval again
+    now[0] += 75
+    assert _takes(budgets, "a") == 1
+    budgets.stored("b", 1.0)  # not logged in yet: nothing to remember, no error
+    now[0] += 10 ** 6  # a long quiet spell refills the burst, not more
+    assert _takes(budgets, "a") == 10
+    # A retry is never under a second, never over the cap.
+    budgets.stored("a", 1.0)  # a claim under the floor
+    now[0] += 10 ** 6
+    assert _takes(budgets, "a") == 10
+    with pytest.raises(OverBudget) as refused:
+        budgets.take("a", 1)
+    assert refused.value.retry_after == 15  # min_interval_s is the floor: 4 per 60 s
+    assert "(4 per 60 s interval past a burst of 10)" in str(refused.value)
+    slow, clock = _budgets(monkeypatch, per_interval=0.01)
+    assert _takes(slow, "a") == 10
+    with pytest.raises(OverBudget) as refused:
+        slow.take("a", 1)
+    assert refused.value.retry_after == 300  # 30,000 s, capped
+    fast, clock = _budgets(monkeypatch, per_interval=1000, min_interval_s=0.5)
+    assert _takes(fast, "a") == 10
+    fast.stored("a", 0.5)
+    with pytest.raises(OverBudget) as refused:
+        fast.take("a", 1)
+    assert refused.value.retry_after == 1  # 1 ms, rounded up to a second
+    clock[0] += 0.0015  # the interval is at least a second: 1000 per s, not 2000
+    assert _takes(fast, "a") == 1
+
+
+def test_the_bytes_budget_counts_each_body_and_refills_by_the_day(monkeypatch):
+    import pytest
+
+    from inventory.hub._ingest import OverBudget
+
+    MiB = 1024 * 1024
+    budgets, now = _budgets(monkeypatch, bytes_per_day=4 * MiB, burst=1000)
+    budgets.take("a", 4 * MiB - 4854)
+    budgets.take("a", 4854)  # the burst, exactly
+    with pytest.raises(OverBudget) as refused:
+        budgets.take("a", 4854)  # 100 s of a 4 MiB day
+    assert (refused.value.budget, refused.value.retry_after) == ("bytes", 100)
+    assert str(refused.value) == ("this agent sent more report bytes than the hub allows it "
+                                  "(4 MiB a day); retry in 100 s")
+    now[0] += 99
+    with pytest.raises(OverBudget):
+        budgets.take("a", 4854)
+    now[0] += 1
+    budgets.take("a", 4854)  # refused bodies were not charged
+    now[0] += 10 ** 6
+    budgets.take("a", 4 * MiB)  # refilled to the burst, not beyond
+    with pytest.raises(OverBudget):
+        budgets.take("a", 1)
+    unlimited, _ = _budgets(monkeypatch, bytes_per_day=0)
+    assert _takes(unlimited, "a", nbytes=64 * MiB) == 10  # only the report count limits it
+
+
+def test_refused_reports_cost_more_and_the_hubs_failures_nothing(monkeypatch):
+    import pytest
+
+    from inventory.hub._ingest import OverBudget
+
+    budgets, _ = _budgets(monkeypatch)
+    budgets.take("a", 1)
+    budgets.refused("a")  # 2.5 in all
+    assert _takes(budgets, "a") == 7
+    budgets.stored("a", 60.0)
+    for _ in range(20):
+        budgets.refused("a")  # a debt of at most a burst
+    with pytest.raises(OverBudget) as refused:
+        budgets.take("a", 1)
+    assert refused.value.retry_after == 165  # 11 reports at 15 s each
+    budgets.refused("nobody")  # never logged in: no error
+    budgets.give_back("nobody", 10)
+    fresh, _ = _budgets(monkeypatch, bytes_per_day=4 * 1024 * 1024)
+    for _ in range(3):
+        fresh.take("a", 1024 * 1024)
+    fresh.give_back("a", 1024 * 1024)  # the hub failed: the report and its bytes come back
+    assert _takes(fresh, "a", nbytes=1024 * 1024) == 2
+    fresh.give_back("a", 4 * 1024 * 1024)
+    fresh.give_back("a", 4 * 1024 * 1024)
+    assert _takes(fresh, "a", nbytes=1024 * 1024) == 4  # never past the bytes burst
+    full, _ = _budgets(monkeypatch)
+    full.take("a", 1)
+    for _ in range(5):
+        full.give_back("a", 1)
+    assert _takes(full, "a") == 10  # never past the report burst
+    off, _ = _budgets(monkeypatch, burst=0)
+    off.take("a", 1)
+    off.refused("a")
+    off.give_back("a", 1)
+
+
+def test_a_throttled_episode_is_first_once(monkeypatch):
+    import pytest
+
+    from inventory.hub._ingest import OverBudget
+
+    budgets, now = _budgets(monkeypatch, burst=1)
+    budgets.take("a", 1)
+    firsts = []
+    for _ in range(2):
+        with pytest.raises(OverBudget) as refused:
+            budgets.take("a", 1)
+        firsts.append(refused.value.first)
+    now[0] += 75
+    budgets.take("a", 1)
+    with pytest.raises(OverBudget) as refused:
+        budgets.take("a", 1)
+    assert [*firsts, refused.value.first] == [True, False, True]
+
+
+def test_ingest_reads_one_body_per_agent_at_a_time_and_bounds_the_queue(report):
+    import asyncio
+
+    import pytest
+
+    from inventory.hub._ingest import Ingest, OverBudget, ReportRate
+    from inventory.hub._writer import Busy
+    from inventory.report import ReportError
+
+    body = json.dumps(make_report(report, "ag-1")).encode()
+    other = json.dumps(make_report(report, "ag-2")).encode()
+
+    async def scenario():
+        ingest = Ingest(ReportRate(burst=3), workers=1, max_waiting=2)
+        try:
+            # Two bodies of one agent at once: the second is refused, not queued or charged.
+            first, second = await asyncio.gather(ingest.accept(body, "ag-1"),
+                                                 ingest.accept(body, "ag-1"),
+                                                 return_exceptions=True)
+            assert first["agent"]["id"] == "ag-1", first
+            assert isinstance(second, Busy) and not isinstance(second, OverBudget)
+            assert (second.retry_after, str(second)) == (
+                5, "a report from this agent is being read; retry in 5 s")
+            # Two agents at once fit a queue of two; once read, the agent may send again.
+            done = await asyncio.gather(ingest.accept(body, "ag-1"),
+                                        ingest.accept(other, "ag-2"))
+            assert [d["agent"]["id"] for d in done] == ["ag-1", "ag-2"]
+            # ag-1 has sent 2 of 3; an invalid body costs it the rest.
+            with pytest.raises(ReportError):
+                await ingest.accept(b"{", "ag-1")
+            with pytest.raises(OverBudget):
+                await ingest.accept(body, "ag-1")
+            assert (await ingest.accept(other, "ag-2"))["agent"]["id"] == "ag-2"
+        finally:
+            ingest.close()
+        full = Ingest(ReportRate(), max_waiting=0)
+        try:
+            with pytest.raises(Busy) as busy:
+                await full.accept(body, "ag-1")
+            assert (busy.value.retry_after, str(busy.value)) == (
+                5, "0 reports are waiting to be read; retry in 5 s")
+        finally:
+            full.close()
+        one = Ingest(ReportRate(), max_waiting=1)
+        try:
+            results = await asyncio.gather(one.accept(body, "ag-1"), one.accept(other, "ag-2"),
+                                           return_exceptions=True)
+            assert isinstance(results[1], Busy) and \
+                str(results[1]) == "1 reports are waiting to be read; retry in 5 s"
+            assert (await one.accept(other, "ag-2"))["agent"]["id"] == "ag-2"
+        finally:
+            one.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_bytes_budget_refills_at_exactly_its_daily_rate(monkeypatch):
+    """86,400 x 100 bytes a day is 100 bytes a second: waits and refills to the byte."""
+    import pytest
+
+    from inventory.hub._ingest import OverBudget
+
+    budgets, now = _budgets(monkeypatch, bytes_per_day=8_640_000, burst=1000)
+    budgets.take("a", 8_640_000 - 500)  # 500 bytes left
+    firsts = []
+    for _ in range(2):
+        with pytest.raises(OverBudget) as refused:
+            budgets.take("a", 1000)
+        firsts.append(refused.value.first)
+    assert (refused.value.budget, refused.value.retry_after, firsts) == ("bytes", 5, [True,
+                                                                                      False])
+    now[0] += 5
+    budgets.take("a", 1000)  # 500 + 5 s x 100
+    now[0] += 10
+    budgets.take("a", 1000)
+    with pytest.raises(OverBudget):
+        budgets.take("a", 1)
+
+
+def test_a_report_given_back_is_one_report(monkeypatch):
+    budgets, _ = _budgets(monkeypatch)
+    for _ in range(3):
+        budgets.take("a", 1)
+    budgets.give_back("a", 1)
+    assert _takes(budgets, "a") == 8
+    single, _ = _budgets(monkeypatch, burst=1)  # the smallest budget still gets it back
+    single.take("a", 1)
+    single.give_back("a", 1)
+    assert _takes(single, "a") == 1
+
+
+def test_decompress_and_accept_refusals_whole(report):
+    """Each refusal's field and text exactly, and a bomb is stopped at the limit: the
+    memory it takes stays near the limit, not the size it would inflate to."""
+    import tracemalloc
+
+    import pytest
+
+    from inventory.hub._ingest import decompress
+    from inventory.report import ReportError
+
+    def refusal(body, limit=100):
+        with pytest.raises(ReportError) as err:
+            decompress(body, limit=limit)
+        return err.value.path, err.value.problem
+
+    assert refusal(gzip.compress(b"x" * 100)[:-9]) == ("", "gzip stream is truncated")
+    assert refusal(gzip.compress(b"x" * 101)) == (
+        "", "report decompresses to more than the limit of 100 bytes")
+    assert refusal(gzip.compress(b"x") + b"junk") == (
+        "", "4 bytes of trailing data after the gzip stream")
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)
+    tracemalloc.start()
+    try:
+        assert refusal(bomb, limit=1024 * 1024)[1].startswith("report decompresses to more")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, peak  # 64 MiB inflated would be at least that
+
+
+def test_ingest_parses_on_its_own_bounded_threads_and_charges_refusals(report):
+    import asyncio
+    import threading
+
+    import pytest
+
+    from inventory.hub._ingest import Ingest, OverBudget, ReportRate
+    from inventory.hub._writer import Busy
+    from inventory.report import ReportError
+
+    bodies = {f"ag-{n}": json.dumps(make_report(report, f"ag-{n}")).encode() for n in range(8)}
+
+    def ingest_threads():
+        return {t for t in threading.enumerate() if t.name.startswith("ingest_")}
+
+    async def scenario():
+        # Eight agents at once, queue permitting: parsed on the two "ingest_" threads only.
+        before = ingest_threads()
+        wide = Ingest(ReportRate(burst=0), max_waiting=100)  # PARSE_WORKERS threads
+        try:
+            done = await asyncio.gather(*(wide.accept(b, a) for a, b in bodies.items()))
+            assert [d["agent"]["id"] for d in done] == list(bodies)
+            assert 1 <= len(ingest_threads() - before) <= 2
+        finally:
+            wide.close()
+        ingest = Ingest(ReportRate(burst=8), max_waiting=2)
+        try:
+            for _ in range(3):
+                done = await asyncio.gather(*(ingest.accept(b, a) for a, b in bodies.items()),
+                                            return_exceptions=True)
+                # A queue of two: the first two agents are read, the others told to wait.
+                assert [isinstance(d, dict) for d in done] == [True, True] + [False] * 6
+                assert all(isinstance(d, Busy) and str(d) == "2 reports are waiting to be "
+                           "read; retry in 5 s" for d in done[2:]), done
+            # ag-0 has sent 3 of 8; an invalid body costs 2 (a quarter of the burst).
+            with pytest.raises(ReportError):
+                await ingest.accept(b"{", "ag-0")
+            for _ in range(3):
+                await ingest.accept(bodies["ag-0"], "ag-0")
+            with pytest.raises(OverBudget):
+                await ingest.accept(bodies["ag-0"], "ag-0")
+        finally:
+            ingest.close()
+
+    asyncio.run(scenario())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 
 import asyncssh
 import pytest
@@ -456,4 +457,149 @@ def test_api_requests_are_checked_and_answers_bounded_in_process(tmp_path, repor
     assert row["actor"] == "operator:alice"
     assert json.loads(row["detail"]) == {"op": "hosts", "error": "RuntimeError"}
     assert api.handle(b'{"id": 5, "op": "hosts"}')["ok"]
+    store.close()
+
+
+def test_every_parameter_refusal_names_its_bound_in_process(tmp_path, report):
+    """Each op's parameters, refused with the bound the hub applies (the same text for every
+    client), and the envelope's own refusals, whole."""
+    from inventory.hub._api import OperatorApi
+
+    store, ids = _store_estate(tmp_path, report)
+    api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]})
+
+    def refusal(line: bytes):
+        answer = api.handle(line)
+        assert answer["ok"] is False, (line, answer)
+        return answer["id"], answer["error"]["code"], answer["error"]["message"]
+
+    def message(op, **params):
+        request_id, code, text = refusal(json.dumps({"id": 1, "op": op, **params}).encode())
+        assert (request_id, code) == (1, "bad_request"), text
+        return text
+
+    text, number = "t" * 2000, "x"
+    assert message("hosts", filter=text) == "filter: expected a string of at most 1000"
+    assert message("hosts", sort=1) == "sort: expected a string of at most 256"
+    assert message("hosts", offset=number) == \
+        "offset: expected a whole number from 0 to 10000000"
+    assert message("hosts", after=text) == "after: expected a string of at most 64"
+    assert message("hosts", limit=number) == "limit: expected a whole number from 1 to 100000"
+    assert message("hosts", reverse=1) == "reverse: expected true or false"
+    assert message("hosts", sort="agent_id", after="", reverse=True) == \
+        "after: only with sort agent_id, no filter, no offset"
+    assert message("host", agent_id=text) == "agent_id: expected a string of at most 64"
+    assert message("host") == "agent_id: required for host"
+    assert message("changes", host=text) == "host: expected a string of at most 255"
+    assert message("changes", since=text) == "since: expected a string of at most 40"
+    assert message("changes", limit=number) == \
+        "limit: expected a whole number from 1 to 100000"
+    assert message("changes", since="x" * 40) == \
+        "since: expected a date like 2026-01-31 or an ISO time"
+    assert message("reports", agent_id=text) == "agent_id: expected a string of at most 64"
+    assert message("reports", agent_id="a", limit=number) == \
+        "limit: expected a whole number from 1 to 500"
+    assert message("reports") == "agent_id: required for reports"
+    assert message("resolve", host=text) == "host: expected a string of at most 255"
+    assert message("resolve") == "host: required for resolve"
+    for op in ("columns", "summary"):
+        assert message(op, extra=1) == f"unknown parameter 'extra' for {op}"
+    # The bounds themselves are allowed.
+    ok = lambda op, **p: _ask(api, op, **p)["ok"]  # noqa: E731
+    assert ok("hosts", filter="t" * 1000) and ok("hosts", offset=10**7, limit=100_000)
+    assert ok("hosts", sort="agent_id", after="a" * 64)
+    assert ok("changes", host="h" * 255, since="2026-01-31T00:00:00.000000+00:00:00.000000"[:40],
+              limit=100_000)
+    assert ok("reports", agent_id=ids["fire0"], limit=500)
+    assert _ask(api, "host", agent_id="a" * 64)["error"]["code"] == "not_found"
+    assert _ask(api, "resolve", host="h" * 255)["error"]["code"] == "not_found"
+
+    assert refusal(b"\xff") == (None, "bad_json", "each line must be one JSON object")
+    assert refusal(b"[" * 5000) == (None, "bad_json", "each line must be one JSON object")
+    assert refusal(b"[]") == (None, "bad_request", "a request is a JSON object")
+    assert refusal(b'{"id": "\\ud800", "op": "hosts"}') == (
+        None, "bad_request", "id: expected a string or number (64 chars max)")
+    assert refusal(json.dumps({"id": 10**63, "op": "x"}).encode())[:2] == (10**63,
+                                                                             "unknown_op")
+    assert refusal(json.dumps({"id": 10**64, "op": "x"}).encode())[:2] == (None, "bad_request")
+    assert refusal(b'{"id": 2}') == (
+        2, "unknown_op", "op: expected one of columns, summary, hosts, host, changes, "
+                         "reports, resolve")
+    small = OperatorApi(store, {"name": "alice", "role": "staff",
+                                "agencies": ["Fire & Rescue"]}, max_answer=200)
+    data = small.answer(b'{"id": "big", "op": "hosts"}')[0]
+    assert json.loads(data) == {"id": "big", "ok": False, "error": {
+        "code": "too_large", "message": "the answer is over 200 bytes; lower limit, or page "
+                                        "(hosts: after; changes: since or host)"}}
+    # Exactly at the limit is an answer; the bound is on the encoded line, newline included.
+    line = b'{"id": 1, "op": "reports", "agent_id": "%s", "limit": 1}' % ids["fire0"].encode()
+    exact, _, _ = api.answer(line)
+    assert OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]},
+                       max_answer=len(exact)).answer(line) == (exact, None, 1)
+    assert OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]},
+                       max_answer=len(exact) - 1).answer(line)[1] == "too_large"
+    # Non-ASCII text is sent as UTF-8, not escaped: what is measured is what is sent.
+    assert b"\\u" not in api.answer(b'{"id": 1, "op": "hosts", "filter": "\xc3\xa9"}')[0]
+    store.close()
+
+
+def test_an_internal_error_is_logged_and_audited_with_what_failed_in_process(
+        tmp_path, report, caplog):
+    """A bug in one request: logged with the op and operator, audited through the coalescer
+    (or the store), answered `internal`; a failing audit is logged too, and the answer stands."""
+    import logging
+
+    from inventory.hub._api import OperatorApi
+
+    store, _ = _store_estate(tmp_path, report)
+    recorded: list[tuple] = []
+
+    class Audit:
+        fail = False
+
+        def record(self, *args):
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+            recorded.append(args)
+
+    audit = Audit()
+    api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]},
+                      audit, "10.0.0.9")
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    store.summary = broken
+    internal = {"id": 3, "ok": False, "error": {
+        "code": "internal", "message": "the hub failed to answer this request; it is logged, "
+                                       "and other requests still work"}}
+    with caplog.at_level(logging.ERROR, logger="estate.hub"):
+        assert api.handle(b'{"id": 3, "op": "summary"}') == internal
+    assert recorded == [("10.0.0.9", "operator:alice", "api_internal", None,
+                         {"op": "summary", "error": "KeyError"})]
+    assert [r.getMessage() for r in caplog.records] == \
+        ['API request "summary" from operator alice failed']
+    assert caplog.records[0].exc_info is not None  # with its trace, in the hub's log only
+    assert not [r for r in store.audit_log(since=None) if r["action"] == "api_internal"]
+    caplog.clear()
+    audit.fail = True
+    with caplog.at_level(logging.ERROR, logger="estate.hub"):
+        assert api.handle(b'{"id": 3, "op": "summary"}') == internal
+    assert [r.getMessage() for r in caplog.records] == [
+        'API request "summary" from operator alice failed',
+        "auditing a failed API request failed"]
+    assert caplog.records[1].exc_info is not None
+    store.close()
+
+
+def test_hosts_with_no_value_sort_last_and_first_reversed_in_process(tmp_path, report):
+    from inventory.hub._api import OperatorApi
+
+    store, ids = _store_estate(tmp_path, report)
+    store.db.execute("UPDATE hosts SET serial = NULL")
+    store.db.execute("UPDATE hosts SET serial = 'B' WHERE agent_id = ?", (ids["fire0"],))
+    api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]})
+    rows = lambda **p: [r[0] for r in _ask(api, "hosts", sort="serial", **p)["result"]["rows"]]  # noqa: E731
+    assert rows() == [ids["fire0"], ids["fire1"]]  # no serial: last
+    assert rows(reverse=True) == [ids["fire1"], ids["fire0"]]  # and first, reversed
     store.close()

@@ -107,3 +107,402 @@ def test_a_report_id_is_stored_once_whatever_comes_again(tmp_path, report):
     assert host["hostname"] == report["system"]["hostname"]
     assert store.changes() == changes_before, "a duplicate made change events"
     store.close()
+
+
+# inventory/store/_common.py: the time format and agency scoping every read shares.
+
+@pytest.mark.parametrize("zone", ["Etc/GMT+5", "Etc/GMT-5"])  # POSIX sign: behind, ahead
+def test_store_times_are_utc_whatever_the_local_zone(zone, monkeypatch):
+    """On a machine whose local time is not UTC, the store's times are still UTC."""
+    import time
+    from datetime import datetime, timezone
+
+    from inventory.store import iso, parse_time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert iso(datetime(2026, 1, 31, 12, tzinfo=timezone.utc)) == \
+            "2026-01-31T12:00:00.000000Z"
+        # 23:00 at UTC-5 is already year 10000 in UTC: refused here, not when iso() writes it;
+        # 23:00 UTC is in range, whatever year it is where the hub runs.
+        with pytest.raises(ValueError, match="out of range"):
+            parse_time("9999-12-31T23:00:00-05:00")
+        assert parse_time("9999-12-31T23:00:00Z").year == 9999
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_parse_time_reads_zones_and_names_the_input_it_refuses():
+    from datetime import datetime, timezone
+
+    from inventory.store import parse_time
+
+    utc = timezone.utc
+    assert parse_time("2026-01-31T12:00:00+02:00") == datetime(2026, 1, 31, 10, tzinfo=utc)
+    assert parse_time(" 2026-01-31T12:00:00Z ") == datetime(2026, 1, 31, 12, tzinfo=utc)
+    assert parse_time("2026-01-31") == datetime(2026, 1, 31, tzinfo=utc)
+    assert parse_time("2026-01-31Z") == datetime(2026, 1, 31, tzinfo=utc)
+    with pytest.raises(ValueError):  # the zone is an upper-case Z, as the store writes it
+        parse_time("2026-01-31T12:00:00z")
+    # Out of range in UTC: the message quotes the input, cut at 40 characters.
+    text = "0001-01-01T00:00:00.000000+01:00:00.000000"
+    with pytest.raises(ValueError) as refused:
+        parse_time(text)
+    assert str(refused.value) == f"{text[:40]} is out of range (years 1 to 9999, in UTC)"
+
+
+def test_a_scope_of_several_agencies_selects_each_of_them_and_none_selects_nothing():
+    from inventory.store._common import _scoped
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE agencies (name TEXT)")
+    db.executemany("INSERT INTO agencies VALUES (?)", [("north",), ("south",), ("west",)])
+    base = "SELECT a.name FROM agencies a WHERE 1 = 1"
+
+    def names(scope):
+        sql, args = _scoped(base, [], scope)
+        return sorted(row[0] for row in db.execute(sql, args))
+
+    assert names(None) == ["north", "south", "west"]
+    assert names(["north", "west"]) == ["north", "west"]
+    assert names([]) == []
+
+
+def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, report):
+    """What the store keeps of a report, column by column, and the compact row the console
+    and the API list: status, OS, first address; a later report updates all but first_seen."""
+    import gzip
+    from datetime import datetime, timezone
+
+    from inventory.facts import facts_of
+    from inventory.hostlist import COLUMN_KEYS
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    received = datetime.now(timezone.utc).replace(microsecond=0)
+    r = copy.deepcopy(report)
+    r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:1"
+    r["collected_at"] = (received - timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r["agent"]["interval_s"] = 900
+    r["system"].update(hostname="pc-1", fqdn="pc-1.example")
+    r["system"]["os"].update(family="linux", name="Debian", version="12")
+    r["hardware"].update(vendor="Acme", model="M1", serial="S-1", uuid="U-1")
+    body = json.dumps(r).encode()
+    assert store.store_reports([Incoming(agent_id, copy.deepcopy(r), body, received)]) == \
+        ["stored"]
+    host = dict(store.db.execute("SELECT * FROM hosts WHERE agent_id = ?", (agent_id,))
+                .fetchone())
+    facts = facts_of(r)
+    when = received.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    expected = {
+        "hostname": "pc-1", "fqdn": "pc-1.example", "os_family": "linux", "os_name": "Debian",
+        "os_version": "12", "vendor": "Acme", "model": "M1", "serial": "S-1", "uuid": "U-1",
+        "cpu_model": r["hardware"]["cpu"]["model"],
+        "memory_bytes": r["hardware"]["memory"]["total_bytes"],
+        "fullest_volume_percent": facts["disk_percent"],
+        "ip_addresses": " ".join(facts["ips"]) or None, "first_seen": when, "last_seen": when,
+        "last_report_id": f"{agent_id}:1:1", "collected_at": r["collected_at"],
+        "clock_skew_s": -3.0, "software_hash": r["software"]["hash"], "interval_s": 900,
+        "identity_conflict": None,
+    }
+    assert {k: host[k] for k in expected} == expected
+    assert json.loads(host["snapshot"]) == {**r, "software": {**r["software"],
+                                                              "packages": None}}
+    assert json.loads(host["facts"]) == json.loads(json.dumps(facts))
+    assert json.loads(host["packages"]) == r["software"]["packages"]
+    assert "\\u" not in host["snapshot"] + host["facts"] + host["packages"]
+    assert " " not in host["facts"].replace("\\u0020", "") or ", " not in host["facts"]
+    (row,) = store.db.execute("SELECT received_at, collected_at, clock_skew_s, body FROM "
+                              "reports").fetchall()
+    assert tuple(row)[:3] == (when, r["collected_at"], -3.0)
+    assert gzip.decompress(row[3]) == body
+    (listed,) = store.host_rows(None)
+    assert dict(zip(COLUMN_KEYS, listed, strict=True)) == {
+        "agent_id": agent_id, "hostname": "pc-1", "agency": "Schools", "site": "St Mary's",
+        "status": "offline", "os": "Debian 12", "model": "M1", "serial": "S-1",
+        "cpu": r["hardware"]["cpu"]["model"], "ram_bytes": r["hardware"]["memory"]["total_bytes"],
+        "disk_percent": facts["disk_percent"],
+        "ip": (facts["ips"] or [None])[0], "last_seen": when, "remote": listed[13]}
+
+    # A later report: everything follows it but first_seen; an unchanged list is kept.
+    later = received + timedelta(minutes=15)
+    r2 = copy.deepcopy(r)
+    r2["report_id"], r2["collected_at"] = f"{agent_id}:1:2", later.strftime("%Y-%m-%dT%H:%M:%SZ")
+    r2["system"]["os"].update(name=None, version="13")
+    r2["software"]["packages"] = None
+    assert store.store_reports([Incoming(agent_id, r2, json.dumps(r2).encode(), later)]) == \
+        ["stored"]
+    host = dict(store.db.execute("SELECT * FROM hosts").fetchone())
+    assert (host["first_seen"], host["last_seen"], host["os_version"], host["clock_skew_s"]) \
+        == (when, later.strftime("%Y-%m-%dT%H:%M:%S.000000Z"), "13", 0.0)
+    assert json.loads(host["packages"]) == r["software"]["packages"]
+    assert store.host_rows(None)[0][5] == "13"  # the OS: whichever parts there are
+    store.close()
+
+
+def test_hosts_that_share_a_serial_or_uuid_are_flagged_never_merged(tmp_path, report):
+    store = Store.open(tmp_path)
+    ids = [_enrolled(store, site=f"Site {n}") for n in range(4)]
+
+    def send(agent_id, seq, serial, uuid):
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["hardware"].update(serial=serial, uuid=uuid)
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(),
+                                             utcnow())]) == ["stored"]
+
+    def conflicts():
+        return {row[0]: row[1] for row in store.db.execute(
+            "SELECT agent_id, identity_conflict FROM hosts")}
+
+    send(ids[0], 1, "S", "U0")
+    send(ids[1], 1, "S", "U1")  # the same serial
+    send(ids[2], 1, "S2", "U0")  # the same uuid as the first
+    send(ids[3], 1, None, None)  # nothing to compare: never a conflict
+    got = conflicts()
+    assert got[ids[3]] is None
+    assert got[ids[2]] == ids[0]
+    assert got[ids[1]] == ids[0]
+    assert got[ids[0]] == " ".join(sorted((ids[1], ids[2])))  # both clones, named once each
+    send(ids[2], 2, "S2", "U2")  # no longer a clone of anyone: nor named by anyone
+    got = conflicts()
+    assert (got[ids[2]], got[ids[0]], got[ids[1]]) == (None, ids[1], ids[0])
+    send(ids[3], 2, "S", "U2")  # the third clone of S, and the second of U2
+    got = conflicts()
+    assert got[ids[3]] == " ".join(sorted((ids[0], ids[1], ids[2])))
+    assert got[ids[0]] == " ".join(sorted((ids[1], ids[3])))
+    assert got[ids[2]] == ids[3]
+    store.close()
+
+
+def test_recent_reports_are_newest_first_with_their_probes_and_only_in_scope(tmp_path, report):
+    """The sparkline data: each report's times and skew, and per probe only its name,
+    result and latency; a body without probes, or one that cannot be read, has none."""
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    probes = [{"name": "dns", "target": "example.org", "ok": True, "latency_ms": 1.5,
+               "error": None}, {"name": "gw", "ok": False}]
+    for seq in range(1, 4):
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["collected_at"] = (base + timedelta(minutes=seq)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        r["connectivity"]["probes"] = probes if seq != 2 else []
+        if seq == 3:
+            del r["connectivity"]
+        received = base + timedelta(minutes=seq, seconds=2)
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(),
+                                             received)]) == ["stored"]
+    got = store.recent_reports(agent_id, ["Schools"], 10)
+    assert [g["report_id"] for g in got] == [f"{agent_id}:1:{n}" for n in (3, 2, 1)]
+    assert got[2] == {"report_id": f"{agent_id}:1:1", "received_at": "2026-01-01T00:01:02.000000Z",
+                      "collected_at": "2026-01-01T00:01:00Z", "clock_skew_s": -2.0,
+                      "probes": [{"name": "dns", "ok": True, "latency_ms": 1.5},
+                                 {"name": "gw", "ok": False, "latency_ms": None}]}
+    assert got[0]["probes"] == got[1]["probes"] == []
+    assert [g["report_id"] for g in store.recent_reports(agent_id, None, 2)] == \
+        [f"{agent_id}:1:3", f"{agent_id}:1:2"]
+    store.db.execute("UPDATE reports SET body = ? WHERE report_id = ?",
+                     (b"not gzip", f"{agent_id}:1:1"))
+    assert store.recent_reports(agent_id, None, 10)[2]["probes"] == []
+    assert store.recent_reports(agent_id, ["Other"], 10) is None
+    assert store.recent_reports(agent_id, [], 10) is None
+    assert store.recent_reports("ag-nobody", None, 10) is None
+    store.close()
+
+
+def test_a_hosts_status_is_revoked_stale_online_or_offline_at_two_intervals(tmp_path, report):
+    """Stale once no report came for two of the interval it claims (300 s without one);
+    otherwise online while connected; revoked above all. The summary counts the same."""
+    store = Store.open(tmp_path)
+    now = utcnow()
+
+    def host(name, interval_s, seen_ago_s):
+        agent_id = _enrolled(store, site=name)
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:1"
+        r["agent"]["interval_s"] = interval_s
+        r["system"]["hostname"] = name
+        at = now - timedelta(seconds=seen_ago_s)
+        r["collected_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(), at)]) == \
+            ["stored"]
+        return agent_id
+
+    fresh = host("a-fresh", 60, 100)  # within 2 x 60 s
+    host("b-stale", 60, 140)  # past 2 x 60 s
+    host("c-default-fresh", None, 500)  # within 2 x 300 s
+    host("d-default-stale", None, 700)
+    online = host("e-online", 60, 100)
+    revoked = host("f-revoked", 60, 1000)
+    store.set_presence(online, True, now)
+    store.set_presence(fresh, True, now)
+    store.set_presence(fresh, False, now)
+    assert store.revoke_agent(revoked, "admin:test")
+    assert [(r[1], r[4]) for r in store.host_rows(None)] == [
+        ("a-fresh", "offline"), ("b-stale", "stale"), ("c-default-fresh", "offline"),
+        ("d-default-stale", "stale"), ("e-online", "online"), ("f-revoked", "revoked")]
+    assert store.summary(None)["totals"] == {"total": 6, "online": 1, "offline": 2,
+                                             "stale": 2, "revoked": 1}
+    assert store.host_detail(online, None)["status"] == "online"
+    store.close()
+
+
+def test_the_host_list_shows_the_os_parts_there_are_and_the_first_address(tmp_path, report):
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    r = copy.deepcopy(report)
+    r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:1"
+    assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(), utcnow())]) == \
+        ["stored"]
+    shown = []
+    for os_name, os_version, ips in (("Debian", "12", "10.0.0.1 10.0.0.2 fe80::1"),
+                                     ("Debian", None, "10.0.0.3"), (None, "12", ""),
+                                     ("", "", None)):
+        store.db.execute("UPDATE hosts SET os_name = ?, os_version = ?, ip_addresses = ?",
+                         (os_name, os_version, ips))
+        (row,) = store.host_rows(None)
+        shown.append((row[5], row[11]))
+    assert shown == [("Debian 12", "10.0.0.1"), ("Debian", "10.0.0.3"), ("12", None),
+                     (None, None)]
+    store.close()
+
+
+def test_each_report_records_its_changes_and_a_backlog_one_only_history(tmp_path, report):
+    """What `_store_one` writes: the state and software changes of each newer report, with its
+    time and id; an older (backlog) report is kept as history and moves only last_seen; a
+    time far ahead orders by the time received."""
+    from datetime import datetime, timezone
+
+    from inventory.changes import bounded, software_changes, state_changes
+    from inventory.store import iso
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+    def send(seq, minutes, received_minutes=None, **edits):
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["collected_at"] = (t0 + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for path, value in edits.items():
+            target = r
+            *keys, last = path.split("__")
+            for k in keys:
+                target = target[k]
+            target[last] = value
+        at = t0 + timedelta(minutes=received_minutes if received_minutes is not None
+                            else minutes, seconds=1)
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(), at)]) == \
+            ["stored"]
+        return r, at
+
+    def rows():
+        return [(c["at"], c["kind"], c["subject"], c["old_value"], c["new_value"],
+                 c["report_id"]) for c in store.changes()]
+
+    def expected(changes, at, seq):
+        return [(iso(at), c.kind, c.subject, c.old_text(), c.new_text(), f"{agent_id}:1:{seq}")
+                for c in bounded(changes)]
+
+    r1, _ = send(1, 0)
+    assert rows() == []  # the first report: nothing to compare with
+    r2, at2 = send(2, 10, system__hostname="renamed-pc",
+                   hardware__memory__total_bytes=r1["hardware"]["memory"]["total_bytes"] * 2)
+    want = expected(state_changes(r1, r2), at2, 2)
+    assert want and rows() == want
+    packages = [*(r2["software"]["packages"] or []),
+                {"name": "zz-new", "version": "1", "arch": None, "publisher": None}]
+    r3, at3 = send(3, 20, software__hash="f" * 64, software__packages=packages,
+                   system__hostname="renamed-pc",
+                   hardware__memory__total_bytes=r2["hardware"]["memory"]["total_bytes"])
+    soft = expected(software_changes(r2["software"]["hash"], "f" * 64,
+                                     r2["software"]["packages"], packages), at3, 3)
+    assert soft and rows() == want + soft
+    # A backlog report, collected before the latest: history only.
+    _, at0 = send(4, 15, received_minutes=30, system__hostname="old-name")
+    host = dict(store.db.execute("SELECT hostname, last_seen, last_report_id, collected_at "
+                                 "FROM hosts").fetchone())
+    assert host == {"hostname": "renamed-pc", "last_seen": iso(at0),
+                    "last_report_id": f"{agent_id}:1:3", "collected_at": r3["collected_at"]}
+    assert rows() == want + soft
+    # Collected more than a day ahead of its arrival: ordered by arrival.
+    _, at5 = send(5, 60 * 24 * 3, received_minutes=40)
+    assert store.db.execute("SELECT collected_at FROM hosts").fetchone()[0] == iso(at5)
+    assert store.db.execute("SELECT count(*) FROM reports").fetchone()[0] == 5
+    store.close()
+
+
+def test_a_readers_view_of_a_clone_names_only_hosts_in_their_agencies(tmp_path, report):
+    store = Store.open(tmp_path)
+    ids = {}
+    for name, agency in (("a", "Fire"), ("b", "Fire"), ("c", "Health"), ("d", "Police")):
+        ids[name] = _enrolled(store, agency=agency, site=name)
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = ids[name], f"{ids[name]}:1:1"
+        r["hardware"].update(serial="CLONE", uuid=None)
+        assert store.store_reports([Incoming(ids[name], r, json.dumps(r).encode(),
+                                             utcnow())]) == ["stored"]
+
+    def seen(name, scope):
+        return store.host_detail(ids[name], scope)["identity_conflict"]
+
+    everyone = sorted(ids.values())
+    assert seen("a", None) == " ".join(i for i in everyone if i != ids["a"])
+    assert seen("a", ["Fire"]) == ids["b"]
+    assert seen("a", ["Fire", "Police"]) == " ".join(i for i in everyone
+                                                      if i in (ids["b"], ids["d"]))
+    assert seen("c", ["Health"]) is None  # its clones are all elsewhere: none to show
+    assert store.host_detail(ids["c"], ["Fire"]) is None
+    store.close()
+
+
+def test_a_reopened_store_compares_with_what_the_table_kept(tmp_path, report):
+    """After a restart the previous state comes from the hosts table, not the cache: the same
+    software is no change, a new name is one, and stored JSON is compact UTF-8."""
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    r1 = copy.deepcopy(report)
+    r1["agent"]["id"], r1["report_id"] = agent_id, f"{agent_id}:1:1"
+    r1["collected_at"] = "2026-03-01T00:00:00Z"
+    r1["system"]["hostname"] = "pc-é"
+    r1["software"]["packages"] = [{"name": "café", "version": "1", "arch": None,
+                                   "publisher": None}]
+    received = utcnow()
+    assert store.store_reports([Incoming(agent_id, r1, json.dumps(r1).encode(), received)]) \
+        == ["stored"]
+    host = dict(store.db.execute("SELECT snapshot, packages FROM hosts").fetchone())
+    compact = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+    assert host["snapshot"] == compact({**r1, "software": {**r1["software"], "packages": None}})
+    assert host["packages"] == compact(r1["software"]["packages"])
+    store.close()
+
+    store = Store.open(tmp_path)
+    r2 = copy.deepcopy(r1)
+    r2["report_id"], r2["collected_at"] = f"{agent_id}:1:2", "2026-03-01T00:10:00Z"
+    r2["system"]["hostname"] = "pc-2"
+    assert store.store_reports([Incoming(agent_id, r2, json.dumps(r2).encode(), received)]) \
+        == ["stored"]
+    assert [(c["kind"], c["old_value"], c["new_value"]) for c in store.changes()] == \
+        [("hostname_changed", "pc-é", "pc-2")]
+    assert store.db.execute("SELECT hostname FROM hosts").fetchone()[0] == "pc-2"
+    # A new list hash without its list: the list is unknown (NULL), not stale.
+    r3 = copy.deepcopy(r2)
+    r3["report_id"], r3["collected_at"] = f"{agent_id}:1:3", "2026-03-01T00:20:00Z"
+    r3["software"].update(hash="e" * 64, packages=None)
+    assert store.store_reports([Incoming(agent_id, r3, json.dumps(r3).encode(), received)]) \
+        == ["stored"]
+    assert store.db.execute("SELECT packages IS NULL FROM hosts").fetchone()[0] == 1
+    other = _enrolled(store, site="Other")
+    r4 = copy.deepcopy(r1)
+    r4["agent"]["id"], r4["report_id"] = other, f"{other}:1:1"
+    store.store_reports([Incoming(other, r4, json.dumps(r4).encode(), received)])
+    assert [r[0] for r in store.host_rows(None, agent_ids=[agent_id, other])] == \
+        [r[0] for r in store.host_rows(None)] and len(store.host_rows(None)) == 2
+    assert [r[0] for r in store.host_rows(None, agent_ids=[other])] == [other]
+    assert store.host_rows(None, agent_ids=[]) == []
+    store.close()

@@ -482,7 +482,8 @@ class Store(RemoteRecords):
         self._upsert_host(item, digest, skew, software_changed, collected)
         identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
         if prev is None or prev.identity != identity:
-            self._refresh_identity_conflicts(item.agent_id)
+            self._refresh_identity_conflicts(item.agent_id, prev.identity if prev else
+                                             (None, None))
         self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity)
         return "stored"
 
@@ -522,25 +523,33 @@ class Store(RemoteRecords):
                                   if packages is not None else None)
         self.db.execute(_host_upsert_sql(tuple(values)), tuple(values.values()))
 
-    def _refresh_identity_conflicts(self, agent_id: str) -> None:
-        """Flag hosts that report the same serial or UUID (cloned VMs); never merge them."""
-        me = self.db.execute("SELECT serial, uuid FROM hosts WHERE agent_id = ?",
-                             (agent_id,)).fetchone()
-        group = {agent_id}
-        if me["serial"] or me["uuid"]:
-            rows = self.db.execute(
-                "SELECT agent_id FROM hosts WHERE agent_id <> ? AND "
-                "((serial IS NOT NULL AND serial = ?) OR (uuid IS NOT NULL AND uuid = ?))",
-                (agent_id, me["serial"], me["uuid"]))
-            group |= {r[0] for r in rows}
-        if len(group) == 1:
-            self.db.execute("UPDATE hosts SET identity_conflict = NULL WHERE agent_id = ?",
-                            (agent_id,))
-            return
-        for member in group:
-            others = sorted(group - {member})
+    def _refresh_identity_conflicts(self, agent_id: str,
+                                    previous: tuple[Any, Any] = (None, None)) -> None:
+        """Flag hosts that report the same serial or UUID (cloned VMs); never merge them.
+
+        Each host lists every other host sharing its serial or its UUID: one can share its
+        serial with a host and its UUID with another, and names both. The hosts that shared
+        its `previous` (serial, uuid) get their lists again too, so none names it after it
+        changed. Indexed lookups only: this runs for every host's first report.
+        """
+        affected = {agent_id} | self._sharing(*self._identity(agent_id)) | \
+            self._sharing(*previous)
+        for member in affected:
+            others = sorted(self._sharing(*self._identity(member)) - {member})
             self.db.execute("UPDATE hosts SET identity_conflict = ? WHERE agent_id = ?",
-                            (" ".join(others), member))
+                            (" ".join(others) or None, member))
+
+    def _identity(self, agent_id: str) -> tuple[Any, Any]:
+        row = self.db.execute("SELECT serial, uuid FROM hosts WHERE agent_id = ?",
+                              (agent_id,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def _sharing(self, serial: Any, uuid: Any) -> set[str]:
+        """The hosts reporting this serial or this UUID (an unknown one, None or empty,
+        matches none)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT agent_id FROM hosts WHERE serial = ? OR uuid = ?",
+            (serial or None, uuid or None))}
 
     def prune_reports(self, older_than: datetime) -> int:
         with self._transaction():
