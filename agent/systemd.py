@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from inventory.unit_file import arg, escape, state_lines
+from inventory.unit_file import SANDBOX, arg, escape, state_lines
 
 UNIT_PATH = Path("/etc/systemd/system/estate-agent.service")
 
@@ -45,15 +45,7 @@ ProtectSystem=strict
 # Read-only rather than hidden: hiding /home would make the agent report the empty tmpfs put
 # over it instead of the real volume's size.
 ProtectHome=read-only
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateMounts=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
+{SANDBOX}
 # Not ProtectProc=invisible: with its capabilities dropped the agent could no longer see PID 1,
 # and systemd-detect-virt and the container check read /proc/1. Not ProcSubset=pid: psutil
 # reads /proc/stat, /proc/meminfo and /proc/net.

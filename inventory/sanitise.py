@@ -9,7 +9,7 @@ could move the cursor, clear the screen, draw a fake prompt or forge a log line.
 - `plain`: one line for a screen, every such character replaced with U+FFFD.
 - `quoted`: for logs and messages, the text in quotes with such characters escaped (\\x1b,
   \\u202e), so the reader sees exactly what was sent and a newline cannot start a new line.
-- `dumps`: JSON for `--json` output, with the same characters escaped as \\uXXXX.
+- `dumps`: JSON for `--json` output, with the same characters as JSON escapes (`\\u202e`).
 
 Stdlib only: the agent, the hub and the console all use it.
 """

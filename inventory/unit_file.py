@@ -7,9 +7,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["STATE_ROOT", "arg", "escape", "state_lines"]
+__all__ = ["SANDBOX", "STATE_ROOT", "arg", "escape", "state_lines"]
 
 STATE_ROOT = Path("/var/lib")
+
+# The confinement both units share: their own /tmp, no devices, mounts, clock, hostname,
+# kernel tunables, modules, logs or cgroups to touch. Each unit adds what differs (user,
+# capabilities, which of /home and /proc it may see, its socket families).
+SANDBOX = """PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes"""
 
 
 def state_lines(folder: Path) -> str:

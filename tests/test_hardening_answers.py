@@ -206,7 +206,7 @@ def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
 # --- exports: a fair queue, nothing made for a channel that went away (second attack, F2) --
 
 def test_export_slots_are_shared_fairly_between_operators():
-    from inventory.hub._export import ExportSlots
+    from inventory.hub._budget import ExportSlots
 
     slots = ExportSlots(per_operator=2, total=3)
     assert slots.take("auditor") is None and slots.take("auditor") is None

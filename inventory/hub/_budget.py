@@ -61,3 +61,37 @@ class Budget:
 
     def held_by(self, holder: str) -> int:
         return self._held.get(holder, 0)
+
+
+# Exports queued or running: per operator, and for the hub. An auditor's script once queued
+# 200 exports in four seconds and closed each channel; the queue was first in, first out and
+# unbounded, so every other operator's export waited minutes behind files nobody would read.
+EXPORTS_PER_OPERATOR = 2
+MAX_EXPORTS_QUEUED = 16
+
+
+class ExportSlots:
+    """Exports queued or running, per operator and in all (event loop only)."""
+
+    def __init__(self, per_operator: int = EXPORTS_PER_OPERATOR,
+                 total: int = MAX_EXPORTS_QUEUED) -> None:
+        self.per_operator, self.total = per_operator, total
+        self.in_use = 0
+        self._by_operator: dict[str, int] = {}
+
+    def take(self, name: str) -> str | None:
+        """A slot for `name`'s export, or why not."""
+        if self._by_operator.get(name, 0) >= self.per_operator:
+            return f"you have {self.per_operator} exports queued or running; retry when " \
+                   f"one is done"
+        if self.in_use >= self.total:
+            return f"{self.in_use} exports are queued or running; retry later"
+        self._by_operator[name] = self._by_operator.get(name, 0) + 1
+        self.in_use += 1
+        return None
+
+    def give(self, name: str) -> None:
+        n = self._by_operator.pop(name, 0) - 1
+        if n > 0:
+            self._by_operator[name] = n
+        self.in_use = max(0, self.in_use - 1)

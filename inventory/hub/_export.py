@@ -5,8 +5,8 @@ Input: one JSON request (`inventory.export.ExportRequest`). Output: JSON lines â
 then exactly `manifest.bytes` bytes of the file. A refused request is one `error` line. The
 export runs on a thread of its own with its own read-only database connection, so reports,
 the API and other exports carry on meanwhile; at most EXPORTS_AT_ONCE run at a time, and
-at most EXPORTS_PER_OPERATOR of one operator's and MAX_EXPORTS_QUEUED in all are queued or
-running (past either: `busy` with `retry_after`).
+at most EXPORTS_PER_OPERATOR of one operator's and MAX_EXPORTS_QUEUED in all (`_budget.py`)
+are queued or running (past either: `busy` with `retry_after`).
 """
 
 from __future__ import annotations
@@ -26,43 +26,11 @@ from inventory.export import ExportError, ExportRequest, Producer, run_export
 log = logging.getLogger("estate.hub")
 
 EXPORTS_AT_ONCE = 2
-# Queued or running: per operator, and for the hub. An auditor's script once queued 200
-# exports in four seconds and closed each channel; the queue was first in, first out and
-# unbounded, so every other operator's export waited minutes behind files nobody would read.
-EXPORTS_PER_OPERATOR = 2
-MAX_EXPORTS_QUEUED = 16
 BUSY_RETRY_S = 30
 CHUNK = 256 * 1024
 EXIT_OK, EXIT_DATA, EXIT_TEMPFAIL = 0, 65, 75
 
 _pool = ThreadPoolExecutor(max_workers=EXPORTS_AT_ONCE, thread_name_prefix="export")
-
-
-class ExportSlots:
-    """Exports queued or running, per operator and in all (event loop only)."""
-
-    def __init__(self, per_operator: int = EXPORTS_PER_OPERATOR,
-                 total: int = MAX_EXPORTS_QUEUED) -> None:
-        self.per_operator, self.total = per_operator, total
-        self.in_use = 0
-        self._by_operator: dict[str, int] = {}
-
-    def take(self, name: str) -> str | None:
-        """A slot for `name`'s export, or why not."""
-        if self._by_operator.get(name, 0) >= self.per_operator:
-            return f"you have {self.per_operator} exports queued or running; retry when " \
-                   f"one is done"
-        if self.in_use >= self.total:
-            return f"{self.in_use} exports are queued or running; retry later"
-        self._by_operator[name] = self._by_operator.get(name, 0) + 1
-        self.in_use += 1
-        return None
-
-    def give(self, name: str) -> None:
-        n = self._by_operator.pop(name, 0) - 1
-        if n > 0:
-            self._by_operator[name] = n
-        self.in_use = max(0, self.in_use - 1)
 
 
 class _Gone(Exception):

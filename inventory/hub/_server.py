@@ -38,9 +38,9 @@ from inventory.hub._budget import (
     MAX_EXPORT_REQUESTS,
     RETRY_AFTER_S,
     Budget,
+    ExportSlots,
 )
 from inventory.hub._door import MESSAGES, PENALISED, Door, DoorLimits, source_of
-from inventory.hub._export import ExportSlots
 from inventory.hub._ingest import MAX_RECEIVED_BYTES, Ingest, OverBudget, ReportRate
 from inventory.hub._keys import fingerprint, load_or_create_host_key
 from inventory.hub._lines import TOO_LONG, LineReader
@@ -215,10 +215,7 @@ class Hub:
         self._db_thread.shutdown(wait=True)
 
     async def _write_audit(self, rows: list[Row]) -> None:
-        def write() -> None:
-            for row in rows:
-                self.store.audit(*row)
-        await self.db(write)
+        await self.db(self.store.audit_many, rows)
 
     # --- events for estate-watch -------------------------------------------------------
 

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from inventory.unit_file import STATE_ROOT, arg, escape, state_lines
+from inventory.unit_file import SANDBOX, STATE_ROOT, arg, escape, state_lines
 
 __all__ = ["DATA_DIR", "UNIT_PATH", "USER", "install", "unit_text"]
 
@@ -62,15 +62,7 @@ LimitNOFILE={OPEN_FILES}
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateMounts=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
+{SANDBOX}
 ProtectProc=invisible
 # Not ProcSubset=pid: process metrics (CPU, RSS per connection) need /proc/stat's boot time.
 RestrictNamespaces=yes

@@ -164,6 +164,14 @@ class Store(RemoteRecords):
         with self._transaction():
             self._audit(actor, action, target, detail)
 
+    def audit_many(self, rows: list[tuple[str, str, str | None,
+                                          dict[str, Any] | None]]) -> None:
+        """Several audit rows (actor, action, target, detail) in one transaction: the
+        coalescer's flush at the end of a minute, one commit rather than one each."""
+        with self._transaction():
+            for actor, action, target, detail in rows:
+                self._audit(actor, action, target, detail)
+
     def audit_log(self, limit: int = 1000, since: datetime | None = None,
                   until: datetime | None = None, actor: str | None = None,
                   action: str | None = None,
