@@ -40,9 +40,13 @@ bench: $(STAMP)
 	$(PY) bench/hub_ingest.py
 	$(PY) bench/console.py
 
+# What CI checks before the tests (.ci/run): ruff, mypy over the packages pyproject.toml's
+# [tool.mypy] lists (agent, inventory, console), and the import contracts between the roles
+# ([tool.importlinter]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent inventory console tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis mutants

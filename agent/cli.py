@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from inventory.errors import EstateError
+from inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return EXIT_USAGE
+        return Exit.USAGE
     from inventory import private_files
 
     # The key, spool and status are this user's alone: every file created here is 0600.
@@ -30,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except _UsageError as exc:
         print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except private_files.OpenDataDir as exc:
         print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `estate-agent collect | head`
-        return EXIT_OK
+        return Exit.OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,7 +137,7 @@ def _open_dir_arg(p: argparse.ArgumentParser) -> None:
                         "0700) instead of refusing; only when its parent keeps them out")
 
 
-class _UsageError(Exception):
+class _UsageError(EstateError):
     """A problem with what the user gave (a config file): exit 2 with the message."""
 
 
@@ -172,7 +172,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         validate(report)
     except ReportError as exc:  # a collector bug: say so rather than print a bad report
         print(f"estate-agent: collected report is invalid: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     doc = report[args.section] if args.section else report
     text = json.dumps(doc, indent=2 if args.pretty else None, ensure_ascii=False,
                       separators=None if args.pretty else (",", ":"))
@@ -182,7 +182,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         text = dumps(doc, indent=2 if args.pretty else None)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -193,10 +193,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         cfg = load(path)
     except ConfigError as exc:
         print(f"estate-agent: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     print(f"{path}: ok ({len(cfg.probes)} probes, interval {cfg.interval_s:g} s, "
           f"{'enrolled as ' + cfg.agent_id if cfg.agent_id else 'not enrolled'})")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_enrol(args: argparse.Namespace) -> int:
@@ -211,10 +211,10 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
     except EnrolFailed as exc:
         # The message may carry the hub's (or an impostor's) words: one plain line.
         print(f"estate-agent: enrolment failed: {plain(exc, 2000)}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     print(f"enrolled as {plain(result['agent_id'])} ({plain(result['agency'])} / "
           f"{plain(result['site'])}); config written to {path}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _read_token(args: argparse.Namespace) -> str:
@@ -252,7 +252,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not (cfg.agent_id and cfg.hub and cfg.hub_key and cfg.key_file):
         print(f"estate-agent: {cfg.path}: not enrolled (run estate-agent enrol first)",
               file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     from agent.probes import prober
 
     probes = prober(cfg.probes)
@@ -263,11 +263,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         body = gzip.compress(body, 6)
     try:
         client = HubClient(cfg.hub, cfg.hub_key, load_key(cfg.key_file), cfg.agent_id)
-        result = client.run("estate-report v1", body)
+        result = client.run(REPORT_COMMAND, body)
         client.close()
     except HubError as exc:
         print(f"estate-agent: {plain(exc, 2000)}", file=sys.stderr)
-        return 75 if exc.retry else EXIT_FAIL
+        return ChannelExit.TEMPFAIL if exc.retry else Exit.FAIL
     print(dumps(result.doc))  # the hub's answer: its text must not drive the terminal
     return result.exit_status
 
@@ -304,11 +304,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     state = read_status(cfg) or {}
     if args.json:
         print(dumps(state, indent=1))
-        return EXIT_OK if state.get("running") else EXIT_FAIL
+        return Exit.OK if state.get("running") else Exit.FAIL
     if not state:
         print(f"agent {cfg.agent_id or '(not enrolled)'}: the service has not run with "
               f"{cfg.path}")
-        return EXIT_FAIL
+        return Exit.FAIL
     connection = "connected" if state.get("connected") else "not connected"
     print(f"agent       {state.get('agent_id')}")
     running = f"running (pid {state['pid']})" if state["running"] else "stopped"
@@ -322,7 +322,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"last error  {plain(state.get('last_error'), 1000) or 'none'}"
           + (f" at {state['last_error_at']}" if state.get("last_error_at") else ""))
     print(f"updated     {state.get('updated_at')}")
-    return EXIT_OK if state["running"] else EXIT_FAIL
+    return Exit.OK if state["running"] else Exit.FAIL
 
 
 def _cmd_install_service(args: argparse.Namespace) -> int:
@@ -332,16 +332,16 @@ def _cmd_install_service(args: argparse.Namespace) -> int:
     config = (args.config or default_path()).resolve()
     if args.print_only:
         sys.stdout.write(unit_text(config))
-        return EXIT_OK
+        return Exit.OK
     try:
         path = install(config)
     except OSError as exc:
         print(f"estate-agent: cannot write {UNIT_PATH}: {exc.strerror} (run as root, or use "
               f"--print)", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     print(f"wrote {path}. Enable and start it with:\n"
           f"  systemctl daemon-reload && systemctl enable --now estate-agent")
-    return EXIT_OK
+    return Exit.OK
 
 
 if __name__ == "__main__":

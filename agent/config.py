@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inventory.errors import EstateError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -19,7 +21,7 @@ __all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "SpoolConfig", "default_
 PROBE_KINDS = ("tcp", "dns", "gateway")
 
 
-class ConfigError(ValueError):
+class ConfigError(EstateError, ValueError):
     """A config file that cannot be used; the message names the file, key and problem."""
 
     def __init__(self, file: str, key: str, problem: str) -> None:

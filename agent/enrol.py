@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ConfigError, load, parse_hostport
+from inventory.errors import EstateError
 from inventory.private_files import private_dir, write_private
+from inventory.protocol import ENROL_COMMAND, ENROL_USER, ChannelExit
 from inventory.sanitise import quoted
 
 KEY_NAME = "agent_key"
@@ -19,7 +21,7 @@ TOKEN_PREFIX = "EST1"  # noqa: S105 - a format marker, not a secret
 _MANAGED_KEYS = ("agent_id", "hub", "hub_key", "key_file")
 
 
-class EnrolFailed(Exception):
+class EnrolFailed(EstateError):
     """Enrolment did not happen; the message says why and what to do."""
 
 
@@ -100,16 +102,16 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
     private_dir(config_path.parent)
     key_path = config_path.parent / KEY_NAME
     key, public_line = ensure_key(key_path)
-    client = HubClient(hub, pinned, key, "enrol")
+    client = HubClient(hub, pinned, key, ENROL_USER)
     request = {"token": token.strip(), "public_key": public_line,
                "hostname": socket.gethostname()}
     try:
-        result = client.run("estate-enrol v1", json.dumps(request).encode())
+        result = client.run(ENROL_COMMAND, json.dumps(request).encode())
     except HubError as exc:
         raise EnrolFailed(str(exc)) from None
     finally:
         client.close()
-    if result.exit_status != 0 or result.doc.get("status") != "enrolled":
+    if result.exit_status != ChannelExit.OK or result.doc.get("status") != "enrolled":
         # The hub's words, quoted: escapes in them must not reach the terminal.
         raise EnrolFailed(f"the hub refused enrolment: {quoted(result.doc.get('message'))} "
                           f"({quoted(result.doc.get('code'), 40)})")

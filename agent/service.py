@@ -24,13 +24,12 @@ from agent.remote import RemoteRelay
 from agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
 from agent.transport import HostKeyMismatch, HubClient, HubError, load_key
 from inventory.private_files import OpenDataDir, private_dir, write_private
+from inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
 
 log = logging.getLogger("estate.agent")
 
-REPORT_COMMAND = "estate-report v1"
 STATUS_FILE = "status.json"
 SPOOL_FILE = "spool.db"
-EXIT_DATA, EXIT_TEMPFAIL = 65, 75
 LIVENESS_CHECK_S = 5.0
 
 
@@ -108,7 +107,7 @@ class Service:
         self._write_state(stopped=True)
         if self.spool:
             self.spool.close()
-        return 0
+        return Exit.OK
 
     def _sleep_time(self) -> float:
         now = time.monotonic()
@@ -224,15 +223,15 @@ class Service:
             self._disconnected(exc)
             return
         doc = result.doc
-        if result.exit_status == 0:
+        if result.exit_status == ChannelExit.OK:
             self._acked(item, doc, drops)
-        elif result.exit_status == EXIT_DATA:
+        elif result.exit_status == ChannelExit.DATA:
             # The hub will never take this report as it is; keeping it would block the rest.
             self._error(f"hub rejected report {item.report_id}: {doc.get('message')} "
                         f"(field {doc.get('path') or '-'}); dropped it")
             self._forget(item)
             self.next_send_at = time.monotonic()
-        elif result.exit_status == EXIT_TEMPFAIL:
+        elif result.exit_status == ChannelExit.TEMPFAIL:
             wait = max(float(doc.get("retry_after") or 0), self.backoff.next_delay())
             self._error(f"hub busy ({doc.get('code')}): retrying in {wait:.0f} s")
             self.not_before = time.monotonic() + wait

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from inventory.errors import EstateError
 from inventory.private_files import private_dir, private_file
 
 log = logging.getLogger("estate.agent")
@@ -21,7 +22,7 @@ log = logging.getLogger("estate.agent")
 __all__ = ["Spool", "SpoolFull", "SpoolLimits", "Spooled"]
 
 
-class SpoolFull(Exception):
+class SpoolFull(EstateError):
     """The spool cannot take a report (disk full, read-only): send it directly instead."""
 
 

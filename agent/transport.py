@@ -17,6 +17,7 @@ from typing import Any
 import paramiko
 
 from agent.config import parse_hostport
+from inventory.errors import EstateError
 
 __all__ = ["CommandResult", "HostKeyMismatch", "HubClient", "HubError", "fingerprint_of"]
 
@@ -29,7 +30,7 @@ _DISABLED = {
 }
 
 
-class HubError(Exception):
+class HubError(EstateError):
     """The hub could not be reached or refused us. `retry` says whether trying later helps."""
 
     def __init__(self, message: str, retry: bool = True) -> None:

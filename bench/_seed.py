@@ -11,8 +11,7 @@ from inventory.store import Incoming, Store, utcnow
 
 def seed(data: Path, n: int) -> None:
     """N enrolled agents with one report each, written through the store (fast, no SSH)."""
-    store = Store.open(data)
-    store.db.execute("PRAGMA synchronous=OFF")  # seeding only; the hub runs with FULL
+    store = Store.open(data, durable=False)  # seeding only; the hub runs durable
     places = simulate.placements(n)
     tokens = {}
     for agency, site in sorted(set(places)):

@@ -28,7 +28,7 @@ import asyncssh
 import psutil
 
 from bench._seed import seed
-from inventory.store import Store, iso, utcnow
+from inventory.store import ChangeEvent, Store, iso, utcnow
 from tests.harness import HubProcess
 
 KINDS = ("software_updated", "software_added", "software_removed", "ip_changed",
@@ -38,20 +38,18 @@ CASES = (("inventory", "csv", 2.0), ("inventory", "xlsx", 10.0), ("changes", "cs
 
 def add_changes(data: Path, n: int) -> None:
     """N change events spread over the seeded hosts and the last 90 days."""
-    store = Store.open(data)
-    agents = [r[0] for r in store.db.execute("SELECT agent_id FROM hosts")]
+    store = Store.open(data, durable=False)
+    agents = sorted(h.agent_id for h in store.host_rows(None))
     rng = random.Random(7)
     now = utcnow().timestamp()
     rows = []
     for i in range(n):
         at = iso(utcnow().fromtimestamp(now - rng.uniform(0, 90 * 86400), tz=utcnow().tzinfo))
         kind = rng.choice(KINDS)
-        rows.append((rng.choice(agents), at, kind, f"package-{i % 500}", f"1.{i % 9}",
-                     f"1.{i % 9 + 1}", "bench"))
-    rows.sort(key=lambda r: r[1])
-    with store._transaction():
-        store.db.executemany("INSERT INTO changes (agent_id, at, kind, subject, old_value, "
-                             "new_value, report_id) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        rows.append(ChangeEvent(at, rng.choice(agents), kind, f"package-{i % 500}",
+                                f"1.{i % 9}", f"1.{i % 9 + 1}", "bench"))
+    rows.sort(key=lambda r: r.at)
+    store.record_changes(rows)
     store.close()
 
 
@@ -104,7 +102,8 @@ def main() -> int:
             for report, fmt, target in CASES:
                 out = base / f"{report}.{fmt}"
                 seconds, rss = export(hub, base / "bench", report, fmt, out)
-                ok = subprocess.run([sys.executable, "-m", "console.cli", "verify", str(out)],
+                ok = subprocess.run([sys.executable, "-m", "console.cli", "verify", str(out),
+                                     "--hub-key", hub.fingerprint],
                                     capture_output=True).returncode == 0
                 print(f"{report} {fmt}: {seconds:.2f} s (target <= {target:g} s), "
                       f"{out.stat().st_size / 2**20:.1f} MB, CLI peak RSS {rss:.0f} MB "

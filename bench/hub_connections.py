@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import resource
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -78,11 +77,11 @@ class Hub:
         return psutil.Process(self.proc.pid)
 
     def connected(self) -> int:
-        db = sqlite3.connect(f"file:{self.data / 'estate.db'}?mode=ro", uri=True, timeout=30)
+        store = Store.open(self.data)
         try:
-            return db.execute("SELECT COUNT(*) FROM agents WHERE connected = 1").fetchone()[0]
+            return sum(1 for a in store.agents() if a.connected)
         finally:
-            db.close()
+            store.close()
 
 
 async def enrol(sim: simulate.Simulator, data: Path, n: int) -> list[simulate.Identity]:
@@ -162,11 +161,11 @@ async def storm(hub: Hub, sim: simulate.Simulator, idents: list[simulate.Identit
 
 
 def count_lost(data: Path, sim: simulate.Simulator) -> tuple[int, int]:
-    db = sqlite3.connect(f"file:{data / 'estate.db'}?mode=ro", uri=True, timeout=30)
+    store = Store.open(data)
     try:
-        stored = db.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
+        stored = store.report_count()
     finally:
-        db.close()
+        store.close()
     pending = sum(sim.stats.pending.values())
     return stored, pending
 

@@ -31,6 +31,8 @@ from typing import Any
 import asyncssh
 import psutil
 
+from inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,11 +77,11 @@ async def enrol_agents(port: int, fingerprint: str, token: str, n: int) -> list[
     for i in range(n):
         key = asyncssh.generate_private_key("ssh-ed25519")
         public = key.export_public_key("openssh").decode().strip()
-        async with asyncssh.connect("127.0.0.1", port, username="enrol", client_keys=[key],
+        async with asyncssh.connect("127.0.0.1", port, username=ENROL_USER, client_keys=[key],
                                     known_hosts=None, agent_path=None) as conn:
             if conn.get_server_host_key().get_fingerprint("sha256") != fingerprint:
                 raise SystemExit("hub key mismatch")
-            res = await conn.run("estate-enrol v1", input=json.dumps(
+            res = await conn.run(ENROL_COMMAND, input=json.dumps(
                 {"token": token, "public_key": public, "hostname": f"pc-{i:05d}"}),
                 encoding="utf-8")
             doc = json.loads(res.stdout)
@@ -105,7 +107,7 @@ async def load(port: int, agents: list[tuple], base: dict[str, Any], seconds: fl
                 n += 1
                 body = body_for(templates, n)
                 start = time.perf_counter()
-                res = await conn.run("estate-report v1", input=body, encoding=None)
+                res = await conn.run(REPORT_COMMAND, input=body, encoding=None)
                 latencies.append((time.perf_counter() - start) * 1000)
                 if expect not in res.stdout.decode():
                     raise SystemExit(f"unexpected answer: {res.stdout[:200]!r}")

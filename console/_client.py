@@ -10,13 +10,15 @@ from typing import Any
 
 import asyncssh
 
+from inventory.errors import CodedError, EstateError
+from inventory.protocol import API_COMMAND, WATCH_COMMAND
 from inventory.sanitise import plain
 
 __all__ = ["ApiFailure", "HubConnection", "HubUnreachable", "UnknownHubKey", "open_connection",
            "probe_host_key"]
 
 
-class HubUnreachable(Exception):
+class HubUnreachable(EstateError):
     """No connection (down, refused, timed out, login refused); the message says which."""
 
 
@@ -33,20 +35,22 @@ class UnknownHubKey(HubUnreachable):
         self.seen, self.pinned = seen, pinned
 
 
-class ApiFailure(Exception):
+class ApiFailure(CodedError):
     """The hub's error answer; its code and message made plain text (they are the hub's)."""
 
     def __init__(self, code: str, message: str) -> None:
-        code, message = plain(code, 64), plain(message, 1000)
-        super().__init__(f"{message} ({code})")
-        self.code, self.message = code, message
+        super().__init__(plain(code, 64), plain(message, 1000))
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code})"
 
 
 class _Pinned(asyncssh.SSHClient):
     """Accepts exactly the pinned host key; remembers what it was shown."""
 
     def __init__(self, pinned: str | None) -> None:
-        self.pinned, self.seen = pinned, None
+        self.pinned = pinned
+        self.seen: str | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
@@ -115,7 +119,7 @@ class HubConnection:
     async def connect(self) -> None:
         self.conn, _ = await _open(self.address, self.user, self.key_path, self.hub_key)
         try:
-            self._api = await self.conn.create_process("estate-api v1", encoding="utf-8")
+            self._api = await self.conn.create_process(API_COMMAND, encoding="utf-8")
         except (asyncssh.Error, OSError) as exc:
             raise HubUnreachable(f"the hub refused the API channel ({plain(exc, 500)})") \
                 from None
@@ -163,7 +167,7 @@ class HubConnection:
         if self.conn is None:
             raise HubUnreachable("not connected to the hub")
         try:
-            return await self.conn.create_process("estate-watch v1", encoding="utf-8")
+            return await self.conn.create_process(WATCH_COMMAND, encoding="utf-8")
         except (asyncssh.Error, OSError) as exc:
             raise HubUnreachable(f"the connection to the hub was lost ({exc})") from None
 

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
+from console.export import ExportOptions
 from inventory.export._columns import REPORTS
 from inventory.export._writers import FORMATS
 
 
-class ExportDialog(ModalScreen[dict[str, Any] | None]):
-    """Returns {"report", "format", "output", "filter", "register"} or None (cancelled)."""
+class ExportDialog(ModalScreen[ExportOptions | None]):
+    """Returns the export chosen, or None (cancelled)."""
 
-    BINDINGS: ClassVar[list[Binding]] = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel")]
     DEFAULT_CSS = """
     ExportDialog { align: center middle; }
     #export { width: 80; height: auto; padding: 1 2; background: $panel; }
@@ -68,11 +69,12 @@ class ExportDialog(ModalScreen[dict[str, Any] | None]):
     @on(Input.Submitted)
     def _go(self) -> None:
         register = self.query_one("#register", Input).value.strip()
-        self.dismiss({"report": str(self.query_one("#report", Select).value),
-                      "format": str(self.query_one("#format", Select).value),
-                      "output": Path(self.query_one("#output", Input).value).expanduser(),
-                      "filter": self.filter_text,
-                      "register": Path(register).expanduser() if register else None})
+        self.dismiss(ExportOptions(
+            report=str(self.query_one("#report", Select).value),
+            format=str(self.query_one("#format", Select).value),
+            output=Path(self.query_one("#output", Input).value).expanduser(),
+            filter=self.filter_text,
+            register=Path(register).expanduser() if register else None))
 
 
 def _default_path(report: str, fmt: str) -> Path:

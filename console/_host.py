@@ -110,8 +110,9 @@ class HostScreen(Screen[None]):
         title = Text()
         title.append(plain(system.get("hostname") or self.agent_id), style="bold")
         title.append(f"   {d.get('agency')} / {d.get('site')}   ")
-        title.append(d.get("status", "?"), style={"online": "green", "offline": "bold red",
-                                                  "stale": "yellow"}.get(d.get("status"), ""))
+        status = d.get("status") or "?"
+        title.append(status, style={"online": "green", "offline": "bold red",
+                                    "stale": "yellow"}.get(status, ""))
         self.query_one("#title", Static).update(title)
         os_ = system.get("os", {})
         self._body("overview", _pairs([

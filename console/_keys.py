@@ -15,7 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
+
+from console._settings import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,7 +65,7 @@ HOST = (
 ALL = {k.id: k for k in (*ESTATE, *TABLE, *HOST)}
 
 
-def bindings(keys: tuple[Key, ...]) -> list[Binding]:
+def bindings(keys: tuple[Key, ...]) -> list[BindingType]:
     return [Binding(k.keys, k.action, k.label or k.description, show=k.show, id=k.id)
             for k in keys]
 
@@ -77,26 +79,26 @@ def load_keymap(path: Path) -> dict[str, str]:
     """The [keys] table of a keymap file, checked.
 
     Raises:
-        ValueError: unreadable, not TOML, an unknown binding id or a key that is not text.
+        ConfigError: unreadable, not TOML, an unknown binding id or a key that is not text.
     """
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     extra = set(doc) - {"keys"}
     if extra:
-        raise ValueError(f"{path}: {sorted(extra)[0]}: unknown table (expected [keys])")
+        raise ConfigError(f"{path}: {sorted(extra)[0]}: unknown table (expected [keys])")
     keys = doc.get("keys", {})
     if not isinstance(keys, dict):
-        raise ValueError(f"{path}: keys: expected a table of binding id = \"keys\"")
+        raise ConfigError(f"{path}: keys: expected a table of binding id = \"keys\"")
     for binding_id, value in keys.items():
         if binding_id not in ALL:
-            raise ValueError(f"{path}: keys.{binding_id}: unknown binding (known: "
+            raise ConfigError(f"{path}: keys.{binding_id}: unknown binding (known: "
                              f"{', '.join(sorted(ALL))})")
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{path}: keys.{binding_id}: expected keys like \"f\" or "
+            raise ConfigError(f"{path}: keys.{binding_id}: expected keys like \"f\" or "
                              f"\"down,n\"")
     return dict(keys)
 

@@ -4,7 +4,8 @@ A console pins the hub by fingerprint. Once a connection has checked the hub's k
 that fingerprint, its full public key is written here (`known_hubs` beside console.toml), so
 `estate tunnel` can hand the hub leg to OpenSSH's own `ssh -W` (no Python relay, no asyncssh
 import) with `StrictHostKeyChecking=yes` against exactly that key. A line is used only if its
-key's fingerprint is still the pinned one. Stdlib only: this runs before every session.
+key's fingerprint is still the pinned one. No third-party imports: this runs before every
+session.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ import hashlib
 import os
 from pathlib import Path
 
+from console._settings import config_path
+
 FILE_NAME = "known_hubs"
 
 
 def path() -> Path:
-    """Beside console.toml: $ESTATE_CONSOLE_CONFIG's folder, else ~/.config/estate."""
-    env = os.environ.get("ESTATE_CONSOLE_CONFIG")
-    if env:
-        return Path(env).parent / FILE_NAME
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
-    return Path(base) / "estate" / FILE_NAME
+    """Beside console.toml."""
+    return config_path().with_name(FILE_NAME)
 
 
 def alias(address: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shlex
 import subprocess
@@ -21,11 +20,13 @@ from textual.widgets import Footer, Input, Static, Tree
 from console import _keys as keys
 from console._client import ApiFailure, HubConnection, HubUnreachable
 from console._export_dialog import ExportDialog
-from console._host import HostScreen
+from console._host import TABS, HostScreen
 from console._keys import bindings
 from console._model import HostModel
 from console._safe import plain
+from console._settings import PinnedHub
 from console._table import SHOWN, HostTable
+from console.export import ExportFailed, ExportOptions, build_request, fetch
 from console.remote import shell_command, shell_refusal
 from inventory.filters import FilterError
 from inventory.hostlist import COLUMN_KEYS
@@ -35,7 +36,7 @@ PAGE_ROWS = 2500
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS: ClassVar[list[Binding]] = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
     def __init__(self, bindings: Iterable[tuple[str, str]]) -> None:
         super().__init__()
@@ -46,7 +47,7 @@ class HelpScreen(ModalScreen[None]):
         for combo, what in self.lines:
             text.append(f"  {combo:<18}", style="bold")
             text.append(f"{what}\n")
-        text.append("\n  1-7               host: switch tabs\n")
+        text.append(f"\n  {f'1-{len(TABS)}':<18}host: switch tabs\n")
         text.append("\nFilter: free text, field:value (status:offline, os:windows, "
                     "agency:fire), comparisons (disk>90, ram>=16), -word negates.\n")
         yield Static(text, id="help")
@@ -283,28 +284,21 @@ class EstateApp(App[None]):
 
     def open_export(self) -> None:
         """The export dialog; the export runs in the background with progress in the header."""
-        def chosen(choice: dict[str, Any] | None) -> None:
+        def chosen(choice: ExportOptions | None) -> None:
             if choice:
                 self.export(choice)
         self.push_screen(ExportDialog(self.model.filter_text), chosen)
 
     @work(group="export")
-    async def export(self, choice: dict[str, Any]) -> None:
-        from console.export import ExportFailed, build_request, fetch
-
-        args = argparse.Namespace(report=choice["report"], format=choice["format"],
-                                  output=choice["output"], filter=choice["filter"],
-                                  register=choice["register"], agency=None, site=None,
-                                  as_of=None, since=None, days=30, force=False)
+    async def export(self, choice: ExportOptions) -> None:
         try:
-            request, output = build_request(args)
+            request, output = build_request(choice)
         except ValueError as exc:
             self.notify(f"export: {exc}", severity="error", timeout=10)
             return
-        settings = {"address": self.hub.address, "user": self.hub.user,
-                    "key": self.hub.key_path, "hub_key": self.hub.hub_key}
+        hub = PinnedHub(self.hub.address, self.hub.user, self.hub.hub_key, self.hub.key_path)
         try:
-            manifest = await fetch(settings, request, output, _ExportProgress(self))
+            manifest = await fetch(hub, request, output, _ExportProgress(self))
         except (HubUnreachable, ExportFailed) as exc:
             self.loading = None
             self.notify(f"export failed: {exc}", severity="error", timeout=15)

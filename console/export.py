@@ -16,35 +16,57 @@ import os
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
+from console import _settings
 from console._client import HubUnreachable, open_connection
+from console._settings import ConfigError, PinnedHub
 from console.remote import add_connection_options
+from inventory.errors import EstateError
 from inventory.export._columns import REPORTS
 from inventory.export._register import MAX_REGISTER_BYTES
 from inventory.export._writers import FORMATS
 from inventory.export.manifest import VerifyError, check_shape, manifest_path, verify
+from inventory.protocol import EXPORT_COMMAND, Exit
 from inventory.sanitise import plain
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-EXPORT_COMMAND = "estate-export v1"
+__all__ = ["ExportFailed", "ExportOptions", "build_request", "define_export", "define_verify",
+           "export_main", "fetch", "verify_main"]
 
 
-def export_main(argv: list[str], settings_of: Any) -> int:
-    parser = argparse.ArgumentParser(
-        prog="estate export",
-        description="Export the estate for an audit, produced by the hub in your agencies' "
-                    "scope, with a manifest the hub signs (FILE.manifest.json; check it with "
-                    "estate verify FILE).",
-        epilog="reports: inventory (one row per host), changes (change events; --since), "
-               "stale (not seen for --days), unsupported (OS past its vendor's end of "
-               "support), reconcile (--register FILE.csv against the estate). Dates are UTC: "
-               "2026-03-31 or 2026-03-31T17:00:00Z.")
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and where: `estate export`'s flags, or the console's export dialog."""
+
+    report: str
+    output: Path | None = None  # None: estate-REPORT-DATE.FORMAT in the current folder
+    format: str | None = None  # None: from the output's extension, else csv
+    filter: str = ""
+    agency: str | None = None
+    site: str | None = None
+    as_of: str | None = None
+    since: str | None = None
+    days: int = 30
+    register: Path | None = None
+    force: bool = False
+
+
+def define_export(parser: argparse.ArgumentParser) -> None:
+    """`estate export`'s arguments (console/cli.py adds them when the verb is used)."""
+    parser.description = ("Export the estate for an audit, produced by the hub in your "
+                          "agencies' scope, with a manifest the hub signs (FILE.manifest.json; "
+                          "check it with estate verify FILE).")
+    parser.epilog = ("reports: inventory (one row per host), changes (change events; --since), "
+                     "stale (not seen for --days), unsupported (OS past its vendor's end of "
+                     "support), reconcile (--register FILE.csv against the estate). Dates are "
+                     "UTC: 2026-03-31 or 2026-03-31T17:00:00Z.")
     add_connection_options(parser)
-    parser.add_argument("--report", required=True, choices=tuple(REPORTS))
+    parser.add_argument("--report", required=True, choices=tuple(REPORTS),
+                        help="which report (see below)")
     parser.add_argument("--format", choices=FORMATS,
                         help="csv, xlsx or json (default: from -o's extension, else csv)")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
@@ -62,77 +84,85 @@ def export_main(argv: list[str], settings_of: Any) -> int:
                         help="reconcile: the asset register (CSV with a header naming serial, "
                              "hostname, asset tag and/or MAC columns)")
     parser.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
-    args = parser.parse_args(argv)
-    args.theme = None
+    parser.set_defaults(run=export_main)
+
+
+def export_main(args: argparse.Namespace) -> int:
     try:
-        settings = settings_of(args)
-    except ValueError as exc:
-        return _fail(f"{exc}", EXIT_USAGE)
-    if settings is None or not settings.get("hub_key"):
+        _, settings = _settings.load(args.hub, args.key, args.hub_key)
+    except ConfigError as exc:
+        return _fail(f"{exc}", Exit.USAGE)
+    hub = settings.pinned() if settings else None
+    if hub is None:
         return _fail("no hub configured, or its key is not pinned: pass --hub USER@HOST:PORT "
-                     "and --hub-key, or run estate once to set up console.toml", EXIT_USAGE)
+                     "and --hub-key, or run estate once to set up console.toml", Exit.USAGE)
+    options = ExportOptions(
+        report=args.report, output=args.output, format=args.format, filter=args.filter,
+        agency=args.agency, site=args.site, as_of=args.as_of, since=args.since,
+        days=args.days, register=args.register, force=args.force)
     try:
-        request, output = build_request(args)
+        request, output = build_request(options)
     except ValueError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _fail(str(exc), Exit.USAGE)
     try:
-        manifest = asyncio.run(fetch(settings, request, output, _Progress()))
+        manifest = asyncio.run(fetch(hub, request, output, _Progress()))
     except (HubUnreachable, ExportFailed) as exc:
-        return _fail(str(exc), EXIT_FAIL)
+        return _fail(str(exc), Exit.FAIL)
     print(f"estate export: {output} ({manifest['rows']} rows, {manifest['bytes']} bytes) and "
           f"{manifest_path(output).name}; signed by hub "
           f"{plain(manifest['hub']['fingerprint'], 80)}")
-    return EXIT_OK
+    return Exit.OK
 
 
-def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    """The hub request and the output path, from the command line.
+def build_request(options: ExportOptions) -> tuple[dict[str, Any], Path]:
+    """The hub request and the output path.
 
     Raises:
-        ValueError: a missing or unusable argument, named.
+        ValueError: a missing or unusable option, named.
     """
-    fmt = args.format
+    fmt = options.format
     if fmt is None:
-        suffix = args.output.suffix.lower().lstrip(".") if args.output else ""
+        suffix = options.output.suffix.lower().lstrip(".") if options.output else ""
         fmt = suffix if suffix in FORMATS else "csv"
-    when = (args.as_of or time.strftime("%Y-%m-%d")).replace(":", "")
-    output = args.output or Path(f"estate-{args.report}-{when}.{fmt}")
+    when = (options.as_of or time.strftime("%Y-%m-%d")).replace(":", "")
+    output = options.output or Path(f"estate-{options.report}-{when}.{fmt}")
     for target in (output, manifest_path(output)):
         # Someone who can write to the folder could point a link at a file of yours.
         if target.is_symlink():
             raise ValueError(f"-o: {target} is a symbolic link; refusing to write through it "
                              f"(remove it, or choose another name)")
-    if output.exists() and not args.force:
+    if output.exists() and not options.force:
         raise ValueError(f"-o: {output} exists (use --force to overwrite)")
     if not output.parent.is_dir():
         raise ValueError(f"-o: folder {output.parent} does not exist")
-    request: dict[str, Any] = {"report": args.report, "format": fmt, "file_name": output.name,
-                               "filter": args.filter, "days": args.days}
+    request: dict[str, Any] = {"report": options.report, "format": fmt, "file_name": output.name,
+                               "filter": options.filter, "days": options.days}
     for key in ("agency", "site", "as_of", "since"):
-        if getattr(args, key):
-            request[key] = getattr(args, key)
-    if args.report == "reconcile":
-        if args.register is None:
+        if getattr(options, key):
+            request[key] = getattr(options, key)
+    if options.report == "reconcile":
+        if options.register is None:
             raise ValueError("--register FILE.csv: required for the reconcile report")
         try:
-            data = args.register.read_bytes()
+            data = options.register.read_bytes()
         except OSError as exc:
-            raise ValueError(f"--register: cannot read {args.register}: "
+            raise ValueError(f"--register: cannot read {options.register}: "
                              f"{exc.strerror}") from None
         if len(data) > MAX_REGISTER_BYTES:
-            raise ValueError(f"--register: {args.register} is over {MAX_REGISTER_BYTES} bytes")
+            raise ValueError(f"--register: {options.register} is over {MAX_REGISTER_BYTES} bytes")
         request["register"] = base64.b64encode(data).decode()
-        request["register_name"] = args.register.name
-    elif args.register is not None:
+        request["register_name"] = options.register.name
+    elif options.register is not None:
         raise ValueError("--register: only for --report reconcile")
     return request, output
 
 
-class ExportFailed(Exception):
-    pass
+class ExportFailed(EstateError):
+    """The hub refused the export, or what arrived is not what it signed; nothing was
+    written."""
 
 
-async def fetch(settings: dict[str, Any], request: dict[str, Any], output: Path,
+async def fetch(hub: PinnedHub, request: dict[str, Any], output: Path,
                 progress: Any = None) -> dict[str, Any]:
     """Ask the hub for an export; write FILE and FILE.manifest.json. Returns the manifest.
 
@@ -142,8 +172,7 @@ async def fetch(settings: dict[str, Any], request: dict[str, Any], output: Path,
     never written through) and are renamed over their names, which replaces a link planted
     since the check rather than following it.
     """
-    conn = await open_connection(settings["address"], settings["user"], settings.get("key"),
-                                 settings["hub_key"])
+    conn = await open_connection(hub.address, hub.user, hub.key, hub.hub_key)
     partial = _new_file_beside(output)
     partial_manifest: Path | None = None
     async with conn:
@@ -258,28 +287,33 @@ class _Progress:
             sys.stderr.write("\r" + " " * 60 + "\r")
 
 
-def verify_main(argv: list[str], settings_of: Any) -> int:
-    parser = argparse.ArgumentParser(
-        prog="estate verify",
-        description="Check an export against its manifest (FILE.manifest.json): the file's "
-                    "SHA-256 and the hub's signature, by a hub key you pinned. Prints who "
-                    "produced it and when; exits 1 if anything does not match.")
-    parser.add_argument("file", type=Path, metavar="FILE")
-    parser.add_argument("--manifest", type=Path, help="default: FILE.manifest.json")
-    parser.add_argument("--hub-key", metavar="SHA256:…",
+def define_verify(parser: argparse.ArgumentParser) -> None:
+    """`estate verify`'s arguments (console/cli.py adds them when the verb is used)."""
+    parser.description = ("Check an export against its manifest (FILE.manifest.json): the "
+                          "file's SHA-256 and the hub's signature, by a hub key you pinned. "
+                          "Prints who produced it and when; exits 1 if anything does not "
+                          "match.")
+    parser.add_argument("file", type=Path, metavar="FILE", help="the exported file")
+    parser.add_argument("--manifest", type=Path,
+                        help="its manifest (default: FILE.manifest.json)")
+    # SUPPRESS: a --hub-key before the verb (`estate --hub-key … verify`) is kept.
+    parser.add_argument("--hub-key", metavar="SHA256:…", default=argparse.SUPPRESS,
                         help="the hub key the export must be signed by (default: console.toml's "
                              "hub_key and the hubs in known_hubs beside it; with none of "
                              "these, verify fails: a signature by an unpinned key proves "
                              "nothing)")
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=verify_main)
+
+
+def verify_main(args: argparse.Namespace) -> int:
     try:
         checked = verify(args.file, args.manifest)
     except VerifyError as exc:
         print(f"estate verify: FAILED: {plain(exc, 4000)}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     # A valid signature proves only that *some* key signed: anyone can re-sign a changed file
     # with a key of their own. Only a key this console pinned makes it the hub's word.
-    pinned = {args.hub_key} if args.hub_key else _pinned_keys(settings_of)
+    pinned = {args.hub_key} if args.hub_key else _pinned_keys()
     if checked.fingerprint not in pinned:
         if pinned:
             print(f"estate verify: FAILED: signed by {checked.fingerprint}, not by the expected "
@@ -290,7 +324,7 @@ def verify_main(argv: list[str], settings_of: Any) -> int:
                   f"{checked.fingerprint}, which is not pinned: pass --hub-key with your "
                   f"hub's fingerprint (estate-hub serve prints it), or log in to that hub "
                   f"once with estate", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     # Every field below came from a file: plain() keeps its escapes off the terminal.
     m = checked.manifest
     scope = m["scope"]
@@ -307,20 +341,20 @@ def verify_main(argv: list[str], settings_of: Any) -> int:
     print(f"  signed by    hub key {checked.fingerprint} (Estate {plain(m['estate_version'])})")
     print(f"  hub key      matches {checked.fingerprint}"
           f"{'' if args.hub_key else ' (pinned by this console)'}")
-    return EXIT_OK
+    return Exit.OK
 
 
-def _pinned_keys(settings_of: Any) -> set[str]:
+def _pinned_keys() -> set[str]:
     """The hub keys this console trusts: console.toml's hub_key and the known_hubs file."""
     from console import _known_hubs
 
     keys = _known_hubs.fingerprints()
     try:
-        settings = settings_of(argparse.Namespace(hub=None, key=None, hub_key=None, theme=None))
-    except ValueError:
-        settings = None
-    if settings and settings.get("hub_key"):
-        keys.add(str(settings["hub_key"]))
+        config = _settings.load_config()
+    except ConfigError:
+        return keys  # verify needs no working console.toml: --hub-key works without one
+    if config.hub_key:
+        keys.add(config.hub_key)
     return keys
 
 

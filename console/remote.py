@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from console import _known_hubs
+from console import _known_hubs, _settings
+from console._settings import ConfigError, ConsoleConfig, PinnedHub
+from inventory.protocol import Exit
 from inventory.sanitise import plain
 
 if TYPE_CHECKING:
@@ -29,85 +31,93 @@ if TYPE_CHECKING:
 # asyncssh and asyncio are imported where used: `estate tunnel` on its fast path (OpenSSH's
 # `ssh -W`) must start in milliseconds, before every session.
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 SSH_PORT = 22
 CHUNK = 64 * 1024
 AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hub", metavar="USER@HOST:PORT",
+    """--hub, --key and --hub-key, which may also come before the verb (`estate --hub … ssh`):
+    a flag not given here leaves that one's value alone."""
+    parser.add_argument("--hub", metavar="USER@HOST:PORT", default=argparse.SUPPRESS,
                         help="the hub and your operator name (default: console.toml)")
-    parser.add_argument("--key", type=Path, metavar="FILE",
-                        help="your private key for the hub (default: ssh-agent or ~/.ssh)")
-    parser.add_argument("--hub-key", metavar="SHA256:…",
+    parser.add_argument("--key", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+                        help="your private key for the hub (default: console.toml, else "
+                             "ssh-agent or ~/.ssh)")
+    parser.add_argument("--hub-key", metavar="SHA256:…", default=argparse.SUPPRESS,
                         help="the hub's host-key fingerprint (default: console.toml)")
 
 
-def tunnel_main(argv: list[str], settings_of: Any) -> int:
-    parser = argparse.ArgumentParser(
-        prog="estate tunnel",
-        description="Relay stdin/stdout to HOST's sshd through the hub. Meant as ssh's "
-                    "ProxyCommand (estate ssh sets it up); the hub checks your role and "
-                    "agencies and records the session.")
+def define_tunnel(parser: argparse.ArgumentParser) -> None:
+    """`estate tunnel`'s arguments (console/cli.py adds them when the verb is used)."""
+    parser.description = ("Relay stdin/stdout to HOST's sshd through the hub. Meant as ssh's "
+                          "ProxyCommand (estate ssh sets it up); the hub checks your role and "
+                          "agencies and records the session.")
     add_connection_options(parser)
     parser.add_argument("host", metavar="HOST", help="host id or hostname")
-    args = parser.parse_args(argv)
-    settings = _hub_settings(args, settings_of, "tunnel")
-    if settings is None:
-        return EXIT_USAGE
-    _exec_openssh_tunnel(settings, args.host)  # returns only when it cannot be used
+    parser.set_defaults(run=tunnel_main)
+
+
+def tunnel_main(args: argparse.Namespace) -> int:
+    found = connection_settings(args, "tunnel")
+    if found is None:
+        return Exit.USAGE
+    hub, _ = found
+    _exec_openssh_tunnel(hub, args.host)  # returns only when it cannot be used
     import asyncio
 
     try:
-        return asyncio.run(_tunnel(settings, args.host))
+        return asyncio.run(_tunnel(hub, args.host))
     except KeyboardInterrupt:
-        return EXIT_FAIL
+        return Exit.FAIL
 
 
-def _exec_openssh_tunnel(settings: dict[str, Any], host: str) -> None:
+def _exec_openssh_tunnel(hub: PinnedHub, host: str) -> None:
     """Become `ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's full
     key is known (`_known_hubs`); it relays in C and checks the hub's key itself."""
     ssh = shutil.which("ssh")
-    known = _known_hubs.verified(settings["address"], settings["hub_key"])
+    known = _known_hubs.verified(hub.address, hub.hub_key)
     if ssh is None or known is None:
         return
-    hub_host, _, port = settings["address"].rpartition(":")
-    alias = _known_hubs.alias(settings["address"])
+    hub_host, _, port = hub.address.rpartition(":")
+    alias = _known_hubs.alias(hub.address)
     command = [ssh, "-F", "/dev/null", "-W", f"{host}:{SSH_PORT}", "-p", port,
-               "-l", settings["user"], "-o", f"HostKeyAlias={alias}",
+               "-l", hub.user, "-o", f"HostKeyAlias={alias}",
                "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
                "-o", "ServerAliveInterval=30"]
-    if settings.get("key"):
-        command += ["-i", str(settings["key"]), "-o", "IdentitiesOnly=yes"]
+    if hub.key:
+        command += ["-i", str(hub.key), "-o", "IdentitiesOnly=yes"]
     os.execv(ssh, [*command, hub_host.strip("[]")])  # noqa: S606 - a fixed argv, no shell
 
 
-def ssh_main(argv: list[str], settings_of: Any) -> int:
-    parser = argparse.ArgumentParser(
-        prog="estate ssh",
-        description="Open a shell on HOST through the hub with your own OpenSSH client: "
-                    "your keys, agent and ~/.ssh/config apply, and ssh checks the host's key "
-                    "(kept under the host id). Arguments after -- go to ssh (options, then "
-                    "an optional command).",
-        epilog="example: estate ssh admin@ag-0123456789ab -- -o BatchMode=yes uptime")
+def define_ssh(parser: argparse.ArgumentParser) -> None:
+    """`estate ssh`'s arguments (console/cli.py adds them when the verb is used)."""
+    parser.description = ("Open a shell on HOST through the hub with your own OpenSSH client: "
+                          "your keys, agent and ~/.ssh/config apply, and ssh checks the host's "
+                          "key (kept under the host id). Arguments after -- go to ssh "
+                          "(options, then an optional command).")
+    parser.epilog = "example: estate ssh admin@ag-0123456789ab -- -o BatchMode=yes uptime"
     add_connection_options(parser)
     parser.add_argument("target", metavar="[USER@]HOST", help="host id or hostname")
     parser.add_argument("ssh_args", nargs=argparse.REMAINDER, metavar="-- SSH_ARGS",
                         help="passed to ssh after the destination")
-    args = parser.parse_args(argv)
-    settings = _hub_settings(args, settings_of, "ssh")
-    if settings is None:
-        return EXIT_USAGE
+    parser.set_defaults(run=ssh_main)
+
+
+def ssh_main(args: argparse.Namespace) -> int:
+    found = connection_settings(args, "ssh")
+    if found is None:
+        return Exit.USAGE
+    hub, config = found
     user, _, host = args.target.rpartition("@")
     extra = args.ssh_args[1:] if args.ssh_args[:1] == ["--"] else args.ssh_args
     ssh = shutil.which("ssh")
     if ssh is None:
         print("estate ssh: the OpenSSH client (ssh) is not installed; on Debian or Ubuntu: "
               "apt install openssh-client", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     agent_id = host
     if not AGENT_ID.match(host):
         # A hostname is looked up first. A host id needs no lookup (the console passes
@@ -118,16 +128,16 @@ def ssh_main(argv: list[str], settings_of: Any) -> int:
         from console._client import ApiFailure, HubUnreachable
 
         try:
-            agent_id = asyncio.run(resolve(settings, host))
+            agent_id = asyncio.run(resolve(hub, host))
         except (HubUnreachable, ApiFailure, ValueError) as exc:
             print(f"estate ssh: {plain(exc, 2000)}", file=sys.stderr)
-            return EXIT_FAIL
-    command = ssh_command(ssh, settings, agent_id, user or None, extra)
+            return Exit.FAIL
+    command = ssh_command(ssh, hub, agent_id, user or None, extra, config.ssh_args)
     sys.stdout.flush()
     os.execv(ssh, command)  # noqa: S606 - ssh replaces us: its exit status is the session's
 
 
-async def resolve(settings: dict[str, Any], host: str) -> str:
+async def resolve(hub: PinnedHub, host: str) -> str:
     """A hostname to the host id it names, if that host accepts remote access now.
 
     Raises:
@@ -137,14 +147,13 @@ async def resolve(settings: dict[str, Any], host: str) -> str:
     """
     from console._client import HubConnection
 
-    hub = HubConnection(settings["address"], settings["user"], settings.get("key"),
-                        settings["hub_key"])
-    await hub.connect()
+    connection = HubConnection(hub.address, hub.user, hub.key, hub.hub_key)
+    await connection.connect()
     try:
-        _remember_hub_key(settings, hub.conn)
-        found = await hub.request("resolve", host=host)
+        _remember_hub_key(hub, connection.conn)
+        found = await connection.request("resolve", host=host)
     finally:
-        await hub.close()
+        await connection.close()
     agent_id, state = found["agent_id"], found["remote"]
     if state != "ready":
         raise ValueError(f"{agent_id} ({found['hostname'] or 'no hostname'}) does not "
@@ -152,18 +161,17 @@ async def resolve(settings: dict[str, Any], host: str) -> str:
     return str(agent_id)
 
 
-def ssh_command(ssh: str, settings: dict[str, Any], agent_id: str, user: str | None,
-                extra: list[str]) -> list[str]:
+def ssh_command(ssh: str, hub: PinnedHub, agent_id: str, user: str | None,
+                extra: list[str], ssh_args: tuple[str, ...] = ()) -> list[str]:
     """The ssh command line for a host: `estate tunnel` as its ProxyCommand, the endpoint's
-    host key checked under the host id."""
+    host key checked under the host id; `ssh_args` (console.toml's) go before the options."""
     tunnel = [sys.executable, "-m", "console.cli", "tunnel",
-              "--hub", f"{settings['user']}@{settings['address']}",
-              "--hub-key", settings["hub_key"]]
-    if settings.get("key"):
-        tunnel += ["--key", str(Path(settings["key"]).resolve())]
+              "--hub", f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
+    if hub.key:
+        tunnel += ["--key", str(hub.key.resolve())]
     proxy = shlex.join([*tunnel, agent_id]).replace("%", "%%")  # ssh expands % tokens
     destination = f"{user}@{agent_id}" if user else agent_id
-    return [ssh, *settings.get("ssh_args", []), "-o", f"ProxyCommand={proxy}",
+    return [ssh, *ssh_args, "-o", f"ProxyCommand={proxy}",
             "-o", f"HostKeyAlias={agent_id}", destination, *extra]
 
 
@@ -195,37 +203,38 @@ _WHY = {
 }
 
 
-def _hub_settings(args: argparse.Namespace, settings_of: Any,
-                  verb: str) -> dict[str, Any] | None:
-    args.theme = None
+def connection_settings(args: argparse.Namespace,
+                        verb: str) -> tuple[PinnedHub, ConsoleConfig] | None:
+    """The pinned hub the connection options and console.toml name, and console.toml; None
+    (and a message on stderr) if there is none."""
     try:
-        settings = settings_of(args)
-    except ValueError as exc:
+        config, settings = _settings.load(args.hub, args.key, args.hub_key)
+    except ConfigError as exc:
         print(f"estate {verb}: {plain(exc, 2000)}", file=sys.stderr)
         return None
     if settings is None:
         print(f"estate {verb}: no hub configured: pass --hub USER@HOST:PORT, or set hub in "
               f"console.toml", file=sys.stderr)
         return None
-    if not settings.get("hub_key"):
+    hub = settings.pinned()
+    if hub is None:
         print(f"estate {verb}: the hub's key is not pinned: run estate once to pin it, or pass "
               f"--hub-key", file=sys.stderr)
         return None
-    return settings
+    return hub, config
 
 
-def _remember_hub_key(settings: dict[str, Any], conn: Any) -> None:
+def _remember_hub_key(hub: PinnedHub, conn: Any) -> None:
     """After a login that checked the hub's key against the pin: keep the full key."""
     key = conn.get_server_host_key() if conn is not None else None
-    if key is not None and key.get_fingerprint("sha256") == settings["hub_key"]:
+    if key is not None and key.get_fingerprint("sha256") == hub.hub_key:
         try:
-            _known_hubs.remember(settings["address"],
-                                 key.export_public_key("openssh").decode())
+            _known_hubs.remember(hub.address, key.export_public_key("openssh").decode())
         except OSError:
             pass  # a read-only home: the next session takes the slower path again
 
 
-async def _tunnel(settings: dict[str, Any], host: str) -> int:
+async def _tunnel(hub: PinnedHub, host: str) -> int:
     """The relay in Python (asyncssh), when OpenSSH's cannot be used yet."""
     import asyncio
     import contextlib
@@ -236,12 +245,11 @@ async def _tunnel(settings: dict[str, Any], host: str) -> int:
     from console._client import HubUnreachable, open_connection
 
     try:
-        conn = await open_connection(settings["address"], settings["user"],
-                                     settings.get("key"), settings["hub_key"])
+        conn = await open_connection(hub.address, hub.user, hub.key, hub.hub_key)
     except HubUnreachable as exc:
         print(f"estate tunnel: {plain(exc, 2000)}", file=sys.stderr)
-        return EXIT_FAIL
-    _remember_hub_key(settings, conn)
+        return Exit.FAIL
+    _remember_hub_key(hub, conn)
     async with conn:
         try:
             reader, writer = await conn.open_connection(host, SSH_PORT)
@@ -250,7 +258,7 @@ async def _tunnel(settings: dict[str, Any], host: str) -> int:
             # cannot clear the operator's screen or draw a prompt of its own.
             print(f"estate tunnel: the hub refused: {plain(exc.reason, 1000)}",
                   file=sys.stderr)
-            return EXIT_FAIL
+            return Exit.FAIL
         loop = asyncio.get_running_loop()
         stdin = asyncio.StreamReader(limit=CHUNK)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin),
@@ -289,5 +297,5 @@ async def _tunnel(settings: dict[str, Any], host: str) -> int:
             if isinstance(failure, asyncssh.Error):
                 print(f"estate tunnel: the session was cut: {plain(failure, 1000)}",
                       file=sys.stderr)
-                return EXIT_FAIL
-    return EXIT_OK
+                return Exit.FAIL
+    return Exit.OK

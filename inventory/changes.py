@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from inventory.errors import EstateError
+
 __all__ = ["KINDS", "MAX_CHANGES", "MAX_CHANGE_BYTES", "MAX_SOFTWARE_CHANGES",
            "MAX_VALUE_BYTES", "Change", "TooLarge", "bounded", "cut", "diff", "software_changes",
            "state_changes", "state_digest"]
@@ -55,7 +57,7 @@ KINDS = {
 }
 
 
-class TooLarge(Exception):
+class TooLarge(EstateError):
     """A read of the change history would be over its byte budget (see Store.scoped_changes)."""
 
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from inventory.errors import EstateError
 from inventory.hostlist import COLUMN_KEYS
 
 __all__ = ["FIELDS", "FilterError", "Matcher", "compile_filter", "compile_prepared", "prepare"]
@@ -39,7 +40,7 @@ Matcher = Callable[[Row], bool]
 PreparedMatcher = Callable[[Prepared], bool]
 
 
-class FilterError(ValueError):
+class FilterError(EstateError, ValueError):
     """A filter that cannot be understood; the message names the word and what is wrong."""
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from inventory.errors import CodedError
 
-class RequestError(ValueError):
-    """A request that cannot be served; `code` is stable for clients, `message` for people."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+class RequestError(CodedError, ValueError):
+    """A request that cannot be served; `code` is stable for clients, `message` for people.
+
+    Still a `ValueError`, as it was before `CodedError` existed, so callers that catch that
+    keep working.
+    """
 
 
 class Params:

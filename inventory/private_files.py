@@ -16,6 +16,8 @@ import os
 import stat
 from pathlib import Path
 
+from inventory.errors import EstateError
+
 __all__ = ["OPEN_DIR_FLAG", "OpenDataDir", "allow_open_dirs", "private_dir", "private_file",
            "restrict_umask", "write_private"]
 
@@ -25,7 +27,7 @@ _POSIX = os.name == "posix"
 _allow_open = False
 
 
-class OpenDataDir(Exception):
+class OpenDataDir(EstateError):
     """A data folder other users can enter; the message names it and the fix."""
 
 

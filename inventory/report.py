@@ -13,11 +13,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from inventory.errors import EstateError
 from inventory.fields import BY_PATH, Field, children
+from inventory.protocol import MAX_REPORT_BYTES
 
 SCHEMA = "estate.report/1"
-MAX_REPORT_BYTES = 8 * 1024 * 1024
-"""Largest uncompressed report accepted; a report of 5,000 packages is about 400 KB."""
 
 _INT64 = 2**63
 # \Z, not $: `$` also matches before a final newline, so "AGENT:1:2\n" would pass as a second
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-class ReportError(ValueError):
+class ReportError(EstateError, ValueError):
     """A report that breaks the schema.
 
     Attributes:

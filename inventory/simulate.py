@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncssh
 
+from inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND, ChannelExit
+
 log = logging.getLogger("estate.simulate")
 ENROL_ATTEMPTS = 10  # with capped backoff: about two minutes before an enrolment gives up
 
@@ -194,8 +196,8 @@ class Simulator:
             # The hub's front door refuses part of a burst of new connections from one
             # address (rate and pre-auth budgets): slowed down, not broken, like the agent.
             try:
-                async with self._connect("enrol", key) as conn:
-                    res = await conn.run("estate-enrol v1", input=json.dumps(
+                async with self._connect(ENROL_USER, key) as conn:
+                    res = await conn.run(ENROL_COMMAND, input=json.dumps(
                         {"token": token, "public_key": public, "hostname": f"sim-{index:05d}"}))
                 break
             except (OSError, asyncssh.Error, asyncio.TimeoutError):
@@ -230,13 +232,13 @@ class Simulator:
                                     rng.uniform(0.9, 1.1)
                             while unacked and not self.stop.is_set():
                                 self.stats.sent += 1
-                                res = await conn.run("estate-report v1", input=unacked[-1],
+                                res = await conn.run(REPORT_COMMAND, input=unacked[-1],
                                                      encoding=None)
-                                if res.exit_status == 0:
+                                if res.exit_status == ChannelExit.OK:
                                     unacked.pop()
                                     acked += 1
                                     self.stats.acked += 1
-                                elif res.exit_status == 75:
+                                elif res.exit_status == ChannelExit.TEMPFAIL:
                                     doc = json.loads(res.stdout or b"{}")
                                     await self._sleep(float(doc.get("retry_after", 5)))
                                 else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.transport import HubClient, load_key
+from inventory.store import Store
 
 PY = sys.executable
 # Every test client connects from 127.0.0.1, often many times a second: lift the hub's
@@ -107,8 +108,23 @@ class HubProcess:
         return out.strip().splitlines()[0]
 
     @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        """The hub's store, opened as an admin verb opens it (from a second process)."""
+        store = Store.open(self.data)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def report_ids(self, agent_id: str) -> list[str]:
+        """An agent's stored report ids, in the order the hub received them."""
+        with self.store() as store:
+            return [r.report_id for r in reversed(store.recent_reports(agent_id, None,
+                                                                       1_000_000) or [])]
+
+    @contextlib.contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
-        """A read-only look at the store, as a second process would have."""
+        """A read-only look at SQLite's own file, for tests about SQLite itself."""
         db = sqlite3.connect(f"file:{self.data / 'estate.db'}?mode=ro", uri=True, timeout=10)
         try:
             yield db
@@ -339,10 +355,7 @@ def tcp_queues(port: int) -> tuple[list[int], list[int]] | None:
 
 def stored_sequences(hub: HubProcess, agent_id: str) -> list[int]:
     """Sequence numbers of an agent's stored reports, in the order the hub received them."""
-    with hub.db() as db:
-        rows = db.execute("SELECT report_id FROM reports WHERE agent_id = ? "
-                          "ORDER BY received_at, rowid", (agent_id,)).fetchall()
-    return [int(r[0].rsplit(":", 1)[1]) for r in rows]
+    return [int(r.rsplit(":", 1)[1]) for r in hub.report_ids(agent_id)]
 
 
 def add_operator(hub: HubProcess, folder: Path, name: str, role: str = "admin",

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from agent.config import AgentConfig, SpoolConfig
-from agent.service import EXIT_TEMPFAIL, Service
+from agent.service import Service
 from agent.transport import CommandResult, HubError
+from inventory.protocol import ChannelExit
 from tests.harness import Agent, AgentService, HubProcess, TcpRelay, stored_sequences, wait_for
 
 
@@ -76,10 +77,10 @@ def test_hub_killed_and_down_for_a_while_every_report_arrives_once_newest_first(
     seqs = stored_sequences(hub, enrolled.agent_id)
     assert sorted(seqs) == list(range(1, max(seqs) + 1)), "lost or duplicated reports"
     assert len(seqs) == len(set(seqs))
-    with hub.db() as db:
-        rows = db.execute("SELECT report_id, collected_at, received_at FROM reports WHERE "
-                          "agent_id = ? ORDER BY received_at", (enrolled.agent_id,)).fetchall()
-    backlog = [(int(r[0].rsplit(":", 1)[1]), r[1], r[2]) for r in rows[before:]]
+    with hub.store() as store:
+        rows = list(reversed(store.recent_reports(enrolled.agent_id, None, 1000) or []))
+    backlog = [(int(r.report_id.rsplit(":", 1)[1]), r.collected_at, r.received_at)
+               for r in rows[before:]]
     first_seq, _, first_received = backlog[0]
     # Every report collected (whole seconds) before the first one arrived was waiting then;
     # the first sent must be the newest of those.
@@ -164,7 +165,7 @@ class _FakeClient:
 @pytest.mark.parametrize("outcome", [
     HubError("the hub connection failed: EOF mid-body"),
     RuntimeError("a bug between send and ack"),
-    CommandResult(EXIT_TEMPFAIL, {"code": "busy", "retry_after": 5}),
+    CommandResult(ChannelExit.TEMPFAIL, {"code": "busy", "retry_after": 5}),
     CommandResult(77, {"code": "forbidden", "message": "no"}),
 ], ids=["hub_error", "unexpected", "busy", "refused"])
 def test_a_report_leaves_the_spool_only_after_the_ack(tmp_path, outcome):
@@ -285,10 +286,9 @@ def test_agent_clock_jump_does_not_move_received_at_and_is_flagged(hub, enrolled
                        "FAKETIME_DONT_FAKE_MONOTONIC": "1"}).start()
     wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
     assert svc.stop() == 0
-    with hub.db() as db:
-        received, collected, skew = db.execute(
-            "SELECT received_at, collected_at, clock_skew_s FROM reports WHERE agent_id = ? "
-            "LIMIT 1", (enrolled.agent_id,)).fetchone()
+    with hub.store() as store:
+        (first, *_) = store.recent_reports(enrolled.agent_id, None, 1) or []
+    received, collected, skew = first.received_at, first.collected_at, first.clock_skew_s
     now = time.strftime("%Y-%m-%dT%H", time.gmtime())
     assert received.startswith(now[:10]) and abs(skew - 3 * 3600) < 120
     assert collected > received
@@ -439,3 +439,57 @@ def test_a_corrupt_spool_is_logged_with_where_it_went(tmp_path, caplog):
     assert message.endswith(f"); moved it to {aside.name} and started a new one")
     assert "None" not in message
     spool.close()
+
+
+def _break_the_freelist(path) -> None:
+    """A spool SQLite still opens, but whose header names a table's page as free."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    data[32:40] = struct.pack(">II", 2, 1)  # freelist trunk page, free page count
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_spool_is_moved_aside_with_its_wal_and_shm(tmp_path):
+    """The journal files go with the database they belong to (here kept by a reader that
+    still has the old spool open): the evidence stays whole and no stale WAL sits beside the
+    fresh spool."""
+    import sqlite3
+
+    from agent.spool import Spool
+
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    spool.put("a:1:1", b"report")
+    spool.close()
+    _break_the_freelist(path)
+    reader = sqlite3.connect(path)
+    reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens -wal and -shm
+    try:
+        fresh = Spool(path)
+        (aside,) = tmp_path.glob("spool.db.corrupt-*[0-9]")
+        assert {p.name for p in tmp_path.glob("spool.db.corrupt-*")} == {
+            aside.name, f"{aside.name}-wal", f"{aside.name}-shm"}
+        fresh.put("a:1:2", b"kept")
+        assert fresh.depth() == (1, 4)
+        fresh.close()
+    finally:
+        reader.close()
+
+
+def test_a_spool_that_fails_its_quick_check_says_what_the_check_found(tmp_path, caplog):
+    """A spool SQLite can open but whose pages are inconsistent: the log names quick_check
+    and what it reported, so the moved-aside file can be understood later."""
+    from agent.spool import Spool
+
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    spool.put("a:1:1", b"report")
+    spool.close()
+    _break_the_freelist(path)
+    with caplog.at_level("ERROR", logger="estate.agent"):
+        fresh = Spool(path)
+    (message,) = caplog.messages
+    assert f"spool {path} is unusable (quick_check: *** in database main ***" in message
+    assert fresh.depth() == (0, 0) and len(list(tmp_path.glob("spool.db.corrupt-*"))) == 1
+    fresh.close()

@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import asyncssh
+import pytest
 
 from inventory.store import Store
 from tests.harness import run, wait_for
@@ -54,11 +55,11 @@ def test_an_edited_row_with_its_hash_recomputed_breaks_the_next_link(tmp_path):
     from inventory.store import audit_hash
 
     data = _store_with_rows(tmp_path)
-    db = sqlite3.connect(data / "estate.db")
-    row = db.execute("SELECT id, at, actor, action, target, detail, prev_hash FROM audit "
-                     "WHERE id = 7").fetchone()
-    db.close()
-    forged = audit_hash(row[6], row[0], row[1], "admin:mallory", *row[3:6])
+    store = Store.open(data)
+    (row,) = store.audit_log(1, before_id=8)
+    store.close()
+    forged = audit_hash(row.prev_hash, row.id, row.at, "admin:mallory", row.action, row.target,
+                        row.detail)
     _tamper(data, "UPDATE audit SET actor = 'admin:mallory', hash = ? WHERE id = 7", (forged,))
     done = _audit(data, "verify", check=False)
     assert done.returncode == 1 and "audit row 8 " in done.stderr
@@ -166,3 +167,102 @@ def test_every_export_refusal_is_audited(module_hub, tmp_path):
     found = wait_for(lambda: (r := rows()) and len(r) >= 3 and r, timeout=10,
                      what="three export_refused rows")
     assert {d["code"] for d in found} == {"bad_json", "bad_request", "bad_filter"}
+
+
+# --- the chain in-process: what `verify` reports, and the format every row is hashed in ------
+
+def _store_with_chain(folder, n: int = 5) -> Store:
+    store = Store.open(folder)
+    for i in range(n):
+        store.audit("admin:alice", "login", f"t{i}", {"i": i})
+    return store
+
+
+def _tamper_open(store: Store, sql: str, args: tuple = ()) -> None:
+    """As `_tamper`, on an open store's file (its own connection sees the change)."""
+    db = sqlite3.connect(store.path)
+    db.execute("DROP TRIGGER IF EXISTS audit_no_update")
+    db.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def test_verify_names_the_first_bad_row_and_what_is_wrong_with_it(tmp_path):
+    from inventory.store import audit_hash
+
+    intact = _store_with_chain(tmp_path / "intact")
+    assert tuple(intact.verify_audit()) == (5, None, None)
+    intact.close()
+
+    edited = _store_with_chain(tmp_path / "edited")
+    _tamper_open(edited, "UPDATE audit SET actor = 'admin:mallory' WHERE id = 3")
+    assert tuple(edited.verify_audit()) == (
+        2, 3, "its hash does not match its contents (changed)")
+    edited.close()
+
+    # Row 3 edited and its hash recomputed: it checks out, the link after it does not.
+    rehashed = _store_with_chain(tmp_path / "rehashed")
+    row = next(r for r in rehashed.audit_log() if r["id"] == 3)
+    forged = audit_hash(row["prev_hash"], 3, row["at"], "admin:mallory", row["action"],
+                        row["target"], row["detail"])
+    _tamper_open(rehashed, "UPDATE audit SET actor = 'admin:mallory', hash = ? WHERE id = 3",
+                 (forged,))
+    assert tuple(rehashed.verify_audit()) == (
+        3, 4, "does not chain to the row before it (changed or inserted)")
+    rehashed.close()
+
+    deleted = _store_with_chain(tmp_path / "deleted")
+    _tamper_open(deleted, "DELETE FROM audit WHERE id = 2")
+    assert tuple(deleted.verify_audit()) == (1, 2, "is missing (deleted)")
+    deleted.close()
+
+    # The newest row's hash erased: it is the one named, and a row written after it chains
+    # to what it found there (nothing), not to a value of its own.
+    erased = _store_with_chain(tmp_path / "erased")
+    _tamper_open(erased, "UPDATE audit SET hash = NULL WHERE id = 5")
+    erased.audit("admin:alice", "logout", None)
+    assert tuple(erased.verify_audit()) == (
+        4, 5, "its hash does not match its contents (changed)")
+    assert erased.audit_log(1)[0]["prev_hash"] == ""
+    erased.close()
+
+
+def test_audit_rows_keep_their_detail_as_sorted_utf8_json_or_none(tmp_path):
+    """The detail is stored as JSON with sorted keys and characters as they are: the text
+    the hash covers and `estate-hub audit --json` shows. No detail (or an empty one) is none."""
+    store = Store.open(tmp_path / "data")
+    store.audit("admin:zoë", "operator_add", "chloé", {"role": "admin", "agencies": ["Santé"]})
+    store.audit("admin:zoë", "login", None)
+    store.audit("admin:zoë", "login", None, {})
+    rows = store.audit_log()
+    assert [(r["actor"], r["action"], r["target"], r["detail"]) for r in rows] == [
+        ("admin:zoë", "login", None, None),
+        ("admin:zoë", "login", None, None),
+        ("admin:zoë", "operator_add", "chloé", '{"agencies": ["Santé"], "role": "admin"}')]
+    assert tuple(store.verify_audit()) == (3, None, None)
+    store.close()
+
+
+def test_the_audit_hash_is_sha256_of_the_previous_hash_and_the_rows_compact_json():
+    """The format every stored row was hashed in: changing it would fail every existing
+    log's verification, so it is spelled out here rather than recomputed by the code."""
+    import hashlib
+
+    from inventory.store import audit_hash
+
+    genesis = "0" * 64
+    canonical = '[1,"2026-01-31T12:00:00.000000Z","admin:zoë","login",null,"{\\"a\\": \\"é\\"}"]'
+    assert audit_hash(genesis, 1, "2026-01-31T12:00:00.000000Z", "admin:zoë", "login", None,
+                      '{"a": "é"}') == \
+        hashlib.sha256(f"{genesis}\n{canonical}".encode()).hexdigest()
+
+
+def test_an_audit_row_is_chained_only_inside_a_write_transaction(tmp_path):
+    """Outside BEGIN IMMEDIATE two processes could chain to the same row: refused, saying so."""
+    store = Store.open(tmp_path / "data")
+    with pytest.raises(AssertionError,
+                       match=r"^audit rows are chained inside a write transaction$"):
+        store._audit("admin:alice", "login", None)
+    assert store.audit_log() == []
+    store.close()

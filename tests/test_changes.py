@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+from datetime import datetime, timedelta, timezone
 
-from inventory.changes import KINDS, diff
+import pytest
+
+from inventory.changes import KINDS, TooLarge, diff
+from inventory.store import Incoming, Store
 
 
 def _pkgs(*items):
@@ -76,3 +81,48 @@ def test_software_events(live_report):
                       ("software_installed", "new:amd64", None, "2")}
     (unknown,) = diff(old, new, before, None)
     assert unknown.kind == "software_changed"
+
+
+# --- the change history the API reads: the newest first kept, and a byte budget -------------
+
+def _store_with_changes(folder, base: dict, reports: int, packages: int = 2):
+    """A store whose one host changed `packages` package versions in each of `reports`
+    reports after its first: that many `software_updated` rows each."""
+    store = Store.open(folder)
+    token_id, secret, _ = store.create_token("Schools", "North", 1, timedelta(hours=1),
+                                             "admin:test")
+    agent_id = store.enrol(token_id, secret, "ssh-ed25519 K", "SHA256:K", "pc")["agent_id"]
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    for seq in range(reports + 1):
+        r = copy.deepcopy(base)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["collected_at"] = (t0 + timedelta(minutes=seq)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        r["software"].update(hash=f"{seq:064x}", packages=_pkgs(
+            *((f"p{i}", str(seq)) for i in range(packages))))
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(),
+                                             t0 + timedelta(minutes=seq))]) == ["stored"]
+    return store
+
+
+def test_the_history_read_keeps_the_newest_thousand_by_default(tmp_path, report):
+    store = _store_with_changes(tmp_path, report, reports=11, packages=100)
+    every = [c["id"] for c in store.changes()]
+    assert len(every) == 1100
+    assert [c["id"] for c in store.scoped_changes(None)] == every[-1000:]
+    assert [c["id"] for c in store.scoped_changes(["Schools"], limit=3)] == every[-3:]
+    store.close()
+
+
+def test_the_history_read_is_refused_once_it_passes_its_byte_budget(tmp_path, report):
+    """Each change counts 200 bytes and its text (about its JSON) against `max_bytes`; a
+    read exactly at the budget is answered, one byte more is `TooLarge`, saying the budget."""
+    store = _store_with_changes(tmp_path, report, reports=1, packages=2)
+    rows = store.scoped_changes(None)
+    assert [(c["agency"], c["hostname"], c["kind"]) for c in rows] == [
+        ("Schools", report["system"]["hostname"], "software_updated")] * 2
+    budget = sum(200 + sum(len(v) for v in c.values() if isinstance(v, str)) for c in rows)
+    assert store.scoped_changes(None, max_bytes=budget) == rows
+    with pytest.raises(TooLarge) as refused:
+        store.scoped_changes(None, max_bytes=budget - 1)
+    assert str(refused.value) == f"more than {budget - 1} bytes of changes"
+    store.close()

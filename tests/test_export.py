@@ -531,3 +531,130 @@ def test_verify_refusals_name_the_file_and_quote_what_they_show(tmp_path):
     with pytest.raises(VerifyError) as err:
         verify(path)
     assert str(err.value) == f"{mf}: cannot read (Is a directory)"
+
+
+# --- the writers' promises that one example row does not show (fast, for `make mutate`) ------
+
+def _two_columns():
+    from inventory.export._columns import Column
+
+    return (Column("host", "Host", "text", "the host's name"),
+            Column("n", "N", "int", "a count"))
+
+
+def test_a_row_that_does_not_fit_the_columns_is_refused_by_every_writer(tmp_path):
+    """One value too many or too few is a bug in the caller: refused, never cut to fit."""
+    from inventory.export._writers import WRITERS
+
+    meta = {"generated_at": "2026-11-27T12:00:00Z"}
+    for fmt, writer_class in WRITERS.items():
+        for values in (["pc-1"], ["pc-1", 1, "spare"]):
+            writer = writer_class(tmp_path / f"bad.{fmt}", "inventory", _two_columns(), meta)
+            with pytest.raises(ValueError) as err:
+                writer.row(values)
+            if fmt == "csv":
+                assert str(err.value) == f"{len(values)} values for 2 columns"
+            writer.close({})
+    json_file = tmp_path / "bad.json"
+    assert json.loads(json_file.read_text())["rows"] == []  # the refused row left nothing
+
+
+def test_text_exports_are_utf8_whatever_the_machines_locale(tmp_path):
+    """CSV and JSON are UTF-8 even where the locale's encoding is ASCII (or a code page)."""
+    import locale
+
+    from inventory.export._writers import CsvWriter, JsonWriter
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # an ASCII locale: open()'s default is ASCII
+    try:
+        for writer_class, name in ((CsvWriter, "out.csv"), (JsonWriter, "out.json")):
+            writer = writer_class(tmp_path / name, "inventory", _two_columns(),
+                                  {"generated_at": "2026-11-27T12:00:00Z", "by": "Zoë"})
+            writer.row(["école-漢", 1])
+            writer.close({"agency": "Écoles"})
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert "école-漢" in (tmp_path / "out.csv").read_text(encoding="utf-8-sig")
+    doc = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    assert doc["rows"] == [{"host": "école-漢", "n": 1}] and doc["manifest"]["by"] == "Zoë"
+
+
+def test_xlsx_times_are_utc_whatever_the_machines_time_zone(tmp_path, monkeypatch):
+    """The hub's times are UTC, and so is what a spreadsheet shows, on any console."""
+    import time
+    from datetime import datetime
+
+    import openpyxl
+
+    from inventory.export._columns import Column
+    from inventory.export._writers import XlsxWriter
+
+    monkeypatch.setenv("TZ", "EST+5")  # five hours behind UTC, no daylight saving
+    time.tzset()
+    try:
+        columns = (Column("seen", "Last seen", "datetime", "when"),)
+        writer = XlsxWriter(tmp_path / "t.xlsx", "inventory", columns,
+                            {"generated_at": "2026-11-27T12:34:56Z"})
+        writer.row(["2026-11-27T02:00:00.500000Z"])
+        writer.close({})
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    book = openpyxl.load_workbook(tmp_path / "t.xlsx")
+    assert book["inventory"]["A2"].value == datetime(2026, 11, 27, 2, 0, 0, 500000)
+    assert book.properties.created == datetime(2026, 11, 27, 12, 34, 56)
+
+
+def test_xlsx_filters_its_rows_and_sizes_every_sheets_columns(tmp_path):
+    """The filter covers the header and the rows (one empty row when there are none); each
+    sheet's columns are sized by type or title, and only the columns that exist; the About
+    sheet shows non-ASCII values as themselves."""
+    import openpyxl
+
+    from inventory.export._writers import XlsxWriter
+
+    def book(rows: int):
+        path = tmp_path / f"rows{rows}.xlsx"
+        writer = XlsxWriter(path, "inventory", _two_columns(),
+                            {"generated_at": "2026-11-27T12:00:00Z"})
+        for n in range(rows):
+            writer.row([f"pc-{n}", n])
+        writer.close({"scope": {"agencies": ["Écoles du Nord"]}, "rows": rows})
+        return openpyxl.load_workbook(path)
+
+    def widths(sheet):
+        return {k: (d.min, d.max, round(d.width)) for k, d in sheet.column_dimensions.items()}
+
+    for rows, ref in ((0, "A1:B2"), (1, "A1:B2"), (2, "A1:B3")):
+        assert book(rows)["inventory"].auto_filter.ref == ref, rows
+    done = book(2)
+    # Text 24 wide, a number 12 (their titles are shorter); xlsxwriter adds its padding.
+    assert widths(done["inventory"]) == {"A": (1, 1, 25), "B": (2, 2, 13)}
+    assert widths(done["Fields"]) == {"A": (1, 2, 23), "E": (5, 5, 101)}
+    assert widths(done["About"]) == {"A": (1, 1, 23), "B": (2, 2, 81)}
+    assert [[c.value for c in r] for r in done["About"].iter_rows()] == [
+        ["scope", '{"agencies": ["Écoles du Nord"]}'], ["rows", "2"]]
+
+
+def test_xlsx_memory_stays_flat_however_many_rows(tmp_path):
+    """Rows go to disk as they come (constant-memory mode): ten times the rows, not ten
+    times the memory. Kept in memory, these 2,000 rows would hold about 1 MB."""
+    import tracemalloc
+
+    from inventory.export._writers import XlsxWriter
+
+    tracemalloc.start()
+    try:
+        writer = XlsxWriter(tmp_path / "big.xlsx", "inventory", _two_columns(),
+                            {"generated_at": "2026-11-27T12:00:00Z"})
+        for n in range(200):
+            writer.row([f"host-{n:06d}-with-a-longer-name", n])
+        after_200 = tracemalloc.get_traced_memory()[0]
+        for n in range(200, 2200):
+            writer.row([f"host-{n:06d}-with-a-longer-name", n])
+        grown = tracemalloc.get_traced_memory()[0] - after_200
+        writer.close({})
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, f"{grown} bytes more for 2,000 more rows"

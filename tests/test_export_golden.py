@@ -17,8 +17,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from inventory.export import ExportRequest, Producer, run_export
+from inventory.export import ExportRequest
 from inventory.export.manifest import verify
+from inventory.export.produce import Producer, run_export
 from inventory.simulate import Identity, fake_report
 from inventory.store import Incoming, Store
 from tests.harness import edit
@@ -38,12 +39,12 @@ REGISTER = (
 
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory) -> Path:
-    """Three hosts in three agencies with a history; returns the store's path."""
+    """Three hosts in three agencies with a history; returns the store's folder."""
     data = tmp_path_factory.mktemp("golden")
     store = Store.open(data)
     counter = iter(range(1, 1000))
     with pytest.MonkeyPatch.context() as mp:  # stable ids, so the files can be compared
-        mp.setattr("inventory.store.secrets.token_hex", lambda n: f"{next(counter):0{2 * n}x}")
+        mp.setattr("secrets.token_hex", lambda n: f"{next(counter):0{2 * n}x}")
         places = (("Écoles du Nord", 'Site, "Nord"'), ("Council", "Town Hall"),
                   ("Fire & Rescue", "Station 1"))
         agents = [_enrol(store, agency, site, n) for n, (agency, site) in enumerate(places)]
@@ -80,13 +81,21 @@ def estate(tmp_path_factory) -> Path:
         store.store_reports([Incoming(r["agent"]["id"], r, json.dumps(r).encode(),
                                       at.replace(tzinfo=timezone.utc))])
     store.close()
-    return data / "estate.db"
+    return data
 
 
 def _enrol(store: Store, agency: str, site: str, n: int) -> str:
     token_id, secret, _ = store.create_token(agency, site, 1, timedelta(days=1), "test")
     return store.enrol(token_id, secret, f"ssh-ed25519 KEY{n}", f"SHA256:key{n}",
                        None)["agent_id"]
+
+
+def _export(data: Path, doc: dict, out: Path) -> dict:
+    store = Store.open(data)
+    try:
+        return run_export(store, ExportRequest.parse(doc), _producer(), out, now=NOW)
+    finally:
+        store.close()
 
 
 def _producer() -> Producer:
@@ -108,7 +117,7 @@ def test_golden(estate, tmp_path, report, fmt):
     if report == "changes":
         doc["since"] = "2026-08-01"
     out = tmp_path / f"{report}.{fmt}"
-    manifest = run_export(estate, ExportRequest.parse(doc), _producer(), out, now=NOW)
+    manifest = _export(estate, doc, out)
     got = _xlsx_cells(out) if fmt == "xlsx" else out.read_bytes()
     golden = GOLDEN / (f"{report}.xlsx.json" if fmt == "xlsx" else f"{report}.{fmt}")
     if UPDATE:
@@ -139,8 +148,7 @@ def _plain(value: object) -> object:
 def test_formula_looking_text_is_neutralised_everywhere(estate, tmp_path):
     for fmt in ("csv", "xlsx"):
         out = tmp_path / f"inventory.{fmt}"
-        run_export(estate, ExportRequest.parse({"report": "inventory", "format": fmt}),
-                   _producer(), out, now=NOW)
+        _export(estate, {"report": "inventory", "format": fmt}, out)
         text = out.read_bytes().decode("utf-8-sig") if fmt == "csv" else \
             _xlsx_cells(out).decode()
         for evil in ('=HYPERLINK("http://x")', "+fire-laptop", "@vendor"):
@@ -152,11 +160,10 @@ def test_hosts_stored_before_facts_were_kept_export_the_same(estate, tmp_path):
     import shutil
     import sqlite3
 
-    old = tmp_path / "estate.db"
-    shutil.copy(estate, old)
-    with sqlite3.connect(old) as db:
+    old = tmp_path / "old"
+    shutil.copytree(estate, old)
+    with sqlite3.connect(old / "estate.db") as db:  # SQLite's own file: rows as they were then
         db.execute("UPDATE hosts SET facts = NULL")
     out = tmp_path / "inventory.csv"
-    run_export(old, ExportRequest.parse({"report": "inventory", "format": "csv"}),
-               _producer(), out, now=NOW)
+    _export(old, {"report": "inventory", "format": "csv"}, out)
     assert out.read_bytes() == (GOLDEN / "inventory.csv").read_bytes()

@@ -120,10 +120,9 @@ async def _ask(proc: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit(hub: HubProcess, action: str) -> list[dict[str, Any]]:
-    with hub.db() as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT * FROM audit WHERE action = ? ORDER BY id", (action,))
-        return [{**dict(r), "detail": json.loads(r["detail"]) if r["detail"] else {}}
+    with hub.store() as store:
+        rows = reversed(store.audit_log(action=action))
+        return [{**r.as_dict(), "detail": json.loads(r.detail) if r.detail else {}}
                 for r in rows]
 
 
@@ -222,11 +221,10 @@ def test_revoked_agent_open_connection_stores_nothing_more(env, live_report, tmp
                 make_report(live_report, agent.agent_id, system__hostname="after")).encode())
     finally:
         client.close()
-    with hub.db() as db:
-        stored = db.execute("SELECT COUNT(*) FROM reports WHERE agent_id = ?",
-                            (agent.agent_id,)).fetchone()[0]
-        hostname = db.execute("SELECT hostname FROM hosts WHERE agent_id = ?",
-                              (agent.agent_id,)).fetchone()[0]
+    with hub.store() as store:
+        stored = store.report_count(agent.agent_id)
+        (row,) = store.host_rows(None, [agent.agent_id])
+    hostname = row.hostname
     assert (stored, hostname) == (1, "before")
     assert _ended(hub, agent.agent_id) == ["agent revoked"]
 

@@ -6,10 +6,8 @@ Real hub process, asyncssh clients doing what an attacker would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import sqlite3
 
 import asyncssh
 import paramiko
@@ -17,6 +15,7 @@ import pytest
 
 from agent.transport import load_key
 from inventory.hub._api import OperatorApi
+from inventory.store import ChangeEvent
 from tests.harness import Agent, HubProcess, add_operator, make_report, ssh_connect
 
 FORGED = "FORGED 2026-01-01T00:00:00.000Z INFO conn 1.2.3.4:5 login user=root role=admin"
@@ -149,12 +148,10 @@ def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
         hub.admin("operator", "add", "olga", "--key", str(tmp_path / "op.pub"), "--role",
                   "staff", "--agencies", "all")
         # History from before values were cut (600 rows of 32 KiB): one row, one value each.
-        with contextlib.closing(sqlite3.connect(hub.data / "estate.db", timeout=30)) as db:
-            db.executemany("INSERT INTO changes (agent_id, at, kind, subject, old_value, "
-                           "new_value, report_id) VALUES (?, '2026-01-01T00:00:00Z', "
-                           "'ip_changed', 'eth0', ?, ?, 'r')",
-                           [(agent.agent_id, "a" * 16 * KiB, "b" * 16 * KiB)] * 600)
-            db.commit()
+        with hub.store() as store:
+            store.record_changes([ChangeEvent("2026-01-01T00:00:00Z", agent.agent_id,
+                                              "ip_changed", "eth0", "a" * 16 * KiB,
+                                              "b" * 16 * KiB, "r")] * 600)
 
         async def body():
             conns = [await ssh_connect(hub, "olga", key) for _ in range(2)]
@@ -226,6 +223,6 @@ def test_an_export_whose_channel_went_away_is_not_made(tmp_path):
 
     request = ExportRequest.parse({"report": "inventory", "format": "csv"})
     with pytest.raises(_Gone):
-        _produce(tmp_path / "missing.db", tmp_path, request, producer=None,  # type: ignore[arg-type]
+        _produce(None, tmp_path, request, producer=None,  # type: ignore[arg-type]
                  progress=lambda rows, total: None, gone=lambda: True)
     assert list(tmp_path.iterdir()) == [], "no folder, no file, no read of the store"

@@ -439,9 +439,9 @@ def test_a_source_whose_connections_end_without_login_is_penalised(tmp_path):
         assert "refused (penalised)" in hub.log()
 
         def audited() -> int:
-            with hub.db() as db:
-                return db.execute("SELECT count(*) FROM audit WHERE action = "
-                                  "'connection_refused' AND target = 'penalised'").fetchone()[0]
+            with hub.store() as store:
+                return sum(1 for r in store.audit_log(action="connection_refused")
+                           if r.target == "penalised")
         wait_for(audited, timeout=10, what="the audit row")  # written by the coalescer
     finally:
         hub.kill()
@@ -573,10 +573,9 @@ def test_key_spraying_is_cut_off_after_six_refused_keys_and_logged_once(tmp_path
         assert log.count('login refused for user "ag-000000000000": 6 key(s) refused') == 1
         assert "refused user" not in log, "no line per key"
         def rows() -> list:
-            with hub.db() as db:
-                return db.execute("SELECT detail FROM audit WHERE action = 'login_failed'"
-                                  ).fetchall()
+            with hub.store() as store:
+                return [r.detail for r in store.audit_log(action="login_failed")]
         wait_for(rows, timeout=10, what="the audit row")  # written by the coalescer
-        assert len(rows()) == 1 and '"keys_refused": 6' in rows()[0][0], rows()
+        assert len(rows()) == 1 and '"keys_refused": 6' in rows()[0], rows()
     finally:
         hub.kill()

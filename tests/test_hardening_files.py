@@ -3,7 +3,6 @@ symlink, and an enrolment token kept off the command line (issue 11, items 15 to
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import stat
 import subprocess
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.spool import Spool
-from console.export import build_request, fetch
+from console._settings import PinnedHub
+from console.export import ExportOptions, build_request, fetch
 from inventory.private_files import OpenDataDir
 from tests.harness import PY, Agent, AgentService, HubProcess, run, wait_for
 from tests.sshd import keygen
@@ -95,10 +95,8 @@ def test_a_spool_in_an_open_folder_is_refused_and_a_new_one_is_private(tmp_path)
 
 # --- exports and planted symlinks -----------------------------------------------------
 
-def _export_args(output: Path, force: bool = False) -> argparse.Namespace:
-    return argparse.Namespace(format=None, output=output, as_of=None, report="inventory",
-                              force=force, filter="", days=30, agency=None, site=None,
-                              since=None, register=None)
+def _export_args(output: Path, force: bool = False) -> ExportOptions:
+    return ExportOptions(report="inventory", output=output, force=force)
 
 
 @pytest.mark.parametrize("planted", ["inventory.csv", "inventory.csv.manifest.json"])
@@ -134,9 +132,8 @@ def test_export_replaces_links_planted_after_the_check_instead_of_following_them
             victims[name] = tmp_path / f"victim-{name}"
             victims[name].write_text("precious\n")
             (out / name).symlink_to(victims[name])
-        settings = {"address": hub.address, "user": "chief", "key": tmp_path / "chief",
-                    "hub_key": hub.fingerprint}
-        asyncio.run(fetch(settings, request, output))
+        asyncio.run(fetch(PinnedHub(hub.address, "chief", hub.fingerprint, tmp_path / "chief"),
+                          request, output))
     finally:
         hub.kill()
     for name, victim in victims.items():

@@ -36,9 +36,8 @@ def _with_packages(report: dict, packages: list[dict], digest: str) -> dict:
 
 
 def _change_rows(hub: HubProcess, agent_id: str) -> list[tuple]:
-    with hub.db() as db:
-        return db.execute("SELECT kind, subject, new_value FROM changes WHERE agent_id = ? "
-                          "ORDER BY id", (agent_id,)).fetchall()
+    with hub.store() as store:
+        return [(c.kind, c.subject, c.new_value) for c in store.changes(agent_id)]
 
 
 # --- change amplification ----------------------------------------------------------------
@@ -91,10 +90,9 @@ def test_alternating_big_package_lists_write_bounded_rows_and_do_not_stall_other
     for kind, subject, new in rows:
         assert (kind, subject) == ("software_changed", "summary")
         assert json.loads(new) == {"installed": BIG, "removed": BIG, "updated": 0}
-    with hub.db() as db:  # the full list is kept with the host, and in the stored report
-        packages = db.execute("SELECT packages FROM hosts WHERE agent_id = ?",
-                              (big.agent_id,)).fetchone()[0]
-    assert len(json.loads(packages)) == BIG
+    with hub.store() as store:  # the full list is kept with the host, and in the report
+        detail = store.host_detail(big.agent_id, None)
+    assert detail is not None and len(detail.packages or []) == BIG
     # Another agent's ack waits for at most the big report in hand, not for 200,000 rows
     # each (~27x the baseline here before the bound). A generous ratio: the machine is shared.
     assert during, "no ack measured while the big reports were stored"
@@ -116,9 +114,9 @@ def test_alternating_nic_layouts_write_bounded_change_bytes(hub, tmp_path, live_
                                       network__interfaces=_nic_layout(i % 2))).encode()
         status, doc = agent.send(gzip.compress(body, 1))
         assert (status, doc["status"]) == (0, "stored"), doc
-    with hub.db() as db:
-        rows = db.execute("SELECT report_id, kind, subject, old_value, new_value FROM changes "
-                          "WHERE agent_id = ? ORDER BY id", (agent.agent_id,)).fetchall()
+    with hub.store() as store:
+        rows = [(c.report_id, c.kind, c.subject, c.old_value, c.new_value)
+                for c in store.changes(agent.agent_id)]
     by_report: dict[str, list[tuple]] = {}
     for row in rows:
         by_report.setdefault(row[0], []).append(row[1:])
@@ -172,9 +170,8 @@ def test_a_flood_from_one_agent_gets_busy_and_others_are_served(hub, tmp_path, l
     assert (status, doc["code"]) == (75, "busy")
     status, doc = calm.send(make_report(live_report, calm.agent_id))
     assert (status, doc["status"]) == (0, "stored")
-    with hub.db() as db:
-        assert db.execute("SELECT COUNT(*) FROM reports WHERE agent_id = ?",
-                          (flooder.agent_id,)).fetchone()[0] == 10
+    with hub.store() as store:
+        assert store.report_count(flooder.agent_id) == 10
 
 
 def test_a_well_behaved_agent_catching_up_loses_nothing(tmp_path):
@@ -220,9 +217,8 @@ def _costly_invalid_body(live_report: dict, agent_id: str) -> bytes:
 
 
 def _audit_rows(hub: HubProcess, action: str) -> list[tuple]:
-    with hub.db() as db:
-        return db.execute("SELECT actor, target, detail FROM audit WHERE action = ?",
-                          (action,)).fetchall()
+    with hub.store() as store:
+        return [(r.actor, r.target, r.detail) for r in reversed(store.audit_log(action=action))]
 
 
 def test_invalid_reports_are_throttled_before_they_are_read(hub, tmp_path, live_report):
@@ -412,7 +408,8 @@ def test_as_of_export_skips_and_counts_an_unreadable_stored_report(tmp_path, liv
     import sqlite3
     from datetime import timedelta
 
-    from inventory.export import ExportRequest, Producer, run_export
+    from inventory.export import ExportRequest
+    from inventory.export.produce import Producer, run_export
     from inventory.hub._keys import load_or_create_host_key
     from inventory.store import Incoming, Store, utcnow
 
@@ -437,8 +434,9 @@ def test_as_of_export_skips_and_counts_an_unreadable_stored_report(tmp_path, liv
     request = ExportRequest.parse({"report": "inventory", "format": "json",
                                    "as_of": (utcnow() - timedelta(minutes=1)).isoformat()})
     out = tmp_path / "out.json"
-    manifest = run_export(data / "estate.db", request, Producer(operator, key, "fp", "test"),
-                          out)
+    store = Store.open(data)
+    manifest = run_export(store, request, Producer(operator, key, "fp", "test"), out)
+    store.close()
     assert manifest["rows"] == 1 and manifest["skipped_unreadable"] == 1
     doc = json.loads(out.read_text())
     assert [r["agent_id"] for r in doc["rows"]] == [ids[1]]
@@ -850,5 +848,46 @@ def test_ingest_parses_on_its_own_bounded_threads_and_charges_refusals(report):
                 await ingest.accept(bodies["ag-0"], "ag-0")
         finally:
             ingest.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_ingest_cancels_queued_parses_and_does_not_wait_for_the_running_one(
+        monkeypatch):
+    """A hub shutting down: `close()` returns while a parse is still running (that one ends
+    and its caller gets the report), and a parse queued behind it never runs."""
+    import asyncio
+    import threading
+
+    import pytest
+
+    from inventory.hub import _ingest
+    from inventory.hub._ingest import Ingest, ReportRate
+
+    running, release = threading.Event(), threading.Event()
+    parsed: list[str] = []
+
+    def held_accept(body: bytes, agent_id: str) -> dict:
+        # `accept()` held on the worker until the test lets it go: only a parse still running
+        # when the hub closes shows whether close() waits for it.
+        running.set()
+        release.wait(10)
+        parsed.append(agent_id)
+        return {"agent": {"id": agent_id}}
+
+    monkeypatch.setattr(_ingest, "accept", held_accept)
+
+    async def scenario():
+        ingest = Ingest(ReportRate(burst=0), workers=1)
+        first = asyncio.ensure_future(ingest.accept(b"{}", "ag-1"))
+        queued = asyncio.ensure_future(ingest.accept(b"{}", "ag-2"))
+        assert await asyncio.get_running_loop().run_in_executor(None, running.wait, 30)
+        ingest.close()
+        assert parsed == []  # close() returned with ag-1's parse still running
+        release.set()
+        assert await first == {"agent": {"id": "ag-1"}}
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert parsed == ["ag-1"]
 
     asyncio.run(scenario())

@@ -13,7 +13,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from console.export import verify_main
+from console.cli import main as estate
 from inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
 from inventory.sanitise import is_unsafe
 from tests.harness import PY, make_report, run
@@ -189,7 +189,7 @@ def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _verify_in_process(path: Path, capsys) -> tuple[int, str, str]:
-    status = verify_main([str(path), "--hub-key", "SHA256:x"], lambda args: None)
+    status = estate(["verify", str(path), "--hub-key", "SHA256:x"])
     out, err = capsys.readouterr()
     return status, out, err
 

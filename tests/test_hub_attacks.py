@@ -26,12 +26,12 @@ class Expect:
 @pytest.fixture(autouse=True)
 def expect(module_hub, module_agent, live_report):
     """After every attack: nothing stored from it, and a good report is still stored."""
-    with module_hub.db() as db:
-        before = db.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
+    with module_hub.store() as store:
+        before = store.report_count()
     expected = Expect()
     yield expected
-    with module_hub.db() as db:
-        rows = db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] - before
+    with module_hub.store() as store:
+        rows = store.report_count() - before
     assert rows == expected.stored, "the attack stored something"
     status, doc = module_agent.send(make_report(live_report, module_agent.agent_id))
     assert (status, doc["status"]) == (0, "stored"), doc
@@ -129,15 +129,13 @@ def test_token_used_past_its_uses_is_refused(module_hub, tmp_path):
 
 
 def test_expired_and_revoked_tokens_are_refused(module_hub, tmp_path):
-    import sqlite3
+    from datetime import timedelta
 
-    expired = module_hub.token()
-    token_id = expired.split(".")[1]
-    db = sqlite3.connect(module_hub.data / "estate.db", timeout=10)
-    with db:
-        db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?",
-                   (token_id,))
-    db.close()
+    from inventory.hub._tokens import make_token
+
+    with module_hub.store() as store:  # a token that expires as it is made
+        token_id, secret, _ = store.create_token("Council", "Town Hall", 1, timedelta(0), "t")
+    expired = make_token(token_id, secret, module_hub.fingerprint)
     code, err = _enrol(module_hub, expired, tmp_path / "a")
     assert code == 1 and "token_expired" in err
 
@@ -182,8 +180,8 @@ def test_token_naming_another_hubs_key_is_refused_by_the_hub(module_hub, tmp_pat
     finally:
         client.close()
     assert (result.exit_status, result.doc["code"]) == (65, "token_wrong_hub"), result.doc
-    with module_hub.db() as db:
-        fps = [r[0] for r in db.execute("SELECT key_fingerprint FROM agents")]
+    with module_hub.store() as store:
+        fps = [a.key_fingerprint for a in store.agents()]
     assert fingerprint_of(load_key(tmp_path / "key")) not in fps, "enrolled anyway"
 
 

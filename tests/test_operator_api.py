@@ -594,12 +594,126 @@ def test_an_internal_error_is_logged_and_audited_with_what_failed_in_process(
 
 def test_hosts_with_no_value_sort_last_and_first_reversed_in_process(tmp_path, report):
     from inventory.hub._api import OperatorApi
+    from inventory.store import Incoming, utcnow
 
     store, ids = _store_estate(tmp_path, report)
-    store.db.execute("UPDATE hosts SET serial = NULL")
-    store.db.execute("UPDATE hosts SET serial = 'B' WHERE agent_id = ?", (ids["fire0"],))
+    for key, serial in (("fire0", "B"), ("fire1", None)):
+        r = make_report(report, ids[key], hardware__serial=serial)
+        assert store.store_reports([Incoming(ids[key], r, json.dumps(r).encode(),
+                                             utcnow())]) == ["stored"]
     api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]})
     rows = lambda **p: [r[0] for r in _ask(api, "hosts", sort="serial", **p)["result"]["rows"]]  # noqa: E731
     assert rows() == [ids["fire0"], ids["fire1"]]  # no serial: last
     assert rows(reverse=True) == [ids["fire1"], ids["fire0"]]  # and first, reversed
     store.close()
+
+
+def test_a_probe_out_of_scope_is_audited_as_its_op_reads_the_name_in_process(tmp_path, report):
+    """`host` and `reports` take a host id, `resolve` an id or a hostname: the audit row says
+    whether what the op would read exists elsewhere, and which op asked; with no source given,
+    the row's source is "?"."""
+    from inventory.hub._api import OperatorApi
+
+    store, ids = _store_estate(tmp_path, report)
+    audited: list[tuple] = []
+
+    class Audit:
+        def record(self, *args):
+            audited.append(args)
+
+    alice = OperatorApi(store, {"name": "alice", "role": "staff",
+                                "agencies": ["Fire & Rescue"]}, Audit())
+    for op, key, name in (("host", "agent_id", "health-pc"), ("resolve", "host", "health-pc"),
+                          ("reports", "agent_id", ids["health0"]),
+                          ("reports", "agent_id", "health-pc")):
+        assert _ask(alice, op, **{key: name})["error"]["code"] == "not_found", (op, name)
+    assert audited == [
+        ("?", "operator:alice", "not_found", "health-pc", {"op": "host"}),  # not an id
+        ("?", "operator:alice", "scope_denied", "health-pc", {"op": "resolve"}),
+        ("?", "operator:alice", "scope_denied", ids["health0"], {"op": "reports"}),
+        ("?", "operator:alice", "not_found", "health-pc", {"op": "reports"})]
+    store.close()
+
+
+def test_answers_are_compact_utf8_lines_whole_in_process(tmp_path, report):
+    """The line sent is compact JSON in UTF-8, refusals and `too_large` alike, and a request
+    whose answer is too large keeps its id; a hosts page names its columns; a refused sort or
+    filter says why."""
+    from inventory.hostlist import COLUMN_KEYS
+    from inventory.hub._api import OperatorApi
+
+    store, _ = _store_estate(tmp_path, report)
+    alice = {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]}
+    api = OperatorApi(store, alice)
+    assert api.answer('{"id": 1, "op": "host", "agent_id": "é"}'.encode()) == (
+        '{"id":1,"ok":false,"error":{"code":"not_found","message":"no host \'é\' in your '
+        'agencies"}}\n'.encode(), "not_found", 1)
+    small = OperatorApi(store, alice, max_answer=200)
+    too_large = (b'{"id":"big","ok":false,"error":{"code":"too_large","message":"the answer '
+                 b'is over 200 bytes; lower limit, or page (hosts: after; changes: since or '
+                 b'host)"}}\n')
+    assert small.answer(b'{"id": "big", "op": "hosts"}') == (too_large, "too_large", "big")
+    # The store refuses a long list of changes before the answer is built: the same answer.
+    assert small.answer(b'{"id": "big", "op": "changes"}') == (too_large, "too_large", "big")
+
+    page = _ask(api, "hosts", sort="agent_id", after="")["result"]
+    assert page["columns"] == list(COLUMN_KEYS) and page["total"] == len(page["rows"]) == 2
+    assert _ask(api, "hosts", sort="nope")["error"] == {
+        "code": "bad_request", "message": f"sort: expected one of {', '.join(COLUMN_KEYS)}"}
+    refused = _ask(api, "hosts", filter="memory:>>")["error"]
+    assert refused["code"] == "bad_filter"
+    assert refused["message"].startswith("'memory:>>': unknown field 'memory' (fields: ")
+    store.close()
+
+
+def test_changes_and_reports_answer_their_default_limits_in_process(tmp_path, report):
+    """Without `limit`, `changes` answers the newest 1,000 (of more) and `reports` a host's
+    newest 50 (of more)."""
+    from inventory.hub._api import OperatorApi
+    from inventory.store import Incoming, utcnow
+
+    store, ids = _store_estate(tmp_path, report)
+    api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]})
+    # Each report after the first swaps 200 disks for 200 others: 200 change events (the
+    # most one report records), so 5 of them make 1,000, beside the estate's 2.
+    disks = [[{"name": f"d{n}-{i}", "size_bytes": 2**30} for i in range(200)]
+             for n in range(6)]
+    batch = []
+    for n in range(6):
+        r = make_report(report, ids["fire0"], hardware__disks=disks[n])
+        batch.append(Incoming(ids["fire0"], r, json.dumps(r).encode(), utcnow()))
+    for _ in range(49):  # fire1: 51 reports in all
+        r = make_report(report, ids["fire1"])
+        batch.append(Incoming(ids["fire1"], r, json.dumps(r).encode(), utcnow()))
+    store.store_reports(batch)
+    everything = _ask(api, "changes", limit=100_000)["result"]
+    assert len(everything) > 1000
+    assert _ask(api, "changes")["result"] == everything[-1000:]
+    reports = _ask(api, "reports", agent_id=ids["fire1"], limit=500)["result"]
+    assert len(reports) == 51
+    assert _ask(api, "reports", agent_id=ids["fire1"])["result"] == reports[:50]
+    store.close()
+
+
+def test_hosts_answers_at_most_100000_rows_by_default_in_process():
+    """An unpaged `hosts` answer holds 100,000 rows at most, by default too; `total` counts
+    every match. A stand-in store: a real one with 100,001 hosts takes minutes to fill."""
+    from inventory.hostlist import COLUMN_KEYS
+    from inventory.hub._api import OperatorApi
+
+    class Store:
+        def __init__(self) -> None:
+            self.rows = [(f"ag-{n:06}", f"pc-{n:06}", *[None] * (len(COLUMN_KEYS) - 2))
+                         for n in range(100_001)]
+
+        def host_rows(self, scope, agent_ids=None, page=None):
+            return self.rows[:page[1]] if page else list(self.rows)
+
+        def host_count(self, scope):
+            return len(self.rows)
+
+    api = OperatorApi(Store(), {"name": "root", "role": "admin", "agencies": None})
+    for params in ({}, {"sort": "agent_id", "after": ""}):
+        answer = _ask(api, "hosts", **params)["result"]
+        assert answer["total"] == 100_001, params
+        assert [r[0] for r in answer["rows"]] == [f"ag-{n:06}" for n in range(100_000)], params

@@ -119,9 +119,8 @@ def _refusal(env, operator: str, host: str, port: int = 22) -> str:
 
 
 def _audited_refusals(hub: HubProcess) -> list[str]:
-    with hub.db() as db:
-        rows = db.execute("SELECT detail FROM audit WHERE action = 'remote_refused'")
-        return [r[0] for r in rows]
+    with hub.store() as store:
+        return [r.detail for r in reversed(store.audit_log(action="remote_refused"))]
 
 
 # --- a real session ---------------------------------------------------------------------

@@ -156,6 +156,13 @@ def _set(path: str, value):
         ("agent.interval_s", 86400, None),
         ("agent.interval_s", 2**63 - 1, "9223372036854775807 is above the maximum 86400"),
         ("hardware.disks", ["a"] * 256, "expected an object, got a string"),  # at [0]
+        # The 64-bit range is [-2**63, 2**63): its lowest value is in range, then too small.
+        ("agent.interval_s", -(2**63), "-9223372036854775808 is below the minimum 1"),
+        ("agent.interval_s", 2**63, "number out of the 64-bit range"),
+        # Every RFC 3339 UTC form is a real time: fractions, and +00:00 for Z.
+        ("collected_at", "2026-01-31T12:00:00.123456789Z", None),
+        ("collected_at", "2026-01-31T12:00:00+00:00", None),
+        ("hardware.battery", {"plugged": None, "percent": None, "seconds_left": None}, None),
     ],
 )
 def test_every_refusal_says_exactly_what_is_wrong(report, path, value, problem):
@@ -187,6 +194,20 @@ def test_unknown_and_missing_members_are_named():
         validate({})
     assert (err.value.path, err.value.problem) == ("schema", "missing (use null when unknown)")
     assert str(Error("", "bad")) == "report: bad"
+
+
+def test_null_and_a_renamed_member_are_refused_by_name(report):
+    """A report that is JSON null, and an object with the right number of members but one
+    unknown in place of one missing: each a ReportError naming where, never a crash."""
+    for refuse in (lambda: validate(None), lambda: parse(b"null")):
+        with pytest.raises(ReportError) as err:
+            refuse()
+        assert (err.value.path, err.value.problem) == ("", "must not be null")
+        assert str(err.value) == "report: must not be null"
+    report["system"]["fqdn_typo"] = report["system"].pop("fqdn")
+    with pytest.raises(ReportError) as err:
+        validate(report)
+    assert (err.value.path, err.value.problem) == ("system.fqdn_typo", "unknown field")
 
 
 def test_parse_names_each_way_a_body_is_not_a_report(report):

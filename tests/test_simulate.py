@@ -30,8 +30,8 @@ def test_simulate_enrols_and_reports_across_agencies(hub):
     hosts = hub.admin_json("hosts")
     assert len(hosts) == 12
     assert len({h["agency"] for h in hosts}) >= 5
-    with hub.db() as db:
-        assert db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] >= 12
+    with hub.store() as store:
+        assert store.report_count() >= 12
     # A second run reuses the same identities: no new agents.
     run("-m", "inventory.hub.cli", "simulate", "--agents", "12", "--hub", hub.address,
         "--interval", "1", "--duration", "2", "--data", str(hub.data), timeout=120)

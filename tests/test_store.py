@@ -10,9 +10,11 @@ from datetime import timedelta
 import pytest
 
 from agent.enrol import parse_token
+from inventory.errors import SchemaTooNew
 from inventory.hub._tokens import make_token, split_token
 from inventory.store import EnrolError, Incoming, Store, utcnow
 from inventory.store._migrations import MIGRATIONS
+from tests.harness import run
 
 
 def test_migrations_apply_once_and_record_the_version(tmp_path):
@@ -30,8 +32,14 @@ def test_newer_schema_is_refused(tmp_path):
     with db:
         db.execute("INSERT INTO schema_version VALUES (999)")
     db.close()
-    with pytest.raises(RuntimeError, match="upgrade Estate"):
+    with pytest.raises(SchemaTooNew, match="upgrade Estate"):
         Store.open(tmp_path)
+    # An admin verb says so in one line, not a traceback.
+    done = run("-m", "inventory.hub.cli", "token", "list", "--data", str(tmp_path), check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"estate-hub: {tmp_path / 'estate.db'} has schema version 999, newer than this Estate "
+        f"({len(MIGRATIONS)}): upgrade Estate"]
 
 
 def test_audit_log_is_append_only(tmp_path):
@@ -100,9 +108,8 @@ def test_a_report_id_is_stored_once_whatever_comes_again(tmp_path, report):
     second["report_id"] = f"{agent_id}:1:2"
     assert store.store_reports([incoming(second), incoming(second)]) == ["stored",
                                                                           "duplicate"]
-    rows = store.db.execute("SELECT report_id, COUNT(*) FROM reports GROUP BY report_id "
-                            "ORDER BY report_id").fetchall()
-    assert [tuple(r) for r in rows] == [(f"{agent_id}:1:1", 1), (f"{agent_id}:1:2", 1)]
+    stored = sorted(r.report_id for r in store.recent_reports(agent_id, None, 10))
+    assert stored == [f"{agent_id}:1:1", f"{agent_id}:1:2"]
     (host,) = store.hosts()
     assert host["hostname"] == report["system"]["hostname"]
     assert store.changes() == changes_before, "a duplicate made change events"
@@ -254,8 +261,7 @@ def test_hosts_that_share_a_serial_or_uuid_are_flagged_never_merged(tmp_path, re
                                              utcnow())]) == ["stored"]
 
     def conflicts():
-        return {row[0]: row[1] for row in store.db.execute(
-            "SELECT agent_id, identity_conflict FROM hosts")}
+        return {h.agent_id: h.identity_conflict for h in store.hosts()}
 
     send(ids[0], 1, "S", "U0")
     send(ids[1], 1, "S", "U1")  # the same serial
@@ -433,7 +439,7 @@ def test_each_report_records_its_changes_and_a_backlog_one_only_history(tmp_path
     # Collected more than a day ahead of its arrival: ordered by arrival.
     _, at5 = send(5, 60 * 24 * 3, received_minutes=40)
     assert store.db.execute("SELECT collected_at FROM hosts").fetchone()[0] == iso(at5)
-    assert store.db.execute("SELECT count(*) FROM reports").fetchone()[0] == 5
+    assert len(store.recent_reports(agent_id, None, 10)) == 5
     store.close()
 
 
@@ -505,4 +511,255 @@ def test_a_reopened_store_compares_with_what_the_table_kept(tmp_path, report):
         [r[0] for r in store.host_rows(None)] and len(store.host_rows(None)) == 2
     assert [r[0] for r in store.host_rows(None, agent_ids=[other])] == [other]
     assert store.host_rows(None, agent_ids=[]) == []
+    store.close()
+
+
+# --- what the store's reads show, and what storing a report compares it with ---------------
+
+def _sent(store: Store, agent_id: str, base: dict, seq: int, received, collected=None, *,
+          body: bytes | None = None, **edits: object) -> dict:
+    """Store one report of `agent_id` (a copy of `base` with `edits`, dotted as `a__b`)."""
+    r = copy.deepcopy(base)
+    r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+    r["collected_at"] = (collected or received).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for path, value in edits.items():
+        target = r
+        *keys, last = path.split("__")
+        for k in keys:
+            target = target[k]
+        target[last] = value
+    assert store.store_reports([Incoming(agent_id, r, body or json.dumps(r).encode(),
+                                         received)]) == ["stored"]
+    return r
+
+
+def _packages(version: str, n: int = 2) -> list[dict]:
+    return [{"name": f"pkg{i}", "version": version, "arch": None, "publisher": None}
+            for i in range(n)]
+
+
+def test_a_hosts_remote_state_follows_the_hub_the_agent_and_its_connection(tmp_path, report):
+    """The list row's last column: off, asked (the agent offers, the hub does not allow),
+    ready (both, and connected), allowed (the hub allows; not offered or not connected);
+    off again once revoked. A scope and a list of ids narrow it together."""
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    now = utcnow()
+    _sent(store, agent_id, report, 1, now)
+
+    def remote():
+        (row,) = store.host_rows(None)
+        return row[13]
+
+    seen = [remote()]
+    store.set_presence(agent_id, True, now)
+    store.set_remote_offered(agent_id, True)
+    seen.append(remote())
+    assert store.set_remote_access(agent_id, True, "admin:test")
+    seen.append(remote())
+    store.set_presence(agent_id, False, now)
+    seen.append(remote())
+    store.set_presence(agent_id, True, now)
+    store.set_remote_offered(agent_id, False)
+    seen.append(remote())
+    store.set_remote_offered(agent_id, True)
+    seen.append(remote())
+    assert store.revoke_agent(agent_id, "admin:test")
+    seen.append(remote())
+    assert seen == ["off", "asked", "ready", "allowed", "allowed", "ready", "off"]
+    assert [r[0] for r in store.host_rows(["Schools"], agent_ids=[agent_id])] == [agent_id]
+    assert store.host_rows(["Other"], agent_ids=[agent_id]) == []
+    store.close()
+
+
+def test_host_detail_is_the_host_in_full_with_its_status_and_enrolment(tmp_path, report):
+    """Every field of the API's `host` answer: times, skew, the last report without its
+    package list and the list apart (None when unknown); the status counts the host's own
+    interval, and revoked above all."""
+    from datetime import timezone
+
+    from inventory.store import iso
+
+    store = Store.open(tmp_path)
+    stale, revoked = _enrolled(store, site="North"), _enrolled(store, site="South")
+    enrolled = {a["id"]: a["enrolled_at"] for a in store.agents()}
+    received = utcnow().replace(microsecond=0) - timedelta(seconds=200)
+    packages = _packages("1.0")
+    r = _sent(store, stale, report, 1, received, received - timedelta(seconds=3),
+              agent__interval_s=60, software__packages=packages)
+    # 200 s since its last report: stale at 60 s intervals (not yet at the default 300 s).
+    assert dict(store.host_detail(stale, ["Schools"])) == {
+        "agent_id": stale, "agency": "Schools", "site": "North", "status": "stale",
+        "first_seen": iso(received), "last_seen": iso(received),
+        "enrolled_at": enrolled[stale], "clock_skew_s": -3.0, "identity_conflict": None,
+        "report": {**r, "software": {**r["software"], "packages": None}},
+        "packages": packages}
+    _sent(store, revoked, report, 1, utcnow().astimezone(timezone.utc),
+          software__packages=None)
+    store.set_presence(revoked, True, utcnow())
+    assert store.revoke_agent(revoked, "admin:test")
+    detail = store.host_detail(revoked, None)
+    assert (detail["status"], detail["site"], detail["packages"]) == ("revoked", "South", None)
+    store.close()
+
+
+def test_the_stale_threshold_is_each_hosts_own_and_passed_only_after_two_intervals(
+        tmp_path, report, monkeypatch):
+    """Hosts listed in name order, with and without an interval of their own: each is judged
+    by its own (the threshold is computed once per interval value, never shared), and a host
+    last seen exactly two intervals ago is not stale yet."""
+    import sys
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    now = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+    # The clock the store reads its "now" from, wherever host_rows lives.
+    monkeypatch.setattr(sys.modules[Store.host_rows.__module__], "utcnow", lambda: now)
+    for name, interval_s, seen_ago in (("a-default", None, timedelta(seconds=200)),
+                                       ("b-60", 60, timedelta(seconds=200)),
+                                       ("c-60-edge", 60, timedelta(seconds=120)),
+                                       ("d-60-past", 60, timedelta(seconds=120, microseconds=1))):
+        agent_id = _enrolled(store, site=name)
+        _sent(store, agent_id, report, 1, now - seen_ago, system__hostname=name,
+              agent__interval_s=interval_s)
+    assert [(r[1], r[4]) for r in store.host_rows(None)] == [
+        ("a-default", "offline"), ("b-60", "stale"), ("c-60-edge", "offline"),
+        ("d-60-past", "stale")]
+    store.close()
+
+
+def test_a_report_exactly_a_day_ahead_of_its_arrival_keeps_its_own_time(tmp_path, report):
+    """Only a time *more* than a day ahead is ordered as received: one exactly a day ahead
+    stays the host's latest, so a report collected before it is backlog."""
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    received = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    _sent(store, agent_id, report, 1, received, received + timedelta(days=1),
+          system__hostname="a-day-ahead")
+    _sent(store, agent_id, report, 2, received + timedelta(hours=2),
+          received + timedelta(hours=1), system__hostname="collected-before-it")
+    assert store.host_detail(agent_id, None)["report"]["system"]["hostname"] == "a-day-ahead"
+    assert store.changes() == []
+    store.close()
+
+
+def test_a_report_sent_gzipped_is_kept_as_sent_and_read_back(tmp_path, report):
+    import gzip
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    probes = [{"name": "dns", "ok": True, "latency_ms": 2.5}]
+    r = copy.deepcopy(report)
+    r["connectivity"]["probes"] = probes
+    r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:1"
+    body = gzip.compress(json.dumps(r).encode(), mtime=0)
+    _sent(store, agent_id, r, 1, utcnow(), body=body)
+    (recent,) = store.recent_reports(agent_id, None, 10)
+    assert recent["probes"] == probes
+    store.close()
+
+
+def test_a_batch_compares_each_report_with_the_one_before_it_in_the_batch(tmp_path, report):
+    """Two reports of one host in one batch: the second is compared with the first, not with
+    what the last batch stored. The same list, not resent, is no change and stays known."""
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    _sent(store, agent_id, report, 1, t0, software__hash="a" * 64,
+          software__packages=_packages("1.0"))
+    batch = []
+    for seq, packages in ((2, _packages("2.0")), (3, None)):
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["collected_at"] = f"2026-03-01T00:0{seq}:00Z"
+        r["software"].update(hash="b" * 64, packages=packages)
+        batch.append(Incoming(agent_id, r, json.dumps(r).encode(), t0 + timedelta(minutes=seq)))
+    assert store.store_reports(batch) == ["stored", "stored"]
+    assert [(c["kind"], c["subject"], c["report_id"]) for c in store.changes()] == [
+        ("software_updated", f"pkg{i}", f"{agent_id}:1:2") for i in range(2)]
+    assert store.host_detail(agent_id, None)["packages"] == _packages("2.0")
+    store.close()
+
+
+def test_a_report_changing_state_and_software_records_both(tmp_path, report):
+    """Both kinds of change of one report are kept; a new hash after a report that sent no
+    list is one `software_changed` from the old hash to the new."""
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    _sent(store, agent_id, report, 1, t0, system__hostname="pc-old", software__hash="a" * 64,
+          software__packages=None)
+    _sent(store, agent_id, report, 2, t0 + timedelta(minutes=5), system__hostname="pc-new",
+          software__hash="b" * 64, software__packages=_packages("1.0"))
+    assert sorted((c["kind"], c["old_value"], c["new_value"]) for c in store.changes()) == [
+        ("hostname_changed", "pc-old", "pc-new"), ("software_changed", "a" * 64, "b" * 64)]
+    assert store.host_detail(agent_id, None)["packages"] == _packages("1.0")
+    store.close()
+
+
+def test_a_reopened_store_keeps_the_list_and_forgets_a_clone_that_changed(tmp_path, report):
+    """After a restart, from what the table kept: the same software hash without its list
+    is no change (the list stays); a serial that changed is no longer the clone of the host
+    that shares the old one. Stored facts are compact UTF-8."""
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    first, clone = _enrolled(store, site="A"), _enrolled(store, site="B")
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    _sent(store, first, report, 1, t0, system__hostname="pc-é", software__hash="a" * 64,
+          software__packages=_packages("1.0"), hardware__serial="S-1", hardware__uuid="U-1")
+    _sent(store, clone, report, 1, t0, hardware__serial="S-1", hardware__uuid="U-2")
+    assert store.host_detail(clone, None)["identity_conflict"] == first
+    facts = store.db.execute("SELECT facts FROM hosts WHERE agent_id = ?", (first,)).fetchone()
+    assert '"hostname":"pc-é"' in facts[0]
+    store.close()
+
+    store = Store.open(tmp_path)
+    _sent(store, first, report, 2, t0 + timedelta(minutes=5), system__hostname="pc-é",
+          software__hash="a" * 64, software__packages=None, hardware__serial="S-2",
+          hardware__uuid="U-1")
+    assert [(c["kind"], c["new_value"]) for c in store.changes()] == [("serial_changed",
+                                                                       "S-2")]
+    assert store.host_detail(first, None)["packages"] == _packages("1.0")
+    assert store.host_detail(clone, None)["identity_conflict"] is None
+    assert store.host_detail(first, None)["identity_conflict"] is None
+    store.close()
+
+
+def test_a_report_that_changes_nothing_reads_nothing_of_its_host_back(tmp_path, report):
+    """What the last report showed is kept in memory, with a digest of its state, so the usual
+    report (nothing changed) is stored without reading its host back; after a restart, one
+    read of the host's last state, and not its snapshot."""
+    import re
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    _sent(store, agent_id, report, 1, t0, software__hash="a" * 64,
+          software__packages=None)
+    reads: list[str] = []
+
+    def traced(sql: str) -> None:
+        if re.search(r"\bfrom\s+hosts\b", sql, re.IGNORECASE):
+            reads.append(sql)
+
+    store.db.set_trace_callback(traced)
+    _sent(store, agent_id, report, 2, t0 + timedelta(minutes=5), software__hash="a" * 64,
+          software__packages=None)
+    assert reads == []
+    store.close()
+
+    store = Store.open(tmp_path)
+    store.db.set_trace_callback(traced)
+    _sent(store, agent_id, report, 3, t0 + timedelta(minutes=10), software__hash="a" * 64,
+          software__packages=None)
+    assert len(reads) == 1, reads
+    assert store.changes() == []
     store.close()

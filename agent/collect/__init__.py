@@ -29,7 +29,7 @@ elif sys.platform == "darwin":
 else:
     from agent.collect import _other as _platform
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Sample", "collect_report", "take_sample"]
+__all__ = ["DEFAULT_TIMEOUT_S", "Sample", "collect_report", "collectors", "take_sample"]
 
 DEFAULT_TIMEOUT_S: float = _platform.DEFAULT_TIMEOUT_S
 

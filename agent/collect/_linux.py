@@ -12,8 +12,8 @@ from typing import Any
 from agent.collect._common import chassis_name, clean, hypervisor_from_product, run_tool
 from agent.collect._posix import dns_servers, timezone
 
-__all__ = ["cpu_model", "default_gateway", "disks", "dns_servers", "identity", "os_info",
-           "software", "timezone", "virtualization"]
+__all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
+           "os_info", "software", "timezone", "virtualization"]
 
 DEFAULT_TIMEOUT_S = 5.0
 

@@ -13,8 +13,8 @@ from typing import Any
 from agent.collect._common import Cached, clean, run_tool
 from agent.collect._posix import dns_servers, timezone
 
-__all__ = ["cpu_model", "default_gateway", "disks", "dns_servers", "identity", "os_info",
-           "software", "timezone", "virtualization"]
+__all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
+           "os_info", "software", "timezone", "virtualization"]
 
 DEFAULT_TIMEOUT_S = 30.0
 DATA_TYPES = ("SPHardwareDataType", "SPSoftwareDataType", "SPNVMeDataType",

@@ -6,8 +6,8 @@ import platform
 import sys
 from typing import Any
 
-__all__ = ["cpu_model", "default_gateway", "disks", "dns_servers", "identity", "os_info",
-           "software", "timezone", "virtualization"]
+__all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
+           "os_info", "software", "timezone", "virtualization"]
 
 DEFAULT_TIMEOUT_S = 5.0
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from agent.collect._common import Cached, chassis_name, clean, hypervisor_from_product, run_tool
 
-__all__ = ["cpu_model", "default_gateway", "disks", "dns_servers", "identity", "os_info",
-           "software", "timezone", "virtualization"]
+__all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
+           "os_info", "software", "timezone", "virtualization"]
 
 DEFAULT_TIMEOUT_S = 30.0
 _UTC = _timezone.utc  # `timezone` is this module's collector of that name

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from inventory.errors import EstateError
+
 MAX_REGISTER_BYTES = 10 * 1024 * 1024
 MAX_REGISTER_ROWS = 200_000
 MAX_PROBLEMS = 20
@@ -28,7 +30,7 @@ _NAMES = {
 _MAC = re.compile(r"^[0-9a-f]{12}$")
 
 
-class RegisterError(ValueError):
+class RegisterError(EstateError, ValueError):
     """The register cannot be used; the message lists the problems with their lines."""
 
 

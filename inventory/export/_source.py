@@ -1,16 +1,13 @@
-"""Rows of each report, read from the store on a connection of their own (WAL lets an export
-read while the hub writes), in the operator's scope.
+"""Rows of each report, read through a read-only store handle of their own (an export
+thread's), in the operator's scope.
 
-Hosts come either as the hub knows them now (`hosts` table) or as it knew them at `as_of`:
-each host's last report received by then (raw reports are kept `--retention-days`), its
-presence then, and whether it was revoked then.
+Hosts come either as the hub knows them now or as it knew them at `as_of`: each host's last
+report received by then (raw reports are kept `--retention-days`), its presence then, and
+whether it was revoked then.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,37 +15,9 @@ from typing import Any
 
 from inventory.export._eos import support_of
 from inventory.export._register import Entry, normal_mac
-from inventory.facts import facts_of
 from inventory.filters import compile_filter
-from inventory.store import _StatusClock, iso, parse_time
-from inventory.store._common import _scoped
-from inventory.store._remote import remote_state
-
-
-@dataclass
-class Host:
-    agent_id: str
-    agency: str
-    site: str
-    first_seen: str
-    last_seen: str
-    status: str
-    facts: dict[str, Any]  # `inventory.facts.facts_of` the report of the moment described
-    remote: str = "off"
-
-    @property
-    def hostname(self) -> str | None:
-        return self.facts["hostname"]
-
-    @property
-    def serial(self) -> str | None:
-        return self.facts["serial"]
-
-    def ips(self) -> list[str]:
-        return list(self.facts["ips"])
-
-    def macs(self) -> list[str]:
-        return list(self.facts["macs"])
+from inventory.store import HostFacts, HostQuery, HostRow, ReaderInterface
+from inventory.times import iso, parse_time
 
 
 @dataclass(frozen=True)
@@ -61,100 +30,46 @@ class Selection:
     filter: str = ""
     as_of: datetime | None = None
 
+    @property
+    def query(self) -> HostQuery:
+        return HostQuery(self.scope, self.agency, self.site)
+
 
 class Source:
-    def __init__(self, db: sqlite3.Connection, now: datetime) -> None:
-        self.db, self.now = db, now
-        # Stored reports an as-of export could not read (a corrupt body), skipped rather
-        # than failing the whole export; the manifest counts them.
-        self.skipped_unreadable = 0
+    def __init__(self, reader: ReaderInterface, now: datetime) -> None:
+        self.reader, self.now = reader, now
+
+    @property
+    def skipped_unreadable(self) -> int:
+        """Hosts an as-of export left out: their stored report could not be read."""
+        return self.reader.skipped_unreadable
 
     # --- hosts ---------------------------------------------------------------------------
 
-    def hosts(self, sel: Selection) -> Iterator[Host]:
+    def hosts(self, sel: Selection) -> Iterator[HostFacts]:
         """Hosts in scope, ordered by agency, site, hostname; the filter applied."""
         match = compile_filter(sel.filter) if sel.filter.strip() else None
-        hosts = self._as_of(sel) if sel.as_of else self._current(sel)
+        hosts = self.reader.hosts_as_of(sel.query, sel.as_of) if sel.as_of else \
+            self.reader.hosts_now(sel.query, self.now)
         for host in hosts:
             if match is None or match(self._list_row(host)):
                 yield host
-
-    def _where(self, sel: Selection, sql: str, args: list[Any]) -> tuple[str, list[Any]]:
-        sql, args = _scoped(sql, args, sel.scope)
-        if sel.agency:
-            sql += " AND a.name = ?"
-            args.append(sel.agency)
-        if sel.site:
-            sql += " AND s.name = ?"
-            args.append(sel.site)
-        return sql, args
-
-    def _current(self, sel: Selection) -> Iterator[Host]:
-        sql, args = self._where(sel, (
-            "SELECT h.agent_id, a.name, s.name, h.first_seen, h.last_seen, h.interval_s, "
-            "g.connected, g.revoked_at, g.remote_access, g.remote_offered, h.facts, "
-            # Hosts last stored before facts were kept: their whole snapshot, once.
-            "CASE WHEN h.facts IS NULL THEN h.snapshot END "
-            "FROM hosts h JOIN agents g ON g.id = h.agent_id "
-            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
-            "WHERE 1 = 1"), [])
-        status_of = _StatusClock(self.now)
-        cursor = self.db.cursor()
-        cursor.row_factory = None
-        for r in cursor.execute(sql + " ORDER BY a.name, s.name, h.hostname, h.agent_id",
-                                args):
-            facts = json.loads(r[10]) if r[10] else facts_of(json.loads(r[11]))
-            yield Host(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
-                       facts, remote_state(r[8], r[9], r[6], r[7]))
-
-    def _as_of(self, sel: Selection) -> Iterator[Host]:
-        assert sel.as_of is not None
-        at = iso(sel.as_of)
-        sql, args = self._where(sel, (
-            "SELECT h.agent_id, a.name, s.name, h.first_seen, r.received_at, h.interval_s, "
-            "g.revoked_at, r.body FROM hosts h JOIN agents g ON g.id = h.agent_id "
-            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
-            "JOIN reports r ON r.agent_id = h.agent_id AND r.received_at = "
-            "(SELECT MAX(received_at) FROM reports WHERE agent_id = h.agent_id "
-            "AND received_at <= ?) WHERE h.first_seen <= ?"), [at, at])
-        status_of = _StatusClock(sel.as_of)
-        rows = self.db.execute(sql + " ORDER BY a.name, s.name, h.hostname, h.agent_id", args)
-        for r in rows.fetchall():
-            try:
-                facts = facts_of(json.loads(gzip.decompress(r[7])))
-            except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
-                # One bad body must not cost every operator in scope their export.
-                self.skipped_unreadable += 1
-                continue
-            revoked = r[6] if r[6] and r[6] <= at else None
-            presence = self.db.execute("SELECT state FROM presence WHERE agent_id = ? AND "
-                                       "at <= ? ORDER BY at DESC, id DESC LIMIT 1",
-                                       (r[0], at)).fetchone()
-            connected = 1 if presence and presence[0] == "online" else 0
-            yield Host(r[0], r[1], r[2], r[3], r[4], status_of(revoked, r[4], connected, r[5]),
-                       facts)
 
     def pruned_before(self, sel: Selection) -> int:
         """Hosts known at `as_of` whose reports from then are no longer kept (retention)."""
         if sel.as_of is None:
             return 0
-        at = iso(sel.as_of)
-        sql, args = self._where(sel, (
-            "SELECT COUNT(*) FROM hosts h JOIN agencies a ON a.id = h.agency_id "
-            "JOIN sites s ON s.id = h.site_id WHERE h.first_seen <= ? AND NOT EXISTS "
-            "(SELECT 1 FROM reports r WHERE r.agent_id = h.agent_id AND r.received_at <= ?)"),
-            [at, at])
-        return int(self.db.execute(sql, args).fetchone()[0])
+        return self.reader.hosts_missing_history(sel.query, sel.as_of)
 
     @staticmethod
-    def _list_row(h: Host) -> list[Any]:
+    def _list_row(h: HostFacts) -> HostRow:
         """The host as a host-list row (`inventory.hostlist`), for the shared filter syntax."""
         f = h.facts
         ips = f["ips"]
-        return [h.agent_id, h.hostname, h.agency, h.site, h.status,
-                " ".join(x for x in (f["os_name"], f["os_version"]) if x) or None,
-                f["model"], h.serial, f["cpu"], f["ram_bytes"], f["disk_percent"],
-                ips[0] if ips else None, h.last_seen, h.remote]
+        return HostRow(h.agent_id, h.hostname, h.agency, h.site, h.status,
+                       " ".join(x for x in (f["os_name"], f["os_version"]) if x) or None,
+                       f["model"], h.serial, f["cpu"], f["ram_bytes"], f["disk_percent"],
+                       ips[0] if ips else None, h.last_seen, h.remote)
 
     # --- the reports ---------------------------------------------------------------------
 
@@ -182,22 +97,11 @@ class Source:
         if sel.filter.strip():
             hosts = {h.agent_id: (h.hostname, h.agency) for h in self.hosts(sel)}
         else:
-            sql, args = self._where(sel, (
-                "SELECT h.agent_id, h.hostname, a.name FROM hosts h "
-                "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
-                "WHERE 1 = 1"), [])
-            hosts = {r[0]: (r[1], r[2]) for r in self.db.execute(sql, args)}
-        sql = "SELECT at, agent_id, kind, subject, old_value, new_value FROM changes WHERE 1 = 1"
-        args = []
-        if sel.as_of is not None:  # (without, every change is before now: no condition)
-            sql += " AND at <= ?"
-            args.append(iso(sel.as_of))
-        if since is not None:
-            sql += " AND at >= ?"
-            args.append(iso(since))
-        cursor = self.db.cursor()
-        cursor.row_factory = None
-        for at, agent_id, kind, subject, old, new in cursor.execute(sql + " ORDER BY id", args):
+            hosts = {h.agent_id: (h.hostname, h.agency)
+                     for h in self.reader.host_names(sel.query)}
+        # (without as-of, every change is before now: no upper bound)
+        for at, agent_id, kind, subject, old, new, _ in self.reader.change_events(sel.as_of,
+                                                                                  since):
             host = hosts.get(agent_id)
             if host is not None:
                 yield [at, agent_id, host[0], host[1], kind, subject, old, new]
@@ -270,15 +174,16 @@ def _short(name: str) -> str:
     return name.lower().split(".", 1)[0]
 
 
-def _index(hosts: list[Host], keys: Callable[[Host], list[str]]) -> dict[str, list[Host]]:
-    index: dict[str, list[Host]] = {}
+def _index(hosts: list[HostFacts],
+           keys: Callable[[HostFacts], list[str]]) -> dict[str, list[HostFacts]]:
+    index: dict[str, list[HostFacts]] = {}
     for h in hosts:
         for key in keys(h):
             index.setdefault(key, []).append(h)
     return index
 
 
-def _conflicts(e: Entry, h: Host) -> list[str]:
+def _conflicts(e: Entry, h: HostFacts) -> list[str]:
     out = []
     if e.serial and (h.serial or "").lower() != e.serial.lower():
         out.append(f"serial: {e.serial} / {h.serial or '(none)'}")
@@ -287,5 +192,3 @@ def _conflicts(e: Entry, h: Host) -> list[str]:
     if e.mac and e.mac not in {normal_mac(m) for m in h.macs()}:
         out.append(f"mac: {_mac_text(e.mac)} / {', '.join(h.macs()) or '(none)'}")
     return out
-
-

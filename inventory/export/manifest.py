@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncssh
 
+from inventory.errors import EstateError
 from inventory.sanitise import quoted
 
 MANIFEST_FORMAT = "estate.export-manifest/1"
@@ -26,7 +27,7 @@ SIGNATURE_ALGORITHM = "ssh-ed25519"
 MAX_MANIFEST_BYTES = 1 << 20  # a real one is under 2 KB
 
 
-class VerifyError(Exception):
+class VerifyError(EstateError):
     """The file or its manifest does not check out; the message says what and where."""
 
 

@@ -1,1 +1,2 @@
-"""The hub: SSH gateway for agents (and later operators), enrolment, ingest and admin verbs."""
+"""The hub: SSH gateway for agents and operators (API, watch, export, remote access),
+enrolment, ingest and admin verbs."""

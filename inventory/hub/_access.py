@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-if TYPE_CHECKING:
-    from inventory.hub._server import Hub, _Connection
+from inventory.hub._peer import Login
+from inventory.hub._remote import RemoteAccess
+from inventory.hub._store_thread import StoreThread
+from inventory.hub._tasks import Tasks
+from inventory.store import Agent, StoreInterface
 
 log = logging.getLogger("estate.hub.access")
 
@@ -38,33 +40,34 @@ class AccessGuard:
     """The hub's authenticated connections by agent id and operator name, and the loop that
     ends the ones whose access was withdrawn."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.connections: dict[str, set[_Connection]] = {}  # username -> open connections
-        self.ended: dict[_Connection, str] = {}  # being closed, and why
+    def __init__(self, db: StoreThread, store: StoreInterface, tasks: Tasks,
+                 remote: RemoteAccess) -> None:
+        self.db, self.store, self.tasks, self.remote = db, store, tasks, remote
+        self.connections: dict[str, set[Login]] = {}  # username -> open connections
+        self.ended: dict[Login, str] = {}  # being closed, and why
         self.version = 0  # bumped whenever the records changed (for tests and metrics)
         self._data_version: int | None = None
 
     # --- the registry -------------------------------------------------------------------
 
-    def add(self, conn: _Connection) -> None:
+    def add(self, conn: Login) -> None:
         """A login completed (agents and operators; `enrol` has no access to withdraw)."""
-        if conn.role in ("agent", "operator"):
-            self.connections.setdefault(conn.username, set()).add(conn)
+        if conn.peer.role in ("agent", "operator"):
+            self.connections.setdefault(conn.peer.name, set()).add(conn)
             if conn.access_version != self.version:
                 # The records changed while this login was being checked: look again now
                 # rather than trusting what validate_public_key read.
-                self.hub.spawn(self.check())
+                self.tasks.spawn(self.check())
 
-    def discard(self, conn: _Connection) -> None:
-        conns = self.connections.get(conn.username)
+    def discard(self, conn: Login) -> None:
+        conns = self.connections.get(conn.peer.name)
         if conns is not None:
             conns.discard(conn)
             if not conns:
-                del self.connections[conn.username]
+                del self.connections[conn.peer.name]
         self.ended.pop(conn, None)
 
-    def refusal(self, conn: _Connection) -> str | None:
+    def refusal(self, conn: Login) -> str | None:
         """Why this connection may start nothing new (its access ended), or None."""
         return self.ended.get(conn)
 
@@ -77,7 +80,7 @@ class AccessGuard:
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             try:
-                changed = await self.hub.db(self._records_changed)
+                changed = await self.db(self._records_changed)
                 if changed or loop.time() - last_full >= FULL_CHECK_S:
                     last_full = loop.time()
                     await self.check()
@@ -86,7 +89,7 @@ class AccessGuard:
 
     def _records_changed(self) -> bool:
         """On the store thread: has another process committed since the last look?"""
-        version = self.hub.store.outside_writes()
+        version = self.store.outside_writes()
         changed = self._data_version is not None and version != self._data_version
         self._data_version = version
         return changed
@@ -97,61 +100,60 @@ class AccessGuard:
         if not self.connections:
             return
         snapshot = {name: list(conns) for name, conns in self.connections.items()}
-        verdicts = await self.hub.db(self._verdicts, snapshot)
+        verdicts = await self.db(self._verdicts, snapshot)
         for conn, reason in verdicts:
             self.end(conn, reason)
 
-    def _verdicts(self, snapshot: dict[str, list[_Connection]]) -> list[tuple[_Connection, str]]:
+    def _verdicts(self, snapshot: dict[str, list[Login]]) -> list[tuple[Login, str]]:
         """On the store thread: (connection, reason) for each that lost its access."""
-        store = self.hub.store
-        out: list[tuple[_Connection, str]] = []
-        agents: dict[str, dict[str, Any]] | None = None
+        store = self.store
+        out: list[tuple[Login, str]] = []
+        agents: dict[str, Agent] | None = None
         for name, conns in snapshot.items():
             for conn in conns:
-                fp = conn.key.get_fingerprint("sha256") if conn.key else None
-                if conn.role == "agent":
+                fp = conn.peer.key.get_fingerprint("sha256")
+                if conn.peer.role == "agent":
                     if agents is None:  # one query for all of them, only when needed
-                        agents = {a["id"]: a for a in store.agents()}
+                        agents = {a.id: a for a in store.agents()}
                     agent = agents.get(name)
                     if agent is None:
                         out.append((conn, "agent removed"))
-                    elif agent["revoked_at"]:
+                    elif agent.revoked_at:
                         out.append((conn, "agent revoked"))
-                    elif agent["key_fingerprint"] != fp:
+                    elif agent.key_fingerprint != fp:
                         out.append((conn, "agent key changed"))
-                elif conn.role == "operator":
+                elif conn.peer.role == "operator":
                     record = store.operator(name)
-                    before = conn.operator or {}
+                    before = conn.peer.operator
                     if record is None:
                         out.append((conn, "operator removed"))
-                    elif record["key_fingerprint"] != fp:
+                    elif record.key_fingerprint != fp:
                         out.append((conn, "operator key changed"))
-                    elif (record["role"], record["agencies"]) != \
-                            (before.get("role"), before.get("agencies")):
+                    elif before is None or \
+                            (record.role, record.agencies) != (before.role, before.agencies):
                         out.append((conn, "operator role or agencies changed"))
         return out
 
-    def end(self, conn: _Connection, reason: str) -> None:
+    def end(self, conn: Login, reason: str) -> None:
         """End one connection's access: its sessions, an audit row, then the connection."""
-        if conn in self.ended or conn.conn is None:
+        if conn in self.ended:
             return
         self.ended[conn] = reason
-        remote = self.hub.remote
-        for bridge in list(remote.live.values()):
-            if (conn.role == "operator" and bridge.operator_name == conn.username) or \
-                    (conn.role == "agent" and bridge.agent_id == conn.username):
+        peer = conn.peer
+        for bridge in list(self.remote.live.values()):
+            if (peer.role == "operator" and bridge.operator_name == peer.name) or \
+                    (peer.role == "agent" and bridge.agent_id == peer.name):
                 bridge.end(reason)
-        log.warning("conn %s user %s: access ended (%s); closing", conn.peer, conn.username,
+        log.warning("conn %s user %s: access ended (%s); closing", peer.address, peer.name,
                     reason)
-        self.hub.spawn(self.hub.db(self.hub.store.audit, "hub", "access_ended", conn.username,
-                                   {"reason": reason, "role": conn.role, "peer": conn.peer}))
-        conn.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"access ended: {reason}")
+        self.tasks.spawn(self.db(self.store.audit, "hub", "access_ended", peer.name,
+                                 {"reason": reason, "role": peer.role, "peer": peer.address}))
+        conn.ssh.disconnect(asyncssh.DISC_BY_APPLICATION, f"access ended: {reason}")
 
-
-def refused(hub: Hub, conn: _Connection) -> asyncssh.ChannelOpenError | None:
-    """The channel-open refusal for a connection whose access ended, or None."""
-    reason = hub.access.refusal(conn)
-    if reason is None:
-        return None
-    return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                     f"access ended: {reason}")
+    def channel_refusal(self, conn: Login) -> asyncssh.ChannelOpenError | None:
+        """The channel-open refusal for a connection whose access ended, or None."""
+        reason = self.refusal(conn)
+        if reason is None:
+            return None
+        return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                         f"access ended: {reason}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from inventory.changes import TooLarge
@@ -20,21 +21,19 @@ from inventory.params import Params as _Params
 from inventory.params import RequestError as ApiError
 from inventory.params import is_unicode
 from inventory.sanitise import quoted
-from inventory.store import Store, parse_time
+from inventory.store import StoreInterface, parse_time
 
 log = logging.getLogger("estate.hub")
 
-MAX_LINE_BYTES = 64 * 1024
 OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve")
 
 
 class OperatorApi:
-    def __init__(self, store: Store, operator: dict[str, Any],
+    def __init__(self, store: StoreInterface, operator: Mapping[str, Any],
                  audit: AuditCoalescer | None = None, source: str = "?",
                  max_answer: int = MAX_ANSWER) -> None:
         self.store = store
         self.name = operator["name"]
-        self.role = operator["role"]
         self.scope: list[str] | None = operator["agencies"]
         self.audit, self.source = audit, source  # where probes out of scope are recorded
         self.max_answer = max_answer
@@ -122,7 +121,7 @@ class OperatorApi:
 
     def _summary(self, p: _Params) -> Any:
         p.done()
-        return {**self.store.summary(self.scope), "operator": self.name,
+        return {**self.store.summary(self.scope).as_dict(), "operator": self.name,
                 "agencies_in_scope": self.scope}
 
     def _hosts(self, p: _Params) -> Any:
@@ -158,7 +157,7 @@ class OperatorApi:
         if detail is None:
             raise self._not_found("host", agent_id)
         self.store.audit(f"operator:{self.name}", "host_read", agent_id)
-        return detail
+        return detail.as_dict()
 
     def _changes(self, p: _Params) -> Any:
         host = p.text("host", default=None, max_len=255)
@@ -171,8 +170,8 @@ class OperatorApi:
             raise ApiError("bad_request", "since: expected a date like 2026-01-31 or an ISO "
                                           "time") from None
         # Read no further than the answer may be long: old rows may hold large values.
-        return self.store.scoped_changes(self.scope, host, since, limit,
-                                         max_bytes=self.max_answer)
+        return [c.as_dict() for c in self.store.scoped_changes(self.scope, host, since, limit,
+                                                              max_bytes=self.max_answer)]
 
     def _reports(self, p: _Params) -> Any:
         agent_id = p.text("agent_id", max_len=64, required=True)
@@ -181,7 +180,7 @@ class OperatorApi:
         reports = self.store.recent_reports(agent_id, self.scope, limit)
         if reports is None:
             raise self._not_found("reports", agent_id)
-        return reports
+        return [r.as_dict() for r in reports]
 
 
     def _resolve(self, p: _Params) -> Any:
@@ -192,9 +191,10 @@ class OperatorApi:
         if not matches:
             raise self._not_found("resolve", host)
         if len(matches) > 1:
-            ids = ", ".join(m["agent_id"] for m in matches)
+            ids = ", ".join(m.agent_id for m in matches)
             raise ApiError("ambiguous", f"hostname {host!r} matches {len(matches)} hosts; use "
                                         f"the host id ({ids})")
         m = matches[0]
-        return {k: m[k] for k in ("agent_id", "hostname", "agency", "site", "remote")}
+        return {"agent_id": m.agent_id, "hostname": m.hostname, "agency": m.agency,
+                "site": m.site, "remote": m.remote}
 

@@ -3,7 +3,7 @@
 Input: one JSON request (`inventory.export.ExportRequest`). Output: JSON lines — `progress`
 (`rows`, `total`) while the file is written, then one `manifest` line (the signed manifest),
 then exactly `manifest.bytes` bytes of the file. A refused request is one `error` line. The
-export runs on a thread of its own with its own read-only database connection, so reports,
+export runs on a thread of its own with its own read-only handle on the store, so reports,
 the API and other exports carry on meanwhile; at most EXPORTS_AT_ONCE run at a time, and
 at most EXPORTS_PER_OPERATOR of one operator's and MAX_EXPORTS_QUEUED in all (`_budget.py`)
 are queued or running (past either: `busy` with `retry_after`).
@@ -21,14 +21,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from inventory.export import ExportError, ExportRequest, Producer, run_export
+from inventory.errors import CodedError
+from inventory.export import ExportError, ExportRequest
+from inventory.export.produce import Producer, run_export
+from inventory.hub._context import Context
+from inventory.protocol import ChannelExit
+from inventory.store import Operator, StoreInterface
 
 log = logging.getLogger("estate.hub")
 
 EXPORTS_AT_ONCE = 2
 BUSY_RETRY_S = 30
 CHUNK = 256 * 1024
-EXIT_OK, EXIT_DATA, EXIT_TEMPFAIL = 0, 65, 75
 
 _pool = ThreadPoolExecutor(max_workers=EXPORTS_AT_ONCE, thread_name_prefix="export")
 
@@ -37,10 +41,12 @@ class _Gone(Exception):
     """The operator's channel closed (or their access ended): stop producing the file."""
 
 
-class _Refusal(Exception):
+class _Refusal(CodedError):
+    """A request refused before its export started; `report` is what it named, if anything."""
+
     def __init__(self, report: str | None, code: str, message: str) -> None:
-        super().__init__(message)
-        self.report, self.code, self.message = report, code, message
+        super().__init__(code, message)
+        self.report = report
 
 
 def _parse(body: bytes) -> ExportRequest:
@@ -58,7 +64,7 @@ def _parse(body: bytes) -> ExportRequest:
                        exc.message) from None
 
 
-def _produce(db_path: Path, data_dir: Path, request: ExportRequest, producer: Producer,
+def _produce(store: StoreInterface, data_dir: Path, request: ExportRequest, producer: Producer,
              progress: Callable[[int, int], None],
              gone: Callable[[], bool]) -> tuple[dict[str, Any], Path]:
     """On an export thread: the file in a new private folder, and its manifest.
@@ -77,66 +83,67 @@ def _produce(db_path: Path, data_dir: Path, request: ExportRequest, producer: Pr
         progress(rows, total)
 
     try:
-        return run_export(db_path, request, producer, out, checked_progress), out
+        return run_export(store, request, producer, out, checked_progress), out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-async def serve_export(hub: Any, operator: dict[str, Any], body: bytes, chan: Any,
-                       writable: asyncio.Event,
-                       gone: Callable[[], bool]) -> tuple[int, dict[str, Any] | None]:
-    """Run one export on `chan`. Returns (exit status, final error document or None).
+async def serve_export(ctx: Context, body: bytes, chan: Any, writable: asyncio.Event,
+                       gone: Callable[[], bool]) -> tuple[ChannelExit, dict[str, Any] | None]:
+    """Run one export for the operator `ctx.peer` on `chan`. Returns (exit status, final
+    error document or None).
 
     `gone()` says whether the channel closed (or the operator's access ended) meanwhile.
     """
-    name = operator["name"]
+    assert ctx.peer.operator is not None
+    name = ctx.peer.operator.name
     try:
         request = await asyncio.to_thread(_parse, body)
     except _Refusal as exc:
-        _refused(hub, name, exc.report, exc.code, exc.message)
-        return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
-                           "message": exc.message}
-    if (why := hub.exports.take(name)) is not None:
-        _refused(hub, name, request.report, "busy", why)
-        return EXIT_TEMPFAIL, {"type": "error", "status": "error", "code": "busy",
-                               "message": why, "retry_after": BUSY_RETRY_S}
+        _refused(ctx, name, exc.report, exc.code, exc.message)
+        return ChannelExit.DATA, {"type": "error", "status": "error", "code": exc.code,
+                                  "message": exc.message}
+    if (why := ctx.exports.take(name)) is not None:
+        _refused(ctx, name, request.report, "busy", why)
+        return ChannelExit.TEMPFAIL, {"type": "error", "status": "error", "code": "busy",
+                                      "message": why, "retry_after": BUSY_RETRY_S}
     try:
-        return await _serve(hub, operator, request, chan, writable, gone)
+        return await _serve(ctx, ctx.peer.operator, request, chan, writable, gone)
     finally:
-        hub.exports.give(name)
+        ctx.exports.give(name)
 
 
-async def _serve(hub: Any, operator: dict[str, Any], request: ExportRequest, chan: Any,
+async def _serve(ctx: Context, operator: Operator, request: ExportRequest, chan: Any,
                  writable: asyncio.Event,
-                 gone: Callable[[], bool]) -> tuple[int, dict[str, Any] | None]:
-    name = operator["name"]
+                 gone: Callable[[], bool]) -> tuple[ChannelExit, dict[str, Any] | None]:
+    name = operator.name
     loop = asyncio.get_running_loop()
 
     def progress(rows: int, total: int) -> None:
         line = json.dumps({"type": "progress", "rows": rows, "total": total}) + "\n"
         loop.call_soon_threadsafe(chan.write, line.encode())
 
-    producer = Producer(operator, hub.host_key, hub.fingerprint, _estate_version())
+    producer = Producer(operator, ctx.host_key, ctx.fingerprint, _estate_version())
     try:
         manifest, out = await loop.run_in_executor(
-            _pool, _produce, hub.store.path, hub.settings.data_dir, request, producer,
+            _pool, _produce, ctx.store, ctx.settings.data_dir, request, producer,
             progress, gone)
     except _Gone:
         log.info("export %s for %s abandoned: its channel closed", request.report, name)
-        return EXIT_TEMPFAIL, None
+        return ChannelExit.TEMPFAIL, None
     except ExportError as exc:
-        _refused(hub, name, request.report, exc.code, exc.message)
-        return EXIT_DATA, {"type": "error", "status": "error", "code": exc.code,
-                           "message": exc.message}
+        _refused(ctx, name, request.report, exc.code, exc.message)
+        return ChannelExit.DATA, {"type": "error", "status": "error", "code": exc.code,
+                                  "message": exc.message}
     except Exception as exc:
         log.exception("export for %s failed", name)
-        _refused(hub, name, request.report, "internal", type(exc).__name__)
-        return EXIT_TEMPFAIL, {"type": "error", "status": "error", "code": "internal",
-                               "message": "the hub failed to produce the export; retry "
-                                          "later", "retry_after": 30}
+        _refused(ctx, name, request.report, "internal", type(exc).__name__)
+        return ChannelExit.TEMPFAIL, {"type": "error", "status": "error", "code": "internal",
+                                      "message": "the hub failed to produce the export; "
+                                                 "retry later", "retry_after": 30}
     try:
-        await hub.db(hub.store.audit, f"operator:{name}", "export", request.report,
+        await ctx.db(ctx.store.audit, f"operator:{name}", "export", request.report,
                      {"format": request.format, "rows": manifest["rows"],
                       "sha256": manifest["sha256"], "filters": manifest["filters"],
                       "as_of": manifest["as_of"]})
@@ -152,13 +159,13 @@ async def _serve(hub: Any, operator: dict[str, Any], request: ExportRequest, cha
                 chan.write(chunk)
     finally:
         await asyncio.to_thread(shutil.rmtree, out.parent, True)
-    return EXIT_OK, None
+    return ChannelExit.OK, None
 
 
-def _refused(hub: Any, name: str, report: str | None, code: str, reason: str) -> None:
+def _refused(ctx: Context, name: str, report: str | None, code: str, reason: str) -> None:
     """Audit a refused export, coalesced per operator and code: an operator's script
     retrying a bad request every second writes one row a minute, not sixty."""
-    hub.audit.record(f"operator:{name}/{code}", f"operator:{name}", "export_refused",
+    ctx.audit.record(f"operator:{name}/{code}", f"operator:{name}", "export_refused",
                      report[:64] if report else None, {"code": code, "reason": reason[:500]})
 
 

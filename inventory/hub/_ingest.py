@@ -19,11 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from inventory.hub._writer import MAX_RETRY_AFTER_S, Busy
-from inventory.report import MAX_REPORT_BYTES, ReportError, parse
+from inventory.protocol import MAX_RECEIVED_BYTES, MAX_REPORT_BYTES
+from inventory.report import ReportError, parse
 from inventory.store import DEFAULT_INTERVAL_S, parse_time, utcnow
-
-MAX_RECEIVED_BYTES = 4 * 1024 * 1024
-"""Largest body accepted on the wire, compressed or not."""
 
 MAX_FUTURE = timedelta(days=365)
 """A report collected further ahead of the hub's clock than this is refused (`collected_at`);

@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
+from inventory.errors import CodedError
+from inventory.hub._peer import Login
+from inventory.hub._store_thread import StoreThread
+from inventory.hub._tasks import Tasks
+from inventory.hub._watch import Watch
 from inventory.sanitise import quoted
-from inventory.store import utcnow
-
-if TYPE_CHECKING:
-    from inventory.hub._server import Hub, _Connection
+from inventory.store import StoreInterface, utcnow
 
 log = logging.getLogger("estate.hub.remote")
 
@@ -32,12 +34,8 @@ OPEN_TIMEOUT_S = 20.0  # an agent that does not answer a channel open within thi
 _PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 
 
-class Refused(Exception):
+class Refused(CodedError):
     """A session the hub will not open; `code` is stable, `message` goes to the operator."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass
@@ -132,39 +130,41 @@ class Bridge:
 class RemoteAccess:
     """The hub's offered forwards (agent id -> its connection) and live bridges."""
 
-    def __init__(self, hub: Hub, limits: Limits) -> None:
-        self.hub, self.limits = hub, limits
-        self.offers: dict[str, _Connection] = {}
+    def __init__(self, db: StoreThread, store: StoreInterface, tasks: Tasks, watch: Watch,
+                 limits: Limits) -> None:
+        self.db, self.store, self.tasks, self.watch = db, store, tasks, watch
+        self.limits = limits
+        self.offers: dict[str, Login] = {}  # agent id -> the login that offers its sshd
         self.live: dict[int, Bridge] = {}
 
     # --- the agent's side ---------------------------------------------------------------
 
-    async def offer(self, conn: _Connection, listen_host: str,
+    async def offer(self, conn: Login, listen_host: str,
                     listen_port: int) -> asyncssh.SSHListener | bool:
         """An agent's `tcpip-forward` request: accepted only for itself, port 22, allowed."""
-        agent_id = conn.username
-        if conn.role != "agent":
+        agent_id = conn.peer.name
+        if conn.peer.role != "agent":
             why = f"user {quoted(agent_id, 64)} is not an agent"
         elif listen_host != agent_id or listen_port != SSH_PORT:
             why = f"an agent may offer only {agent_id}:{SSH_PORT}"
-        elif not await self.hub.db(self.hub.store.remote_allowed, agent_id):
+        elif not await self.db(self.store.remote_allowed, agent_id):
             why = (f"remote access is not allowed for {agent_id} "
                    f"(estate-hub agent allow-remote {agent_id})")
         else:
             old = self.offers.get(agent_id)
             self.offers[agent_id] = conn
             if old is not conn:
-                await self.hub.db(self.hub.store.set_remote_offered, agent_id, True)
-                await self.hub.refresh_host(agent_id)
-            log.info("conn %s agent %s offers remote access", conn.peer, agent_id)
+                await self.db(self.store.set_remote_offered, agent_id, True)
+                await self.watch.refresh_host(agent_id)
+            log.info("conn %s agent %s offers remote access", conn.peer.address, agent_id)
             return _Offer(self, conn)
-        log.warning("conn %s refused remote forward %s:%s: %s", conn.peer,
+        log.warning("conn %s refused remote forward %s:%s: %s", conn.peer.address,
                     quoted(listen_host, 64), listen_port, why)
         return False
 
-    def withdraw(self, conn: _Connection) -> None:
+    def withdraw(self, conn: Login) -> None:
         """The agent cancelled its forward or its connection went away."""
-        agent_id = conn.username
+        agent_id = conn.peer.name
         if self.offers.get(agent_id) is not conn:
             return
         del self.offers[agent_id]
@@ -174,45 +174,44 @@ class RemoteAccess:
 
         async def record() -> None:
             if agent_id not in self.offers:
-                await self.hub.db(self.hub.store.set_remote_offered, agent_id, False)
-                await self.hub.refresh_host(agent_id)
-        if not self.hub.stopping:
-            self.hub.spawn(record())
+                await self.db(self.store.set_remote_offered, agent_id, False)
+                await self.watch.refresh_host(agent_id)
+        if not self.tasks.stopping:
+            self.tasks.spawn(record())
 
     # --- the operator's side ------------------------------------------------------------
 
-    async def open(self, conn: _Connection, dest_host: str, dest_port: int) -> _Half:
+    async def open(self, conn: Login, dest_host: str, dest_port: int) -> _Half:
         """An operator's `direct-tcpip` request: the session's operator side, or a refusal
         (ChannelOpenError, whose reason the operator's ssh prints)."""
-        assert conn.operator is not None
-        name = conn.operator["name"]
+        assert conn.peer.operator is not None
+        name = conn.peer.operator.name
         try:
             agent_id, target = await self._authorize(conn, dest_host, dest_port)
         except Refused as exc:
-            log.warning("conn %s operator %s refused session to %s:%s: %s", conn.peer, name,
-                        quoted(dest_host, 64), dest_port, quoted(exc.message, 300))
-            await self.hub.db(self.hub.store.audit, f"operator:{name}", "remote_refused",
-                              dest_host[:255], {"port": dest_port, "code": exc.code,
-                                                "reason": exc.message, "peer": conn.peer})
+            log.warning("conn %s operator %s refused session to %s:%s: %s", conn.peer.address,
+                        name, quoted(dest_host, 64), dest_port, quoted(exc.message, 300))
+            await self.db(self.store.audit, f"operator:{name}", "remote_refused",
+                          dest_host[:255], {"port": dest_port, "code": exc.code,
+                                            "reason": exc.message, "peer": conn.peer.address})
             raise asyncssh.ChannelOpenError(_PROHIBITED, exc.message) from None
         bridge = Bridge(self, name, agent_id)
         try:
-            assert target.conn is not None
-            await asyncio.wait_for(target.conn.create_connection(
-                lambda: bridge.host, agent_id, SSH_PORT, conn.peer.rsplit(":", 1)[0], 0),
+            await asyncio.wait_for(target.ssh.create_connection(
+                lambda: bridge.host, agent_id, SSH_PORT, conn.peer.host, 0),
                 OPEN_TIMEOUT_S)
         except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
             # The agent's reason is its own text: quoted for the log and the operator's ssh.
             detail = quoted(str(exc) or "timed out", 200)
             log.warning("agent %s did not open the session: %s", agent_id, detail)
-            await self.hub.db(self.hub.store.audit, f"operator:{name}", "remote_refused",
-                              agent_id, {"code": "agent_failed", "reason": detail,
-                                         "peer": conn.peer})
+            await self.db(self.store.audit, f"operator:{name}", "remote_refused",
+                          agent_id, {"code": "agent_failed", "reason": detail,
+                                     "peer": conn.peer.address})
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"the agent of {agent_id} could not open the "
                                               f"session: {detail}") from None
-        bridge.session_id = await self.hub.db(self.hub.store.session_started, name, agent_id,
-                                              conn.peer, utcnow())
+        bridge.session_id = await self.db(self.store.session_started, name, agent_id,
+                                          conn.peer.address, utcnow())
         self.live[bridge.session_id] = bridge
         log.info("session %d: operator %s -> %s", bridge.session_id, name, agent_id)
         if bridge.ended:  # the host side closed while we were recording the start
@@ -221,29 +220,28 @@ class RemoteAccess:
                                             f"{agent_id} closed the session at once")
         return bridge.operator
 
-    async def _authorize(self, conn: _Connection, dest_host: str,
-                         dest_port: int) -> tuple[str, _Connection]:
-        assert conn.operator is not None
-        operator = conn.operator
-        if operator["role"] not in REMOTE_ROLES:
-            raise Refused("forbidden_role", f"role {operator['role']!r} may not open remote "
+    async def _authorize(self, conn: Login, dest_host: str,
+                         dest_port: int) -> tuple[str, Login]:
+        operator = conn.peer.operator
+        assert operator is not None
+        if operator.role not in REMOTE_ROLES:
+            raise Refused("forbidden_role", f"role {operator.role!r} may not open remote "
                                             f"sessions (only {', '.join(REMOTE_ROLES)})")
         if dest_port != SSH_PORT:
             raise Refused("bad_port", f"only port {SSH_PORT} (the host's own sshd) is relayed, "
                                       f"not {dest_port}")
-        matches = await self.hub.db(self.hub.store.remote_targets, dest_host,
-                                    operator["agencies"])
+        matches = await self.db(self.store.remote_targets, dest_host, operator.agencies)
         if not matches:  # unknown and out of scope read the same: nothing to learn by probing
             raise Refused("unknown_host", f"no host {dest_host[:64]!r} in your agencies")
         if len(matches) > 1:
             raise Refused("ambiguous_host", f"hostname {dest_host[:64]!r} matches "
                                             f"{len(matches)} hosts; use the host id "
-                                            f"({', '.join(m['agent_id'] for m in matches)})")
+                                            f"({', '.join(m.agent_id for m in matches)})")
         host = matches[0]
-        agent_id = host["agent_id"]
-        if host["revoked_at"]:
+        agent_id = host.agent_id
+        if host.revoked_at:
             raise Refused("revoked", f"host {agent_id} is revoked")
-        if not host["remote_access"]:
+        if not host.remote_access:
             raise Refused("not_allowed", f"remote access is not enabled for {agent_id} "
                                          f"(an admin runs: estate-hub agent allow-remote "
                                          f"{agent_id})")
@@ -252,7 +250,7 @@ class RemoteAccess:
             raise Refused("not_offered", f"{agent_id} is not reachable: its agent is offline "
                                          f"or does not offer remote access "
                                          f"(remote_access = true in its agent.toml)")
-        mine = sum(1 for b in self.live.values() if b.operator_name == operator["name"])
+        mine = sum(1 for b in self.live.values() if b.operator_name == operator.name)
         if mine >= self.limits.per_operator:
             raise Refused("operator_limit", f"you have {mine} sessions open, the limit")
         theirs = sum(1 for b in self.live.values() if b.agent_id == agent_id)
@@ -268,8 +266,8 @@ class RemoteAccess:
         to_host, from_host = bridge.operator.bytes_in, bridge.host.bytes_in
         log.info("session %d ended: %s (%d bytes to the host, %d from it)",
                  bridge.session_id, reason, to_host, from_host)
-        self.hub.spawn(self.hub.db(self.hub.store.session_ended, bridge.session_id, to_host,
-                                   from_host, reason, utcnow()))
+        self.tasks.spawn(self.db(self.store.session_ended, bridge.session_id, to_host,
+                                 from_host, reason, utcnow()))
 
     async def supervise(self) -> None:
         """End live sessions an admin ended, or whose host lost remote access."""
@@ -278,7 +276,7 @@ class RemoteAccess:
             if not self.live:
                 continue
             try:
-                ends = await self.hub.db(self.hub.store.sessions_to_end, list(self.live))
+                ends = await self.db(self.store.sessions_to_end, list(self.live))
             except Exception:
                 log.exception("checking live sessions failed")
                 continue
@@ -292,14 +290,14 @@ class RemoteAccess:
         for session_id, bridge in list(self.live.items()):
             del self.live[session_id]  # so ended() leaves the recording to us
             bridge.end(reason)
-            await self.hub.db(self.hub.store.session_ended, session_id,
-                              bridge.operator.bytes_in, bridge.host.bytes_in, reason, utcnow())
+            await self.db(self.store.session_ended, session_id,
+                          bridge.operator.bytes_in, bridge.host.bytes_in, reason, utcnow())
 
 
 class _Offer(asyncssh.SSHListener):
     """The accepted reverse forward: nothing listens on the hub; closing withdraws it."""
 
-    def __init__(self, relay: RemoteAccess, conn: _Connection) -> None:
+    def __init__(self, relay: RemoteAccess, conn: Login) -> None:
         super().__init__()
         self.relay, self.conn = relay, conn
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from inventory.store import Incoming, Store
+from inventory.store import Incoming, StoreInterface
 
 log = logging.getLogger("estate.hub")
 
@@ -36,7 +36,7 @@ class StoreUnavailable(Exception):
 
 
 class Writer:
-    def __init__(self, db: Callable[..., Awaitable[Any]], store: Store,
+    def __init__(self, db: Callable[..., Awaitable[Any]], store: StoreInterface,
                  max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE,
                  on_commit: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         self._db, self._store, self._on_commit = db, store, on_commit

@@ -15,11 +15,15 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from inventory.protocol import Exit
+
+if TYPE_CHECKING:  # the store loads with the verb that uses it, not with every verb
+    from inventory.store import StoreInterface
 
 
 def default_data_dir() -> Path:
@@ -38,21 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return EXIT_USAGE
+        return Exit.USAGE
     from inventory import private_files
+    from inventory.errors import SchemaTooNew
 
     # Every file the hub or an admin verb creates (store, WAL, host key, logs) is 0600.
     private_files.restrict_umask()
     private_files.allow_open_dirs(getattr(args, "allow_open_data_dir", False))
     try:
         return int(args.func(args))
-    except private_files.OpenDataDir as exc:
+    except (private_files.OpenDataDir, SchemaTooNew) as exc:
         print(f"estate-hub: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        return EXIT_OK
+        return Exit.OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -342,8 +347,9 @@ def _date(text: str) -> Any:
 
 def _operator_name(text: str) -> str:
     from inventory.hub._server import OPERATOR_NAME
+    from inventory.protocol import ENROL_USER
 
-    if not OPERATOR_NAME.match(text) or text == "enrol":
+    if not OPERATOR_NAME.match(text) or text == ENROL_USER:
         raise argparse.ArgumentTypeError(
             f"expected 1 to 32 lower-case letters, digits, '.', '_' or '-', starting with a "
             f"letter (and not 'enrol'), got {text!r}")
@@ -364,11 +370,11 @@ def _data(args: argparse.Namespace) -> Path:
     return args.data or default_data_dir()
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace) -> StoreInterface:
     from inventory.store import Store
 
     data = _data(args)
-    if not (data / "estate.db").exists():
+    if not Store.exists(data):
         raise SystemExit(f"estate-hub: no hub data in {data} (run `estate-hub serve --data "
                          f"{data}` once, or pass --data)")
     return Store.open(data)
@@ -383,7 +389,7 @@ def _actor() -> str:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from inventory.hub._door import DoorLimits
-    from inventory.hub._server import HubSettings
+    from inventory.hub._settings import HubSettings
     from inventory.private_files import private_dir
 
     host, port = _parse_listen(args.listen)
@@ -434,7 +440,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 async def _serve(settings: Any) -> int:
-    from inventory.hub._server import Hub
+    from inventory.hub._hub import Hub
 
     hub = Hub(settings)
     try:
@@ -442,7 +448,7 @@ async def _serve(settings: Any) -> int:
     except OSError as exc:
         print(f"estate-hub: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
               file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -454,7 +460,7 @@ async def _serve(settings: Any) -> int:
     await stop.wait()
     print("estate-hub: stopping (storing what is queued)", flush=True)
     await hub.stop()
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
@@ -469,10 +475,10 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     print(f"token {token_id}: {args.uses} use(s) for {args.agency} / {args.site}, expires "
           f"{expires:%Y-%m-%d %H:%M} UTC. Shown once: the hub keeps only its hash.",
           file=sys.stderr)
-    return EXIT_OK
+    return Exit.OK
 
 
-def _store_or_create(args: argparse.Namespace) -> Any:
+def _store_or_create(args: argparse.Namespace) -> StoreInterface:
     from inventory.store import Store
 
     return Store.open(_data(args))
@@ -488,9 +494,9 @@ def _outcome(done: bool, success: str, missing: str) -> int:
     """Report a verb that acts on one record: what happened, or that there was none."""
     if done:
         print(success)
-        return EXIT_OK
+        return Exit.OK
     print(f"estate-hub: {missing}", file=sys.stderr)
-    return EXIT_FAIL
+    return Exit.FAIL
 
 
 def _cmd_token_revoke(args: argparse.Namespace) -> int:
@@ -499,14 +505,14 @@ def _cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent_list(args: argparse.Namespace) -> int:
-    from inventory.store._remote import remote_state
+    from inventory.store import remote_state
 
-    rows = _store(args).agents()
-    for r in rows:
-        r["state"] = "revoked" if r["revoked_at"] else \
-            "connected" if r["connected"] else "enrolled"
-        r["remote"] = remote_state(r["remote_access"], r["remote_offered"], r["connected"],
-                                   r["revoked_at"])
+    rows = [{**a.as_dict(),
+             "state": "revoked" if a.revoked_at else
+             "connected" if a.connected else "enrolled",
+             "remote": remote_state(a.remote_access, a.remote_offered, a.connected,
+                                    a.revoked_at)}
+            for a in _store(args).agents()]
     return _print(args, rows, ("id", "agency", "site", "state", "remote", "enrolled_hostname",
                                "enrolled_at", "key_fingerprint"))
 
@@ -530,9 +536,8 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         return _outcome(store.request_session_end(args.end, _actor()),
                         f"session {args.end}: the hub ends it within a second",
                         f"no live session {args.end}")
-    rows = store.sessions(live_only=args.live, limit=args.limit)
-    for r in rows:
-        r["state"] = "live" if r["ended_at"] is None else "ended"
+    rows = [{**s.as_dict(), "state": "live" if s.ended_at is None else "ended"}
+            for s in store.sessions(live_only=args.live, limit=args.limit)]
     return _print(args, rows, ("id", "state", "operator", "agent_id", "hostname", "started_at",
                                "ended_at", "bytes_to_host", "bytes_from_host", "end_reason"))
 
@@ -544,16 +549,16 @@ def _cmd_operator_add(args: argparse.Namespace) -> int:
         key = asyncssh.import_public_key(args.key.read_bytes())
     except OSError as exc:
         print(f"estate-hub: --key: cannot read {args.key}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except (asyncssh.KeyImportError, ValueError) as exc:
         print(f"estate-hub: --key: {args.key} is not an OpenSSH public key ({exc})",
               file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     agencies = None if args.agencies.strip() == "all" else \
         [a.strip() for a in args.agencies.split(",") if a.strip()]
     if agencies is not None and not agencies:
         print("estate-hub: --agencies: name at least one agency, or all", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     fp = key.get_fingerprint("sha256")
     try:
         _store_or_create(args).add_operator(
@@ -561,10 +566,10 @@ def _cmd_operator_add(args: argparse.Namespace) -> int:
             agencies, _actor())
     except ValueError as exc:
         print(f"estate-hub: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     print(f"operator {args.name} ({args.role}, agencies: {args.agencies}) may log in with "
           f"{fp}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_operator_list(args: argparse.Namespace) -> int:
@@ -578,7 +583,7 @@ def _cmd_operator_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_hosts(args: argparse.Namespace) -> int:
-    rows = _store(args).hosts()
+    rows = [h.as_dict() for h in _store(args).hosts()]
     for r in rows:
         if r["identity_conflict"]:
             r["status"] += " (same serial/uuid as " + r["identity_conflict"] + ")"
@@ -602,23 +607,23 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         count, bad, why = store.verify_audit()
         if bad is None:
             print(f"OK: {count} audit rows, hash chain intact")
-            return EXIT_OK
+            return Exit.OK
         print(f"FAILED: audit row {bad} {why}; the {count} rows before it chain correctly",
               file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     # One row more than the page shows whether there is a next page.
     rows = store.audit_log(args.limit + 1, args.since, args.until, args.actor, args.action,
                            args.before_id)
     page, more = rows[:args.limit], len(rows) > args.limit
     if args.json:
-        print(dumps(page, indent=1))
+        print(dumps([r.as_dict() for r in page], indent=1))
     else:
         _print(args, page, ("id", "at", "actor", "action", "target", "detail"))
     if more:
         # On stderr, so stdout stays one table or one JSON document.
         print(f"more rows: add --before-id {page[-1]['id']} (with the same filters) for the "
               f"next page", file=sys.stderr)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_install_service(args: argparse.Namespace) -> int:
@@ -631,13 +636,13 @@ def _cmd_install_service(args: argparse.Namespace) -> int:
     data = (args.data or DATA_DIR).absolute()
     if args.print_only:
         sys.stdout.write(unit_text(args.listen, data))
-        return EXIT_OK
+        return Exit.OK
     try:
         path = install(args.listen, data)
     except OSError as exc:
         print(f"estate-hub: cannot write {UNIT_PATH}: {exc.strerror} (run as root, or use "
               f"--print)", file=sys.stderr)
-        return EXIT_FAIL
+        return Exit.FAIL
     steps = []
     try:
         pwd.getpwnam(USER)
@@ -648,7 +653,7 @@ def _cmd_install_service(args: argparse.Namespace) -> int:
     steps.append("systemctl daemon-reload && systemctl enable --now estate-hub")
     print(f"wrote {path}. Then:\n" + "".join(f"  {s}\n" for s in steps)
           + f"Admin verbs run as the hub's user: sudo -u {USER} estate-hub hosts --data {data}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -656,15 +661,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_simulate(args))
     except KeyboardInterrupt:
-        return EXIT_OK
+        return Exit.OK
 
 
 async def _simulate(args: argparse.Namespace) -> int:
     from inventory import simulate
     from inventory.hub._keys import load_or_create_host_key
+    from inventory.store import Store
 
     data = _data(args)
-    if not (data / "estate.db").exists():
+    if not Store.exists(data):
         raise SystemExit(f"estate-hub: no hub data in {data}; simulate runs on the hub's host "
                          f"(pass --data)")
     key, _ = load_or_create_host_key(data)
@@ -688,7 +694,7 @@ async def _simulate(args: argparse.Namespace) -> int:
         if args.duration and time.monotonic() - started >= args.duration:
             sim.stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return EXIT_OK
+    return Exit.OK
 
 
 async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
@@ -703,7 +709,7 @@ async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
     if not missing:
         return idents
     where = simulate.placements(n)
-    store = Store.open(data)
+    store: StoreInterface = Store.open(data)
     tokens = {}
     for agency, site in sorted({where[i] for i in missing}):
         uses = sum(1 for i in missing if where[i] == (agency, site))
@@ -728,25 +734,25 @@ async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
     return idents
 
 
-def _print(args: argparse.Namespace, rows: list[dict[str, Any]],
+def _print(args: argparse.Namespace, rows: Sequence[Mapping[str, Any]],
            columns: tuple[str, ...], widest: int = 48) -> int:
     from inventory.sanitise import dumps
 
     if args.json:
         # Hostnames, failure reasons and audit details come from agents and clients: dumps
         # escapes the C1 controls and bidi overrides that plain JSON passes through.
-        print(dumps(rows, indent=1))
-        return EXIT_OK
+        print(dumps([dict(r) for r in rows], indent=1))
+        return Exit.OK
     if not rows:
         print("(none)")
-        return EXIT_OK
+        return Exit.OK
     table = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [min(widest, max(len(c), *(len(row[i]) for row in table)))
               for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:
         print("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    return EXIT_OK
+    return Exit.OK
 
 
 def _cell(value: Any) -> str:

@@ -1,16 +1,12 @@
-"""The store's remote-access records: which agents may be reached, and every relayed session.
-
-A mixin of `Store`: it uses the store's connection, transactions and audit log.
-"""
+"""The store's remote-access records: which agents may be reached, and every relayed session."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
+from inventory.store._audit import AuditLog
 from inventory.store._common import _scoped, iso
+from inventory.store._records import RemoteTarget, Session, SessionEnd
 
 
 def remote_state(allowed: int, offered: int, connected: int, revoked: str | None) -> str:
@@ -23,11 +19,7 @@ def remote_state(allowed: int, offered: int, connected: int, revoked: str | None
     return "asked" if offered and connected else "off"
 
 
-class RemoteRecords:
-    db: sqlite3.Connection
-    _transaction: Callable[[], Any]
-    _audit: Callable[..., None]
-
+class RemoteRecords(AuditLog):
     def set_remote_access(self, agent_id: str, allowed: bool, actor: str) -> bool:
         """Allow or deny remote access to an agent's host (audited); False if no such agent."""
         with self._transaction():
@@ -47,7 +39,7 @@ class RemoteRecords:
         self.db.execute("UPDATE agents SET remote_offered = ? WHERE id = ?",
                         (1 if offered else 0, agent_id))
 
-    def remote_targets(self, host: str, scope: list[str] | None) -> list[dict[str, Any]]:
+    def remote_targets(self, host: str, scope: list[str] | None) -> list[RemoteTarget]:
         """Hosts in scope whose id is `host`, else whose hostname is (case-insensitive)."""
         base = ("SELECT h.agent_id, h.hostname, a.name AS agency, s.name AS site, "
                 "g.remote_access, g.remote_offered, g.connected, g.revoked_at "
@@ -56,13 +48,12 @@ class RemoteRecords:
                 "WHERE ")
         for where, value in (("h.agent_id = ?", host), ("lower(h.hostname) = lower(?)", host)):
             sql, args = _scoped(base + where, [value], scope)
-            rows = [dict(r) for r in self.db.execute(sql + " ORDER BY h.agent_id LIMIT 10",
-                                                     args)]
+            rows = self.db.execute(sql + " ORDER BY h.agent_id LIMIT 10", args).fetchall()
             if rows:
-                for r in rows:
-                    r["remote"] = remote_state(r["remote_access"], r["remote_offered"],
-                                               r["connected"], r["revoked_at"])
-                return rows
+                return [RemoteTarget(**dict(r), remote=remote_state(
+                            r["remote_access"], r["remote_offered"], r["connected"],
+                            r["revoked_at"]))
+                        for r in rows]
         return []
 
     # --- sessions -----------------------------------------------------------------------
@@ -92,14 +83,14 @@ class RemoteRecords:
                         {"session": session_id, "bytes_to_host": to_host,
                          "bytes_from_host": from_host, "reason": reason}, at)
 
-    def sessions(self, live_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    def sessions(self, live_only: bool = False, limit: int = 100) -> list[Session]:
         sql = ("SELECT r.id, r.operator, r.agent_id, h.hostname, r.peer, r.started_at, "
                "r.ended_at, r.bytes_to_host, r.bytes_from_host, r.end_reason "
                "FROM remote_sessions r LEFT JOIN hosts h ON h.agent_id = r.agent_id")
         if live_only:
             sql += " WHERE r.ended_at IS NULL"
         rows = self.db.execute(sql + " ORDER BY r.id DESC LIMIT ?", (limit,))
-        return [dict(r) for r in rows]
+        return [Session(*r) for r in rows]
 
     def request_session_end(self, session_id: int, actor: str) -> bool:
         """Ask the running hub to end a live session (it looks every second); audited."""
@@ -110,7 +101,7 @@ class RemoteRecords:
                 self._audit(actor, "remote_session_end_request", str(session_id))
         return cur.rowcount > 0
 
-    def sessions_to_end(self, session_ids: list[int]) -> list[tuple[int, str]]:
+    def sessions_to_end(self, session_ids: list[int]) -> list[SessionEnd]:
         """Of these live sessions, those an admin ended or whose host lost remote access."""
         if not session_ids:
             return []
@@ -123,11 +114,11 @@ class RemoteRecords:
         out = []
         for r in rows:
             if r[1]:
-                out.append((int(r[0]), f"ended by {r[1]}"))
+                out.append(SessionEnd(int(r[0]), f"ended by {r[1]}"))
             elif r[3]:
-                out.append((int(r[0]), "agent revoked"))
+                out.append(SessionEnd(int(r[0]), "agent revoked"))
             else:
-                out.append((int(r[0]), "remote access denied"))
+                out.append(SessionEnd(int(r[0]), "remote access denied"))
         return out
 
     def end_orphan_sessions(self, at: datetime) -> int:

@@ -1,0 +1,155 @@
+"""Producing an export on the hub: the rows of the report asked for, read from a read-only
+store handle, written in the format asked for, and the signed manifest of the file. The hub
+alone runs this (it needs the store); the console imports only the rest of the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inventory.export import REPORTS, ExportError, ExportRequest
+from inventory.export._eos import table
+from inventory.export._register import RegisterError, parse_register
+from inventory.export._source import Selection, Source
+from inventory.export._writers import WRITERS
+from inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
+from inventory.times import iso, utcnow
+
+if TYPE_CHECKING:
+    from inventory.store import ReaderInterface, StoreInterface
+
+__all__ = ["PROGRESS_EVERY", "Producer", "run_export"]
+
+PROGRESS_EVERY = 2000  # rows between progress messages
+
+
+@dataclass(frozen=True)
+class Producer:
+    """Who asks and who signs: the operator's record and the hub's key."""
+
+    operator: Mapping[str, Any]  # name, role, agencies (None: all): an `Operator` record
+    host_key: Any  # asyncssh.SSHKey
+    fingerprint: str
+    version: str
+
+
+def run_export(store: StoreInterface, request: ExportRequest, producer: Producer, out: Path,
+               progress: Callable[[int, int], None] | None = None,
+               now: datetime | None = None) -> dict[str, Any]:
+    """Write the export to `out` and return its signed manifest.
+
+    Runs on a thread of its own with a read-only handle on the store (`store.reader()`): the
+    hub keeps serving. `now` is the hub's clock (tests fix it to compare files byte for
+    byte).
+
+    Raises:
+        ExportError: a register that cannot be used.
+    """
+    now = now or utcnow()
+    register = None
+    if request.report == "reconcile":
+        assert request.register is not None
+        try:
+            register = parse_register(request.register, request.register_name or "register")
+        except RegisterError as exc:
+            raise ExportError("bad_register", str(exc)) from None
+    scope = producer.operator["agencies"]
+    sel = Selection(scope, request.agency, request.site, request.filter, request.as_of)
+    with store.reader() as reader:
+        source = Source(reader, now)
+        total = _total(reader, request, sel, register)
+        meta = _describe(request, producer, now, scope)
+        writer = WRITERS[request.format](out, request.report, REPORTS[request.report], meta)
+        for row in _rows(source, request, sel, register):
+            writer.row(row)
+            if progress and writer.rows % PROGRESS_EVERY == 0:
+                progress(writer.rows, total)
+        pruned = source.pruned_before(sel)
+        unreadable = source.skipped_unreadable
+    about = {**_about(meta), "rows": str(writer.rows)}
+    if pruned:
+        about["note"] = (f"{pruned} host(s) known at the as-of date are missing: their reports "
+                         f"from then are older than the hub's report retention")
+    if unreadable:
+        about["skipped"] = (f"{unreadable} host(s) left out: their stored report from then "
+                            f"could not be read")
+    writer.close(about)
+    if progress:
+        progress(writer.rows, max(total, writer.rows))
+    manifest = {**meta, "sha256": sha256_of(out), "bytes": out.stat().st_size,
+                "rows": writer.rows, "hosts_missing_history": pruned,
+                "skipped_unreadable": unreadable}
+    return sign(manifest, producer.host_key)
+
+
+def _rows(source: Source, request: ExportRequest, sel: Selection,
+          register: Any) -> Iterator[list[Any]]:
+    if request.report == "inventory":
+        return source.inventory(sel)
+    if request.report == "changes":
+        return source.changes(sel, request.since)
+    if request.report == "stale":
+        return source.stale(sel, request.days)
+    if request.report == "unsupported":
+        return source.unsupported(sel)
+    return source.reconcile(sel, register, request.days)
+
+
+def _total(reader: ReaderInterface, request: ExportRequest, sel: Selection,
+           register: Any) -> int:
+    """Roughly how many rows to expect, for a progress bar (hosts or changes in scope)."""
+    count = reader.change_count(sel.scope) if request.report == "changes" else \
+        reader.host_count(sel.scope)
+    return count + (len(register) if register else 0)
+
+
+def _describe(request: ExportRequest, producer: Producer, now: datetime,
+              scope: list[str] | None) -> dict[str, Any]:
+    """What the export is: the manifest's fields that do not depend on the file's bytes."""
+    op = producer.operator
+    return {
+        "format": MANIFEST_FORMAT,
+        "file": request.file_name,
+        "file_format": request.format,
+        "report": request.report,
+        "scope": {"operator": op["name"], "role": op["role"],
+                  "agencies": "all" if scope is None else sorted(scope)},
+        "filters": {"agency": request.agency, "site": request.site,
+                    "filter": request.filter or None, "since": _iso(request.since),
+                    "days": request.days if request.report in ("stale", "reconcile") else None,
+                    "register": request.register_name if request.register else None},
+        "as_of": _iso(request.as_of),
+        "generated_at": iso(now)[:19] + "Z",
+        "estate_version": producer.version,
+        "end_of_support_table": table()[0],
+        "hub": {"fingerprint": producer.fingerprint,
+                "public_key": producer.host_key.export_public_key("openssh").decode().strip()},
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return iso(value)[:19] + "Z" if value else None
+
+
+def _about(meta: dict[str, Any]) -> dict[str, Any]:
+    """The "About" sheet (XLSX) and member (JSON): plain text an auditor reads first."""
+    scope = meta["scope"]
+    agencies = scope["agencies"]
+    filters = {k: v for k, v in meta["filters"].items() if v is not None}
+    return {
+        "report": meta["report"],
+        "scope": f"operator {scope['operator']} ({scope['role']}), agencies: "
+                 f"{agencies if isinstance(agencies, str) else ', '.join(agencies)}",
+        "filters": ", ".join(f"{k}={v}" for k, v in filters.items()) or "none",
+        "as of": meta["as_of"] or f"now ({meta['generated_at']})",
+        "generated at": meta["generated_at"],
+        "hub": meta["hub"]["fingerprint"],
+        "Estate version": meta["estate_version"],
+        "end-of-support table": meta["end_of_support_table"],
+        "integrity": "the hub signed a manifest of this file (FILE.manifest.json); check it "
+                     "with: estate verify FILE",
+    }

@@ -1,0 +1,197 @@
+"""What every command handler builds on: the channel it answers on (`Channel`), the events a
+session passes it (`Handler`), and the body-then-answer shape three commands share
+(`BodyCommand`: read the input within its limits and the hub's budgets, then run once)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from inventory.hub._budget import RETRY_AFTER_S, Budget
+from inventory.hub._context import Context
+from inventory.protocol import MAX_RECEIVED_BYTES, ChannelExit
+from inventory.sanitise import quoted
+
+log = logging.getLogger("estate.hub")
+
+BODY_TIMEOUT_S = 60.0
+
+
+class Channel:
+    """The answering side of one session channel: it ends once, with an exit status.
+
+    Args:
+        close_connection: called after the answer, for a connection that runs one command
+            (`enrol`); None for the others.
+    """
+
+    def __init__(self, close_connection: Callable[[], None] | None = None) -> None:
+        self.chan: asyncssh.SSHServerChannel | None = None  # type: ignore[type-arg]
+        self.finished = False
+        self.writable = asyncio.Event()  # flow control: answers wait for the client's window
+        self.writable.set()
+        self._close_connection = close_connection
+
+    def fail(self, status: ChannelExit, code: str, message: str, **extra: Any) -> None:
+        self.finish(status, {"status": "error", "code": code, "message": message, **extra})
+
+    def finish(self, status: ChannelExit, doc: dict[str, Any]) -> None:
+        """Answer with one JSON document and exit."""
+        if self.finished or self.chan is None:
+            return
+        self.finished = True
+        self.chan.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
+        self.chan.exit(status)
+        if self._close_connection is not None:
+            # One command per enrol connection: it holds no state past its answer.
+            self._close_connection()
+
+    def end(self, status: ChannelExit = ChannelExit.OK) -> None:
+        """Exit without a further answer (what was sent already said it all)."""
+        if not self.finished and self.chan is not None:
+            self.finished = True
+            self.chan.exit(status)
+
+
+class Handler:
+    """One command running on one channel; the session calls these as the channel's events
+    come. Every method may be left as is: a command that has no use for an event ignores it.
+    """
+
+    command = ""  # the protocol's name for it
+
+    def __init__(self, ctx: Context, channel: Channel) -> None:
+        self.ctx, self.channel = ctx, channel
+
+    def start(self) -> None:
+        """The peer may run this command: begin."""
+
+    def data(self, data: bytes) -> None:
+        """Input arrived (only while the channel has not finished)."""
+
+    def eof(self) -> None:
+        """The client's input ended."""
+
+    def flow(self) -> None:
+        """The client's window filled or opened (`channel.writable` says which)."""
+
+    def closed(self) -> None:
+        """The channel is gone: let go of everything held for it."""
+
+
+class BodyCommand(Handler):
+    """A command whose input is one body, answered once the input ends.
+
+    The body is held within `limit` bytes and within the hub's budget for every channel's
+    bodies (`_budget.py`); `run` gets it when the client ends its input, which must happen
+    within BODY_TIMEOUT_S.
+    """
+
+    limit = MAX_RECEIVED_BYTES
+
+    def __init__(self, ctx: Context, channel: Channel) -> None:
+        super().__init__(ctx, channel)
+        self.body = bytearray()
+        self.held = 0  # bytes of body taken from the hub's input budget
+        self.handling = False  # the body went to `run`, which gives the budget back
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def run(self, body: bytes) -> None:
+        """Answer the body (on the channel)."""
+        raise NotImplementedError
+
+    def budget(self) -> Budget:
+        return self.ctx.budgets.input
+
+    def start(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT_S, self._timeout)
+
+    def data(self, data: bytes) -> None:
+        peer = self.ctx.peer
+        if len(self.body) + len(data) > self.limit:
+            self._release()
+            self._stop_timer()
+            self.channel.fail(ChannelExit.DATA, "too_large",
+                              f"input is over the limit of {self.limit} bytes")
+            return
+        budget, holder = self.budget(), self._holder()
+        if not budget.take(len(data), holder):
+            # Over the hub's budget for every channel's bodies together, or over this
+            # sender's share of it (one sender must not hold it all): come back later.
+            mine = budget.held_by(holder) + len(data) > (budget.per_holder or budget.limit)
+            self._release()
+            self._stop_timer()
+            code = "input_per_sender" if mine else "input_total"
+            if (folded := self.ctx.door.refusal_to_log(holder, code)) is not None:
+                log.warning("conn %s %s refused (%s): %d bytes of input buffered in all, %d "
+                            "by %s; %d more refused since the last such line",
+                            peer.address, self.command, code, budget.used,
+                            budget.held_by(holder), quoted(holder, 64), folded)
+            self.ctx.audit.record(peer.source, peer.actor, "input_refused", self.command,
+                                  {"code": code})
+            whose = "from you" if mine else "in all"
+            self.channel.fail(ChannelExit.TEMPFAIL, "busy", f"the hub is holding as much "
+                              f"input as it may {whose}; retry later", retry_after=RETRY_AFTER_S)
+            return
+        self.held += len(data)
+        self.body += data
+
+    def eof(self) -> None:
+        if not self.channel.finished:
+            body, self.body = bytes(self.body), bytearray()
+            self.handling = True  # the budget is given back when `run` is done
+            self.ctx.tasks.spawn(self._handle(body))
+
+    def closed(self) -> None:
+        self._stop_timer()
+        # Closed sessions sit in reference cycles (channel <-> session) until a full GC:
+        # whatever they buffered is let go now, not then.
+        if not self.handling:
+            self._release()
+        self.body = bytearray()
+
+    def _holder(self) -> str:
+        """Whose share of the input budgets a body counts against: the agent or operator,
+        or for `enrol` (any key logs in) the address it comes from."""
+        peer = self.ctx.peer
+        return f"source:{peer.source}" if peer.role == "enrol" else peer.actor
+
+    def _release(self) -> None:
+        """Drop the body and give its bytes back to the hub's budget."""
+        self.body = bytearray()
+        if self.held:
+            self.budget().give(self.held, self._holder())
+            self.held = 0
+
+    def _stop_timer(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timeout(self) -> None:
+        self.channel.fail(ChannelExit.TEMPFAIL, "timeout",
+                          f"no end of input within {BODY_TIMEOUT_S:g} s", retry_after=5)
+
+    async def _handle(self, body: bytes) -> None:
+        try:
+            await self._run(body)
+        finally:
+            self.handling = False
+            self._release()
+
+    async def _run(self, body: bytes) -> None:
+        self._stop_timer()
+        if (ended := self.ctx.access_ended()) is not None:
+            self.channel.fail(ChannelExit.NOPERM, "access_ended", f"access ended: {ended}")
+            return
+        try:
+            await self.run(body)
+        except Exception:
+            log.exception("conn %s: %s failed", self.ctx.peer.address, self.command)
+            self.channel.fail(ChannelExit.TEMPFAIL, "internal", "the hub failed; retry later",
+                              retry_after=30)

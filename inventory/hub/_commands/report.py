@@ -1,0 +1,59 @@
+"""`estate-report v1`: an agent's report, charged to its budgets, validated, then stored."""
+
+from __future__ import annotations
+
+import logging
+
+from inventory.hub._commands.base import BodyCommand
+from inventory.hub._ingest import OverBudget
+from inventory.hub._writer import Busy, StoreUnavailable
+from inventory.protocol import REPORT_COMMAND, ChannelExit
+from inventory.report import ReportError
+from inventory.sanitise import quoted
+from inventory.store import Incoming, utcnow
+
+log = logging.getLogger("estate.hub")
+
+
+class ReportCommand(BodyCommand):
+    command = REPORT_COMMAND
+
+    async def run(self, body: bytes) -> None:
+        ctx, agent_id = self.ctx, self.ctx.peer.name
+        budgets = ctx.ingest.budgets
+        try:
+            # Charged to the agent before it is decompressed or parsed (on a worker thread).
+            report = await ctx.ingest.accept(body, agent_id)
+        except OverBudget as exc:
+            if exc.first:  # once per throttled episode, not per refusal
+                log.warning("reports from %s throttled: %s", agent_id, exc)
+            ctx.audit.record(ctx.peer.source, f"agent:{agent_id}", "report_throttled",
+                             agent_id, {"code": "busy", "budget": exc.budget})
+            self.channel.fail(ChannelExit.TEMPFAIL, "busy", str(exc),
+                              retry_after=exc.retry_after)
+            return
+        except Busy as exc:
+            self.channel.fail(ChannelExit.TEMPFAIL, "busy", str(exc),
+                              retry_after=exc.retry_after)
+            return
+        except ReportError as exc:
+            log.warning("report from %s refused: %s", agent_id, quoted(str(exc), 300))
+            self.channel.fail(ChannelExit.DATA, "invalid_report", exc.problem, path=exc.path)
+            return
+        try:
+            status = await ctx.writer.submit(Incoming(agent_id, report, body, utcnow()))
+        except Busy as exc:
+            budgets.give_back(agent_id, len(body))  # the hub is behind, not the agent
+            self.channel.fail(ChannelExit.TEMPFAIL, "busy", str(exc),
+                              retry_after=exc.retry_after)
+            return
+        except StoreUnavailable as exc:
+            budgets.give_back(agent_id, len(body))
+            self.channel.fail(ChannelExit.TEMPFAIL, "store_unavailable", str(exc),
+                              retry_after=30)
+            return
+        if status == "stored":
+            budgets.stored(agent_id, report["agent"].get("interval_s"))
+        # Debug only: at 200 reports/s an info line per report would swamp the log.
+        log.debug("report %s from %s %s", report["report_id"], agent_id, status)
+        self.channel.finish(ChannelExit.OK, {"status": status, "report_id": report["report_id"]})

@@ -1,0 +1,80 @@
+"""What the hub hands its SSH connections (`Services`) and each command handler (`Context`):
+typed, explicit parts, never the `Hub` itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncssh
+
+from inventory.hub._access import AccessGuard
+from inventory.hub._audit import AuditCoalescer
+from inventory.hub._budget import Budget, ExportSlots
+from inventory.hub._door import Door
+from inventory.hub._ingest import Ingest
+from inventory.hub._peer import Peer
+from inventory.hub._remote import RemoteAccess
+from inventory.hub._settings import HubSettings
+from inventory.hub._store_thread import StoreThread
+from inventory.hub._tasks import Tasks
+from inventory.hub._watch import Watch
+from inventory.hub._writer import Writer
+from inventory.store import StoreInterface
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Bytes every channel together may hold (`_budget.py`)."""
+
+    input: Budget  # report and enrol bodies
+    export: Budget  # export request bodies
+    answer: Budget  # API answers not yet written
+
+
+@dataclass(frozen=True)
+class Context:
+    """One command handler's world: the peer it serves and the parts of the hub it uses."""
+
+    peer: Peer
+    settings: HubSettings
+    store: StoreInterface
+    db: StoreThread
+    tasks: Tasks
+    audit: AuditCoalescer
+    door: Door  # folds repeated refusal log lines (`refusal_to_log`)
+    budgets: Budgets
+    ingest: Ingest
+    writer: Writer
+    exports: ExportSlots
+    watch: Watch
+    host_key: asyncssh.SSHKey  # signs export manifests
+    fingerprint: str  # the host key's; enrolment tokens name it
+    access_ended: Callable[[], str | None]  # why this peer's access ended, or None
+
+
+@dataclass(frozen=True)
+class Services:
+    """The hub's running parts its SSH connections use; built once by `Hub`."""
+
+    settings: HubSettings
+    store: StoreInterface
+    db: StoreThread
+    tasks: Tasks
+    audit: AuditCoalescer
+    door: Door
+    access: AccessGuard
+    remote: RemoteAccess
+    watch: Watch
+    budgets: Budgets
+    ingest: Ingest
+    writer: Writer
+    exports: ExportSlots
+    host_key: asyncssh.SSHKey
+    fingerprint: str
+
+    def context(self, peer: Peer, access_ended: Callable[[], str | None]) -> Context:
+        """What a command handler serving `peer` gets (no access guard, no relay)."""
+        return Context(peer, self.settings, self.store, self.db, self.tasks, self.audit,
+                       self.door, self.budgets, self.ingest, self.writer, self.exports,
+                       self.watch, self.host_key, self.fingerprint, access_ended)

@@ -1,0 +1,125 @@
+"""The running hub: builds its parts, starts and stops them in order, and prunes old data."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import asyncssh
+
+from inventory.hub import _known_sources
+from inventory.hub._access import AccessGuard
+from inventory.hub._audit import AuditCoalescer, Row
+from inventory.hub._budget import EXPORT_REQUESTS_PER_HOLDER, INPUT_PER_HOLDER, Budget, ExportSlots
+from inventory.hub._context import Budgets, Services
+from inventory.hub._door import Door
+from inventory.hub._ingest import Ingest, ReportRate
+from inventory.hub._keys import fingerprint, load_or_create_host_key
+from inventory.hub._remote import Limits, RemoteAccess
+from inventory.hub._server import listen
+from inventory.hub._settings import HubSettings
+from inventory.hub._store_thread import StoreThread
+from inventory.hub._tasks import Tasks
+from inventory.hub._watch import Watch
+from inventory.hub._writer import Writer
+from inventory.store import Store, StoreInterface, utcnow
+
+log = logging.getLogger("estate.hub")
+
+
+class Hub:
+    """The running hub: store thread, writer, SSH listener."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.host_key, self.host_key_created = load_or_create_host_key(settings.data_dir)
+        self.fingerprint = fingerprint(self.host_key)
+        self.db = StoreThread()
+        # The backend is named only where it is opened; every part sees the interface.
+        self.store: StoreInterface = Store.open(settings.data_dir)
+        self.tasks = Tasks()
+        self.watch = Watch(self.db, self.store, self.tasks)
+        self.writer = Writer(self.db, self.store, on_commit=self.watch.committed)
+        # Each report body is charged to its agent before it is parsed, and parsed off the loop.
+        self.ingest = Ingest(ReportRate(settings.report_burst, settings.reports_per_interval,
+                                        settings.min_report_interval_s,
+                                        settings.agent_bytes_per_day))
+        self.remote = RemoteAccess(self.db, self.store, self.tasks, self.watch,
+                                   Limits(settings.sessions_per_operator,
+                                          settings.sessions_per_host))
+        # Refusals are audited through the coalescer, so a flood writes a few rows.
+        self.audit = AuditCoalescer(self._write_audit)
+        # Input every channel buffers, bounded in total (a channel's own limit is not enough).
+        budgets = Budgets(input=Budget(settings.max_buffered_input, INPUT_PER_HOLDER),
+                          export=Budget(settings.max_export_requests,
+                                        EXPORT_REQUESTS_PER_HOLDER),
+                          answer=Budget(settings.max_answer_bytes))
+        # Ends open connections whose access was withdrawn.
+        self.access = AccessGuard(self.db, self.store, self.tasks, self.remote)
+        self.door = Door(replace(settings.door, full=settings.max_unauthenticated))
+        self.services = Services(
+            settings=settings, store=self.store, db=self.db, tasks=self.tasks,
+            audit=self.audit, door=self.door, access=self.access, remote=self.remote,
+            watch=self.watch, budgets=budgets, ingest=self.ingest, writer=self.writer,
+            exports=ExportSlots(),  # exports queued or running, per operator and in all
+            host_key=self.host_key, fingerprint=self.fingerprint)
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self) -> None:
+        await self.db(self.store.reset_presence)
+        await self.db(self.store.end_orphan_sessions, utcnow())
+        await self.watch.start()
+        self.writer.start()
+        self.tasks.spawn(self._prune_loop())
+        self.tasks.spawn(self.remote.supervise())
+        self.tasks.spawn(self.audit.run())
+        self.tasks.spawn(self.access.run())
+        if n := _known_sources.load(self.settings.data_dir, self.door):
+            log.info("%d known sources kept from the last run", n)
+        self.tasks.spawn(_known_sources.keep(self.settings.data_dir, self.door))
+        self._server = await listen(self.services)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self.tasks.stopping = True
+        if self._server:
+            self._server.close()
+            try:  # don't wait on clients that keep their connections open
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                log.warning("stopping with client connections still open")
+        await self.remote.close_all("hub stopping")
+        await self.writer.stop()
+        self.ingest.close()
+        self.tasks.cancel_all()
+        await self.audit.close()
+        try:
+            _known_sources.save(self.settings.data_dir, self.door)
+        except OSError as exc:
+            log.warning("could not save the known sources: %s", exc)
+        await self.db(self.store.reset_presence)
+        await self.db(self.store.close)
+        self.db.shutdown()
+
+    async def _write_audit(self, rows: list[Row]) -> None:
+        await self.db(self.store.audit_many, rows)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                n = await self.db(self.store.prune_reports, utcnow() - self.settings.retention)
+                if n:
+                    log.info("pruned %d raw reports older than %s", n, self.settings.retention)
+                n = await self.db(self.store.prune_changes,
+                                  utcnow() - self.settings.change_retention)
+                if n:
+                    log.info("pruned %d change events older than %s", n,
+                             self.settings.change_retention)
+            except Exception:
+                log.exception("pruning raw reports or change history failed")
+            await asyncio.sleep(3600)

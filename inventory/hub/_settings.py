@@ -1,0 +1,42 @@
+"""The hub's settings: what `estate-hub serve` flags set (docs/configuration.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from inventory.hub._budget import (
+    MAX_ANSWER,
+    MAX_ANSWER_BYTES,
+    MAX_BUFFERED_INPUT,
+    MAX_EXPORT_REQUESTS,
+)
+from inventory.hub._door import DoorLimits
+
+
+@dataclass
+class HubSettings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 2222
+    login_timeout_s: float = 20.0
+    max_unauthenticated: int = 200
+    handshake_timeout_s: float = 10.0  # until the first login attempt: banner and key exchange
+    door: DoorLimits = field(default_factory=DoorLimits)  # its `full` is max_unauthenticated
+    keepalive_interval_s: float = 30.0
+    keepalive_count_max: int = 3
+    retention: timedelta = timedelta(days=30)
+    sessions_per_operator: int = 4
+    sessions_per_host: int = 2
+    change_retention: timedelta = timedelta(days=400)  # auditors want a year of history
+    report_burst: int = 10  # reports one agent may send back to back; 0: no limit
+    reports_per_interval: float = 4  # then this many per max(floor, the agent's interval)
+    min_report_interval_s: float = 60.0  # that floor: no agent claim raises its budget
+    agent_bytes_per_day: int = 64 * 1024 * 1024  # report bodies one agent may send; 0: off
+    max_buffered_input: int = MAX_BUFFERED_INPUT  # report/enrol bodies, all channels
+    max_export_requests: int = MAX_EXPORT_REQUESTS  # export request bodies, all channels
+    max_answer_bytes: int = MAX_ANSWER_BYTES  # API answers held, all channels
+    max_answer_size: int = MAX_ANSWER  # one API answer
+    watchers_per_operator: int = 4  # watch channels per operator name, all connections
+    max_watchers: int = 1000  # watch channels on the hub

@@ -1,0 +1,87 @@
+"""The store's change history: what changed on each host, report by report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from inventory.changes import TooLarge
+from inventory.store._base import Connection
+from inventory.store._common import _scoped, iso
+from inventory.store._records import Change, ChangeEvent, ChangeNotice
+
+
+class ChangeRecords(Connection):
+    def _insert_changes(self, events: Iterable[ChangeEvent]) -> None:
+        self.db.executemany(
+            "INSERT INTO changes (agent_id, at, kind, subject, old_value, new_value, "
+            "report_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((e.agent_id, e.at, e.kind, e.subject, e.old_value, e.new_value, e.report_id)
+             for e in events))
+
+    def record_changes(self, events: Iterable[ChangeEvent]) -> None:
+        """Write history directly, in one transaction: for importing history and seeding
+        benchmarks. The hub records changes as it stores reports (`store_reports`)."""
+        with self._transaction():
+            self._insert_changes(events)
+
+    def last_change_id(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM changes").fetchone()[0])
+
+    def changes_after(self, change_id: int, limit: int = 10_000) -> list[ChangeNotice]:
+        rows = self.db.execute(
+            "SELECT c.id, c.at, c.agent_id, h.hostname, a.name AS agency, c.kind, c.subject, "
+            "c.old_value, c.new_value FROM changes c JOIN hosts h ON h.agent_id = c.agent_id "
+            "JOIN agencies a ON a.id = h.agency_id WHERE c.id > ? ORDER BY c.id LIMIT ?",
+            (change_id, limit))
+        return [ChangeNotice(*r) for r in rows]
+
+    def scoped_changes(self, scope: list[str] | None, host: str | None = None,
+                       since: datetime | None = None,
+                       limit: int = 1000,
+                       max_bytes: int | None = None) -> list[Change]:
+        """The newest `limit` changes, oldest first; `TooLarge` once their text passes
+        `max_bytes`, so an API answer is never built past its budget."""
+        sql = ("SELECT c.id, c.at, c.agent_id, h.hostname, a.name AS agency, c.kind, "
+               "c.subject, c.old_value, c.new_value, c.report_id FROM changes c "
+               "JOIN hosts h ON h.agent_id = c.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id WHERE 1 = 1")
+        args: list[Any] = []
+        sql, args = _scoped(sql, args, scope)
+        if host:
+            sql += " AND (c.agent_id = ? OR h.hostname = ?)"
+            args += [host, host]
+        if since:
+            sql += " AND c.at >= ?"
+            args.append(iso(since))
+        # The newest `limit` (-1: all), returned oldest first.
+        rows = self.db.execute(sql + " ORDER BY c.id DESC LIMIT ?", [*args, limit])
+        if max_bytes is None:
+            return [Change(*r) for r in reversed(rows.fetchall())]
+        out, size = [], 0
+        for r in rows:
+            out.append(Change(*r))
+            size += 200 + sum(len(v) for v in r if isinstance(v, str))  # ~ its JSON
+            if size > max_bytes:
+                raise TooLarge(f"more than {max_bytes} bytes of changes")
+        out.reverse()
+        return out
+
+    def changes(self, host: str | None = None,
+                since: datetime | None = None) -> list[Change]:
+        """Every change (all agencies), oldest first: the admin verb's view."""
+        return self.scoped_changes(None, host, since, limit=-1)
+
+    def prune_changes(self, older_than: datetime, chunk: int = 10_000) -> int:
+        """Delete change history recorded before `older_than`, a chunk per transaction so
+        reports waiting on the store thread are not held up by one long delete."""
+        total = 0
+        while True:
+            with self._transaction():
+                cur = self.db.execute(
+                    "DELETE FROM changes WHERE id IN (SELECT id FROM changes WHERE at < ? "
+                    "ORDER BY id LIMIT ?)", (iso(older_than), chunk))
+            total += cur.rowcount
+            if cur.rowcount < chunk:
+                return total

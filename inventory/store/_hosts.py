@@ -1,0 +1,396 @@
+"""The store's hosts and their reports: storing a batch (change detection, identity
+conflicts), pruning, and every read of hosts the hub, the API and the admin make."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from inventory.changes import bounded, software_changes, state_changes, state_digest
+from inventory.facts import facts_of
+from inventory.store._changes import ChangeRecords
+from inventory.store._common import _scoped, iso, parse_time, utcnow
+from inventory.store._records import (
+    ChangeEvent,
+    HostDetail,
+    HostRow,
+    HostStatus,
+    Incoming,
+    RecentReport,
+    Summary,
+)
+from inventory.store._remote import remote_state
+
+DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
+CLOCK_SKEW_FLAG_S = 300.0  # an agent clock this far off the hub's is flagged
+# A report "collected" further ahead of the hub's clock than this is ordered as if collected
+# when received: one report dated 9999 would otherwise make every later one look like backlog.
+FUTURE_TOLERANCE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class _Last:
+    """What change detection needs of a host's last stored report: a few hundred bytes."""
+
+    collected_at: str
+    state_digest: str | None
+    software_hash: str | None
+    identity: tuple[str | None, str | None]
+
+
+class HostRecords(ChangeRecords):
+    def __init__(self, path: Path, durable: bool = True) -> None:
+        # Per host, what the last committed report showed; saves reading the table back.
+        self._last: dict[str, _Last] = {}
+        self._pending: dict[str, _Last] = {}
+        super().__init__(path, durable)
+
+    # --- reports ------------------------------------------------------------------------
+
+    def store_reports(self, batch: list[Incoming]) -> list[str]:
+        """Store a batch in one transaction (group commit).
+
+        Returns:
+            "stored" or "duplicate" for each report, in order; only after the commit.
+        """
+        self._pending = {}
+        try:
+            with self._transaction():
+                results = [self._store_one(item) for item in batch]
+        except BaseException:
+            self._pending = {}
+            raise
+        self._last.update(self._pending)  # only what the commit made true
+        self._pending = {}
+        return results
+
+    def _previous(self, agent_id: str) -> _Last | None:
+        """What the host showed before this report: this batch, the cache, else the table."""
+        last = self._pending.get(agent_id) or self._last.get(agent_id)
+        if last:
+            return last
+        row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid "
+                              "FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
+        if row is None:
+            return None
+        # A far-future time stored before times were bounded would freeze the host for good.
+        return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]))
+
+    def _store_one(self, item: Incoming) -> str:
+        report = item.report
+        received = iso(item.received_at)
+        skew = (parse_time(report["collected_at"]) - item.received_at).total_seconds()
+        cur = self.db.execute(
+            "INSERT INTO reports (report_id, agent_id, received_at, collected_at, "
+            "clock_skew_s, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING",
+            (report["report_id"], item.agent_id, received, report["collected_at"], skew,
+             _gzipped(item.body)))
+        if cur.rowcount == 0:
+            return "duplicate"
+        prev = self._previous(item.agent_id)
+        collected = _ordering_time(report["collected_at"], item.received_at)
+        if prev and collected < prev.collected_at:
+            # A backlog report older than what we show: keep it as history only.
+            self.db.execute("UPDATE hosts SET last_seen = ? WHERE agent_id = ?",
+                            (received, item.agent_id))
+            return "stored"
+        digest = state_digest(report)
+        new_hash = report["software"]["hash"]
+        packages = report["software"]["packages"]
+        changes = []
+        if prev and prev.state_digest != digest:
+            old = self.db.execute("SELECT snapshot FROM hosts WHERE agent_id = ?",
+                                  (item.agent_id,)).fetchone()[0]
+            changes += state_changes(json.loads(old), report)
+        software_changed = prev is None or prev.software_hash != new_hash
+        if prev and software_changed:
+            old = self.db.execute("SELECT packages FROM hosts WHERE agent_id = ?",
+                                  (item.agent_id,)).fetchone()[0]
+            changes += software_changes(prev.software_hash, new_hash,
+                                        json.loads(old) if old else None, packages)
+        changes = bounded(changes)
+        if changes:
+            self._insert_changes(ChangeEvent(received, item.agent_id, c.kind, c.subject,
+                                             c.old_text(), c.new_text(), report["report_id"])
+                                 for c in changes)
+        self._upsert_host(item, digest, skew, software_changed, collected)
+        identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
+        if prev is None or prev.identity != identity:
+            self._refresh_identity_conflicts(item.agent_id, prev.identity if prev else
+                                             (None, None))
+        self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity)
+        return "stored"
+
+    def _upsert_host(self, item: Incoming, digest: str, skew: float,
+                     software_changed: bool, collected_at: str) -> None:
+        r = item.report
+        system, hardware = r["system"], r["hardware"]
+        facts = facts_of(r)
+        received = iso(item.received_at)
+        agency_site = self.db.execute("SELECT agency_id, site_id FROM agents WHERE id = ?",
+                                      (item.agent_id,)).fetchone()
+        snapshot = {**r, "software": {**r["software"], "packages": None}}
+        values = {
+            "agent_id": item.agent_id, "agency_id": agency_site[0], "site_id": agency_site[1],
+            "hostname": system["hostname"], "fqdn": system["fqdn"],
+            "os_family": system["os"]["family"], "os_name": system["os"]["name"],
+            "os_version": system["os"]["version"], "vendor": hardware["vendor"],
+            "model": hardware["model"], "serial": hardware["serial"], "uuid": hardware["uuid"],
+            "cpu_model": hardware["cpu"]["model"],
+            "memory_bytes": hardware["memory"]["total_bytes"],
+            "fullest_volume_percent": facts["disk_percent"],
+            "ip_addresses": " ".join(facts["ips"]) or None,
+            "first_seen": received, "last_seen": received,
+            # The ordering time (clamped); the snapshot keeps what the agent said.
+            "last_report_id": r["report_id"], "collected_at": collected_at,
+            "clock_skew_s": skew, "software_hash": r["software"]["hash"],
+            "state_digest": digest, "interval_s": r["agent"]["interval_s"],
+            "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
+            "facts": json.dumps(facts, ensure_ascii=False, separators=(",", ":")),
+        }
+        if software_changed:
+            # Unchanged lists are not resent, and not rewritten either. A changed hash with
+            # no list leaves the list unknown (NULL) rather than stale.
+            packages = r["software"]["packages"]
+            values["packages"] = (json.dumps(packages, ensure_ascii=False,
+                                             separators=(",", ":"))
+                                  if packages is not None else None)
+        self.db.execute(_host_upsert_sql(tuple(values)), tuple(values.values()))
+
+    def _refresh_identity_conflicts(self, agent_id: str,
+                                    previous: tuple[Any, Any] = (None, None)) -> None:
+        """Flag hosts that report the same serial or UUID (cloned VMs); never merge them.
+
+        Each host lists every other host sharing its serial or its UUID: one can share its
+        serial with a host and its UUID with another, and names both. The hosts that shared
+        its `previous` (serial, uuid) get their lists again too, so none names it after it
+        changed. Indexed lookups only: this runs for every host's first report.
+        """
+        affected = {agent_id} | self._sharing(*self._identity(agent_id)) | \
+            self._sharing(*previous)
+        for member in affected:
+            others = sorted(self._sharing(*self._identity(member)) - {member})
+            self.db.execute("UPDATE hosts SET identity_conflict = ? WHERE agent_id = ?",
+                            (" ".join(others) or None, member))
+
+    def _identity(self, agent_id: str) -> tuple[Any, Any]:
+        row = self.db.execute("SELECT serial, uuid FROM hosts WHERE agent_id = ?",
+                              (agent_id,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def _sharing(self, serial: Any, uuid: Any) -> set[str]:
+        """The hosts reporting this serial or this UUID (an unknown one, None or empty,
+        matches none)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT agent_id FROM hosts WHERE serial = ? OR uuid = ?",
+            (serial or None, uuid or None))}
+
+    def prune_reports(self, older_than: datetime) -> int:
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM reports WHERE received_at < ?",
+                                  (iso(older_than),))
+        return cur.rowcount
+
+    # --- reads: the operator API's scoped to agencies (None: all), then the admin's ---
+
+    def host_rows(self, scope: list[str] | None, agent_ids: list[str] | None = None,
+                  page: tuple[str, int] | None = None) -> list[HostRow]:
+        """Compact rows in `inventory.hostlist.COLUMN_KEYS` order.
+
+        Args:
+            page: (after agent id, limit): a page in agent id order, keyset-paged in SQL so
+                every page costs the same.
+        """
+        sql = ("SELECT h.agent_id, h.hostname, a.name, s.name, g.connected, g.revoked_at, "
+               "h.last_seen, h.interval_s, h.os_name, h.os_version, h.model, h.serial, "
+               "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses, "
+               "g.remote_access, g.remote_offered "
+               "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+               "WHERE 1 = 1")
+        args: list[Any] = []
+        sql, args = _scoped(sql, args, scope)
+        if agent_ids is not None:
+            sql += f" AND h.agent_id IN ({', '.join('?' for _ in agent_ids)})"
+            args += agent_ids
+        if page is not None:
+            sql += " AND h.agent_id > ? ORDER BY h.agent_id LIMIT ?"
+            args += [page[0], page[1]]
+        else:
+            sql += " ORDER BY h.hostname"
+        status_of = _StatusClock(utcnow())
+        rows = []
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # plain tuples: this runs for every host
+        for r in cursor.execute(sql, args):
+            status = status_of(r[5], r[6], r[4], r[7])
+            os_text = " ".join(x for x in (r[8], r[9]) if x) or None
+            ip = (r[15] or "").split(" ", 1)[0] or None
+            rows.append(HostRow(r[0], r[1], r[2], r[3], status, os_text, r[10], r[11], r[12],
+                                r[13], r[14], ip, r[6], remote_state(r[16], r[17], r[4], r[5])))
+        return rows
+
+    def host_count(self, scope: list[str] | None) -> int:
+        sql, args = _scoped("SELECT COUNT(*) FROM hosts h JOIN agencies a "
+                            "ON a.id = h.agency_id WHERE 1 = 1", [], scope)
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def summary(self, scope: list[str] | None) -> Summary:
+        """Counts per agency and site: total, online, offline, stale (and revoked)."""
+        totals: dict[str, int] = {"total": 0, "online": 0, "offline": 0, "stale": 0,
+                                  "revoked": 0}
+        agencies: dict[str, Any] = {}
+        for row in self.host_rows(scope):
+            agency, site, status = row.agency, row.site, row.status
+            a = agencies.setdefault(agency, {"counts": dict.fromkeys(totals, 0), "sites": {}})
+            site_counts = a["sites"].setdefault(site, dict.fromkeys(totals, 0))
+            for counts in (totals, a["counts"], site_counts):
+                counts["total"] += 1
+                counts[status] += 1
+        return Summary(totals, agencies)
+
+    def host_detail(self, agent_id: str, scope: list[str] | None) -> HostDetail | None:
+        sql = ("SELECT h.*, a.name AS agency, s.name AS site, g.connected, g.revoked_at, "
+               "g.enrolled_at FROM hosts h JOIN agents g ON g.id = h.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+               "WHERE h.agent_id = ?")
+        sql, args = _scoped(sql, [agent_id], scope)
+        row = self.db.execute(sql, args).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        return HostDetail(
+            agent_id=d["agent_id"], agency=d["agency"], site=d["site"],
+            status=_StatusClock(utcnow())(d["revoked_at"], d["last_seen"], d["connected"],
+                                          d["interval_s"]),
+            first_seen=d["first_seen"], last_seen=d["last_seen"],
+            enrolled_at=d["enrolled_at"], clock_skew_s=d["clock_skew_s"],
+            identity_conflict=self._conflicts_in_scope(d["identity_conflict"], scope),
+            report=json.loads(d["snapshot"]),
+            packages=json.loads(d["packages"]) if d["packages"] else None,
+        )
+
+    def _conflicts_in_scope(self, conflict: str | None,
+                            scope: list[str] | None) -> str | None:
+        """The hosts sharing this one's serial or UUID that the reader may see.
+
+        Another agency's agent id must not leak through a serial reported in this agency
+        (anyone enrolled can report any serial), so out-of-scope members are left out, and
+        a conflict only with hosts out of scope reads as none.
+        """
+        if not conflict or scope is None:
+            return conflict
+        ids = conflict.split()
+        marks = ", ".join("?" for _ in ids)
+        sql, args = _scoped("SELECT h.agent_id FROM hosts h JOIN agencies a "  # noqa: S608 - placeholders only
+                            f"ON a.id = h.agency_id WHERE h.agent_id IN ({marks})",
+                            list(ids), scope)
+        visible = {r[0] for r in self.db.execute(sql, args)}
+        return " ".join(i for i in ids if i in visible) or None
+
+    def recent_reports(self, agent_id: str, scope: list[str] | None,
+                       limit: int) -> list[RecentReport] | None:
+        """A host's recent reports, newest first, with their probe results (sparklines)."""
+        if self.host_detail_exists(agent_id, scope) is False:
+            return None
+        rows = self.db.execute(
+            "SELECT report_id, received_at, collected_at, clock_skew_s, body FROM reports "
+            "WHERE agent_id = ? ORDER BY received_at DESC LIMIT ?", (agent_id, limit))
+        out = []
+        for r in rows:
+            try:
+                probes = json.loads(gzip.decompress(r[4]))["connectivity"]["probes"]
+            except (OSError, ValueError, KeyError):
+                probes = []
+            out.append(RecentReport(r[0], r[1], r[2], r[3],
+                                    [{k: p.get(k) for k in ("name", "ok", "latency_ms")}
+                                     for p in probes]))
+        return out
+
+    def report_count(self, agent_id: str | None = None) -> int:
+        """Stored reports, of one agent or of all (kept `--retention-days`)."""
+        if agent_id is None:
+            return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+        return int(self.db.execute("SELECT COUNT(*) FROM reports WHERE agent_id = ?",
+                                   (agent_id,)).fetchone()[0])
+
+    def host_detail_exists(self, agent_id: str, scope: list[str] | None) -> bool:
+        sql = ("SELECT 1 FROM hosts h JOIN agencies a ON a.id = h.agency_id "
+               "WHERE h.agent_id = ?")
+        sql, args = _scoped(sql, [agent_id], scope)
+        return self.db.execute(sql, args).fetchone() is not None
+
+    def hosts(self) -> list[HostStatus]:
+        """Every host with its status: online while its agent's connection is up, offline
+        when it is not, stale when no report came for two of its intervals."""
+        rows = self.db.execute(
+            "SELECT h.agent_id, h.hostname, a.name AS agency, s.name AS site, h.os_name, "
+            "h.os_version, h.vendor, h.model, h.serial, h.ip_addresses, h.first_seen, "
+            "h.last_seen, h.clock_skew_s, h.interval_s, h.identity_conflict, g.connected, "
+            "g.revoked_at FROM hosts h JOIN agents g ON g.id = h.agent_id "
+            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+            "ORDER BY a.name, s.name, h.hostname")
+        status_of = _StatusClock(utcnow())
+        out = []
+        for r in rows:
+            d = dict(r)
+            status = status_of(d.pop("revoked_at"), d["last_seen"], d.pop("connected"),
+                               d["interval_s"])
+            out.append(HostStatus(**d, status=status,
+                                  clock_skewed=abs(d["clock_skew_s"] or 0) > CLOCK_SKEW_FLAG_S))
+        return out
+
+
+class _StatusClock:
+    """A host's status at one moment: revoked; stale when no report came for two of its
+    intervals; else online while its agent is connected, offline when not. The stale
+    threshold is computed once per interval value, since this runs for every host."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.before: dict[float | None, str] = {}
+
+    def __call__(self, revoked_at: str | None, last_seen: str, connected: int,
+                 interval_s: float | None) -> str:
+        if revoked_at:
+            return "revoked"
+        before = self.before.get(interval_s)
+        if before is None:
+            before = self.before[interval_s] = iso(
+                self.now - 2 * timedelta(seconds=interval_s or DEFAULT_INTERVAL_S))
+        if last_seen < before:
+            return "stale"
+        return "online" if connected else "offline"
+
+
+@functools.lru_cache(maxsize=4)
+def _host_upsert_sql(columns: tuple[str, ...]) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE for these columns; first_seen is set once."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns
+                        if c not in ("agent_id", "first_seen"))
+    return (f"INSERT INTO hosts ({', '.join(columns)}) "  # noqa: S608 - column names are literals in _upsert_host
+            f"VALUES ({', '.join('?' for _ in columns)}) "
+            f"ON CONFLICT (agent_id) DO UPDATE SET {updates}")
+
+
+def _ordering_time(collected_at: str, now: datetime) -> str:
+    """The time a report sorts by: as collected, unless implausibly far ahead of `now`."""
+    try:
+        ahead = parse_time(collected_at) - now > FUTURE_TOLERANCE
+    except (ValueError, OverflowError):
+        ahead = False
+    return iso(now) if ahead else collected_at
+
+
+def _gzipped(body: bytes) -> bytes:
+    """Raw reports are kept gzip-compressed: as the agent sent them, or compressed here."""
+    if body.startswith(b"\x1f\x8b"):
+        return body
+    return gzip.compress(body, 1, mtime=0)
+
+

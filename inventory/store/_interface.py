@@ -1,0 +1,242 @@
+"""The store's contract: what the hub, the operator API, watchers, exports and the admin verbs
+may ask of a store, as typed methods returning the named records of `_records.py`.
+
+`inventory.store.Store` (SQLite) implements it; a second backend (PostgreSQL) implements the
+same two protocols, `StoreInterface` and `ReaderInterface`, and nothing else is needed of it:
+no caller sees SQL, a connection or a row. What a backend must keep:
+
+- Times are stored and returned as `iso()` text (fixed width, UTC), so text order is time
+  order; inputs are aware `datetime`s.
+- `scope` is the operator's agencies: a list of names, or None for all agencies. A scoped read
+  never returns, counts or names a host outside it (not even in `identity_conflict`).
+- Writes are atomic: `store_reports` stores its whole batch in one transaction (group commit)
+  and answers only after the commit; every write that audits appends its audit row in the same
+  transaction, chained to the row before it (`audit_hash`), even with a second process (an
+  admin verb) writing at the same time. The audit log is append-only in the database itself.
+- One store object is used by one thread at a time (the hub's store thread; an admin verb's
+  process). `reader()` may be called from any thread and gives a read-only handle of its own,
+  used on the thread that made it (an export's), while the hub keeps writing.
+- Opening: the class has `open(data_dir, durable=True)` (create or migrate, then open; a schema
+  newer than the code raises `inventory.errors.SchemaTooNew`) and `exists(data_dir)` (whether
+  a hub has stored anything there). `durable=False` may trade crash safety for speed (seeding
+  benchmarks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from inventory.store._records import (
+    Agent,
+    AuditCheck,
+    AuditRow,
+    Change,
+    ChangeEvent,
+    ChangeNotice,
+    Enrolment,
+    HostDetail,
+    HostFacts,
+    HostName,
+    HostQuery,
+    HostRow,
+    HostStatus,
+    Incoming,
+    NewToken,
+    Operator,
+    OperatorRow,
+    RecentReport,
+    RemoteTarget,
+    Session,
+    SessionEnd,
+    Summary,
+    Token,
+)
+
+
+class ReaderInterface(Protocol):
+    """A read-only handle for one export thread; `close()` (or `with`) when done."""
+
+    skipped_unreadable: int  # as-of hosts left out: their stored report could not be read
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ReaderInterface: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def hosts_now(self, query: HostQuery, now: datetime) -> Iterator[HostFacts]:
+        """Hosts in the query as known now, ordered by agency, site, hostname, agent id."""
+        ...
+
+    def hosts_as_of(self, query: HostQuery, as_of: datetime) -> Iterator[HostFacts]:
+        """Hosts as known at `as_of` (their last report by then, their presence then), in
+        the same order; unreadable ones skipped and counted in `skipped_unreadable`."""
+        ...
+
+    def hosts_missing_history(self, query: HostQuery, as_of: datetime) -> int:
+        """Hosts known at `as_of` whose reports from then are no longer kept."""
+        ...
+
+    def host_names(self, query: HostQuery) -> Iterator[HostName]: ...
+
+    def change_events(self, until: datetime | None = None,
+                      since: datetime | None = None) -> Iterator[ChangeEvent]:
+        """Every host's change events with `at` in [since, until], in the order recorded."""
+        ...
+
+    def host_count(self, scope: list[str] | None) -> int: ...
+
+    def change_count(self, scope: list[str] | None) -> int: ...
+
+
+class StoreInterface(Protocol):
+    """Everything the hub, the API, watchers, exports and the admin verbs ask of a store."""
+
+    # --- the store itself ---------------------------------------------------------------
+
+    def close(self) -> None: ...
+
+    def schema_version(self) -> int: ...
+
+    def outside_writes(self) -> int:
+        """A counter that moves when another process commits (an admin verb): compare two
+        readings to learn whether records may have changed under this one."""
+        ...
+
+    def reader(self) -> ReaderInterface:
+        """A read-only handle of its own, for an export thread (see the module docstring)."""
+        ...
+
+    # --- hosts and reports --------------------------------------------------------------
+
+    def store_reports(self, batch: list[Incoming]) -> list[str]:
+        """Store a batch in one transaction; "stored" or "duplicate" for each, in order."""
+        ...
+
+    def prune_reports(self, older_than: datetime) -> int: ...
+
+    def host_rows(self, scope: list[str] | None, agent_ids: list[str] | None = None,
+                  page: tuple[str, int] | None = None) -> list[HostRow]:
+        """Host-list rows by hostname, or a page (after agent id, limit) by agent id."""
+        ...
+
+    def host_count(self, scope: list[str] | None) -> int: ...
+
+    def summary(self, scope: list[str] | None) -> Summary: ...
+
+    def host_detail(self, agent_id: str, scope: list[str] | None) -> HostDetail | None: ...
+
+    def host_detail_exists(self, agent_id: str, scope: list[str] | None) -> bool: ...
+
+    def recent_reports(self, agent_id: str, scope: list[str] | None,
+                       limit: int) -> list[RecentReport] | None:
+        """A host's newest reports first; None when the host is not in scope."""
+        ...
+
+    def report_count(self, agent_id: str | None = None) -> int:
+        """Stored reports, of one agent or of all: for health checks and benchmarks."""
+        ...
+
+    def hosts(self) -> list[HostStatus]:
+        """Every host (all agencies) by agency, site, hostname: the admin's list."""
+        ...
+
+    # --- changes ------------------------------------------------------------------------
+
+    def last_change_id(self) -> int: ...
+
+    def changes_after(self, change_id: int, limit: int = 10_000) -> list[ChangeNotice]: ...
+
+    def scoped_changes(self, scope: list[str] | None, host: str | None = None,
+                       since: datetime | None = None, limit: int = 1000,
+                       max_bytes: int | None = None) -> list[Change]:
+        """The newest `limit` (-1: all) oldest first; `inventory.changes.TooLarge` once their
+        text passes `max_bytes`."""
+        ...
+
+    def changes(self, host: str | None = None,
+                since: datetime | None = None) -> list[Change]: ...
+
+    def record_changes(self, events: Iterable[ChangeEvent]) -> None:
+        """Write history directly (imports, benchmarks), in one transaction."""
+        ...
+
+    def prune_changes(self, older_than: datetime, chunk: int = 10_000) -> int: ...
+
+    # --- enrolment: tokens, agents and their presence, operators ------------------------
+
+    def create_token(self, agency: str, site: str, uses: int, ttl: timedelta,
+                     actor: str) -> NewToken: ...
+
+    def tokens(self) -> list[Token]: ...
+
+    def revoke_token(self, token_id: str, actor: str) -> bool: ...
+
+    def enrol(self, token_id: str, secret: str, public_key: str, fingerprint: str,
+              hostname: str | None, audit_refusal: bool = True) -> Enrolment:
+        """Raises `EnrolError` (code, message) when the token or key is refused."""
+        ...
+
+    def agent_fingerprint(self, agent_id: str) -> str | None: ...
+
+    def agents(self) -> list[Agent]: ...
+
+    def revoke_agent(self, agent_id: str, actor: str) -> bool: ...
+
+    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> str | None:
+        """Record a connection going up or down; returns the agent's agency."""
+        ...
+
+    def reset_presence(self) -> None: ...
+
+    def add_operator(self, name: str, public_key: str, fingerprint: str, role: str,
+                     agencies: list[str] | None, actor: str) -> None:
+        """Raises ValueError when the name or key is already registered."""
+        ...
+
+    def operators(self) -> list[OperatorRow]: ...
+
+    def operator(self, name: str) -> Operator | None: ...
+
+    def remove_operator(self, name: str, actor: str) -> bool: ...
+
+    # --- remote access ------------------------------------------------------------------
+
+    def set_remote_access(self, agent_id: str, allowed: bool, actor: str) -> bool: ...
+
+    def remote_allowed(self, agent_id: str) -> bool: ...
+
+    def set_remote_offered(self, agent_id: str, offered: bool) -> None: ...
+
+    def remote_targets(self, host: str, scope: list[str] | None) -> list[RemoteTarget]: ...
+
+    def session_started(self, operator: str, agent_id: str, peer: str,
+                        at: datetime) -> int: ...
+
+    def session_ended(self, session_id: int, to_host: int, from_host: int, reason: str,
+                      at: datetime) -> None: ...
+
+    def sessions(self, live_only: bool = False, limit: int = 100) -> list[Session]: ...
+
+    def request_session_end(self, session_id: int, actor: str) -> bool: ...
+
+    def sessions_to_end(self, session_ids: list[int]) -> list[SessionEnd]: ...
+
+    def end_orphan_sessions(self, at: datetime) -> int: ...
+
+    # --- audit --------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, target: str | None,
+              detail: dict[str, Any] | None = None) -> None: ...
+
+    def audit_many(self, rows: list[tuple[str, str, str | None,
+                                          dict[str, Any] | None]]) -> None: ...
+
+    def audit_log(self, limit: int = 1000, since: datetime | None = None,
+                  until: datetime | None = None, actor: str | None = None,
+                  action: str | None = None,
+                  before_id: int | None = None) -> list[AuditRow]: ...
+
+    def verify_audit(self) -> AuditCheck: ...
