@@ -1,7 +1,7 @@
-"""`python -m agent`: same as `estate-agent`."""
+"""`python -m estate.agent`: same as `estate-agent`."""
 
 import sys
 
-from agent.cli import main
+from estate.agent.cli import main
 
 sys.exit(main())

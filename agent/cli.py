@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from agent import __version__
-from inventory.errors import EstateError
-from inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
+from estate.agent import __version__
+from estate.inventory.errors import EstateError
+from estate.inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return Exit.USAGE
-    from inventory import private_files
+    from estate.inventory import private_files
 
     # The key, spool and status are this user's alone: every file created here is 0600.
     private_files.restrict_umask()
@@ -130,7 +130,7 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _open_dir_arg(p: argparse.ArgumentParser) -> None:
-    from inventory.private_files import OPEN_DIR_FLAG
+    from estate.inventory.private_files import OPEN_DIR_FLAG
 
     p.add_argument(OPEN_DIR_FLAG, action="store_true",
                    help="use the config's folder even if other users can enter it (mode not "
@@ -147,7 +147,7 @@ def _load_config(path: Path | None, must_exist: bool):  # type: ignore[no-untype
     Raises:
         _UsageError: the file is missing (when named) or invalid; the message says where.
     """
-    from agent import config
+    from estate.agent import config
 
     target = path or config.default_path()
     if path is None and not must_exist and not target.exists():
@@ -159,11 +159,11 @@ def _load_config(path: Path | None, must_exist: bool):  # type: ignore[no-untype
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from agent.collect import collect_report
-    from inventory.report import ReportError, validate
+    from estate.agent.collect import collect_report
+    from estate.inventory.report import ReportError, validate
 
     cfg = _load_config(args.config, must_exist=args.config is not None)
-    from agent.probes import prober
+    from estate.agent.probes import prober
 
     probes = None if args.no_probes else prober(cfg.probes)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
@@ -177,7 +177,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     text = json.dumps(doc, indent=2 if args.pretty else None, ensure_ascii=False,
                       separators=None if args.pretty else (",", ":"))
     if not text.isascii():  # package names come from files: escape what a terminal obeys
-        from inventory.sanitise import dumps
+        from estate.inventory.sanitise import dumps
 
         text = dumps(doc, indent=2 if args.pretty else None)
     sys.stdout.write(text + "\n")
@@ -186,7 +186,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError, default_path, load
+    from estate.agent.config import ConfigError, default_path, load
 
     path = args.config or default_path()
     try:
@@ -200,9 +200,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_enrol(args: argparse.Namespace) -> int:
-    from agent.config import default_path
-    from agent.enrol import EnrolFailed, enrol
-    from inventory.sanitise import plain
+    from estate.agent.config import default_path
+    from estate.agent.enrol import EnrolFailed, enrol
+    from estate.inventory.sanitise import plain
 
     path = args.config or default_path()
     token = _read_token(args)
@@ -244,16 +244,16 @@ def _read_token(args: argparse.Namespace) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     import gzip
 
-    from agent.collect import collect_report
-    from agent.transport import HubClient, HubError, load_key
-    from inventory.sanitise import dumps, plain
+    from estate.agent.collect import collect_report
+    from estate.agent.transport import HubClient, HubError, load_key
+    from estate.inventory.sanitise import dumps, plain
 
     cfg = _load_config(args.config, must_exist=True)
     if not (cfg.agent_id and cfg.hub and cfg.hub_key and cfg.key_file):
         print(f"estate-agent: {cfg.path}: not enrolled (run estate-agent enrol first)",
               file=sys.stderr)
         return Exit.USAGE
-    from agent.probes import prober
+    from estate.agent.probes import prober
 
     probes = prober(cfg.probes)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
@@ -285,8 +285,8 @@ def _setup_logging() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError
-    from agent.service import Service
+    from estate.agent.config import ConfigError
+    from estate.agent.service import Service
 
     _setup_logging()
     try:
@@ -297,8 +297,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from agent.service import read_status
-    from inventory.sanitise import dumps, plain
+    from estate.agent.service import read_status
+    from estate.inventory.sanitise import dumps, plain
 
     cfg = _load_config(args.config, must_exist=True)
     state = read_status(cfg) or {}
@@ -326,8 +326,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_install_service(args: argparse.Namespace) -> int:
-    from agent.config import default_path
-    from agent.systemd import UNIT_PATH, install, unit_text
+    from estate.agent.config import default_path
+    from estate.agent.systemd import UNIT_PATH, install, unit_text
 
     config = (args.config or default_path()).resolve()
     if args.print_only:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inventory.errors import EstateError
+from estate.inventory.errors import EstateError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -10,11 +10,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, load, parse_hostport
-from inventory.errors import EstateError
-from inventory.private_files import private_dir, write_private
-from inventory.protocol import ENROL_COMMAND, ENROL_USER, ChannelExit
-from inventory.sanitise import quoted
+from estate.agent.config import ConfigError, load, parse_hostport
+from estate.inventory.errors import EstateError
+from estate.inventory.private_files import private_dir, write_private
+from estate.inventory.protocol import ENROL_COMMAND, ENROL_USER, ChannelExit
+from estate.inventory.sanitise import quoted
 
 KEY_NAME = "agent_key"
 TOKEN_PREFIX = "EST1"  # noqa: S105 - a format marker, not a secret
@@ -82,7 +82,7 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
     Raises:
         EnrolFailed: with a message for the person running the command.
     """
-    from agent.transport import HubClient, HubError
+    from estate.agent.transport import HubClient, HubError
 
     pinned, token_hub = parse_token(token)
     hub = hub or token_hub

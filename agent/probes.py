@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Any
 
-from agent.collect._runner import call_with_timeout
-from agent.config import ProbeConfig, parse_hostport
+from estate.agent.collect._runner import call_with_timeout
+from estate.agent.config import ProbeConfig, parse_hostport
 
 __all__ = ["prober", "run_probes"]
 

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, ConfigError, load
-from agent.remote import RemoteRelay
-from agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
-from agent.transport import HostKeyMismatch, HubClient, HubError, load_key
-from inventory.private_files import OpenDataDir, private_dir, write_private
-from inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
+from estate.agent.config import AgentConfig, ConfigError, load
+from estate.agent.remote import RemoteRelay
+from estate.agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
+from estate.agent.transport import HostKeyMismatch, HubClient, HubError, load_key
+from estate.inventory.private_files import OpenDataDir, private_dir, write_private
+from estate.inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
 
 log = logging.getLogger("estate.agent")
 
@@ -175,8 +175,8 @@ class Service:
             return None
 
     def _collect(self) -> None:
-        from agent.collect import DEFAULT_TIMEOUT_S, collect_report
-        from agent.probes import prober
+        from estate.agent.collect import DEFAULT_TIMEOUT_S, collect_report
+        from estate.agent.probes import prober
 
         probes = prober(self.cfg.probes)
         seq = self.spool.next_sequence() if self.spool else time.time_ns() // 1_000_000

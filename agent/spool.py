@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inventory.errors import EstateError
-from inventory.private_files import private_dir, private_file
+from estate.inventory.errors import EstateError
+from estate.inventory.private_files import private_dir, private_file
 
 log = logging.getLogger("estate.agent")
 

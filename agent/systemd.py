@@ -11,14 +11,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from inventory.unit_file import SANDBOX, arg, escape, state_lines
+from estate.inventory.unit_file import SANDBOX, arg, escape, state_lines
 
 UNIT_PATH = Path("/etc/systemd/system/estate-agent.service")
 
 
 def unit_text(config: Path, executable: str | None = None) -> str:
     """The unit file. The config's folder is the service's state (spool, key, status)."""
-    exe = executable or shutil.which("estate-agent") or f"{sys.executable} -m agent"
+    exe = executable or shutil.which("estate-agent") or f"{sys.executable} -m estate.agent"
     return f"""[Unit]
 Description=Estate inventory agent (reports this machine to the Estate hub over SSH)
 After=network-online.target

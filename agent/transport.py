@@ -16,8 +16,8 @@ from typing import Any
 
 import paramiko
 
-from agent.config import parse_hostport
-from inventory.errors import EstateError
+from estate.agent.config import parse_hostport
+from estate.inventory.errors import EstateError
 
 __all__ = ["CommandResult", "HostKeyMismatch", "HubClient", "HubError", "fingerprint_of"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from inventory import simulate
-from inventory.store import Incoming, Store, utcnow
+from estate.inventory import simulate
+from estate.inventory.store import Incoming, Store, utcnow
 
 
 def seed(data: Path, n: int) -> None:

@@ -26,7 +26,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def in_process(runs: int) -> list[float]:
-    from agent.collect import collect_report
+    from estate.agent.collect import collect_report
 
     collect_report()  # warm the page cache and imports, as a running service would be
     times = []

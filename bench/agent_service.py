@@ -37,7 +37,8 @@ def main() -> None:
           f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as tmp:
         data, agent_dir = Path(tmp) / "hub", Path(tmp) / "agent"
-        hub = subprocess.Popen([sys.executable, "-m", "inventory.hub.cli", "serve", "--listen",
+        hub = subprocess.Popen([sys.executable, "-m", "estate.inventory.hub.cli", "serve",
+                                "--listen",
                                 "127.0.0.1:0", "--data", str(data)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         agent = None
@@ -47,17 +48,18 @@ def main() -> None:
                 if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
                     port = int(m.group(1))
                     break
-            token = subprocess.run([sys.executable, "-m", "inventory.hub.cli", "token",
+            token = subprocess.run([sys.executable, "-m", "estate.inventory.hub.cli", "token",
                                     "create", "--agency", "Bench", "--site", "Lab", "--data",
                                     str(data)], capture_output=True, text=True,
                                    check=True).stdout.split()[0]
             config = agent_dir / "agent.toml"
-            subprocess.run([sys.executable, "-m", "agent", "enrol", "--token", token, "--hub",
+            subprocess.run([sys.executable, "-m", "estate.agent", "enrol", "--token", token,
+                            "--hub",
                             f"127.0.0.1:{port}", "--config", str(config)], check=True,
                            capture_output=True)
             with open(config, "a") as f:
                 f.write(f"interval = {args.interval}\nstart_delay = 0\n")
-            agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config",
+            agent = subprocess.Popen([sys.executable, "-m", "estate.agent", "run", "--config",
                                       str(config)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
             ps = psutil.Process(agent.pid)

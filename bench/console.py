@@ -41,9 +41,9 @@ def pct(values: list[float], q: float) -> float:
 
 async def measure_console(address: str, user: str, key: Path, fingerprint: str,
                           n: int) -> dict[str, float]:
-    from console._client import HubConnection
-    from console._table import HostTable
-    from console.app import EstateApp
+    from estate.console._client import HubConnection
+    from estate.console._table import HostTable
+    from estate.console.app import EstateApp
 
     start = time.perf_counter()
     app = EstateApp(HubConnection(address, user, key, fingerprint))
@@ -103,7 +103,7 @@ async def press_ms(pilot, key: str) -> float:
 def repaint_ms(app, table, change) -> float:
     """The console's own work for one change: model update, table reload, and drawing every
     visible line, as a repaint does."""
-    from inventory.filters import FilterError
+    from estate.inventory.filters import FilterError
 
     t = time.perf_counter()
     try:
@@ -152,10 +152,12 @@ def main() -> None:
         key_path.write_bytes(key.export_private_key())
         key_path.chmod(0o600)
         key.write_public_key(str(key_path) + ".pub")
-        subprocess.run([sys.executable, "-m", "inventory.hub.cli", "operator", "add", "bench",
+        subprocess.run([sys.executable, "-m", "estate.inventory.hub.cli", "operator", "add",
+                        "bench",
                         "--key", f"{key_path}.pub", "--role", "admin", "--agencies", "all",
                         "--data", str(data)], check=True, capture_output=True)
-        hub = subprocess.Popen([sys.executable, "-m", "inventory.hub.cli", "serve", "--listen",
+        hub = subprocess.Popen([sys.executable, "-m", "estate.inventory.hub.cli", "serve",
+                                "--listen",
                                 "127.0.0.1:0", "--data", str(data)], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
         try:

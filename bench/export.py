@@ -28,7 +28,7 @@ import asyncssh
 import psutil
 
 from bench._seed import seed
-from inventory.store import ChangeEvent, Store, iso, utcnow
+from estate.inventory.store import ChangeEvent, Store, iso, utcnow
 from tests.harness import HubProcess
 
 KINDS = ("software_updated", "software_added", "software_removed", "ip_changed",
@@ -57,7 +57,7 @@ def export(hub: HubProcess, key: Path, report: str, fmt: str, out: Path) -> tupl
     """(seconds, CLI peak RSS in MB) for one `estate export`."""
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "export", "--hub", f"bench@{hub.address}",
+        [sys.executable, "-m", "estate.console.cli", "export", "--hub", f"bench@{hub.address}",
          "--key", str(key), "--hub-key", hub.fingerprint, "--report", report, "--format", fmt,
          "-o", str(out)], stdout=subprocess.DEVNULL)
     # Sampled, not getrusage: a forked child's maxrss counts this (large) parent's pages.
@@ -102,7 +102,7 @@ def main() -> int:
             for report, fmt, target in CASES:
                 out = base / f"{report}.{fmt}"
                 seconds, rss = export(hub, base / "bench", report, fmt, out)
-                ok = subprocess.run([sys.executable, "-m", "console.cli", "verify", str(out),
+                ok = subprocess.run([sys.executable, "-m", "estate.console.cli", "verify", str(out),
                                      "--hub-key", hub.fingerprint],
                                     capture_output=True).returncode == 0
                 print(f"{report} {fmt}: {seconds:.2f} s (target <= {target:g} s), "

@@ -27,10 +27,10 @@ from pathlib import Path
 import asyncssh
 import psutil
 
-from inventory import simulate
-from inventory.hub._keys import load_or_create_host_key
-from inventory.hub._tokens import make_token
-from inventory.store import Store
+from estate.inventory import simulate
+from estate.inventory.hub._keys import load_or_create_host_key
+from estate.inventory.hub._tokens import make_token
+from estate.inventory.store import Store
 
 
 def raise_open_files() -> int:
@@ -52,7 +52,7 @@ class Hub:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inventory.hub.cli", "serve", "--listen",
+            [sys.executable, "-m", "estate.inventory.hub.cli", "serve", "--listen",
              f"127.0.0.1:{self.port}", "--data", str(self.data), "--max-unauthenticated",
              "5000", "--login-timeout", "120",
              # Every simulated agent comes from 127.0.0.1: lift the per-source front door,

@@ -31,7 +31,7 @@ from typing import Any
 import asyncssh
 import psutil
 
-from inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND
+from estate.inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def report_templates(base: dict[str, Any], agent_id: str, i: int) -> tuple[bytes
 
     Built once per agent so the generator spends its CPU on SSH, not on JSON.
     """
-    from agent.collect._common import package_hash
+    from estate.agent.collect._common import package_hash
 
     r = copy.deepcopy(base)
     r["agent"]["id"] = agent_id
@@ -180,7 +180,7 @@ def main() -> None:
     if args.bare_server:
         bare_server(args.bare_server)
         return
-    from agent.collect import collect_report
+    from estate.agent.collect import collect_report
 
     base, _ = collect_report()
     size = len(report_templates(base, "ag-000000000000", 0)[0])
@@ -193,7 +193,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "hub"
         # All agents enrol at once from 127.0.0.1: lift the per-source front door for them.
-        hub, text = start([sys.executable, "-m", "inventory.hub.cli", "serve", "--listen",
+        hub, text = start([sys.executable, "-m", "estate.inventory.hub.cli", "serve", "--listen",
                            "127.0.0.1:0", "--data", str(data), "--report-burst", "0",
                            "--connection-rate", "1000000",
                            "--connection-burst", "1000000", "--max-unauthenticated-per-source",
@@ -203,7 +203,7 @@ def main() -> None:
             port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
             fingerprint = re.search(r"host key (SHA256:\S+)", text).group(1)
             token = subprocess.run(
-                [sys.executable, "-m", "inventory.hub.cli", "token", "create", "--agency",
+                [sys.executable, "-m", "estate.inventory.hub.cli", "token", "create", "--agency",
                  "Bench", "--site", "Lab", "--uses", str(args.agents), "--data", str(data)],
                 capture_output=True, text=True, check=True).stdout.split()[0]
             agents = asyncio.run(enrol_agents(port, fingerprint, token, args.agents))

@@ -68,7 +68,7 @@ def main() -> int:
                                      f"[127.0.0.1]:{sshd.port}")
             options = sshd.client_options(known)
             direct = ["ssh", *options, "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"]
-            through = [PY, "-m", "console.cli", "ssh", "--hub", f"op@{hub.address}", "--key",
+            through = [PY, "-m", "estate.console.cli", "ssh", "--hub", f"op@{hub.address}", "--key",
                        str(base / "op"), "--hub-key", hub.fingerprint,
                        f"{sshd.user}@{agent.agent_id}", "--", *options]
             prompt(direct)  # warm caches (and the agent's first session) before timing

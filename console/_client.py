@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncssh
 
-from inventory.errors import CodedError, EstateError
-from inventory.protocol import API_COMMAND, WATCH_COMMAND
-from inventory.sanitise import plain
+from estate.inventory.errors import CodedError, EstateError
+from estate.inventory.protocol import API_COMMAND, WATCH_COMMAND
+from estate.inventory.sanitise import plain
 
 __all__ = ["ApiFailure", "HubConnection", "HubUnreachable", "UnknownHubKey", "open_connection",
            "probe_host_key"]

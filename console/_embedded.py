@@ -54,7 +54,7 @@ class Embedded:
         self._ensure_operator()
         self._start_agent()
         if self.simulate:
-            self._spawn("simulate", [PY, "-m", "inventory.hub.cli", "simulate", "--agents",
+            self._spawn("simulate", [PY, "-m", "estate.inventory.hub.cli", "simulate", "--agents",
                                      str(self.simulate), "--hub", self.address, "--interval",
                                      "60", "--data", str(self.hub_dir)])
 
@@ -79,7 +79,7 @@ class Embedded:
 
     def _start_hub(self) -> None:
         self.log(f"estate: starting the embedded hub (data in {self.hub_dir})")
-        proc = self._spawn("hub", [PY, "-m", "inventory.hub.cli", "serve", "--listen",
+        proc = self._spawn("hub", [PY, "-m", "estate.inventory.hub.cli", "serve", "--listen",
                                    "127.0.0.1:0", "--data", str(self.hub_dir)],
                            stdout=subprocess.PIPE)
         deadline = time.monotonic() + 30
@@ -97,7 +97,7 @@ class Embedded:
         raise RuntimeError("the embedded hub did not start in 30 s")
 
     def _admin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PY, "-m", "inventory.hub.cli", *args, "--data",
+        return subprocess.run([PY, "-m", "estate.inventory.hub.cli", *args, "--data",
                                str(self.hub_dir)], capture_output=True, text=True, timeout=60)
 
     def _ensure_operator(self) -> None:
@@ -125,11 +125,11 @@ class Embedded:
         if token.returncode != 0:
             raise RuntimeError(f"could not create an enrolment token: {token.stderr}")
         # On stdin, not in argv: another local user could read it in `ps`.
-        done = subprocess.run([PY, "-m", "agent", "enrol", "--token", "-",
+        done = subprocess.run([PY, "-m", "estate.agent", "enrol", "--token", "-",
                                "--hub", self.address, "--config", str(config)],
                               input=token.stdout.split()[0] + "\n",
                               capture_output=True, text=True, timeout=120)
         self._admin("token", "revoke", token.stdout.split(".")[1])  # used; keep none lying about
         if done.returncode != 0:
             raise RuntimeError(f"could not enrol this machine's agent: {done.stderr.strip()}")
-        self._spawn("agent", [PY, "-m", "agent", "run", "--config", str(config)])
+        self._spawn("agent", [PY, "-m", "estate.agent", "run", "--config", str(config)])

@@ -1,8 +1,9 @@
 """The console's export dialog (`ctrl+s`, `:export`): what the current view shows, exported.
 
 It asks for the report, format and file; the current filter goes with the request. The
-export is `estate export`'s own code path (`console.export.fetch`): the hub produces the file in
-the operator's scope and signs its manifest, and both are written next to each other.
+export is `estate export`'s own code path (`estate.console.export.fetch`): the hub produces
+the file in the operator's scope and signs its manifest, and both are written next to each
+other.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from console.export import ExportOptions
-from inventory.export._columns import REPORTS
-from inventory.export._writers import FORMATS
+from estate.console.export import ExportOptions
+from estate.inventory.export._columns import REPORTS
+from estate.inventory.export._writers import FORMATS
 
 
 class ExportDialog(ModalScreen[ExportOptions | None]):

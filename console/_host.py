@@ -13,9 +13,9 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Sparkline, Static, TabbedContent, TabPane
 
-from console._client import ApiFailure, HubConnection, HubUnreachable
-from console._keys import HOST, bindings
-from console._safe import plain
+from estate.console._client import ApiFailure, HubConnection, HubUnreachable
+from estate.console._keys import HOST, bindings
+from estate.console._safe import plain
 
 TABS = ("overview", "hardware", "storage", "network", "probes", "software", "changes")
 

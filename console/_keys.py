@@ -17,7 +17,7 @@ from pathlib import Path
 
 from textual.binding import Binding, BindingType
 
-from console._settings import ConfigError
+from estate.console._settings import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

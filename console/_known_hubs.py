@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from console._settings import config_path
+from estate.console._settings import config_path
 
 FILE_NAME = "known_hubs"
 

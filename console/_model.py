@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from inventory.filters import TEXT_POSITION, Prepared, compile_prepared, prepare
-from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
+from estate.inventory.filters import TEXT_POSITION, Prepared, compile_prepared, prepare
+from estate.inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
 
 KEY_INDEX = {k: i for i, k in enumerate(COLUMN_KEYS)}
 NUMERIC = {c.key for c in HOST_COLUMNS if c.numeric}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inventory.errors import EstateError
+from estate.inventory.errors import EstateError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,10 +16,10 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console._keys import TABLE, bindings
-from console._model import KEY_INDEX, HostModel
-from console._safe import plain
-from inventory.hostlist import HOST_COLUMNS
+from estate.console._keys import TABLE, bindings
+from estate.console._model import KEY_INDEX, HostModel
+from estate.console._safe import plain
+from estate.inventory.hostlist import HOST_COLUMNS
 
 WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "os": 24,
           "model": 20, "serial": 14, "cpu": 26, "ram_bytes": 7, "disk_percent": 6, "ip": 15,

@@ -17,19 +17,19 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static, Tree
 
-from console import _keys as keys
-from console._client import ApiFailure, HubConnection, HubUnreachable
-from console._export_dialog import ExportDialog
-from console._host import TABS, HostScreen
-from console._keys import bindings
-from console._model import HostModel
-from console._safe import plain
-from console._settings import PinnedHub
-from console._table import SHOWN, HostTable
-from console.export import ExportFailed, ExportOptions, build_request, fetch
-from console.remote import shell_command, shell_refusal
-from inventory.filters import FilterError
-from inventory.hostlist import COLUMN_KEYS
+from estate.console import _keys as keys
+from estate.console._client import ApiFailure, HubConnection, HubUnreachable
+from estate.console._export_dialog import ExportDialog
+from estate.console._host import TABS, HostScreen
+from estate.console._keys import bindings
+from estate.console._model import HostModel
+from estate.console._safe import plain
+from estate.console._settings import PinnedHub
+from estate.console._table import SHOWN, HostTable
+from estate.console.export import ExportFailed, ExportOptions, build_request, fetch
+from estate.console.remote import shell_command, shell_refusal
+from estate.inventory.filters import FilterError
+from estate.inventory.hostlist import COLUMN_KEYS
 
 RECONNECT_MAX_S = 30.0
 PAGE_ROWS = 2500

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from console import _settings
-from console._settings import ConfigError, HubSettings
-from inventory.protocol import Exit
+from estate.console import _settings
+from estate.console._settings import ConfigError, HubSettings
+from estate.inventory.protocol import Exit
 
 __all__ = ["main"]
 
@@ -72,25 +72,25 @@ class _VerbParser(argparse.ArgumentParser):
 
 
 def _ssh(parser: argparse.ArgumentParser) -> None:
-    from console.remote import define_ssh
+    from estate.console.remote import define_ssh
 
     define_ssh(parser)
 
 
 def _tunnel(parser: argparse.ArgumentParser) -> None:
-    from console.remote import define_tunnel
+    from estate.console.remote import define_tunnel
 
     define_tunnel(parser)
 
 
 def _export(parser: argparse.ArgumentParser) -> None:
-    from console.export import define_export
+    from estate.console.export import define_export
 
     define_export(parser)
 
 
 def _verify(parser: argparse.ArgumentParser) -> None:
-    from console.export import define_verify
+    from estate.console.export import define_verify
 
     define_verify(parser)
 
@@ -152,7 +152,7 @@ def _console(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         signal.signal(sig, _exit_on_signal)
     embedded = None
     if settings is None:
-        from console._embedded import Embedded, default_data_dir
+        from estate.console._embedded import Embedded, default_data_dir
 
         embedded = Embedded(args.data or default_data_dir(), args.simulate)
         try:
@@ -177,7 +177,7 @@ def _console(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _text(message: Any) -> str:
     """An error for the terminal, line by line through the sanitiser: it may quote a hub, an
     agent's output or a config file."""
-    from inventory.sanitise import plain
+    from estate.inventory.sanitise import plain
 
     return "\n".join(plain(line, 1000) for line in str(message).splitlines()[:40])
 
@@ -190,7 +190,7 @@ def _run(settings: HubSettings, config: Path, *, readonly: bool, keymap: dict[st
          theme: str | None) -> int:
     import asyncio
 
-    from console._client import HubConnection, HubUnreachable, probe_host_key
+    from estate.console._client import HubConnection, HubUnreachable, probe_host_key
 
     hub = settings.pinned()
     if hub is None:
@@ -211,7 +211,7 @@ def _run(settings: HubSettings, config: Path, *, readonly: bool, keymap: dict[st
             return Exit.FAIL
         hub = settings.pin(seen)
         _remember(hub.user, hub.address, hub.hub_key, config)
-    from console.app import EstateApp
+    from estate.console.app import EstateApp
 
     app = EstateApp(HubConnection(hub.address, hub.user, hub.key, hub.hub_key),
                     readonly=readonly, keymap=keymap)
@@ -222,7 +222,7 @@ def _run(settings: HubSettings, config: Path, *, readonly: bool, keymap: dict[st
 
 
 def _keymap(path: Path | None) -> dict[str, str]:
-    from console._keys import default_keymap_path, load_keymap
+    from estate.console._keys import default_keymap_path, load_keymap
 
     if path is None:
         path = default_keymap_path()

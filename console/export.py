@@ -22,17 +22,17 @@ from typing import Any
 
 import asyncssh
 
-from console import _settings
-from console._client import HubUnreachable, open_connection
-from console._settings import ConfigError, PinnedHub
-from console.remote import add_connection_options
-from inventory.errors import EstateError
-from inventory.export._columns import REPORTS
-from inventory.export._register import MAX_REGISTER_BYTES
-from inventory.export._writers import FORMATS
-from inventory.export.manifest import VerifyError, check_shape, manifest_path, verify
-from inventory.protocol import EXPORT_COMMAND, Exit
-from inventory.sanitise import plain
+from estate.console import _settings
+from estate.console._client import HubUnreachable, open_connection
+from estate.console._settings import ConfigError, PinnedHub
+from estate.console.remote import add_connection_options
+from estate.inventory.errors import EstateError
+from estate.inventory.export._columns import REPORTS
+from estate.inventory.export._register import MAX_REGISTER_BYTES
+from estate.inventory.export._writers import FORMATS
+from estate.inventory.export.manifest import VerifyError, check_shape, manifest_path, verify
+from estate.inventory.protocol import EXPORT_COMMAND, Exit
+from estate.inventory.sanitise import plain
 
 __all__ = ["ExportFailed", "ExportOptions", "build_request", "define_export", "define_verify",
            "export_main", "fetch", "verify_main"]
@@ -346,7 +346,7 @@ def verify_main(args: argparse.Namespace) -> int:
 
 def _pinned_keys() -> set[str]:
     """The hub keys this console trusts: console.toml's hub_key and the known_hubs file."""
-    from console import _known_hubs
+    from estate.console import _known_hubs
 
     keys = _known_hubs.fingerprints()
     try:

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from console import _known_hubs, _settings
-from console._settings import ConfigError, ConsoleConfig, PinnedHub
-from inventory.protocol import Exit
-from inventory.sanitise import plain
+from estate.console import _known_hubs, _settings
+from estate.console._settings import ConfigError, ConsoleConfig, PinnedHub
+from estate.inventory.protocol import Exit
+from estate.inventory.sanitise import plain
 
 if TYPE_CHECKING:
-    from console._client import HubConnection
+    from estate.console._client import HubConnection
 
 # asyncssh and asyncio are imported where used: `estate tunnel` on its fast path (OpenSSH's
 # `ssh -W`) must start in milliseconds, before every session.
@@ -125,7 +125,7 @@ def ssh_main(args: argparse.Namespace) -> int:
         # session starts without a round trip (or asyncssh's import) first.
         import asyncio
 
-        from console._client import ApiFailure, HubUnreachable
+        from estate.console._client import ApiFailure, HubUnreachable
 
         try:
             agent_id = asyncio.run(resolve(hub, host))
@@ -145,7 +145,7 @@ async def resolve(hub: PinnedHub, host: str) -> str:
         ApiFailure: unknown or ambiguous host.
         HubUnreachable: the hub could not be reached.
     """
-    from console._client import HubConnection
+    from estate.console._client import HubConnection
 
     connection = HubConnection(hub.address, hub.user, hub.key, hub.hub_key)
     await connection.connect()
@@ -165,7 +165,7 @@ def ssh_command(ssh: str, hub: PinnedHub, agent_id: str, user: str | None,
                 extra: list[str], ssh_args: tuple[str, ...] = ()) -> list[str]:
     """The ssh command line for a host: `estate tunnel` as its ProxyCommand, the endpoint's
     host key checked under the host id; `ssh_args` (console.toml's) go before the options."""
-    tunnel = [sys.executable, "-m", "console.cli", "tunnel",
+    tunnel = [sys.executable, "-m", "estate.console.cli", "tunnel",
               "--hub", f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
     if hub.key:
         tunnel += ["--key", str(hub.key.resolve())]
@@ -186,7 +186,7 @@ def shell_refusal(agent_id: str, readonly: bool, state: str | None) -> str | Non
 
 def shell_command(hub: HubConnection, agent_id: str) -> list[str]:
     """`estate ssh` for a host, as the console runs it: the same path as the CLI."""
-    command = [sys.executable, "-m", "console.cli", "ssh", "--hub",
+    command = [sys.executable, "-m", "estate.console.cli", "ssh", "--hub",
                f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
     if hub.key_path:
         command += ["--key", str(hub.key_path)]
@@ -242,7 +242,7 @@ async def _tunnel(hub: PinnedHub, host: str) -> int:
 
     import asyncssh
 
-    from console._client import HubUnreachable, open_connection
+    from estate.console._client import HubUnreachable, open_connection
 
     try:
         conn = await open_connection(hub.address, hub.user, hub.key, hub.hub_key)

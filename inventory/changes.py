@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from inventory.errors import EstateError
+from estate.inventory.errors import EstateError
 
 __all__ = ["KINDS", "MAX_CHANGES", "MAX_CHANGE_BYTES", "MAX_SOFTWARE_CHANGES",
            "MAX_VALUE_BYTES", "Change", "TooLarge", "bounded", "cut", "diff", "software_changes",

@@ -1,10 +1,10 @@
 """The field dictionary: every field of report `estate.report/1`, described once.
 
-Validation (`inventory.report`), export headers, the console's column titles and
+Validation (`estate.inventory.report`), export headers, the console's column titles and
 `docs/report.md` are all derived from this table, so a field is added here or nowhere.
 
 Paths use dots for object members and `[]` for list items: `hardware.disks[].size_bytes`.
-Stdlib only: the agent imports this through `inventory.report`.
+Stdlib only: the agent imports this through `estate.inventory.report`.
 """
 
 from __future__ import annotations

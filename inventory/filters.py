@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from inventory.errors import EstateError
-from inventory.hostlist import COLUMN_KEYS
+from estate.inventory.errors import EstateError
+from estate.inventory.hostlist import COLUMN_KEYS
 
 __all__ = ["FIELDS", "FilterError", "Matcher", "compile_filter", "compile_prepared", "prepare"]
 

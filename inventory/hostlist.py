@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inventory.fields import BY_PATH
+from estate.inventory.fields import BY_PATH
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inventory.errors import CodedError
+from estate.inventory.errors import CodedError
 
 
 class RequestError(CodedError, ValueError):

@@ -6,8 +6,8 @@ file is created 0600 (whatever the umask) and a folder that group or others can 
 refused, with the fix in the message, unless the operator says otherwise
 (`--allow-open-data-dir`: the process default set by `allow_open_dirs`).
 
-Stdlib only: the agent (which may import only `inventory.report` and `inventory.sanitise`
-besides) and the hub both use it.
+Stdlib only: the agent (which may import only `estate.inventory.report` and
+`estate.inventory.sanitise` besides) and the hub both use it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from inventory.errors import EstateError
+from estate.inventory.errors import EstateError
 
 __all__ = ["OPEN_DIR_FLAG", "OpenDataDir", "allow_open_dirs", "private_dir", "private_file",
            "restrict_umask", "write_private"]

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from inventory.errors import EstateError
-from inventory.fields import BY_PATH, Field, children
-from inventory.protocol import MAX_REPORT_BYTES
+from estate.inventory.errors import EstateError
+from estate.inventory.fields import BY_PATH, Field, children
+from estate.inventory.protocol import MAX_REPORT_BYTES
 
 SCHEMA = "estate.report/1"
 

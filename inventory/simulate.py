@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND, ChannelExit
+from estate.inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND, ChannelExit
 
 log = logging.getLogger("estate.simulate")
 ENROL_ATTEMPTS = 10  # with capped backoff: about two minutes before an enrolment gives up

@@ -13,7 +13,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @pytest.fixture(scope="session")
 def live_report() -> dict:
-    from agent.collect import collect_report
+    from estate.agent.collect import collect_report
 
     report, _ = collect_report()
     return report

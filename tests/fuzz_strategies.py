@@ -1,6 +1,7 @@
 """Hypothesis strategies for the fuzz tests: valid inputs mutated field by field, and raw bytes.
 
-Reports start from `inventory.simulate.fake_report` (schema-valid, varied per identity) and get
+Reports start from `estate.inventory.simulate.fake_report` (schema-valid,
+                                                            varied per identity) and get
 one to three mutations at paths drawn from the report itself: a hostile value, a deleted or an
 extra key, a string with a trailing newline or a lone surrogate, a list past its limit, or raw
 JSON that `json.dumps` cannot produce (deep nesting, `1e999`, a 5,000-digit number).
@@ -19,9 +20,9 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from inventory.fields import BY_PATH
-from inventory.filters import FIELDS as FILTER_FIELDS
-from inventory.hostlist import COLUMN_KEYS
+from estate.inventory.fields import BY_PATH
+from estate.inventory.filters import FIELDS as FILTER_FIELDS
+from estate.inventory.hostlist import COLUMN_KEYS
 
 # --- profiles --------------------------------------------------------------------------------
 # `make test` runs a small, derandomised fuzz (the same examples every run, so it cannot flake);
@@ -100,7 +101,7 @@ def encode(doc: Any, ascii_only: bool = True) -> bytes:
 @cache
 def base_report(index: int) -> dict[str, Any]:
     """A schema-valid simulated report (the hub's own generator), cached per identity."""
-    from inventory.simulate import AGENCIES, fake_report
+    from estate.inventory.simulate import AGENCIES, fake_report
 
     agency = list(AGENCIES)[index % len(AGENCIES)]
     ident = SimpleNamespace(index=index, agent_id="fuzz-agent", agency=agency, site="Site")

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.transport import HubClient, load_key
-from inventory.store import Store
+from estate.agent.transport import HubClient, load_key
+from estate.inventory.store import Store
 
 PY = sys.executable
 # Every test client connects from 127.0.0.1, often many times a second: lift the hub's
@@ -56,7 +56,7 @@ class HubProcess:
         listen = f"127.0.0.1:{self.port}"
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [PY, "-m", "inventory.hub.cli", "serve", "--listen", listen, "--data",
+                [PY, "-m", "estate.inventory.hub.cli", "serve", "--listen", listen, "--data",
                  str(self.data), *LOOPBACK_RATE, *self.extra],
                 stdout=subprocess.PIPE, stderr=log, text=True)
         deadline = time.monotonic() + timeout
@@ -97,7 +97,7 @@ class HubProcess:
             self.proc.stdout.close()
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("-m", "inventory.hub.cli", *args, "--data", str(self.data), check=check)
+        return run("-m", "estate.inventory.hub.cli", *args, "--data", str(self.data), check=check)
 
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin(*args, "--json").stdout)
@@ -139,7 +139,7 @@ class Agent:
         self.hub = hub
         self.config = folder / "agent.toml"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # agents refuse open folders
-        done = run("-m", "agent", "enrol", "--token", token or hub.token(), "--hub",
+        done = run("-m", "estate.agent", "enrol", "--token", token or hub.token(), "--hub",
                    hub.address, "--config", str(self.config))
         self.agent_id = re.search(r"enrolled as (ag-[0-9a-f]+)", done.stdout).group(1)
         self.key_file = folder / "agent_key"
@@ -149,7 +149,7 @@ class Agent:
                          self.agent_id)
 
     def report_cli(self) -> subprocess.CompletedProcess[str]:
-        return run("-m", "agent", "report", "--config", str(self.config), check=False)
+        return run("-m", "estate.agent", "report", "--config", str(self.config), check=False)
 
     def send(self, report: dict[str, Any] | bytes) -> tuple[int, dict[str, Any]]:
         body = report if isinstance(report, bytes) else json.dumps(report).encode()
@@ -220,7 +220,8 @@ class AgentService:
     def start(self) -> AgentService:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [*self.wrapper, PY, "-m", "agent", "run", "--config", str(self.agent.config)],
+                [*self.wrapper, PY, "-m", "estate.agent", "run", "--config",
+                 str(self.agent.config)],
                 stdout=log, stderr=log, text=True, env={**os.environ, **self.env})
         return self
 

@@ -10,6 +10,9 @@ original (docs/testing.md says why for each family) and counts as neither killed
     .venv/bin/python tests/mutate.py --survivors  # also list the surviving mutants
     .venv/bin/python tests/mutate.py --module inventory/store/_common.py  # one module again
 
+It works in `.mutate/` (the tree laid out as the `estate.*` packages, and mutmut's `mutants/`
+inside it); `cd .mutate && ../.venv/bin/mutmut show NAME` prints one mutant's diff.
+
 Exit status 1 when a module is under the target (90% of its non-equivalent mutants killed).
 Not part of `make test`: it takes tens of minutes on a 2-core machine (docs/testing.md).
 """
@@ -32,6 +35,12 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
+# mutmut names a module by its path and runs from a copy of the tree; the folders install as
+# `estate.agent`, `estate.inventory`, `estate.console` (pyproject.toml's package-dir), so the
+# copy is laid out under those names: .mutate/estate/agent, ... (.mutate/ is ignored by git).
+STAGE = ROOT / ".mutate"
+MUTANTS = STAGE / "mutants"
+FOLDERS = ("agent", "console", "inventory")
 TARGET = 0.90
 KILLED = {1, 3, 37}  # a test failed, pytest hit an internal error, mypy refused the mutant
 TIMEOUT = {36, 24, -24, 152, 255}  # the mutant made a test hang: it was caught, too
@@ -90,72 +99,76 @@ _DEFAULT_NONE = "`default=None` dropped: None is already Params.text's default"
 _OP_CHECKED = ("the internal-error branch runs only once `op` is one of OPS (or None): quoted() "
                "never cuts it, `op in OPS` is never false for a name, quoted(None) is quoted('')")
 EQUIVALENT: dict[str, str] = {
-    "agent.spool.xǁSpoolǁ_connect__mutmut_10": "SQLite's lock wait: only timing shows it",
-    "agent.spool.xǁSpoolǁ_connect__mutmut_11": "SQLite's lock wait: only timing shows it",
-    "agent.spool.xǁSpoolǁnext_sequence__mutmut_22": "the clock's fallback divided by another "
+    "estate.agent.spool.xǁSpoolǁ_connect__mutmut_10": "SQLite's lock wait: only timing shows it",
+    "estate.agent.spool.xǁSpoolǁ_connect__mutmut_11": "SQLite's lock wait: only timing shows it",
+    "estate.agent.spool.xǁSpoolǁnext_sequence__mutmut_22":
+        "the clock's fallback divided by another "
                                                     "constant is still unique per boot",
-    "inventory.sanitise.x_dumps__mutmut_4": _FALSY,
-    "inventory.sanitise.x_dumps__mutmut_28": _NEVER_UNSAFE,
-    "inventory.sanitise.x_dumps__mutmut_29": _NEVER_UNSAFE,
-    "inventory.sanitise.x__escape_json_char__mutmut_3": _NEVER_UNSAFE,
-    "inventory.sanitise.x__escape_json_char__mutmut_4": _NEVER_UNSAFE,
-    "inventory.export.manifest.x_canonical__mutmut_6": _FALSY,
+    "estate.inventory.sanitise.x_dumps__mutmut_4": _FALSY,
+    "estate.inventory.sanitise.x_dumps__mutmut_28": _NEVER_UNSAFE,
+    "estate.inventory.sanitise.x_dumps__mutmut_29": _NEVER_UNSAFE,
+    "estate.inventory.sanitise.x__escape_json_char__mutmut_3": _NEVER_UNSAFE,
+    "estate.inventory.sanitise.x__escape_json_char__mutmut_4": _NEVER_UNSAFE,
+    "estate.inventory.export.manifest.x_canonical__mutmut_6": _FALSY,
     # Only how much is read at once changes, never what: the same digest, the same refusal.
-    "inventory.export.manifest.x_sha256_of__mutmut_8": _READ_SIZE,
-    "inventory.export.manifest.x_sha256_of__mutmut_10": _READ_SIZE,
-    "inventory.export.manifest.x_sha256_of__mutmut_11": _READ_SIZE,
-    "inventory.export.manifest.x_verify__mutmut_11": _READ_SIZE,
-    "inventory.export.manifest.x_verify__mutmut_13": _READ_SIZE,
-    "inventory.export.manifest.x_verify__mutmut_20": "a codec's name in another case is the "
+    "estate.inventory.export.manifest.x_sha256_of__mutmut_8": _READ_SIZE,
+    "estate.inventory.export.manifest.x_sha256_of__mutmut_10": _READ_SIZE,
+    "estate.inventory.export.manifest.x_sha256_of__mutmut_11": _READ_SIZE,
+    "estate.inventory.export.manifest.x_verify__mutmut_11": _READ_SIZE,
+    "estate.inventory.export.manifest.x_verify__mutmut_13": _READ_SIZE,
+    "estate.inventory.export.manifest.x_verify__mutmut_20": "a codec's name in another case is the "
                                                      "same codec",
     # inventory/hub/_ingest.py
-    "inventory.hub._ingest.x_decompress__mutmut_6": "wbits 32 (zlib or gzip, detected) reads "
+    "estate.inventory.hub._ingest.x_decompress__mutmut_6":
+        "wbits 32 (zlib or gzip, detected) reads "
                                                     "the same streams: only a body starting "
                                                     "with the gzip magic gets there",
-    "inventory.hub._ingest.x_decompress__mutmut_13": "one byte more read past the limit: "
+    "estate.inventory.hub._ingest.x_decompress__mutmut_13": "one byte more read past the limit: "
                                                      "refused the same",
     # Python 3.11's fromisoformat reads every time the schema admits (RFC 3339, UTC), so
     # accept()'s "not a time the hub can read" is unreachable on it (3.10 reaches it).
-    "inventory.hub._ingest.x_accept__mutmut_1[1-8]": "unreachable on Python 3.11+",
+    "estate.inventory.hub._ingest.x_accept__mutmut_1[1-8]": "unreachable on Python 3.11+",
     # Busy(queued, retry_after, message): `queued` only shapes the default message.
-    "inventory.hub._ingest.xǁOverBudgetǁ__init____mutmut_[17]": _BUSY_QUEUED,
-    "inventory.hub._ingest.xǁIngestǁaccept__mutmut_[28]": _BUSY_QUEUED,
-    "inventory.hub._ingest.xǁIngestǁaccept__mutmut_10": _BUSY_QUEUED,
-    "inventory.hub._ingest.xǁAgentBudgetsǁtake__mutmut_50": _FALSY,
-    "inventory.hub._ingest.xǁIngestǁclose__mutmut_1": _FALSY,
+    "estate.inventory.hub._ingest.xǁOverBudgetǁ__init____mutmut_[17]": _BUSY_QUEUED,
+    "estate.inventory.hub._ingest.xǁIngestǁaccept__mutmut_[28]": _BUSY_QUEUED,
+    "estate.inventory.hub._ingest.xǁIngestǁaccept__mutmut_10": _BUSY_QUEUED,
+    "estate.inventory.hub._ingest.xǁAgentBudgetsǁtake__mutmut_50": _FALSY,
+    "estate.inventory.hub._ingest.xǁIngestǁclose__mutmut_1": _FALSY,
     # With burst 0 no account is ever opened (take returns first): nothing to charge or give.
-    "inventory.hub._ingest.xǁAgentBudgetsǁrefused__mutmut_2": _NO_ACCOUNT,
-    "inventory.hub._ingest.xǁAgentBudgetsǁgive_back__mutmut_2": _NO_ACCOUNT,
-    "inventory.hub._ingest.xǁAgentBudgetsǁrefused__mutmut_3": "with burst 1 an invalid report "
+    "estate.inventory.hub._ingest.xǁAgentBudgetsǁrefused__mutmut_2": _NO_ACCOUNT,
+    "estate.inventory.hub._ingest.xǁAgentBudgetsǁgive_back__mutmut_2": _NO_ACCOUNT,
+    "estate.inventory.hub._ingest.xǁAgentBudgetsǁrefused__mutmut_3":
+        "with burst 1 an invalid report "
                                                               "costs 1, all charged by take()",
     # inventory/hub/_api.py
-    "inventory.hub._api.xǁOperatorApiǁanswer__mutmut_6": _FALSY,
-    "inventory.hub._api.xǁOperatorApiǁhandle__mutmut_7": "a codec's name in another case is "
+    "estate.inventory.hub._api.xǁOperatorApiǁanswer__mutmut_6": _FALSY,
+    "estate.inventory.hub._api.xǁOperatorApiǁhandle__mutmut_7": "a codec's name in another case is "
                                                           "the same codec",
-    **{f"inventory.hub._api.xǁOperatorApiǁhandle__mutmut_{n}": _OP_CHECKED
+    **{f"estate.inventory.hub._api.xǁOperatorApiǁhandle__mutmut_{n}": _OP_CHECKED
        for n in (2, 103, 104, 109)},
-    **{f"inventory.hub._api.xǁOperatorApiǁ{function}__mutmut_{n}": _DEFAULT_NONE
+    **{f"estate.inventory.hub._api.xǁOperatorApiǁ{function}__mutmut_{n}": _DEFAULT_NONE
        for function, n in (("_hosts", 47), ("_changes", 5), ("_changes", 14))},
     # Rows with no value all get the key (True, x) and every other row (False, value): x is
     # only ever compared with another row's x, equal to it.
-    "inventory.hub._api.xǁOperatorApiǁ_hosts__mutmut_11[79]": "the sort key's stand-in for "
+    "estate.inventory.hub._api.xǁOperatorApiǁ_hosts__mutmut_11[79]": "the sort key's stand-in for "
                                                               "no value is never compared",
-    "inventory.hub._api.xǁOperatorApiǁ_not_found__mutmut_31": "the names probed are at most "
+    "estate.inventory.hub._api.xǁOperatorApiǁ_not_found__mutmut_31": "the names probed are at most "
                                                               "255 characters (their "
                                                               "parameters' bound): never cut",
     # inventory/store/_hosts.py
-    **{f"inventory.store._hosts.xǁHostRecordsǁ_upsert_host__mutmut_{n}": _COLUMN_CASE for n in (
+    **{f"estate.inventory.store._hosts.xǁHostRecordsǁ_upsert_host__mutmut_{n}": _COLUMN_CASE
+       for n in (
         28, 30, 33, 36, 40, 44, 50, 56, 62, 66, 70, 74, 78,
         84, 90, 94, 103, 105, 109, 111, 113, 119, 121, 127, 138, 155)},
-    "inventory.store._hosts.xǁHostRecordsǁ_upsert_host__mutmut_18": _BY_POSITION,
-    "inventory.store._hosts.xǁHostRecordsǁ_previous__mutmut_12": _BY_POSITION,
-    **{f"inventory.store._hosts.xǁHostRecordsǁhost_rows__mutmut_{n}": _BY_POSITION
+    "estate.inventory.store._hosts.xǁHostRecordsǁ_upsert_host__mutmut_18": _BY_POSITION,
+    "estate.inventory.store._hosts.xǁHostRecordsǁ_previous__mutmut_12": _BY_POSITION,
+    **{f"estate.inventory.store._hosts.xǁHostRecordsǁhost_rows__mutmut_{n}": _BY_POSITION
        for n in (4, 6, 8, 10)},
-    "inventory.store._hosts.xǁHostRecordsǁhost_rows__mutmut_83": _FIRST_WORD,
-    "inventory.store._hosts.xǁHostRecordsǁhost_rows__mutmut_89": _FIRST_WORD,
-    **{f"inventory.store._hosts.xǁHostRecordsǁ_upsert_host__mutmut_{n}": _FALSY
+    "estate.inventory.store._hosts.xǁHostRecordsǁhost_rows__mutmut_83": _FIRST_WORD,
+    "estate.inventory.store._hosts.xǁHostRecordsǁhost_rows__mutmut_89": _FIRST_WORD,
+    **{f"estate.inventory.store._hosts.xǁHostRecordsǁ_upsert_host__mutmut_{n}": _FALSY
        for n in (129, 140, 159)},
-    **{f"inventory.store.{name}": _BY_POSITION for name in (
+    **{f"estate.inventory.store.{name}": _BY_POSITION for name in (
         "_audit.xǁAuditLogǁ_audit__mutmut_7", "_audit.xǁAuditLogǁverify_audit__mutmut_9",
         "_hosts.xǁHostRecordsǁ_store_one__mutmut_71", "_hosts.xǁHostRecordsǁ_store_one__mutmut_92",
         "_hosts.xǁHostRecordsǁ_identity__mutmut_8", "_hosts.xǁHostRecordsǁ_sharing__mutmut_8",
@@ -165,70 +178,79 @@ EQUIVALENT: dict[str, str] = {
         "_hosts.xǁHostRecordsǁhost_detail_exists__mutmut_4",
         # `AS AGENCY`: the rows became `Change(*r)`, read by position (a dict's key before).
         "_changes.xǁChangeRecordsǁscoped_changes__mutmut_5")},
-    **{f"inventory.store._changes.xǁChangeRecordsǁscoped_changes__mutmut_{n}": _SQL_FRAGMENT
+    **{f"estate.inventory.store._changes.xǁChangeRecordsǁscoped_changes__mutmut_{n}": _SQL_FRAGMENT
        for n in (26, 27, 33, 34)},
-    "inventory.store._audit.xǁAuditLogǁ_audit__mutmut_24": _FALSY,
-    "inventory.store._audit.x_audit_hash__mutmut_3": _FALSY,
-    "inventory.store._hosts.x__ordering_time__mutmut_5": _FALSY,
-    "inventory.store._audit.x_audit_hash__mutmut_10": "the key separator of a JSON list holding "
+    "estate.inventory.store._audit.xǁAuditLogǁ_audit__mutmut_24": _FALSY,
+    "estate.inventory.store._audit.x_audit_hash__mutmut_3": _FALSY,
+    "estate.inventory.store._hosts.x__ordering_time__mutmut_5": _FALSY,
+    "estate.inventory.store._audit.x_audit_hash__mutmut_10":
+        "the key separator of a JSON list holding "
                                                       "no object is never written",
-    "inventory.store._enrolment.x__sha256__mutmut_4": _CODEC_CASE,
-    **{f"inventory.store._hosts.xǁHostRecordsǁstore_reports__mutmut_{n}": _BATCH_RESET
+    "estate.inventory.store._enrolment.x__sha256__mutmut_4": _CODEC_CASE,
+    **{f"estate.inventory.store._hosts.xǁHostRecordsǁstore_reports__mutmut_{n}": _BATCH_RESET
        for n in (4, 6)},
-    "inventory.store._hosts.xǁ_StatusClockǁ__call____mutmut_3": "the threshold computed again "
+    "estate.inventory.store._hosts.xǁ_StatusClockǁ__call____mutmut_3":
+        "the threshold computed again "
                                                                 "for each host: the same "
                                                                 "value, at more cost",
-    "inventory.store._hosts.xǁHostRecordsǁ_store_one__mutmut_73": "`changes` is a new empty "
+    "estate.inventory.store._hosts.xǁHostRecordsǁ_store_one__mutmut_73": "`changes` is a new empty "
                                                                   "list just before: assigning "
                                                                   "to it is adding to it",
-    "inventory.store._hosts.xǁHostRecordsǁ_identity__mutmut_10": "every host asked for was just "
+    "estate.inventory.store._hosts.xǁHostRecordsǁ_identity__mutmut_10":
+        "every host asked for was just "
                                                                  "written or just found in the "
                                                                  "table: its row is never "
                                                                  "missing",
-    **{f"inventory.store._hosts.x__gzipped__mutmut_{n}": _GZIP_BYTES for n in (5, 7, 8, 9, 10)},
+    **{f"estate.inventory.store._hosts.x__gzipped__mutmut_{n}": _GZIP_BYTES for n in (5, 7, 8, 9,
+                                                                                      10)},
     # `" AND 1 = 0"` lowered: SQL in another case, in a fragment with no keyword that
     # _sql_recased looks for.
-    "inventory.store._common.x__scoped__mutmut_5": "SQL in another case",
+    "estate.inventory.store._common.x__scoped__mutmut_5": "SQL in another case",
     # agent/spool.py
-    **{f"agent.spool.xǁSpoolǁ_connect__mutmut_{n}": _CREATE_CASE
+    **{f"estate.agent.spool.xǁSpoolǁ_connect__mutmut_{n}": _CREATE_CASE
        for n in (35, 36, 38, 39, 45, 46)},
     # inventory/report.py
-    "inventory.report.x_parse__mutmut_14": _CODEC_CASE,
-    "inventory.report.x__str_checker__mutmut_19": _CODEC_CASE,
-    "inventory.report.x__compile__mutmut_3": "the root's path None for '': children() reads "
+    "estate.inventory.report.x_parse__mutmut_14": _CODEC_CASE,
+    "estate.inventory.report.x__str_checker__mutmut_19": _CODEC_CASE,
+    "estate.inventory.report.x__compile__mutmut_3": "the root's path None for '': children() reads "
                                              "both falsy values as the top level",
-    "inventory.report.x__compile__mutmut_4": _FALSY,
-    "inventory.report.x__object_checker__mutmut_[58]": "rsplit('.') with another maxsplit: "
+    "estate.inventory.report.x__compile__mutmut_4": _FALSY,
+    "estate.inventory.report.x__object_checker__mutmut_[58]": "rsplit('.') with another maxsplit: "
                                                        "the last part is the same",
-    "inventory.report.x__object_checker__mutmut_3[67]": _ALWAYS_REBOUND,
-    "inventory.report.x__list_checker__mutmut_19": _ALWAYS_REBOUND,
-    "inventory.report.x__list_checker__mutmut_20": _ALWAYS_REBOUND,
-    "inventory.report.x__kind_of__mutmut_[23]": "unreachable: _expected() says 'must not be "
+    "estate.inventory.report.x__object_checker__mutmut_3[67]": _ALWAYS_REBOUND,
+    "estate.inventory.report.x__list_checker__mutmut_19": _ALWAYS_REBOUND,
+    "estate.inventory.report.x__list_checker__mutmut_20": _ALWAYS_REBOUND,
+    "estate.inventory.report.x__kind_of__mutmut_[23]": "unreachable: _expected() says 'must not be "
                                                 "null' before asking _kind_of about None",
     # inventory/sanitise.py
-    "inventory.sanitise.x_is_unsafe__mutmut_2": "the space's shortcut only: its category (Zs) "
+    "estate.inventory.sanitise.x_is_unsafe__mutmut_2":
+        "the space's shortcut only: its category (Zs) "
                                                 "is safe anyway",
-    **{f"inventory.sanitise.x_quoted__mutmut_{n}": "a code point at the changed bound (U+0100, "
+    **{f"estate.inventory.sanitise.x_quoted__mutmut_{n}":
+       "a code point at the changed bound (U+0100, "
                                                    "U+10000) is a letter, never escaped"
        for n in (25, 26, 29, 30)},
     # inventory/export/_writers.py
-    **{f"inventory.export._writers.x__time_text__mutmut_{n}": _STORE_TIME for n in (2, 7, 8)},
-    "inventory.export._writers.x__parse_time__mutmut_[78]": _READS_Z,
-    "inventory.export._writers.xǁCsvWriterǁ__init____mutmut_[59]": _POSIX_NEWLINE,
-    "inventory.export._writers.xǁJsonWriterǁ__init____mutmut_[59]": _POSIX_NEWLINE,
-    "inventory.export._writers.xǁCsvWriterǁ__init____mutmut_13": _CODEC_CASE,
-    "inventory.export._writers.xǁJsonWriterǁ__init____mutmut_13": _CODEC_CASE,
-    "inventory.export._writers.xǁCsvWriterǁ__init____mutmut_19": "csv's default line "
+    **{f"estate.inventory.export._writers.x__time_text__mutmut_{n}": _STORE_TIME for n in (2, 7,
+                                                                                           8)},
+    "estate.inventory.export._writers.x__parse_time__mutmut_[78]": _READS_Z,
+    "estate.inventory.export._writers.xǁCsvWriterǁ__init____mutmut_[59]": _POSIX_NEWLINE,
+    "estate.inventory.export._writers.xǁJsonWriterǁ__init____mutmut_[59]": _POSIX_NEWLINE,
+    "estate.inventory.export._writers.xǁCsvWriterǁ__init____mutmut_13": _CODEC_CASE,
+    "estate.inventory.export._writers.xǁJsonWriterǁ__init____mutmut_13": _CODEC_CASE,
+    "estate.inventory.export._writers.xǁCsvWriterǁ__init____mutmut_19": "csv's default line "
                                                                  "terminator is \\r\\n too",
-    **{f"inventory.export._writers.xǁJsonWriterǁrow__mutmut_{n}": "the outer zip's strict: the "
+    **{f"estate.inventory.export._writers.xǁJsonWriterǁrow__mutmut_{n}":
+       "the outer zip's strict: the "
        "inner one has refused a row that does not fit already" for n in (13, 16, 28)},
-    "inventory.export._writers.x__json__mutmut_2": _FALSY,
-    "inventory.export._writers.xǁXlsxWriterǁclose__mutmut_119": _FALSY,
-    **{f"inventory.export._writers.xǁXlsxWriterǁ__init____mutmut_{n}": _TYPED_WRITES
+    "estate.inventory.export._writers.x__json__mutmut_2": _FALSY,
+    "estate.inventory.export._writers.xǁXlsxWriterǁclose__mutmut_119": _FALSY,
+    **{f"estate.inventory.export._writers.xǁXlsxWriterǁ__init____mutmut_{n}": _TYPED_WRITES
        for n in range(10, 19)},
-    "inventory.export._writers.xǁXlsxWriterǁ__init____mutmut_41": "a colour in lower case: "
+    "estate.inventory.export._writers.xǁXlsxWriterǁ__init____mutmut_41": "a colour in lower case: "
                                                                   "xlsxwriter writes the same file",
-    "inventory.export._writers.xǁXlsxWriterǁclose__mutmut_9[34]": "About's column A set with B "
+    "estate.inventory.export._writers.xǁXlsxWriterǁclose__mutmut_9[34]":
+        "About's column A set with B "
                                                                   "(or B:A): B is set again next, "
                                                                   "the same file",
 }
@@ -242,7 +264,29 @@ def _modules() -> list[str]:
 
 
 def _module_name(path: str) -> str:
-    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    return "estate." + path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def _staged(path: str) -> str:
+    """A module's path in the staged tree (and in mutmut's `mutants/`)."""
+    return f"estate/{path}"
+
+
+def _stage() -> None:
+    """A fresh copy of the tree for mutmut, laid out as the packages install."""
+    shutil.rmtree(STAGE, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, STAGE / "estate" / folder, ignore=ignore)
+    shutil.copytree(ROOT / "tests", STAGE / "tests", ignore=ignore)
+    text = (ROOT / "pyproject.toml").read_text()
+    config = tomllib.loads(text)["tool"]["mutmut"]
+    for path in config["source_paths"]:
+        text = text.replace(f'"{path}"', f'"{_staged(path)}"', 1)
+    also_copy = ", ".join(f'"{p}"' for p in config["also_copy"])
+    text = text.replace(f"also_copy = [{also_copy}]",
+                        'also_copy = ["estate", "tests", "pyproject.toml"]')
+    (STAGE / "pyproject.toml").write_text(text)
 
 
 def _patterns() -> dict[str, list[str]]:
@@ -263,14 +307,15 @@ def _patterns() -> dict[str, list[str]]:
 # so it would credit these to whichever test happened to import the module first; every test
 # that validates a report goes through them.
 IMPORT_TIME = {
-    "inventory.report": ("x__compile", "x__object_checker", "x__list_checker", "x__str_checker",
+    "estate.inventory.report": ("x__compile", "x__object_checker", "x__list_checker",
+                                "x__str_checker",
                          "x__bool_checker", "x__datetime_checker", "x__number_checker"),
 }
-VALIDATES = "inventory.report.x_validate"
+VALIDATES = "estate.inventory.report.x_validate"
 
 
 def _credit_import_time_code() -> None:
-    stats_file = ROOT / "mutants" / "mutmut-stats.json"
+    stats_file = MUTANTS / "mutmut-stats.json"
     stats = json.loads(stats_file.read_text())
     tests = stats["tests_by_mangled_function_name"]
     for module, functions in IMPORT_TIME.items():
@@ -285,8 +330,8 @@ def _run(only: list[str] | None = None) -> float:
     # fresh (unrun) record for every module it copies, so theirs are put back afterwards.
     kept = {} if only is None else {
         module: meta.read_bytes() for module in _patterns() if module not in only
-        and (meta := ROOT / "mutants" / f"{module}.meta").exists()}
-    shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # a fresh copy: no stale results
+        and (meta := MUTANTS / f"{_staged(module)}.meta").exists()}
+    _stage()  # a fresh copy: no stale results
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.monotonic()
     patterns = [p for module, patterns in _patterns().items() if only is None or module in only
@@ -298,18 +343,18 @@ def _run(only: list[str] | None = None) -> float:
     # First the copy, the mutants and the record of which tests reach which function (with one
     # quick mutant, as `mutmut run` wants one), then that record corrected, then every mutant.
     try:
-        for step in (["run", *children, "inventory.report.x__reject_constant__mutmut_1"],
+        for step in (["run", *children, "estate.inventory.report.x__reject_constant__mutmut_1"],
                      None, ["run", *children, *patterns]):
             if step is None:
                 _credit_import_time_code()
                 continue
-            done = subprocess.run([str(mutmut), *step], cwd=ROOT, env=env, check=False)
+            done = subprocess.run([str(mutmut), *step], cwd=STAGE, env=env, check=False)
             if done.returncode != 0:
                 sys.exit(f"mutmut {step[0]} exited {done.returncode}")
     finally:  # kept even when this run failed: they are the other modules' last results
-        for module, meta in kept.items():
-            (ROOT / "mutants" / f"{module}.meta").parent.mkdir(parents=True, exist_ok=True)
-            (ROOT / "mutants" / f"{module}.meta").write_bytes(meta)
+        for module, data in kept.items():
+            (MUTANTS / f"{_staged(module)}.meta").parent.mkdir(parents=True, exist_ok=True)
+            (MUTANTS / f"{_staged(module)}.meta").write_bytes(data)
     return time.monotonic() - started
 
 
@@ -322,7 +367,7 @@ _SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|PRAGMA|BEGIN|COMMIT|RO
 def _changed_lines(name: str, module: str) -> tuple[str, str]:
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
-    diff = get_diff_for_mutant(name, path=module).splitlines()
+    diff = get_diff_for_mutant(name, path=_staged(module)).splitlines()
     removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
     added = [line[1:] for line in diff if line.startswith("+") and not line.startswith("+++")]
     return "\n".join(removed), "\n".join(added)
@@ -359,7 +404,7 @@ def report(show_survivors: bool) -> bool:
           f"{'score':>6}")
     survivors: list[str] = []
     for module, patterns in _patterns().items():
-        meta_file = ROOT / "mutants" / f"{module}.meta"
+        meta_file = MUTANTS / f"{_staged(module)}.meta"
         if not meta_file.exists():
             print(f"{module:32} not run")
             ok = False
@@ -382,7 +427,7 @@ def report(show_survivors: bool) -> bool:
         print(f"{module:32} {len(codes):7} {killed:6} {equivalent:5} "
               f"{counted - killed:6} {score:6.1%}")
     if show_survivors:
-        print("\nsurvivors (`.venv/bin/mutmut show NAME` prints one's diff):")
+        print("\nsurvivors (`cd .mutate && ../.venv/bin/mutmut show NAME` prints one's diff):")
         print("\n".join(f"  {s}" for s in survivors) or "  none")
     return ok
 
@@ -400,6 +445,9 @@ def main() -> None:
     if "--report" not in args:
         elapsed = _run(only)
         print(f"\nmutmut run took {elapsed / 60:.1f} minutes")
+    if not STAGE.exists():
+        sys.exit("no run to report yet: run tests/mutate.py (or make mutate) first")
+    os.chdir(STAGE)  # mutmut reads its results (mutants/) from the working folder
     sys.exit(0 if report("--survivors" in args) else 1)
 
 

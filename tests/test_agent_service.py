@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from agent.config import AgentConfig, SpoolConfig
-from agent.service import Service
-from agent.transport import CommandResult, HubError
-from inventory.protocol import ChannelExit
+from estate.agent.config import AgentConfig, SpoolConfig
+from estate.agent.service import Service
+from estate.agent.transport import CommandResult, HubError
+from estate.inventory.protocol import ChannelExit
 from tests.harness import Agent, AgentService, HubProcess, TcpRelay, stored_sequences, wait_for
 
 
@@ -300,9 +300,9 @@ def test_agent_clock_jump_does_not_move_received_at_and_is_flagged(hub, enrolled
 def test_status_and_install_service_print(enrolled, tmp_path):
     from tests.harness import run
 
-    never = run("-m", "agent", "status", "--config", str(enrolled.config), check=False)
+    never = run("-m", "estate.agent", "status", "--config", str(enrolled.config), check=False)
     assert never.returncode == 1 and "has not run" in never.stdout
-    unit = run("-m", "agent", "install-service", "--print", "--config",
+    unit = run("-m", "estate.agent", "install-service", "--print", "--config",
                str(enrolled.config)).stdout
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict",
                  f"ReadWritePaths={enrolled.config.parent.resolve()}",
@@ -329,7 +329,7 @@ def test_the_spool_keeps_reports_newest_first_until_acked_and_bounds_itself(tmp_
                                                                             caplog):
     """Newest first; an ack removes that report alone; a repeated id is kept once; over a
     bound the oldest go and are counted until a report that told the hub is acked."""
-    from agent.spool import Spool, SpoolLimits
+    from estate.agent.spool import Spool, SpoolLimits
 
     spool = Spool(tmp_path / "spool.db", SpoolLimits(max_reports=3, max_bytes=25))
     assert spool.newest() is None and spool.depth() == (0, 0)
@@ -371,8 +371,8 @@ def test_the_spool_keeps_reports_newest_first_until_acked_and_bounds_itself(tmp_
 
 def test_old_reports_leave_the_spool_and_a_corrupt_one_is_moved_aside(tmp_path, caplog,
                                                                          monkeypatch):
-    from agent import spool as spool_module
-    from agent.spool import Spool, SpoolFull, SpoolLimits
+    from estate.agent import spool as spool_module
+    from estate.agent.spool import Spool, SpoolFull, SpoolLimits
 
     path = tmp_path / "spool.db"
     spool = Spool(path, SpoolLimits(max_age_s=60))
@@ -404,7 +404,7 @@ def test_old_reports_leave_the_spool_and_a_corrupt_one_is_moved_aside(tmp_path, 
 def test_the_spool_bounds_are_inclusive_and_its_failures_are_spoolfull(tmp_path, caplog):
     """Exactly max_reports and exactly max_bytes fit; a failure inside a write rolls back
     and says SpoolFull with SQLite's reason; a broken counter falls back to the clock."""
-    from agent.spool import Spool, SpoolFull, SpoolLimits
+    from estate.agent.spool import Spool, SpoolFull, SpoolLimits
 
     spool = Spool(tmp_path / "spool.db", SpoolLimits(max_reports=2, max_bytes=10))
     spool.put("a:1:1", b"12345")
@@ -427,7 +427,7 @@ def test_the_spool_bounds_are_inclusive_and_its_failures_are_spoolfull(tmp_path,
 
 
 def test_a_corrupt_spool_is_logged_with_where_it_went(tmp_path, caplog):
-    from agent.spool import Spool
+    from estate.agent.spool import Spool
 
     path = tmp_path / "spool.db"
     path.write_bytes(b"garbage" * 200)
@@ -456,7 +456,7 @@ def test_a_corrupt_spool_is_moved_aside_with_its_wal_and_shm(tmp_path):
     fresh spool."""
     import sqlite3
 
-    from agent.spool import Spool
+    from estate.agent.spool import Spool
 
     path = tmp_path / "spool.db"
     spool = Spool(path)
@@ -480,7 +480,7 @@ def test_a_corrupt_spool_is_moved_aside_with_its_wal_and_shm(tmp_path):
 def test_a_spool_that_fails_its_quick_check_says_what_the_check_found(tmp_path, caplog):
     """A spool SQLite can open but whose pages are inconsistent: the log names quick_check
     and what it reported, so the moved-aside file can be understood later."""
-    from agent.spool import Spool
+    from estate.agent.spool import Spool
 
     path = tmp_path / "spool.db"
     spool = Spool(path)

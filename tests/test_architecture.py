@@ -25,7 +25,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = sorted(".".join(init.parent.relative_to(ROOT).parts)
+# The folders install as the `estate.*` namespace (pyproject.toml's package-dir).
+PACKAGES = sorted(".".join(("estate", *init.parent.relative_to(ROOT).parts))
                   for top in ("agent", "inventory", "console")
                   for init in (ROOT / top).rglob("__init__.py"))
 PLATFORMS = ("_linux", "_windows", "_macos", "_other")
@@ -59,8 +60,16 @@ def _public_names_defined(tree: ast.Module) -> set[str]:
 
 
 def test_the_packages_are_found():
-    assert {"agent", "agent.collect", "console", "inventory", "inventory.export",
-            "inventory.hub", "inventory.store"} <= set(PACKAGES)
+    assert {"estate.agent", "estate.agent.collect", "estate.console", "estate.inventory",
+            "estate.inventory.export", "estate.inventory.hub",
+            "estate.inventory.store"} <= set(PACKAGES)
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists the packages by name (the folders map to `estate.*`): a new
+    package folder missing from the list would be left out of the wheel."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert sorted(setuptools["packages"]) == PACKAGES
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -80,7 +89,7 @@ def test_each_package_exports_what_its_all_lists(name):
 def test_the_platform_collectors_export_the_same_names_with_the_same_parameters():
     """psutil-style: one module per OS, chosen once in agent/collect/__init__.py. Each must
     offer exactly what that switch uses, under the same names, taking the same parameters."""
-    modules = {p: importlib.import_module(f"agent.collect.{p}") for p in PLATFORMS}
+    modules = {p: importlib.import_module(f"estate.agent.collect.{p}") for p in PLATFORMS}
     linux = modules["_linux"].__all__
     for platform, module in modules.items():
         assert module.__all__ == linux, f"{platform}.__all__ differs from _linux.__all__"
@@ -109,10 +118,11 @@ def test_the_shared_core_imports_only_the_standard_library_and_itself():
     """The contract forbids the third-party packages Estate uses; this catches any other one,
     including imports inside functions."""
     core = _core_modules()
-    assert {"inventory.errors", "inventory.protocol", "inventory.report"} <= set(core)
+    assert {"estate.inventory.errors", "estate.inventory.protocol",
+            "estate.inventory.report"} <= set(core)
     outside = []
     for name in core:
-        path = ROOT.joinpath(*name.split(".")).with_suffix(".py")
+        path = ROOT.joinpath(*name.removeprefix("estate.").split(".")).with_suffix(".py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 imported = [alias.name for alias in node.names]
@@ -142,13 +152,15 @@ def _loaded_by(modules: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str
 
 
 def test_the_console_loads_neither_the_store_nor_the_hub():
-    assert _loaded_by(("console.cli", "console.app", "console.export", "console.remote"),
-                      ("inventory.store", "inventory.hub")) == []
+    assert _loaded_by(("estate.console.cli", "estate.console.app", "estate.console.export",
+                       "estate.console.remote"),
+                      ("estate.inventory.store", "estate.inventory.hub")) == []
 
 
 def test_the_agent_loads_nothing_of_the_hub_its_store_exports_or_the_console():
-    assert _loaded_by(("agent.cli", "agent.service"),
-                      ("inventory.hub", "inventory.store", "inventory.export", "console")) == []
+    assert _loaded_by(("estate.agent.cli", "estate.agent.service"),
+                      ("estate.inventory.hub", "estate.inventory.store", "estate.inventory.export",
+                       "estate.console")) == []
 
 
 # --- error codes: every code the hub uses is one the protocol module lists -------------------
@@ -252,7 +264,7 @@ def _codes_used(root: Path) -> dict[str, list[str]]:
 
 
 def _listed_codes() -> set[str]:
-    from inventory import protocol
+    from estate.inventory import protocol
 
     return (set(protocol.ERROR_CODES) | protocol.API_ERROR_CODES
             | protocol.CONNECTION_REFUSAL_CODES | protocol.REMOTE_REFUSAL_CODES
@@ -260,7 +272,7 @@ def _listed_codes() -> set[str]:
 
 
 def test_every_error_code_the_code_uses_is_listed_in_the_protocol_module():
-    """A new code cannot be sent (or audited) without its place in `inventory.protocol`:
+    """A new code cannot be sent (or audited) without its place in `estate.inventory.protocol`:
     channel-ending (with its exit status), an API answer, a refused connection, a refused
     remote session or a refused input."""
     used = _codes_used(ROOT / "inventory")
@@ -284,9 +296,9 @@ def test_every_listed_error_code_is_used():
 
 
 def test_the_error_code_sets_agree_with_the_hub():
-    from inventory import protocol
-    from inventory.hub import _door
-    from inventory.hub._commands.api import INVALID_LINE_CODES
+    from estate.inventory import protocol
+    from estate.inventory.hub import _door
+    from estate.inventory.hub._commands.api import INVALID_LINE_CODES
 
     assert set(_door.MESSAGES) <= protocol.CONNECTION_REFUSAL_CODES
     assert INVALID_LINE_CODES <= protocol.API_ERROR_CODES
@@ -305,6 +317,6 @@ def test_the_protocol_docs_errors_table_lists_every_channel_error_code():
             # `code` (with `path`): the parenthesis says what comes with it, not a code.
             for code in re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", cells[2])):
                 documented[code] = int(cells[0])
-    from inventory.protocol import ERROR_CODES
+    from estate.inventory.protocol import ERROR_CODES
 
     assert documented == {code: int(status) for code, status in ERROR_CODES.items()}

@@ -9,12 +9,12 @@ import sqlite3
 import asyncssh
 import pytest
 
-from inventory.store import Store
+from estate.inventory.store import Store
 from tests.harness import run, wait_for
 
 
 def _audit(data, *args: str, check: bool = True):
-    return run("-m", "inventory.hub.cli", "audit", *args, "--data", str(data), check=check)
+    return run("-m", "estate.inventory.hub.cli", "audit", *args, "--data", str(data), check=check)
 
 
 def _store_with_rows(tmp_path, n: int = 12):
@@ -52,7 +52,7 @@ def test_an_edited_row_is_named(tmp_path):
 
 
 def test_an_edited_row_with_its_hash_recomputed_breaks_the_next_link(tmp_path):
-    from inventory.store import audit_hash
+    from estate.inventory.store import audit_hash
 
     data = _store_with_rows(tmp_path)
     store = Store.open(data)
@@ -76,7 +76,7 @@ def test_a_deleted_row_is_named(tmp_path):
 def test_rows_from_before_the_chain_are_chained_by_the_migration(tmp_path):
     """A store at schema 5 (no chain) with audit rows: migrated, verify says OK, and new rows
     chain on."""
-    from inventory.store._migrations import MIGRATIONS
+    from estate.inventory.store._migrations import MIGRATIONS
 
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
@@ -189,7 +189,7 @@ def _tamper_open(store: Store, sql: str, args: tuple = ()) -> None:
 
 
 def test_verify_names_the_first_bad_row_and_what_is_wrong_with_it(tmp_path):
-    from inventory.store import audit_hash
+    from estate.inventory.store import audit_hash
 
     intact = _store_with_chain(tmp_path / "intact")
     assert tuple(intact.verify_audit()) == (5, None, None)
@@ -249,7 +249,7 @@ def test_the_audit_hash_is_sha256_of_the_previous_hash_and_the_rows_compact_json
     log's verification, so it is spelled out here rather than recomputed by the code."""
     import hashlib
 
-    from inventory.store import audit_hash
+    from estate.inventory.store import audit_hash
 
     genesis = "0" * 64
     canonical = '[1,"2026-01-31T12:00:00.000000Z","admin:zoë","login",null,"{\\"a\\": \\"é\\"}"]'

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from inventory.changes import KINDS, TooLarge, diff
-from inventory.store import Incoming, Store
+from estate.inventory.changes import KINDS, TooLarge, diff
+from estate.inventory.store import Incoming, Store
 
 
 def _pkgs(*items):

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-from inventory.report import validate
+from estate.inventory.report import validate
 
 
 def _agent(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "estate.agent", *args], capture_output=True,
                           text=True, timeout=120, **kw)
 
 
@@ -40,7 +40,7 @@ def test_collect_with_a_bad_config_says_why(tmp_path):
 
 def test_collect_never_imports_paramiko_or_textual(tmp_path):
     code = ("import sys, io, contextlib\n"
-            "from agent.cli import main\n"
+            "from estate.agent.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    main(['collect'])\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in "

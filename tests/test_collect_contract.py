@@ -8,9 +8,9 @@ import time
 import psutil
 import pytest
 
-from agent.collect import collect_report, collectors
-from agent.collect._common import clean
-from inventory.report import validate
+from estate.agent.collect import collect_report, collectors
+from estate.agent.collect._common import clean
+from estate.inventory.report import validate
 
 
 def test_required_sections_and_types(live_report):
@@ -46,7 +46,7 @@ def test_interface_speed_unknown_is_null_not_zero(live_report):
 
 
 def test_software_hash_is_stable_and_order_independent(live_report):
-    from agent.collect._common import package_hash
+    from estate.agent.collect._common import package_hash
 
     pkgs = live_report["software"]["packages"]
     assert live_report["software"]["hash"] == package_hash(list(reversed(pkgs)))
@@ -78,7 +78,7 @@ def test_a_hanging_collector_is_cut_off_and_reported():
 
 
 def test_a_hung_mount_costs_its_own_time_limit_only(monkeypatch):
-    from agent.collect import _common
+    from estate.agent.collect import _common
 
     release = threading.Event()
     real = psutil.disk_usage
@@ -101,7 +101,7 @@ def test_a_hung_mount_costs_its_own_time_limit_only(monkeypatch):
 
 def test_a_failing_platform_source_becomes_an_error(monkeypatch):
     """A missing dpkg-query (or any tool) is reported and the rest of the report stands."""
-    import agent.collect as facade
+    import estate.agent.collect as facade
 
     def no_tool(problems):
         raise FileNotFoundError("dpkg-query")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agent.config import ConfigError, load
+from estate.agent.config import ConfigError, load
 
 GOOD = """
 agent_id = "a-7f3c"
@@ -88,13 +88,15 @@ def test_not_toml_and_missing(tmp_path):
 
 def test_check_config_command(tmp_path):
     good = _write(tmp_path, GOOD)
-    ok = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config", str(good)],
+    ok = subprocess.run([sys.executable, "-m", "estate.agent", "check-config", "--config",
+                         str(good)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "ok (2 probes" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text("interval = -5\n")
-    fail = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config", str(bad)],
+    fail = subprocess.run([sys.executable, "-m", "estate.agent", "check-config", "--config",
+                           str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert fail.returncode == 1
     assert f"{bad}: interval: expected a number" in fail.stderr

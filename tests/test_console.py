@@ -11,12 +11,12 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from console._client import HubConnection
-from console._host import HostScreen
-from console._safe import plain
-from console._table import HostTable
-from console.app import EstateApp, HelpScreen
-from inventory import simulate
+from estate.console._client import HubConnection
+from estate.console._host import HostScreen
+from estate.console._safe import plain
+from estate.console._table import HostTable
+from estate.console.app import EstateApp, HelpScreen
+from estate.inventory import simulate
 from tests.harness import Agent, HubProcess, make_report
 
 # The escapes come first, so they fall inside the hostname column's width on screen.
@@ -181,8 +181,8 @@ def test_live_update_keeps_the_cursor_and_reconnect_banner(estate, live_report):
 
 
 def test_model_filters_twenty_thousand_rows():
-    from console._model import HostModel
-    from inventory.hostlist import COLUMN_KEYS
+    from estate.console._model import HostModel
+    from estate.inventory.hostlist import COLUMN_KEYS
 
     rows = []
     for i, (agency, site) in enumerate(simulate.placements(20_000)):
@@ -213,7 +213,7 @@ def test_tmux_embedded_default_shows_this_machine(tmp_path, live_report):
     session = f"estate-test-{tmp_path.name[-8:]}"
     data = tmp_path / "data"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "45",
-                    f"{sys.executable} -m console.cli --data {data}"], check=True)
+                    f"{sys.executable} -m estate.console.cli --data {data}"], check=True)
 
     def screen() -> str:
         return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"],
@@ -267,7 +267,7 @@ def test_tmux_embedded_default_shows_this_machine(tmp_path, live_report):
 
 
 def test_keymap_file_rebinds_and_bad_ids_are_named(estate, tmp_path):
-    from console._keys import load_keymap
+    from estate.console._keys import load_keymap
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[keys]\n"estate.fliter" = "f"\n')
@@ -306,7 +306,7 @@ def test_embedded_default_stops_its_hub_and_agent_when_killed(tmp_path):
     data = tmp_path / "data"
     session = f"estate-kill-{tmp_path.name[-8:]}"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40",
-                    f"{sys.executable} -m console.cli --data {data}"], check=True)
+                    f"{sys.executable} -m estate.console.cli --data {data}"], check=True)
 
     def pids(pattern: str) -> list[int]:
         """Our Python processes matching (not tmux, whose command line holds ours too)."""
@@ -326,7 +326,7 @@ def test_embedded_default_stops_its_hub_and_agent_when_killed(tmp_path):
         while len(pids(f"--data {data}/hub")) + len(pids(f"{data}/agent")) < 2:
             assert time.monotonic() < deadline, "the embedded hub and agent never started"
             time.sleep(0.2)
-        (console,) = pids(f"console.cli --data {data}")
+        (console,) = pids(f"estate.console.cli --data {data}")
 
         def screen() -> str:
             return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"],
@@ -353,7 +353,7 @@ def test_ctrl_s_exports_what_the_view_shows_with_a_signed_manifest(estate, tmp_p
     """The dialog, then the same code path as `estate export`: the filter goes with it."""
     import json
 
-    from inventory.export.manifest import verify
+    from estate.inventory.export.manifest import verify
 
     out = tmp_path / "view.json"
 

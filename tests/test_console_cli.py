@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from console._settings import ConfigError, ConsoleConfig, HubSettings, load, load_config
-from console.cli import main as estate
+from estate.console._settings import ConfigError, ConsoleConfig, HubSettings, load, load_config
+from estate.console.cli import main as estate
 
 GOOD = """\
 hub = "alice@hub.example:2222"
@@ -132,11 +132,12 @@ def test_parsing_estate_tunnel_imports_nothing_heavy():
     """`estate tunnel` starts before every remote session: its parse must not load what the
     other verbs need (asyncssh, the export package, Textual)."""
     code = ("import sys\n"
-            "from console.cli import _parser\n"
+            "from estate.console.cli import _parser\n"
             "args = _parser().parse_args(['tunnel', '--hub-key', 'SHA256:x', 'ag-1'])\n"
             "assert args.run.__name__ == 'tunnel_main' and args.hub_key == 'SHA256:x'\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('asyncssh', 'textual', 'cryptography') or m.startswith('inventory.export')))\n")
+            "('asyncssh', 'textual', 'cryptography')"
+            " or m.startswith('estate.inventory.export')))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

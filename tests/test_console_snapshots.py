@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from console._client import HubConnection
-from console.app import EstateApp
+from estate.console._client import HubConnection
+from estate.console.app import EstateApp
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 ROWS = [
@@ -34,7 +34,7 @@ def _detail() -> dict:
     """A host's record as the hub's `host` answer gives it, with nothing that varies."""
     import random
 
-    from inventory import simulate
+    from estate.inventory import simulate
 
     ident = simulate.Identity(7, "ag-000000000001", None, "Fire & Rescue", "Station 12")  # type: ignore[arg-type]
     report = simulate.fake_report(ident, 1, 300.0, random.Random(1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inventory.fields import markdown_table
+from estate.inventory.fields import markdown_table
 from tests.conftest import ROOT
 
 

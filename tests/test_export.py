@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from inventory.export._register import RegisterError, parse_register
+from estate.agent import __version__
+from estate.inventory.export._register import RegisterError, parse_register
 from tests.harness import Agent, make_report, run, wait_for
 from tests.sshd import keygen
 
@@ -48,12 +49,12 @@ def _second() -> str:
 
 def _export(env, operator: str, *args: str, check: bool = True):
     hub = env["hub"]
-    return run("-m", "console.cli", "export", "--hub", f"{operator}@{hub.address}", "--key",
+    return run("-m", "estate.console.cli", "export", "--hub", f"{operator}@{hub.address}", "--key",
                str(env["base"] / operator), "--hub-key", hub.fingerprint, *args, check=check)
 
 
 def _verify(path: Path, *args: str):
-    return run("-m", "console.cli", "verify", str(path), *args, check=False)
+    return run("-m", "estate.console.cli", "verify", str(path), *args, check=False)
 
 
 def test_scope_an_agency_operator_exports_only_their_agency(estate, tmp_path):
@@ -66,6 +67,8 @@ def test_scope_an_agency_operator_exports_only_their_agency(estate, tmp_path):
     assert manifest["scope"] == {"operator": "fire.auditor", "role": "auditor",
                                  "agencies": ["Fire & Rescue"]}
     assert doc["manifest"]["scope"] == manifest["scope"]
+    # The hub reads its version from the installed distribution: a renamed one is not "unknown".
+    assert manifest["estate_version"] == __version__
     audit = estate["hub"].admin_json("audit")
     assert any(a["action"] == "export" and a["actor"] == "operator:fire.auditor"
                for a in audit)
@@ -122,7 +125,7 @@ def test_verify_names_a_manifest_signed_by_another_key(estate, tmp_path):
     """Re-signed with another key: the signature holds, but not by the hub you expect."""
     import asyncssh
 
-    from inventory.export.manifest import sign
+    from estate.inventory.export.manifest import sign
 
     out = tmp_path / "inventory.csv"
     _export(estate, "chief", "--report", "inventory", "-o", str(out))
@@ -210,8 +213,8 @@ FORMULA_CELLS = [
 
 
 def _formula_export(tmp_path: Path, fmt: str) -> Path:
-    from inventory.export._columns import Column
-    from inventory.export._writers import CsvWriter, XlsxWriter
+    from estate.inventory.export._columns import Column
+    from estate.inventory.export._writers import CsvWriter, XlsxWriter
 
     columns = (Column("name", "Name", "text", "a text cell"),
                Column("count", "=Count", "int", "a number: typed, never neutralised"))
@@ -262,7 +265,7 @@ def test_a_manifest_signs_the_file_and_verify_names_each_break(tmp_path):
     is refused with the reason; the canonical form is sorted keys, no spaces, no signature."""
     import asyncssh
 
-    from inventory.export.manifest import (
+    from estate.inventory.export.manifest import (
         MANIFEST_FORMAT,
         VerifyError,
         canonical,
@@ -362,8 +365,8 @@ def test_every_writer_types_its_cells_and_describes_its_columns(tmp_path):
 
     import openpyxl
 
-    from inventory.export._columns import Column
-    from inventory.export._writers import WRITERS, CsvWriter, JsonWriter, XlsxWriter
+    from estate.inventory.export._columns import Column
+    from estate.inventory.export._writers import WRITERS, CsvWriter, JsonWriter, XlsxWriter
 
     assert WRITERS == {"csv": CsvWriter, "json": JsonWriter, "xlsx": XlsxWriter}
     columns = (Column("host", "Host", "text", "the host's name"),
@@ -455,7 +458,7 @@ def test_verify_refusals_name_the_file_and_quote_what_they_show(tmp_path):
     values quoted and cut; and the bounds (an empty file, a manifest of exactly the limit)."""
     import asyncssh
 
-    from inventory.export.manifest import (
+    from estate.inventory.export.manifest import (
         MANIFEST_FORMAT,
         MAX_MANIFEST_BYTES,
         VerifyError,
@@ -536,7 +539,7 @@ def test_verify_refusals_name_the_file_and_quote_what_they_show(tmp_path):
 # --- the writers' promises that one example row does not show (fast, for `make mutate`) ------
 
 def _two_columns():
-    from inventory.export._columns import Column
+    from estate.inventory.export._columns import Column
 
     return (Column("host", "Host", "text", "the host's name"),
             Column("n", "N", "int", "a count"))
@@ -544,7 +547,7 @@ def _two_columns():
 
 def test_a_row_that_does_not_fit_the_columns_is_refused_by_every_writer(tmp_path):
     """One value too many or too few is a bug in the caller: refused, never cut to fit."""
-    from inventory.export._writers import WRITERS
+    from estate.inventory.export._writers import WRITERS
 
     meta = {"generated_at": "2026-11-27T12:00:00Z"}
     for fmt, writer_class in WRITERS.items():
@@ -563,7 +566,7 @@ def test_text_exports_are_utf8_whatever_the_machines_locale(tmp_path):
     """CSV and JSON are UTF-8 even where the locale's encoding is ASCII (or a code page)."""
     import locale
 
-    from inventory.export._writers import CsvWriter, JsonWriter
+    from estate.inventory.export._writers import CsvWriter, JsonWriter
 
     before = locale.setlocale(locale.LC_CTYPE)
     locale.setlocale(locale.LC_CTYPE, "C")  # an ASCII locale: open()'s default is ASCII
@@ -587,8 +590,8 @@ def test_xlsx_times_are_utc_whatever_the_machines_time_zone(tmp_path, monkeypatc
 
     import openpyxl
 
-    from inventory.export._columns import Column
-    from inventory.export._writers import XlsxWriter
+    from estate.inventory.export._columns import Column
+    from estate.inventory.export._writers import XlsxWriter
 
     monkeypatch.setenv("TZ", "EST+5")  # five hours behind UTC, no daylight saving
     time.tzset()
@@ -612,7 +615,7 @@ def test_xlsx_filters_its_rows_and_sizes_every_sheets_columns(tmp_path):
     sheet shows non-ASCII values as themselves."""
     import openpyxl
 
-    from inventory.export._writers import XlsxWriter
+    from estate.inventory.export._writers import XlsxWriter
 
     def book(rows: int):
         path = tmp_path / f"rows{rows}.xlsx"
@@ -642,7 +645,7 @@ def test_xlsx_memory_stays_flat_however_many_rows(tmp_path):
     times the memory. Kept in memory, these 2,000 rows would hold about 1 MB."""
     import tracemalloc
 
-    from inventory.export._writers import XlsxWriter
+    from estate.inventory.export._writers import XlsxWriter
 
     tracemalloc.start()
     try:

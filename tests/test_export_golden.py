@@ -17,11 +17,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from inventory.export import ExportRequest
-from inventory.export.manifest import verify
-from inventory.export.produce import Producer, run_export
-from inventory.simulate import Identity, fake_report
-from inventory.store import Incoming, Store
+from estate.inventory.export import ExportRequest
+from estate.inventory.export.manifest import verify
+from estate.inventory.export.produce import Producer, run_export
+from estate.inventory.simulate import Identity, fake_report
+from estate.inventory.store import Incoming, Store
 from tests.harness import edit
 
 GOLDEN = Path(__file__).parent / "golden" / "export"

@@ -21,15 +21,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inventory.changes import diff, state_changes, state_digest
-from inventory.export import ExportError, ExportRequest
-from inventory.export._register import Entry, RegisterError, parse_register
-from inventory.facts import facts_of
-from inventory.filters import FilterError, compile_filter
-from inventory.hub._api import OperatorApi
-from inventory.hub._ingest import accept
-from inventory.report import ReportError, make_report_id, validate
-from inventory.store import Incoming, Store, iso, parse_time
+from estate.inventory.changes import diff, state_changes, state_digest
+from estate.inventory.export import ExportError, ExportRequest
+from estate.inventory.export._register import Entry, RegisterError, parse_register
+from estate.inventory.facts import facts_of
+from estate.inventory.filters import FilterError, compile_filter
+from estate.inventory.hub._api import OperatorApi
+from estate.inventory.hub._ingest import accept
+from estate.inventory.report import ReportError, make_report_id, validate
+from estate.inventory.store import Incoming, Store, iso, parse_time
 from tests.fuzz_strategies import (
     DATES,
     RAW_BODIES,

@@ -20,8 +20,8 @@ from typing import Any
 import asyncssh
 import pytest
 
-from agent.transport import HubError
-from console._client import open_connection
+from estate.agent.transport import HubError
+from estate.console._client import open_connection
 from tests.harness import Agent, AgentService, HubProcess, make_report, wait_for
 
 WITHIN_S = 15.0  # "within a second" in the hub; generous here for a loaded test machine
@@ -337,7 +337,7 @@ def test_failed_login_flood_writes_a_few_rows_with_a_count(open_door_hub, tmp_pa
 def test_coalescer_windows_and_key_cap():
     """The coalescer alone: a window's repeats fold into one row; past the key cap, new
     sources share one overflow window; close() writes what is still open."""
-    from inventory.hub._audit import OVERFLOW_SOURCE, AuditCoalescer
+    from estate.inventory.hub._audit import OVERFLOW_SOURCE, AuditCoalescer
 
     written: list[Any] = []
 

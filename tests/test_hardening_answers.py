@@ -13,9 +13,9 @@ import asyncssh
 import paramiko
 import pytest
 
-from agent.transport import load_key
-from inventory.hub._api import OperatorApi
-from inventory.store import ChangeEvent
+from estate.agent.transport import load_key
+from estate.inventory.hub._api import OperatorApi
+from estate.inventory.store import ChangeEvent
 from tests.harness import Agent, HubProcess, add_operator, make_report, ssh_connect
 
 FORGED = "FORGED 2026-01-01T00:00:00.000Z INFO conn 1.2.3.4:5 login user=root role=admin"
@@ -203,7 +203,7 @@ def test_unread_large_answers_keep_the_hub_bounded_and_others_answered(tmp_path,
 # --- exports: a fair queue, nothing made for a channel that went away (second attack, F2) --
 
 def test_export_slots_are_shared_fairly_between_operators():
-    from inventory.hub._budget import ExportSlots
+    from estate.inventory.hub._budget import ExportSlots
 
     slots = ExportSlots(per_operator=2, total=3)
     assert slots.take("auditor") is None and slots.take("auditor") is None
@@ -218,8 +218,8 @@ def test_export_slots_are_shared_fairly_between_operators():
 
 
 def test_an_export_whose_channel_went_away_is_not_made(tmp_path):
-    from inventory.export import ExportRequest
-    from inventory.hub._export import _Gone, _produce
+    from estate.inventory.export import ExportRequest
+    from estate.inventory.hub._export import _Gone, _produce
 
     request = ExportRequest.parse({"report": "inventory", "format": "csv"})
     with pytest.raises(_Gone):

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from inventory.hub._lines import MAX_BLANK_LINES_PER_S, TOO_LONG, LineReader
+from estate.inventory.hub._lines import MAX_BLANK_LINES_PER_S, TOO_LONG, LineReader
 from tests.harness import Agent, HubProcess, add_operator, make_report, ssh_connect, wait_for
 
 MiB = 1024 * 1024

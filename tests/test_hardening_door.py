@@ -1,6 +1,6 @@
 """The hub's front door: per-source budgets before login, a handshake deadline, early drop.
 
-Unit tests drive `inventory.hub._door.Door` with an injected clock and coin; the end-to-end
+Unit tests drive `estate.inventory.hub._door.Door` with an injected clock and coin; the end-to-end
 tests run a real hub and attack it from other loopback addresses (the whole of 127.0.0.0/8 is
 loopback on Linux) while a legitimate agent logs in from 127.0.0.1.
 """
@@ -16,7 +16,7 @@ import time
 import asyncssh
 import pytest
 
-from inventory.hub._door import (
+from estate.inventory.hub._door import (
     EARLY_DROP,
     MAX_KNOWN_SOURCES,
     PENALISED,
@@ -204,7 +204,7 @@ def test_known_and_penalty_tables_are_bounded():
 
 
 def test_known_sources_are_saved_privately_and_read_back_with_their_ages(tmp_path):
-    from inventory.hub import _known_sources
+    from estate.inventory.hub import _known_sources
 
     door, clock = _door()
     door.logged_in("10.0.0.1")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import Spool
-from console._settings import PinnedHub
-from console.export import ExportOptions, build_request, fetch
-from inventory.private_files import OpenDataDir
+from estate.agent.spool import Spool
+from estate.console._settings import PinnedHub
+from estate.console.export import ExportOptions, build_request, fetch
+from estate.inventory.private_files import OpenDataDir
 from tests.harness import PY, Agent, AgentService, HubProcess, run, wait_for
 from tests.sshd import keygen
 
@@ -32,7 +32,7 @@ def _open_folder(path: Path) -> Path:
 
 def test_the_hub_refuses_an_open_data_folder_and_names_the_fix(tmp_path):
     data = _open_folder(tmp_path / "hub")
-    done = run("-m", "inventory.hub.cli", "serve", "--listen", "127.0.0.1:0", "--data",
+    done = run("-m", "estate.inventory.hub.cli", "serve", "--listen", "127.0.0.1:0", "--data",
                str(data), check=False, timeout=60)
     assert done.returncode == 1, done.stdout
     assert f"chmod 700 {data}" in done.stderr and "--allow-open-data-dir" in done.stderr
@@ -40,7 +40,7 @@ def test_the_hub_refuses_an_open_data_folder_and_names_the_fix(tmp_path):
     assert list(data.iterdir()) == []  # refused before the host key or the store was written
     hub = HubProcess(data, extra=("--allow-open-data-dir",)).start()  # the operator's call
     hub.kill()
-    admin = run("-m", "inventory.hub.cli", "token", "list", "--data", str(data), check=False)
+    admin = run("-m", "estate.inventory.hub.cli", "token", "list", "--data", str(data), check=False)
     assert admin.returncode == 1 and f"chmod 700 {data}" in admin.stderr
 
 
@@ -78,7 +78,7 @@ def test_the_agent_spool_and_status_are_private(hub, tmp_path):
     assert {n: _mode(folder / n) for n in names} == {n: 0o600 for n in names}
     # The folder opened up later: the service refuses to start, and says how to fix it.
     folder.chmod(0o755)
-    done = run("-m", "agent", "run", "--config", str(agent.config), check=False, timeout=60)
+    done = run("-m", "estate.agent", "run", "--config", str(agent.config), check=False, timeout=60)
     assert done.returncode == 1 and f"chmod 700 {folder}" in done.stderr, done.stderr
     assert "--allow-open-data-dir" in done.stderr and "Traceback" not in done.stderr
 
@@ -108,7 +108,7 @@ def test_export_refuses_a_symlink_for_the_file_or_its_manifest(tmp_path, planted
     with pytest.raises(ValueError, match="symbolic link"):
         build_request(_export_args(output, force=True))
     # The real CLI: a clear one-line refusal before it connects anywhere.
-    done = run("-m", "console.cli", "export", "--hub", "chief@127.0.0.1:9", "--hub-key",
+    done = run("-m", "estate.console.cli", "export", "--hub", "chief@127.0.0.1:9", "--hub-key",
                "SHA256:x", "--report", "inventory", "-o", str(output), "--force",
                check=False)
     assert done.returncode == 2 and "symbolic link" in done.stderr, done.stderr
@@ -146,7 +146,7 @@ def test_export_replaces_links_planted_after_the_check_instead_of_following_them
 
 def _enrol(hub: HubProcess, folder: Path, *args: str, stdin: str | None = None):
     folder.mkdir(mode=0o700)
-    return subprocess.run([PY, "-m", "agent", "enrol", *args, "--hub", hub.address,
+    return subprocess.run([PY, "-m", "estate.agent", "enrol", *args, "--hub", hub.address,
                            "--config", str(folder / "agent.toml")], input=stdin,
                           capture_output=True, text=True, timeout=120)
 
@@ -167,6 +167,6 @@ def test_enrol_reads_the_token_from_a_file_or_stdin(hub, tmp_path):
 
 
 def test_enrol_help_says_a_token_on_the_command_line_shows_in_ps():
-    text = run("-m", "agent", "enrol", "--help").stdout
+    text = run("-m", "estate.agent", "enrol", "--help").stdout
     assert "--token-file" in text and "`ps`" in text
 

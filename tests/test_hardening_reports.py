@@ -11,7 +11,7 @@ import statistics
 import threading
 import time
 
-from inventory.changes import (
+from estate.inventory.changes import (
     MAX_CHANGE_BYTES,
     MAX_CHANGES,
     MAX_SOFTWARE_CHANGES,
@@ -136,7 +136,7 @@ def test_alternating_nic_layouts_write_bounded_change_bytes(hub, tmp_path, live_
 
 
 def test_a_cut_value_keeps_whole_characters_and_says_what_was_left_out():
-    from inventory.changes import cut
+    from estate.inventory.changes import cut
 
     assert cut("short", 10) == "short" and cut(None, 10) is None
     text = "é" * 10  # 20 bytes of UTF-8
@@ -323,7 +323,7 @@ def test_an_agent_claiming_a_short_interval_gets_no_more_than_the_floor(hub, tmp
 def test_the_report_budget_is_set_by_the_hub_not_the_report(monkeypatch):
     import pytest
 
-    from inventory.hub import _ingest
+    from estate.inventory.hub import _ingest
 
     now = [1000.0]
     monkeypatch.setattr(_ingest.time, "monotonic", lambda: now[0])
@@ -408,10 +408,10 @@ def test_as_of_export_skips_and_counts_an_unreadable_stored_report(tmp_path, liv
     import sqlite3
     from datetime import timedelta
 
-    from inventory.export import ExportRequest
-    from inventory.export.produce import Producer, run_export
-    from inventory.hub._keys import load_or_create_host_key
-    from inventory.store import Incoming, Store, utcnow
+    from estate.inventory.export import ExportRequest
+    from estate.inventory.export.produce import Producer, run_export
+    from estate.inventory.hub._keys import load_or_create_host_key
+    from estate.inventory.store import Incoming, Store, utcnow
 
     data = tmp_path / "data"
     store = Store.open(data)
@@ -473,8 +473,8 @@ def test_accept_checks_the_bytes_the_sender_and_the_clock(report):
 
     import pytest
 
-    from inventory.hub._ingest import MAX_FUTURE, accept, decompress
-    from inventory.report import ReportError
+    from estate.inventory.hub._ingest import MAX_FUTURE, accept, decompress
+    from estate.inventory.report import ReportError
 
     now = datetime(2026, 2, 1, tzinfo=timezone.utc)
     r = make_report(report, "ag-1")
@@ -519,7 +519,7 @@ def test_accept_checks_the_bytes_the_sender_and_the_clock(report):
 # waits and messages, on a clock the test moves.
 
 def _budgets(monkeypatch, **rate):
-    from inventory.hub import _ingest
+    from estate.inventory.hub import _ingest
 
     now = [1000.0]
     monkeypatch.setattr(_ingest.time, "monotonic", lambda: now[0])
@@ -528,7 +528,7 @@ def _budgets(monkeypatch, **rate):
 
 def _takes(budgets, agent_id: str, nbytes: int = 1, most: int = 100) -> int:
     """How many reports the agent may send now (charging them), up to `most`."""
-    from inventory.hub._ingest import OverBudget
+    from estate.inventory.hub._ingest import OverBudget
 
     for n in range(most):
         try:
@@ -539,7 +539,7 @@ def _takes(budgets, agent_id: str, nbytes: int = 1, most: int = 100) -> int:
 
 
 def test_report_rate_defaults_and_derived_costs():
-    from inventory.hub._ingest import MAX_RECEIVED_BYTES, ReportRate
+    from estate.inventory.hub._ingest import MAX_RECEIVED_BYTES, ReportRate
 
     MiB = 1024 * 1024
     rate = ReportRate()
@@ -556,7 +556,7 @@ def test_report_rate_defaults_and_derived_costs():
 def test_the_report_budget_refills_at_the_claimed_interval_up_to_the_burst(monkeypatch):
     import pytest
 
-    from inventory.hub._ingest import OverBudget
+    from estate.inventory.hub._ingest import OverBudget
 
     budgets, now = _budgets(monkeypatch)
     assert _takes(budgets, "a") == 10  # the burst, exactly
@@ -605,7 +605,7 @@ def test_the_report_budget_refills_at_the_claimed_interval_up_to_the_burst(monke
 def test_the_bytes_budget_counts_each_body_and_refills_by_the_day(monkeypatch):
     import pytest
 
-    from inventory.hub._ingest import OverBudget
+    from estate.inventory.hub._ingest import OverBudget
 
     MiB = 1024 * 1024
     budgets, now = _budgets(monkeypatch, bytes_per_day=4 * MiB, burst=1000)
@@ -632,7 +632,7 @@ def test_the_bytes_budget_counts_each_body_and_refills_by_the_day(monkeypatch):
 def test_refused_reports_cost_more_and_the_hubs_failures_nothing(monkeypatch):
     import pytest
 
-    from inventory.hub._ingest import OverBudget
+    from estate.inventory.hub._ingest import OverBudget
 
     budgets, _ = _budgets(monkeypatch)
     budgets.take("a", 1)
@@ -668,7 +668,7 @@ def test_refused_reports_cost_more_and_the_hubs_failures_nothing(monkeypatch):
 def test_a_throttled_episode_is_first_once(monkeypatch):
     import pytest
 
-    from inventory.hub._ingest import OverBudget
+    from estate.inventory.hub._ingest import OverBudget
 
     budgets, now = _budgets(monkeypatch, burst=1)
     budgets.take("a", 1)
@@ -689,9 +689,9 @@ def test_ingest_reads_one_body_per_agent_at_a_time_and_bounds_the_queue(report):
 
     import pytest
 
-    from inventory.hub._ingest import Ingest, OverBudget, ReportRate
-    from inventory.hub._writer import Busy
-    from inventory.report import ReportError
+    from estate.inventory.hub._ingest import Ingest, OverBudget, ReportRate
+    from estate.inventory.hub._writer import Busy
+    from estate.inventory.report import ReportError
 
     body = json.dumps(make_report(report, "ag-1")).encode()
     other = json.dumps(make_report(report, "ag-2")).encode()
@@ -744,7 +744,7 @@ def test_the_bytes_budget_refills_at_exactly_its_daily_rate(monkeypatch):
     """86,400 x 100 bytes a day is 100 bytes a second: waits and refills to the byte."""
     import pytest
 
-    from inventory.hub._ingest import OverBudget
+    from estate.inventory.hub._ingest import OverBudget
 
     budgets, now = _budgets(monkeypatch, bytes_per_day=8_640_000, burst=1000)
     budgets.take("a", 8_640_000 - 500)  # 500 bytes left
@@ -782,8 +782,8 @@ def test_decompress_and_accept_refusals_whole(report):
 
     import pytest
 
-    from inventory.hub._ingest import decompress
-    from inventory.report import ReportError
+    from estate.inventory.hub._ingest import decompress
+    from estate.inventory.report import ReportError
 
     def refusal(body, limit=100):
         with pytest.raises(ReportError) as err:
@@ -811,9 +811,9 @@ def test_ingest_parses_on_its_own_bounded_threads_and_charges_refusals(report):
 
     import pytest
 
-    from inventory.hub._ingest import Ingest, OverBudget, ReportRate
-    from inventory.hub._writer import Busy
-    from inventory.report import ReportError
+    from estate.inventory.hub._ingest import Ingest, OverBudget, ReportRate
+    from estate.inventory.hub._writer import Busy
+    from estate.inventory.report import ReportError
 
     bodies = {f"ag-{n}": json.dumps(make_report(report, f"ag-{n}")).encode() for n in range(8)}
 
@@ -861,8 +861,8 @@ def test_closing_ingest_cancels_queued_parses_and_does_not_wait_for_the_running_
 
     import pytest
 
-    from inventory.hub import _ingest
-    from inventory.hub._ingest import Ingest, ReportRate
+    from estate.inventory.hub import _ingest
+    from estate.inventory.hub._ingest import Ingest, ReportRate
 
     running, release = threading.Event(), threading.Event()
     parsed: list[str] = []

@@ -13,9 +13,9 @@ from typing import Any
 import asyncssh
 import pytest
 
-from console.cli import main as estate
-from inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
-from inventory.sanitise import is_unsafe
+from estate.console.cli import main as estate
+from estate.inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
+from estate.inventory.sanitise import is_unsafe
 from tests.harness import PY, make_report, run
 from tests.sshd import keygen
 
@@ -67,7 +67,7 @@ async def _tunnel_against_rogue_hub(folder: Path, key: Path, reason: str) -> dic
     env = {**os.environ, "ESTATE_CONSOLE_CONFIG": str(folder / "console.toml")}
     try:
         proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "console.cli", "tunnel", "--hub", f"op@127.0.0.1:{port}",
+            PY, "-m", "estate.console.cli", "tunnel", "--hub", f"op@127.0.0.1:{port}",
             "--hub-key", host_key.get_fingerprint("sha256"), "--key", str(key),
             "ag-000000000001", stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
@@ -102,7 +102,7 @@ def _export_with_manifest(folder: Path, key: asyncssh.SSHKey, text: str = EVIL,
 
 def _verify(path: Path, folder: Path, *args: str):
     """`estate verify` as a user runs it, with a console config of its own (none by default)."""
-    return run("-m", "console.cli", "verify", str(path), *args, check=False,
+    return run("-m", "estate.console.cli", "verify", str(path), *args, check=False,
                env={"ESTATE_CONSOLE_CONFIG": str(folder / "console.toml")})
 
 
@@ -271,7 +271,7 @@ def test_hub_json_and_tables_escape_a_hostile_hostname(module_hub, module_agent,
 # --- the sanitiser itself, character by character (fast enough for `make mutate`) -----------
 
 def test_plain_quoted_and_dumps_escape_exactly_the_unsafe_characters():
-    from inventory.sanitise import MAX_CELL, REPLACEMENT, dumps, plain, quoted
+    from estate.inventory.sanitise import MAX_CELL, REPLACEMENT, dumps, plain, quoted
 
     # Safe: ASCII, a space, accents, CJK, an emoji. Unsafe: C0, DEL, C1, bidi, zero width,
     # line separators, private use, an unassigned code point.

@@ -12,8 +12,8 @@ import time
 import paramiko
 import pytest
 
-from agent.enrol import ensure_key
-from agent.transport import HubClient, HubError, fingerprint_of, load_key
+from estate.agent.enrol import ensure_key
+from estate.agent.transport import HubClient, HubError, fingerprint_of, load_key
 from tests.harness import Agent, HubProcess, make_report, run, wait_for
 
 
@@ -86,7 +86,7 @@ def test_revoked_agent_is_refused_at_login(module_hub, tmp_path, live_report, ex
     audit = module_hub.admin_json("audit")
     assert any(a["action"] == "agent_revoke" and a["target"] == victim.agent_id for a in audit)
     # A revoked key cannot come back through enrolment either.
-    again = run("-m", "agent", "enrol", "--token", module_hub.token(), "--hub",
+    again = run("-m", "estate.agent", "enrol", "--token", module_hub.token(), "--hub",
                 module_hub.address, "--config", str(victim.config), check=False)
     assert again.returncode == 1 and "key_revoked" in again.stderr
 
@@ -115,7 +115,7 @@ def test_hub_key_mismatch_is_refused_by_the_agent(module_hub, module_agent):
 # --- enrolment tokens ------------------------------------------------------------------
 
 def _enrol(hub: HubProcess, token: str, folder) -> tuple[int, str]:
-    done = run("-m", "agent", "enrol", "--token", token, "--hub", hub.address, "--config",
+    done = run("-m", "estate.agent", "enrol", "--token", token, "--hub", hub.address, "--config",
                str(folder / "agent.toml"), check=False)
     return done.returncode, done.stderr
 
@@ -131,7 +131,7 @@ def test_token_used_past_its_uses_is_refused(module_hub, tmp_path):
 def test_expired_and_revoked_tokens_are_refused(module_hub, tmp_path):
     from datetime import timedelta
 
-    from inventory.hub._tokens import make_token
+    from estate.inventory.hub._tokens import make_token
 
     with module_hub.store() as store:  # a token that expires as it is made
         token_id, secret, _ = store.create_token("Council", "Town Hall", 1, timedelta(0), "t")
@@ -294,7 +294,7 @@ def test_report_claiming_an_agency_or_site(module_agent, live_report):
 def test_sql_and_markup_in_every_string_field_are_stored_as_plain_data(
         module_hub, module_agent, live_report, expect):
     expect.stored = 2
-    from inventory.fields import BY_PATH
+    from estate.inventory.fields import BY_PATH
 
     payload = "x'); DROP TABLE hosts;-- [red]R[/red][link=https://e.vil]L[/link]\x1b[2J\u202e"
     r = make_report(live_report, module_agent.agent_id)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from inventory.hub._commands import HANDLERS
-from inventory.protocol import COMMANDS
+from estate.inventory.hub._commands import HANDLERS
+from estate.inventory.protocol import COMMANDS
 
 
 def test_every_protocol_command_has_one_handler_named_for_it():

@@ -9,7 +9,7 @@ import time
 import paramiko
 import pytest
 
-from agent.transport import HubError
+from estate.agent.transport import HubError
 from tests.harness import Agent, HubProcess, make_report, tcp_queues, wait_for
 
 
@@ -42,7 +42,7 @@ def test_changes_after_hardware_and_package_change(module_hub, module_agent, liv
     pkgs = base["software"]["packages"]
     new_pkgs = [*pkgs[1:], {"name": "estate-test-pkg", "version": "1.0", "arch": "all",
                             "publisher": None}]
-    from agent.collect._common import package_hash
+    from estate.agent.collect._common import package_hash
 
     memory = base["hardware"]["memory"]["total_bytes"] * 2
     disk = {"name": "sdz", "model": "Test Disk", "serial": "TD-1", "size_bytes": 10**12,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from agent.collect import _linux
+from estate.agent.collect import _linux
 
 pytestmark = [pytest.mark.linux,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.collect import _macos as mac
+from estate.agent.collect import _macos as mac
 from tests.conftest import DATA
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import asyncssh
 import pytest
 
-from console._client import ApiFailure, HubConnection, HubUnreachable
+from estate.console._client import ApiFailure, HubConnection, HubUnreachable
 from tests.harness import Agent, make_report
 
 
@@ -280,7 +280,7 @@ def _store_estate(tmp_path, report):
     two reports a day apart, the second changing the memory (one change event each)."""
     from datetime import timedelta
 
-    from inventory.store import Incoming, Store, utcnow
+    from estate.inventory.store import Incoming, Store, utcnow
 
     store = Store.open(tmp_path)
     ids: dict[str, str] = {}
@@ -313,7 +313,7 @@ def _ask(api, op: str, **params):
 def test_the_api_keeps_to_the_operators_agencies_in_process(tmp_path, report):
     """Alice (Fire & Rescue) gets exactly Fire's rows from every op and paging path; what
     she may not see is `not_found`, audited as `scope_denied` or `not_found`."""
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hub._api import OperatorApi
 
     store, ids = _store_estate(tmp_path, report)
     fire = sorted((ids["fire0"], ids["fire1"]))
@@ -415,7 +415,7 @@ def test_api_requests_are_checked_and_answers_bounded_in_process(tmp_path, repor
     """Bad lines get their code and the request's id (when it has a usable one); an answer
     over the limit is replaced by `too_large`; a bug is `internal`, audited, and the next
     request is answered."""
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hub._api import OperatorApi
 
     store, _ = _store_estate(tmp_path, report)
     api = OperatorApi(store, {"name": "alice", "role": "staff",
@@ -463,7 +463,7 @@ def test_api_requests_are_checked_and_answers_bounded_in_process(tmp_path, repor
 def test_every_parameter_refusal_names_its_bound_in_process(tmp_path, report):
     """Each op's parameters, refused with the bound the hub applies (the same text for every
     client), and the envelope's own refusals, whole."""
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hub._api import OperatorApi
 
     store, ids = _store_estate(tmp_path, report)
     api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]})
@@ -549,7 +549,7 @@ def test_an_internal_error_is_logged_and_audited_with_what_failed_in_process(
     (or the store), answered `internal`; a failing audit is logged too, and the answer stands."""
     import logging
 
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hub._api import OperatorApi
 
     store, _ = _store_estate(tmp_path, report)
     recorded: list[tuple] = []
@@ -593,8 +593,8 @@ def test_an_internal_error_is_logged_and_audited_with_what_failed_in_process(
 
 
 def test_hosts_with_no_value_sort_last_and_first_reversed_in_process(tmp_path, report):
-    from inventory.hub._api import OperatorApi
-    from inventory.store import Incoming, utcnow
+    from estate.inventory.hub._api import OperatorApi
+    from estate.inventory.store import Incoming, utcnow
 
     store, ids = _store_estate(tmp_path, report)
     for key, serial in (("fire0", "B"), ("fire1", None)):
@@ -612,7 +612,7 @@ def test_a_probe_out_of_scope_is_audited_as_its_op_reads_the_name_in_process(tmp
     """`host` and `reports` take a host id, `resolve` an id or a hostname: the audit row says
     whether what the op would read exists elsewhere, and which op asked; with no source given,
     the row's source is "?"."""
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hub._api import OperatorApi
 
     store, ids = _store_estate(tmp_path, report)
     audited: list[tuple] = []
@@ -639,8 +639,8 @@ def test_answers_are_compact_utf8_lines_whole_in_process(tmp_path, report):
     """The line sent is compact JSON in UTF-8, refusals and `too_large` alike, and a request
     whose answer is too large keeps its id; a hosts page names its columns; a refused sort or
     filter says why."""
-    from inventory.hostlist import COLUMN_KEYS
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hostlist import COLUMN_KEYS
+    from estate.inventory.hub._api import OperatorApi
 
     store, _ = _store_estate(tmp_path, report)
     alice = {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]}
@@ -669,8 +669,8 @@ def test_answers_are_compact_utf8_lines_whole_in_process(tmp_path, report):
 def test_changes_and_reports_answer_their_default_limits_in_process(tmp_path, report):
     """Without `limit`, `changes` answers the newest 1,000 (of more) and `reports` a host's
     newest 50 (of more)."""
-    from inventory.hub._api import OperatorApi
-    from inventory.store import Incoming, utcnow
+    from estate.inventory.hub._api import OperatorApi
+    from estate.inventory.store import Incoming, utcnow
 
     store, ids = _store_estate(tmp_path, report)
     api = OperatorApi(store, {"name": "alice", "role": "staff", "agencies": ["Fire & Rescue"]})
@@ -698,8 +698,8 @@ def test_changes_and_reports_answer_their_default_limits_in_process(tmp_path, re
 def test_hosts_answers_at_most_100000_rows_by_default_in_process():
     """An unpaged `hosts` answer holds 100,000 rows at most, by default too; `total` counts
     every match. A stand-in store: a real one with 100,001 hosts takes minutes to fill."""
-    from inventory.hostlist import COLUMN_KEYS
-    from inventory.hub._api import OperatorApi
+    from estate.inventory.hostlist import COLUMN_KEYS
+    from estate.inventory.hub._api import OperatorApi
 
     class Store:
         def __init__(self) -> None:

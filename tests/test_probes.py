@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from agent.config import ProbeConfig
-from agent.probes import run_probes
+from estate.agent.config import ProbeConfig
+from estate.agent.probes import run_probes
 
 
 @pytest.fixture()

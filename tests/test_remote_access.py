@@ -21,7 +21,7 @@ import asyncssh
 import paramiko
 import pytest
 
-from console._client import open_connection
+from estate.console._client import open_connection
 from tests.harness import PY, Agent, AgentService, HubProcess, make_report, wait_for
 from tests.sshd import MISSING, Sshd, keygen
 
@@ -86,7 +86,7 @@ def _estate_ssh(env, operator: str, host: str, *command: str,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
     hub, sshd = env["hub"], env["sshd"]
     return subprocess.run(
-        [PY, "-m", "console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
+        [PY, "-m", "estate.console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
          "--key", str(env["base"] / operator), "--hub-key", hub.fingerprint,
          f"{sshd.user}@{host}", "--", *sshd.client_options(env["known_hosts"]), *command],
         capture_output=True, text=True, timeout=timeout, env=_console_env(env))
@@ -162,7 +162,7 @@ def test_tunnel_hands_the_hub_leg_to_openssh_once_the_hub_key_is_known(remote):
 
     def tunnel_program() -> tuple[str, bytes]:
         proc = subprocess.Popen(
-            [PY, "-m", "console.cli", "tunnel", "--hub", f"alice@{hub.address}", "--key",
+            [PY, "-m", "estate.console.cli", "tunnel", "--hub", f"alice@{hub.address}", "--key",
              str(remote["base"] / "alice"), "--hub-key", hub.fingerprint, ready.agent_id],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=_console_env(remote))
@@ -333,7 +333,7 @@ async def _rogue_hub_session(sshd: Sshd, folder: Path) -> dict:
                       f'remote_access = true\nremote_access_target = "127.0.0.1:{sshd.port}"\n')
     with open(folder / "agent.log", "wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "agent", "run", "--config", str(config),
+            PY, "-m", "estate.agent", "run", "--config", str(config),
             stdout=asyncio.subprocess.DEVNULL, stderr=log)
     seen: dict = {}
     try:
@@ -425,7 +425,7 @@ def _ssh_background(env, operator: str, host: str, command: str) -> subprocess.P
     hub, sshd = env["hub"], env["sshd"]
     with open(env["base"] / "ssh-background.log", "ab") as log:
         return subprocess.Popen(
-            [PY, "-m", "console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
+            [PY, "-m", "estate.console.cli", "ssh", "--hub", f"{operator}@{hub.address}",
              "--key", str(env["base"] / operator), "--hub-key", hub.fingerprint,
              f"{sshd.user}@{host}", "--", *sshd.client_options(env["known_hosts"]), command],
             stdout=subprocess.DEVNULL, stderr=log, env=_console_env(env))
@@ -441,7 +441,7 @@ def test_console_x_opens_a_shell_and_returns(remote, tmp_path):
     options = sshd.client_options(remote["known_hosts"])
     config.write_text("ssh_args = [" + ", ".join(f'"{o}"' for o in options) + "]\n")
     session = f"estate-ssh-{tmp_path.name[-8:]}"
-    command = shlex.join([PY, "-m", "console.cli", "--hub", f"alice@{hub.address}", "--key",
+    command = shlex.join([PY, "-m", "estate.console.cli", "--hub", f"alice@{hub.address}", "--key",
                           str(remote["base"] / "alice"), "--hub-key", hub.fingerprint])
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "45",
                     "-e", f"ESTATE_CONSOLE_CONFIG={config}", command], check=True)
@@ -516,7 +516,7 @@ def test_killing_the_agent_mid_session_ends_it_on_both_sides(remote):
 
 
 def test_estate_ssh_without_a_hub_says_how_to_configure_one(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "console.cli", "ssh", "somehost"],
+    done = subprocess.run([sys.executable, "-m", "estate.console.cli", "ssh", "somehost"],
                           capture_output=True, text=True, timeout=30,
                           env={"ESTATE_CONSOLE_CONFIG": str(Path(tmp_path) / "none.toml"),
                                "PATH": "/usr/bin:/bin"})

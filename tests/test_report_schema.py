@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from inventory.fields import BY_PATH, FIELDS, KINDS
-from inventory.report import MAX_REPORT_BYTES, ReportError, parse, validate
+from estate.inventory.fields import BY_PATH, FIELDS, KINDS
+from estate.inventory.report import MAX_REPORT_BYTES, ReportError, parse, validate
 
 
 def test_live_report_is_valid(report):
@@ -182,7 +182,7 @@ def test_every_refusal_says_exactly_what_is_wrong(report, path, value, problem):
 
 
 def test_unknown_and_missing_members_are_named():
-    from inventory.report import ReportError as Error
+    from estate.inventory.report import ReportError as Error
 
     with pytest.raises(Error) as err:
         validate({"x" * 65: 1})
@@ -211,7 +211,7 @@ def test_null_and_a_renamed_member_are_refused_by_name(report):
 
 
 def test_parse_names_each_way_a_body_is_not_a_report(report):
-    from inventory.report import make_report_id
+    from estate.inventory.report import make_report_id
 
     body = json.dumps(report).encode()
     assert parse(body, max_bytes=len(body)) == report  # the limit itself fits

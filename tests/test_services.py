@@ -50,13 +50,13 @@ def _analyze(unit_file: Path) -> float:
 
 
 def _agent_unit(config: Path) -> str:
-    from agent.systemd import unit_text
+    from estate.agent.systemd import unit_text
 
     return unit_text(config, executable="/usr/bin/estate-agent")
 
 
 def _hub_unit(listen: str, data: Path | None = None) -> str:
-    from inventory.hub._systemd import DATA_DIR, unit_text
+    from estate.inventory.hub._systemd import DATA_DIR, unit_text
 
     return unit_text(listen, data or DATA_DIR, executable="/usr/bin/estate-hub")
 
@@ -80,17 +80,17 @@ def test_hub_unit_rates_2_5_or_lower(tmp_path, listen):
 def test_hub_install_service_print():
     from tests.harness import run
 
-    unit = run("-m", "inventory.hub.cli", "install-service", "--print", "--listen",
+    unit = run("-m", "estate.inventory.hub.cli", "install-service", "--print", "--listen",
                "0.0.0.0:2222").stdout
     for line in ("User=estate-hub", "StateDirectory=estate-hub", "LimitNOFILE=65536",
                  "CapabilityBoundingSet=\n", "PrivateUsers=yes",
                  "serve --data /var/lib/estate-hub --listen 0.0.0.0:2222"):
         assert line in unit
-    low = run("-m", "inventory.hub.cli", "install-service", "--print", "--listen",
+    low = run("-m", "estate.inventory.hub.cli", "install-service", "--print", "--listen",
               "[::]:22", "--data", "/srv/estate hub").stdout
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in low and "PrivateUsers" not in low
     assert 'ReadWritePaths="/srv/estate hub"' in low and "StateDirectory" not in low
-    bad = run("-m", "inventory.hub.cli", "install-service", "--print", "--listen", "2222",
+    bad = run("-m", "estate.inventory.hub.cli", "install-service", "--print", "--listen", "2222",
               check=False)
     assert bad.returncode != 0 and "--listen: expected HOST:PORT" in bad.stderr
 
@@ -198,7 +198,7 @@ def launcher_ok():
 
 
 def _collect(config: Path, wrapper: tuple[str, ...] = ()) -> dict:
-    done = subprocess.run([*wrapper, sys.executable, "-m", "agent", "collect", "--config",
+    done = subprocess.run([*wrapper, sys.executable, "-m", "estate.agent", "collect", "--config",
                            str(config)], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -273,7 +273,7 @@ def test_hub_serves_under_its_unit(launcher_ok, tmp_path):
     with open(hub.log_path, "a") as log:
         hub.proc = subprocess.Popen(
             [sys.executable, __file__, json.dumps(settings), sys.executable, "-m",
-             "inventory.hub.cli", "serve", "--listen", "127.0.0.1:0", "--data", str(data)],
+             "estate.inventory.hub.cli", "serve", "--listen", "127.0.0.1:0", "--data", str(data)],
             stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     try:
         assert hub.proc.stdout is not None

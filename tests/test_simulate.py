@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncssh
 
-from inventory import simulate
-from inventory.report import validate
+from estate.inventory import simulate
+from estate.inventory.report import validate
 from tests.harness import run
 
 
@@ -24,7 +24,7 @@ def test_fake_reports_are_valid_and_varied():
 
 
 def test_simulate_enrols_and_reports_across_agencies(hub):
-    done = run("-m", "inventory.hub.cli", "simulate", "--agents", "12", "--hub", hub.address,
+    done = run("-m", "estate.inventory.hub.cli", "simulate", "--agents", "12", "--hub", hub.address,
                "--interval", "1", "--duration", "5", "--data", str(hub.data), timeout=120)
     assert "running 12 agents" in done.stdout
     hosts = hub.admin_json("hosts")
@@ -33,6 +33,6 @@ def test_simulate_enrols_and_reports_across_agencies(hub):
     with hub.store() as store:
         assert store.report_count() >= 12
     # A second run reuses the same identities: no new agents.
-    run("-m", "inventory.hub.cli", "simulate", "--agents", "12", "--hub", hub.address,
+    run("-m", "estate.inventory.hub.cli", "simulate", "--agents", "12", "--hub", hub.address,
         "--interval", "1", "--duration", "2", "--data", str(hub.data), timeout=120)
     assert len(hub.admin_json("agent", "list")) == 12

@@ -19,8 +19,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from console._client import HubConnection
-from inventory.hub._server import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS
+from estate.console._client import HubConnection
+from estate.inventory.hub._server import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS
 from tests.harness import Agent, HubProcess, make_report
 
 POST_QUANTUM = "post-quantum"

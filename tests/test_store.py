@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from agent.enrol import parse_token
-from inventory.errors import SchemaTooNew
-from inventory.hub._tokens import make_token, split_token
-from inventory.store import EnrolError, Incoming, Store, utcnow
-from inventory.store._migrations import MIGRATIONS
+from estate.agent.enrol import parse_token
+from estate.inventory.errors import SchemaTooNew
+from estate.inventory.hub._tokens import make_token, split_token
+from estate.inventory.store import EnrolError, Incoming, Store, utcnow
+from estate.inventory.store._migrations import MIGRATIONS
 from tests.harness import run
 
 
@@ -35,7 +35,8 @@ def test_newer_schema_is_refused(tmp_path):
     with pytest.raises(SchemaTooNew, match="upgrade Estate"):
         Store.open(tmp_path)
     # An admin verb says so in one line, not a traceback.
-    done = run("-m", "inventory.hub.cli", "token", "list", "--data", str(tmp_path), check=False)
+    done = run("-m", "estate.inventory.hub.cli", "token", "list", "--data", str(tmp_path),
+               check=False)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"estate-hub: {tmp_path / 'estate.db'} has schema version 999, newer than this Estate "
@@ -124,7 +125,7 @@ def test_store_times_are_utc_whatever_the_local_zone(zone, monkeypatch):
     import time
     from datetime import datetime, timezone
 
-    from inventory.store import iso, parse_time
+    from estate.inventory.store import iso, parse_time
 
     monkeypatch.setenv("TZ", zone)
     time.tzset()
@@ -144,7 +145,7 @@ def test_store_times_are_utc_whatever_the_local_zone(zone, monkeypatch):
 def test_parse_time_reads_zones_and_names_the_input_it_refuses():
     from datetime import datetime, timezone
 
-    from inventory.store import parse_time
+    from estate.inventory.store import parse_time
 
     utc = timezone.utc
     assert parse_time("2026-01-31T12:00:00+02:00") == datetime(2026, 1, 31, 10, tzinfo=utc)
@@ -161,7 +162,7 @@ def test_parse_time_reads_zones_and_names_the_input_it_refuses():
 
 
 def test_a_scope_of_several_agencies_selects_each_of_them_and_none_selects_nothing():
-    from inventory.store._common import _scoped
+    from estate.inventory.store._common import _scoped
 
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE agencies (name TEXT)")
@@ -183,8 +184,8 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
     import gzip
     from datetime import datetime, timezone
 
-    from inventory.facts import facts_of
-    from inventory.hostlist import COLUMN_KEYS
+    from estate.inventory.facts import facts_of
+    from estate.inventory.hostlist import COLUMN_KEYS
 
     store = Store.open(tmp_path)
     agent_id = _enrolled(store)
@@ -384,8 +385,8 @@ def test_each_report_records_its_changes_and_a_backlog_one_only_history(tmp_path
     time far ahead orders by the time received."""
     from datetime import datetime, timezone
 
-    from inventory.changes import bounded, software_changes, state_changes
-    from inventory.store import iso
+    from estate.inventory.changes import bounded, software_changes, state_changes
+    from estate.inventory.store import iso
 
     store = Store.open(tmp_path)
     agent_id = _enrolled(store)
@@ -578,7 +579,7 @@ def test_host_detail_is_the_host_in_full_with_its_status_and_enrolment(tmp_path,
     interval, and revoked above all."""
     from datetime import timezone
 
-    from inventory.store import iso
+    from estate.inventory.store import iso
 
     store = Store.open(tmp_path)
     stale, revoked = _enrolled(store, site="North"), _enrolled(store, site="South")
@@ -642,6 +643,28 @@ def test_a_report_exactly_a_day_ahead_of_its_arrival_keeps_its_own_time(tmp_path
           received + timedelta(hours=1), system__hostname="collected-before-it")
     assert store.host_detail(agent_id, None)["report"]["system"]["hostname"] == "a-day-ahead"
     assert store.changes() == []
+    store.close()
+
+
+def test_a_stored_time_the_store_cannot_read_does_not_freeze_its_host(tmp_path, report):
+    """A host row whose time cannot be read (damaged, or from before times were validated)
+    orders as now: the next report is the host's latest, not backlog behind that text."""
+    from datetime import datetime, timezone
+
+    store = Store.open(tmp_path)
+    agent_id = _enrolled(store)
+    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    _sent(store, agent_id, report, 1, t0, system__hostname="before")
+    store.close()
+    db = sqlite3.connect(tmp_path / "estate.db")  # about SQLite: a row damaged outside Estate
+    with db:
+        db.execute("UPDATE hosts SET collected_at = ? WHERE agent_id = ?",
+                   ("9999-12-31T23:00:00-05:00", agent_id))
+    db.close()
+    store = Store.open(tmp_path)
+    later = utcnow() + timedelta(minutes=1)
+    _sent(store, agent_id, report, 2, later, later, system__hostname="after")
+    assert store.host_detail(agent_id, None)["report"]["system"]["hostname"] == "after"
     store.close()
 
 

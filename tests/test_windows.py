@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.collect import _windows as win
+from estate.agent.collect import _windows as win
 from tests.conftest import DATA
 
 LAPTOP = json.loads((DATA / "windows/cim_ps51_laptop.json").read_text(encoding="utf-8"))

@@ -14,20 +14,20 @@ from typing import Any
 
 import psutil
 
-from agent import __version__
-from agent.collect import _common
-from agent.collect._common import Sample, package_hash, take_sample
-from agent.collect._runner import Collector, Outcome, run_collectors
-from inventory.report import SCHEMA, make_report_id
+from estate.agent import __version__
+from estate.agent.collect import _common
+from estate.agent.collect._common import Sample, package_hash, take_sample
+from estate.agent.collect._runner import Collector, Outcome, run_collectors
+from estate.inventory.report import SCHEMA, make_report_id
 
 if sys.platform.startswith("linux"):
-    from agent.collect import _linux as _platform
+    from estate.agent.collect import _linux as _platform
 elif sys.platform == "win32":
-    from agent.collect import _windows as _platform
+    from estate.agent.collect import _windows as _platform
 elif sys.platform == "darwin":
-    from agent.collect import _macos as _platform
+    from estate.agent.collect import _macos as _platform
 else:
-    from agent.collect import _other as _platform
+    from estate.agent.collect import _other as _platform
 
 __all__ = ["DEFAULT_TIMEOUT_S", "Sample", "collect_report", "collectors", "take_sample"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from agent.collect._runner import call_with_timeout
+from estate.agent.collect._runner import call_with_timeout
 
 VOLUME_TIMEOUT_S = 2.0
 """statvfs on one mount; a hung NFS server must not eat the whole collection budget."""

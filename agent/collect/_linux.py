@@ -9,8 +9,8 @@ import socket
 import struct
 from typing import Any
 
-from agent.collect._common import chassis_name, clean, hypervisor_from_product, run_tool
-from agent.collect._posix import dns_servers, timezone
+from estate.agent.collect._common import chassis_name, clean, hypervisor_from_product, run_tool
+from estate.agent.collect._posix import dns_servers, timezone
 
 __all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
            "os_info", "software", "timezone", "virtualization"]

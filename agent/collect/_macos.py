@@ -10,8 +10,8 @@ import json
 import platform
 from typing import Any
 
-from agent.collect._common import Cached, clean, run_tool
-from agent.collect._posix import dns_servers, timezone
+from estate.agent.collect._common import Cached, clean, run_tool
+from estate.agent.collect._posix import dns_servers, timezone
 
 __all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
            "os_info", "software", "timezone", "virtualization"]

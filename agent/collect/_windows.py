@@ -13,7 +13,13 @@ from datetime import datetime, timedelta
 from datetime import timezone as _timezone
 from typing import Any
 
-from agent.collect._common import Cached, chassis_name, clean, hypervisor_from_product, run_tool
+from estate.agent.collect._common import (
+    Cached,
+    chassis_name,
+    clean,
+    hypervisor_from_product,
+    run_tool,
+)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
            "os_info", "software", "timezone", "virtualization"]

@@ -2,8 +2,8 @@
 and a reconciliation with an asset register, as CSV, XLSX or JSON with a signed manifest.
 
 The hub produces the file (so the hash it signs is of the bytes it produced) in the
-operator's scope, with `inventory.export.produce`; `estate export` receives and writes it. This
-package and its other modules (the request, reports' columns, writers, manifest) load no store:
+operator's scope, with `estate.inventory.export.produce`; `estate export` receives and writes it.
+This package and its other modules (the request, reports' columns, writers, manifest) load no store:
 the console imports them too.
 """
 
@@ -15,11 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from inventory.export._columns import REPORTS
-from inventory.export._writers import FORMATS
-from inventory.filters import FilterError, compile_filter
-from inventory.params import Params, RequestError
-from inventory.times import parse_time, utcnow
+from estate.inventory.export._columns import REPORTS
+from estate.inventory.export._writers import FORMATS
+from estate.inventory.filters import FilterError, compile_filter
+from estate.inventory.params import Params, RequestError
+from estate.inventory.times import parse_time, utcnow
 
 __all__ = ["DEFAULT_STALE_DAYS", "FORMATS", "REPORTS", "ExportError", "ExportRequest"]
 

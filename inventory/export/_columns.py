@@ -1,15 +1,15 @@
 """Each report's columns: name, order, type, unit and description.
 
 Columns that are report fields take their description and unit from the field dictionary
-(`inventory.fields`); the rest are the hub's own facts and say so here, once. The XLSX "Fields"
-sheet and the JSON `columns` member are these definitions.
+(`estate.inventory.fields`); the rest are the hub's own facts and say so here, once. The XLSX
+"Fields" sheet and the JSON `columns` member are these definitions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inventory.fields import BY_PATH
+from estate.inventory.fields import BY_PATH
 
 # A column's `type` says how its values are typed in XLSX and JSON: text, int (a whole
 # number), bytes (a whole number of bytes), float, datetime (UTC), date, or bool.

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from inventory.errors import EstateError
+from estate.inventory.errors import EstateError
 
 MAX_REGISTER_BYTES = 10 * 1024 * 1024
 MAX_REGISTER_ROWS = 200_000

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from inventory.export._eos import support_of
-from inventory.export._register import Entry, normal_mac
-from inventory.filters import compile_filter
-from inventory.store import HostFacts, HostQuery, HostRow, ReaderInterface
-from inventory.times import iso, parse_time
+from estate.inventory.export._eos import support_of
+from estate.inventory.export._register import Entry, normal_mac
+from estate.inventory.filters import compile_filter
+from estate.inventory.store import HostFacts, HostQuery, HostRow, ReaderInterface
+from estate.inventory.times import iso, parse_time
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class Source:
 
     @staticmethod
     def _list_row(h: HostFacts) -> HostRow:
-        """The host as a host-list row (`inventory.hostlist`), for the shared filter syntax."""
+        """The host as a host-list row (`estate.inventory.hostlist`), for the shared filter
+        syntax."""
         f = h.facts
         ips = f["ips"]
         return HostRow(h.agent_id, h.hostname, h.agency, h.site, h.status,

@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from inventory.export._columns import Column
+from estate.inventory.export._columns import Column
 
 FORMATS = ("csv", "xlsx", "json")
 _FORMULA_START = frozenset("=+-@\t\r")

@@ -19,8 +19,8 @@ from typing import Any
 
 import asyncssh
 
-from inventory.errors import EstateError
-from inventory.sanitise import quoted
+from estate.inventory.errors import EstateError
+from estate.inventory.sanitise import quoted
 
 MANIFEST_FORMAT = "estate.export-manifest/1"
 SIGNATURE_ALGORITHM = "ssh-ed25519"

@@ -11,16 +11,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inventory.export import REPORTS, ExportError, ExportRequest
-from inventory.export._eos import table
-from inventory.export._register import RegisterError, parse_register
-from inventory.export._source import Selection, Source
-from inventory.export._writers import WRITERS
-from inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
-from inventory.times import iso, utcnow
+from estate.inventory.export import REPORTS, ExportError, ExportRequest
+from estate.inventory.export._eos import table
+from estate.inventory.export._register import RegisterError, parse_register
+from estate.inventory.export._source import Selection, Source
+from estate.inventory.export._writers import WRITERS
+from estate.inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
+from estate.inventory.times import iso, utcnow
 
 if TYPE_CHECKING:
-    from inventory.store import ReaderInterface, StoreInterface
+    from estate.inventory.store import ReaderInterface, StoreInterface
 
 __all__ = ["PROGRESS_EVERY", "Producer", "run_export"]
 

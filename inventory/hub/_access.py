@@ -22,11 +22,11 @@ import logging
 
 import asyncssh
 
-from inventory.hub._peer import Login
-from inventory.hub._remote import RemoteAccess
-from inventory.hub._store_thread import StoreThread
-from inventory.hub._tasks import Tasks
-from inventory.store import Agent, StoreInterface
+from estate.inventory.hub._peer import Login
+from estate.inventory.hub._remote import RemoteAccess
+from estate.inventory.hub._store_thread import StoreThread
+from estate.inventory.hub._tasks import Tasks
+from estate.inventory.store import Agent, StoreInterface
 
 log = logging.getLogger("estate.hub.access")
 

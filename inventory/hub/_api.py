@@ -12,16 +12,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from inventory.changes import TooLarge
-from inventory.filters import FilterError, compile_filter
-from inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
-from inventory.hub._audit import AuditCoalescer
-from inventory.hub._budget import MAX_ANSWER
-from inventory.params import Params as _Params
-from inventory.params import RequestError as ApiError
-from inventory.params import is_unicode
-from inventory.sanitise import quoted
-from inventory.store import StoreInterface, parse_time
+from estate.inventory.changes import TooLarge
+from estate.inventory.filters import FilterError, compile_filter
+from estate.inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
+from estate.inventory.hub._audit import AuditCoalescer
+from estate.inventory.hub._budget import MAX_ANSWER
+from estate.inventory.params import Params as _Params
+from estate.inventory.params import RequestError as ApiError
+from estate.inventory.params import is_unicode
+from estate.inventory.sanitise import quoted
+from estate.inventory.store import StoreInterface, parse_time
 
 log = logging.getLogger("estate.hub")
 

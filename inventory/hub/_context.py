@@ -8,19 +8,19 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from inventory.hub._access import AccessGuard
-from inventory.hub._audit import AuditCoalescer
-from inventory.hub._budget import Budget, ExportSlots
-from inventory.hub._door import Door
-from inventory.hub._ingest import Ingest
-from inventory.hub._peer import Peer
-from inventory.hub._remote import RemoteAccess
-from inventory.hub._settings import HubSettings
-from inventory.hub._store_thread import StoreThread
-from inventory.hub._tasks import Tasks
-from inventory.hub._watch import Watch
-from inventory.hub._writer import Writer
-from inventory.store import StoreInterface
+from estate.inventory.hub._access import AccessGuard
+from estate.inventory.hub._audit import AuditCoalescer
+from estate.inventory.hub._budget import Budget, ExportSlots
+from estate.inventory.hub._door import Door
+from estate.inventory.hub._ingest import Ingest
+from estate.inventory.hub._peer import Peer
+from estate.inventory.hub._remote import RemoteAccess
+from estate.inventory.hub._settings import HubSettings
+from estate.inventory.hub._store_thread import StoreThread
+from estate.inventory.hub._tasks import Tasks
+from estate.inventory.hub._watch import Watch
+from estate.inventory.hub._writer import Writer
+from estate.inventory.store import StoreInterface
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`estate-export v1`: an operator's export, produced on the hub and sent down the channel.
 
-Input: one JSON request (`inventory.export.ExportRequest`). Output: JSON lines — `progress`
+Input: one JSON request (`estate.inventory.export.ExportRequest`). Output: JSON lines — `progress`
 (`rows`, `total`) while the file is written, then one `manifest` line (the signed manifest),
 then exactly `manifest.bytes` bytes of the file. A refused request is one `error` line. The
 export runs on a thread of its own with its own read-only handle on the store, so reports,
@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from inventory.errors import CodedError
-from inventory.export import ExportError, ExportRequest
-from inventory.export.produce import Producer, run_export
-from inventory.hub._context import Context
-from inventory.protocol import ChannelExit
-from inventory.store import Operator, StoreInterface
+from estate.inventory.errors import CodedError
+from estate.inventory.export import ExportError, ExportRequest
+from estate.inventory.export.produce import Producer, run_export
+from estate.inventory.hub._context import Context
+from estate.inventory.protocol import ChannelExit
+from estate.inventory.store import Operator, StoreInterface
 
 log = logging.getLogger("estate.hub")
 
@@ -174,6 +174,6 @@ def _estate_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("estate")
+        return version("estate-inventory")  # the distribution (pyproject.toml `name`)
     except PackageNotFoundError:
         return "unknown"

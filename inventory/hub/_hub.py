@@ -8,22 +8,27 @@ from dataclasses import replace
 
 import asyncssh
 
-from inventory.hub import _known_sources
-from inventory.hub._access import AccessGuard
-from inventory.hub._audit import AuditCoalescer, Row
-from inventory.hub._budget import EXPORT_REQUESTS_PER_HOLDER, INPUT_PER_HOLDER, Budget, ExportSlots
-from inventory.hub._context import Budgets, Services
-from inventory.hub._door import Door
-from inventory.hub._ingest import Ingest, ReportRate
-from inventory.hub._keys import fingerprint, load_or_create_host_key
-from inventory.hub._remote import Limits, RemoteAccess
-from inventory.hub._server import listen
-from inventory.hub._settings import HubSettings
-from inventory.hub._store_thread import StoreThread
-from inventory.hub._tasks import Tasks
-from inventory.hub._watch import Watch
-from inventory.hub._writer import Writer
-from inventory.store import Store, StoreInterface, utcnow
+from estate.inventory.hub import _known_sources
+from estate.inventory.hub._access import AccessGuard
+from estate.inventory.hub._audit import AuditCoalescer, Row
+from estate.inventory.hub._budget import (
+    EXPORT_REQUESTS_PER_HOLDER,
+    INPUT_PER_HOLDER,
+    Budget,
+    ExportSlots,
+)
+from estate.inventory.hub._context import Budgets, Services
+from estate.inventory.hub._door import Door
+from estate.inventory.hub._ingest import Ingest, ReportRate
+from estate.inventory.hub._keys import fingerprint, load_or_create_host_key
+from estate.inventory.hub._remote import Limits, RemoteAccess
+from estate.inventory.hub._server import listen
+from estate.inventory.hub._settings import HubSettings
+from estate.inventory.hub._store_thread import StoreThread
+from estate.inventory.hub._tasks import Tasks
+from estate.inventory.hub._watch import Watch
+from estate.inventory.hub._writer import Writer
+from estate.inventory.store import Store, StoreInterface, utcnow
 
 log = logging.getLogger("estate.hub")
 

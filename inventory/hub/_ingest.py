@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from inventory.hub._writer import MAX_RETRY_AFTER_S, Busy
-from inventory.protocol import MAX_RECEIVED_BYTES, MAX_REPORT_BYTES
-from inventory.report import ReportError, parse
-from inventory.store import DEFAULT_INTERVAL_S, parse_time, utcnow
+from estate.inventory.hub._writer import MAX_RETRY_AFTER_S, Busy
+from estate.inventory.protocol import MAX_RECEIVED_BYTES, MAX_REPORT_BYTES
+from estate.inventory.report import ReportError, parse
+from estate.inventory.store import DEFAULT_INTERVAL_S, parse_time, utcnow
 
 MAX_FUTURE = timedelta(days=365)
 """A report collected further ahead of the hub's clock than this is refused (`collected_at`);

@@ -16,8 +16,8 @@ import json
 import logging
 from pathlib import Path
 
-from inventory.hub._door import MAX_KNOWN_SOURCES, Door
-from inventory.private_files import write_private
+from estate.inventory.hub._door import MAX_KNOWN_SOURCES, Door
+from estate.inventory.private_files import write_private
 
 log = logging.getLogger("estate.hub")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from inventory.store import Operator
+from estate.inventory.store import Operator
 
 
 @dataclass(frozen=True)

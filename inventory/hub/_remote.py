@@ -17,13 +17,13 @@ from typing import Any
 
 import asyncssh
 
-from inventory.errors import CodedError
-from inventory.hub._peer import Login
-from inventory.hub._store_thread import StoreThread
-from inventory.hub._tasks import Tasks
-from inventory.hub._watch import Watch
-from inventory.sanitise import quoted
-from inventory.store import StoreInterface, utcnow
+from estate.inventory.errors import CodedError
+from estate.inventory.hub._peer import Login
+from estate.inventory.hub._store_thread import StoreThread
+from estate.inventory.hub._tasks import Tasks
+from estate.inventory.hub._watch import Watch
+from estate.inventory.sanitise import quoted
+from estate.inventory.store import StoreInterface, utcnow
 
 log = logging.getLogger("estate.hub.remote")
 

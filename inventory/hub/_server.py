@@ -18,13 +18,13 @@ from typing import Any
 
 import asyncssh
 
-from inventory.hub._context import Services
-from inventory.hub._door import MESSAGES, PENALISED, source_of
-from inventory.hub._peer import Login, Peer
-from inventory.hub._session import Session
-from inventory.protocol import ENROL_USER
-from inventory.sanitise import quoted
-from inventory.store import Operator
+from estate.inventory.hub._context import Services
+from estate.inventory.hub._door import MESSAGES, PENALISED, source_of
+from estate.inventory.hub._peer import Login, Peer
+from estate.inventory.hub._session import Session
+from estate.inventory.protocol import ENROL_USER
+from estate.inventory.sanitise import quoted
+from estate.inventory.store import Operator
 
 log = logging.getLogger("estate.hub")
 

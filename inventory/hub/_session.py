@@ -9,10 +9,10 @@ from typing import Any
 
 import asyncssh
 
-from inventory.hub._commands import HANDLERS, Channel, Handler
-from inventory.hub._context import Context
-from inventory.protocol import COMMANDS, ChannelExit
-from inventory.sanitise import quoted
+from estate.inventory.hub._commands import HANDLERS, Channel, Handler
+from estate.inventory.hub._context import Context
+from estate.inventory.protocol import COMMANDS, ChannelExit
+from estate.inventory.sanitise import quoted
 
 log = logging.getLogger("estate.hub")
 

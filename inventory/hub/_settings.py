@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from inventory.hub._budget import (
+from estate.inventory.hub._budget import (
     MAX_ANSWER,
     MAX_ANSWER_BYTES,
     MAX_BUFFERED_INPUT,
     MAX_EXPORT_REQUESTS,
 )
-from inventory.hub._door import DoorLimits
+from estate.inventory.hub._door import DoorLimits
 
 
 @dataclass

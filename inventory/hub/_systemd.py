@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from inventory.unit_file import SANDBOX, STATE_ROOT, arg, escape, state_lines
+from estate.inventory.unit_file import SANDBOX, STATE_ROOT, arg, escape, state_lines
 
 __all__ = ["DATA_DIR", "UNIT_PATH", "USER", "install", "unit_text"]
 
@@ -29,7 +29,8 @@ def unit_text(listen: str, data: Path = DATA_DIR, executable: str | None = None)
     A port below 1024 keeps CAP_NET_BIND_SERVICE (and so cannot use PrivateUsers=, whose
     capabilities do not count in the host's network namespace); any other port keeps none.
     """
-    exe = executable or shutil.which("estate-hub") or f"{sys.executable} -m inventory.hub.cli"
+    exe = (executable or shutil.which("estate-hub")
+           or f"{sys.executable} -m estate.inventory.hub.cli")
     port = int(listen.rpartition(":")[2])
     if port and port < 1024:
         privilege = ("# Binding a port below 1024 is the one privilege kept.\n"

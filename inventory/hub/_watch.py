@@ -7,9 +7,9 @@ import json
 import logging
 from typing import Any
 
-from inventory.hub._store_thread import StoreThread
-from inventory.hub._tasks import Tasks
-from inventory.store import StoreInterface, utcnow
+from estate.inventory.hub._store_thread import StoreThread
+from estate.inventory.hub._tasks import Tasks
+from estate.inventory.store import StoreInterface, utcnow
 
 log = logging.getLogger("estate.hub")
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from inventory.store import Incoming, StoreInterface
+from estate.inventory.store import Incoming, StoreInterface
 
 log = logging.getLogger("estate.hub")
 

@@ -20,10 +20,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inventory.protocol import Exit
+from estate.inventory.protocol import Exit
 
 if TYPE_CHECKING:  # the store loads with the verb that uses it, not with every verb
-    from inventory.store import StoreInterface
+    from estate.inventory.store import StoreInterface
 
 
 def default_data_dir() -> Path:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return Exit.USAGE
-    from inventory import private_files
-    from inventory.errors import SchemaTooNew
+    from estate.inventory import private_files
+    from estate.inventory.errors import SchemaTooNew
 
     # Every file the hub or an admin verb creates (store, WAL, host key, logs) is 0600.
     private_files.restrict_umask()
@@ -336,7 +336,7 @@ def _name(text: str) -> str:
 
 
 def _date(text: str) -> Any:
-    from inventory.store import parse_time
+    from estate.inventory.store import parse_time
 
     try:
         return parse_time(text)
@@ -346,8 +346,8 @@ def _date(text: str) -> Any:
 
 
 def _operator_name(text: str) -> str:
-    from inventory.hub._server import OPERATOR_NAME
-    from inventory.protocol import ENROL_USER
+    from estate.inventory.hub._server import OPERATOR_NAME
+    from estate.inventory.protocol import ENROL_USER
 
     if not OPERATOR_NAME.match(text) or text == ENROL_USER:
         raise argparse.ArgumentTypeError(
@@ -371,7 +371,7 @@ def _data(args: argparse.Namespace) -> Path:
 
 
 def _store(args: argparse.Namespace) -> StoreInterface:
-    from inventory.store import Store
+    from estate.inventory.store import Store
 
     data = _data(args)
     if not Store.exists(data):
@@ -388,9 +388,9 @@ def _actor() -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from inventory.hub._door import DoorLimits
-    from inventory.hub._settings import HubSettings
-    from inventory.private_files import private_dir
+    from estate.inventory.hub._door import DoorLimits
+    from estate.inventory.hub._settings import HubSettings
+    from estate.inventory.private_files import private_dir
 
     host, port = _parse_listen(args.listen)
     # Refuse an open data folder before the host key or the store is written into it.
@@ -440,7 +440,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 async def _serve(settings: Any) -> int:
-    from inventory.hub._hub import Hub
+    from estate.inventory.hub._hub import Hub
 
     hub = Hub(settings)
     try:
@@ -464,8 +464,8 @@ async def _serve(settings: Any) -> int:
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
-    from inventory.hub._keys import fingerprint, load_or_create_host_key
-    from inventory.hub._tokens import make_token
+    from estate.inventory.hub._keys import fingerprint, load_or_create_host_key
+    from estate.inventory.hub._tokens import make_token
 
     key, _ = load_or_create_host_key(_data(args))
     store = _store_or_create(args)
@@ -479,7 +479,7 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def _store_or_create(args: argparse.Namespace) -> StoreInterface:
-    from inventory.store import Store
+    from estate.inventory.store import Store
 
     return Store.open(_data(args))
 
@@ -505,7 +505,7 @@ def _cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent_list(args: argparse.Namespace) -> int:
-    from inventory.store import remote_state
+    from estate.inventory.store import remote_state
 
     rows = [{**a.as_dict(),
              "state": "revoked" if a.revoked_at else
@@ -600,7 +600,7 @@ def _cmd_changes(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from inventory.sanitise import dumps
+    from estate.inventory.sanitise import dumps
 
     store = _store(args)
     if args.check == "verify":
@@ -629,7 +629,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_install_service(args: argparse.Namespace) -> int:
     import pwd
 
-    from inventory.hub._systemd import DATA_DIR, UNIT_PATH, USER, install, unit_text
+    from estate.inventory.hub._systemd import DATA_DIR, UNIT_PATH, USER, install, unit_text
 
     _parse_listen(args.listen)
     # Not default_data_dir(): that depends on who runs this verb, the unit on nobody.
@@ -665,9 +665,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from inventory import simulate
-    from inventory.hub._keys import load_or_create_host_key
-    from inventory.store import Store
+    from estate.inventory import simulate
+    from estate.inventory.hub._keys import load_or_create_host_key
+    from estate.inventory.store import Store
 
     data = _data(args)
     if not Store.exists(data):
@@ -699,9 +699,9 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
     """Reuse the simulated agents of earlier runs; enrol (for real) the ones missing."""
-    from inventory import simulate
-    from inventory.hub._tokens import make_token
-    from inventory.store import Store
+    from estate.inventory import simulate
+    from estate.inventory.hub._tokens import make_token
+    from estate.inventory.store import Store
 
     path = data / "simulated.json"
     idents = simulate.load_identities(path)[:n]
@@ -736,7 +736,7 @@ async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
 
 def _print(args: argparse.Namespace, rows: Sequence[Mapping[str, Any]],
            columns: tuple[str, ...], widest: int = 48) -> int:
-    from inventory.sanitise import dumps
+    from estate.inventory.sanitise import dumps
 
     if args.json:
         # Hostnames, failure reasons and audit details come from agents and clients: dumps
@@ -757,7 +757,7 @@ def _print(args: argparse.Namespace, rows: Sequence[Mapping[str, Any]],
 
 def _cell(value: Any) -> str:
     """Plain one-line text: agent-supplied strings must not move or colour the terminal."""
-    from inventory.sanitise import plain
+    from estate.inventory.sanitise import plain
 
     return "-" if value is None else plain(value)
 

@@ -25,19 +25,19 @@ own `Store` in their own process. WAL lets them read while the hub writes.
 
 from __future__ import annotations
 
-from inventory.store._audit import AUDIT_GENESIS, audit_hash
-from inventory.store._base import DB_NAME
-from inventory.store._common import iso, parse_time, utcnow
-from inventory.store._enrolment import EnrolError, EnrolmentRecords
-from inventory.store._hosts import (
+from estate.inventory.store._audit import AUDIT_GENESIS, audit_hash
+from estate.inventory.store._base import DB_NAME
+from estate.inventory.store._common import iso, parse_time, utcnow
+from estate.inventory.store._enrolment import EnrolError, EnrolmentRecords
+from estate.inventory.store._hosts import (
     CLOCK_SKEW_FLAG_S,
     DEFAULT_INTERVAL_S,
     FUTURE_TOLERANCE,
     HostRecords,
 )
-from inventory.store._interface import ReaderInterface, StoreInterface
-from inventory.store._reader import Reader
-from inventory.store._records import (
+from estate.inventory.store._interface import ReaderInterface, StoreInterface
+from estate.inventory.store._reader import Reader
+from estate.inventory.store._records import (
     Agent,
     AuditCheck,
     AuditRow,
@@ -63,7 +63,7 @@ from inventory.store._records import (
     Summary,
     Token,
 )
-from inventory.store._remote import RemoteRecords, remote_state
+from estate.inventory.store._remote import RemoteRecords, remote_state
 
 __all__ = [
     "AUDIT_GENESIS", "CLOCK_SKEW_FLAG_S", "DB_NAME", "DEFAULT_INTERVAL_S", "FUTURE_TOLERANCE",

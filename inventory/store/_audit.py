@@ -7,9 +7,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from inventory.store._base import Connection
-from inventory.store._common import iso, utcnow
-from inventory.store._records import AuditCheck, AuditRow
+from estate.inventory.store._base import Connection
+from estate.inventory.store._common import iso, utcnow
+from estate.inventory.store._records import AuditCheck, AuditRow
 
 AUDIT_GENESIS = "0" * 64  # the prev_hash of the first audit row
 

@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 from typing import TypeVar
 
-from inventory.errors import SchemaTooNew
-from inventory.private_files import private_file
-from inventory.store._migrations import MIGRATIONS
+from estate.inventory.errors import SchemaTooNew
+from estate.inventory.private_files import private_file
+from estate.inventory.store._migrations import MIGRATIONS
 
 DB_NAME = "estate.db"
 

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from inventory.changes import TooLarge
-from inventory.store._base import Connection
-from inventory.store._common import _scoped, iso
-from inventory.store._records import Change, ChangeEvent, ChangeNotice
+from estate.inventory.changes import TooLarge
+from estate.inventory.store._base import Connection
+from estate.inventory.store._common import _scoped, iso
+from estate.inventory.store._records import Change, ChangeEvent, ChangeNotice
 
 
 class ChangeRecords(Connection):

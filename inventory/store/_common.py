@@ -1,13 +1,14 @@
-"""Helpers every part of the store shares: the time format (from `inventory.times`) and agency
-scoping."""
+"""Helpers every part of the store shares: the time format (from `estate.inventory.times`)
+and agency scoping."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# Re-exported: the store's modules (and callers of `inventory.store`) take the time helpers from
-# here; they live in the standard-library-only core so that exports and the console need no store.
-from inventory.times import iso, parse_time, utcnow
+# Re-exported: the store's modules (and callers of `estate.inventory.store`) take the time
+# helpers from here; they live in the standard-library-only core so that exports and the
+# console need no store.
+from estate.inventory.times import iso, parse_time, utcnow
 
 __all__ = ["iso", "parse_time", "utcnow"]
 

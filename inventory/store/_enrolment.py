@@ -10,10 +10,10 @@ import secrets
 import sqlite3
 from datetime import datetime, timedelta
 
-from inventory.errors import CodedError
-from inventory.store._audit import AuditLog
-from inventory.store._common import iso, utcnow
-from inventory.store._records import Agent, Enrolment, NewToken, Operator, OperatorRow, Token
+from estate.inventory.errors import CodedError
+from estate.inventory.store._audit import AuditLog
+from estate.inventory.store._common import iso, utcnow
+from estate.inventory.store._records import Agent, Enrolment, NewToken, Operator, OperatorRow, Token
 
 
 class EnrolError(CodedError):

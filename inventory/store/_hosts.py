@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from inventory.changes import bounded, software_changes, state_changes, state_digest
-from inventory.facts import facts_of
-from inventory.store._changes import ChangeRecords
-from inventory.store._common import _scoped, iso, parse_time, utcnow
-from inventory.store._records import (
+from estate.inventory.changes import bounded, software_changes, state_changes, state_digest
+from estate.inventory.facts import facts_of
+from estate.inventory.store._changes import ChangeRecords
+from estate.inventory.store._common import _scoped, iso, parse_time, utcnow
+from estate.inventory.store._records import (
     ChangeEvent,
     HostDetail,
     HostRow,
@@ -24,7 +24,7 @@ from inventory.store._records import (
     RecentReport,
     Summary,
 )
-from inventory.store._remote import remote_state
+from estate.inventory.store._remote import remote_state
 
 DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
 CLOCK_SKEW_FLAG_S = 300.0  # an agent clock this far off the hub's is flagged
@@ -200,7 +200,7 @@ class HostRecords(ChangeRecords):
 
     def host_rows(self, scope: list[str] | None, agent_ids: list[str] | None = None,
                   page: tuple[str, int] | None = None) -> list[HostRow]:
-        """Compact rows in `inventory.hostlist.COLUMN_KEYS` order.
+        """Compact rows in `estate.inventory.hostlist.COLUMN_KEYS` order.
 
         Args:
             page: (after agent id, limit): a page in agent id order, keyset-paged in SQL so
@@ -383,7 +383,9 @@ def _ordering_time(collected_at: str, now: datetime) -> str:
     try:
         ahead = parse_time(collected_at) - now > FUTURE_TOLERANCE
     except (ValueError, OverflowError):
-        ahead = False
+        # Only a stored time can fail here (a damaged row, or one written before times were
+        # validated): kept as text it could sort after every real time and freeze the host.
+        ahead = True
     return iso(now) if ahead else collected_at
 
 

@@ -1,7 +1,7 @@
 """The store's contract: what the hub, the operator API, watchers, exports and the admin verbs
 may ask of a store, as typed methods returning the named records of `_records.py`.
 
-`inventory.store.Store` (SQLite) implements it; a second backend (PostgreSQL) implements the
+`estate.inventory.store.Store` (SQLite) implements it; a second backend (PostgreSQL) implements the
 same two protocols, `StoreInterface` and `ReaderInterface`, and nothing else is needed of it:
 no caller sees SQL, a connection or a row. What a backend must keep:
 
@@ -17,7 +17,7 @@ no caller sees SQL, a connection or a row. What a backend must keep:
   process). `reader()` may be called from any thread and gives a read-only handle of its own,
   used on the thread that made it (an export's), while the hub keeps writing.
 - Opening: the class has `open(data_dir, durable=True)` (create or migrate, then open; a schema
-  newer than the code raises `inventory.errors.SchemaTooNew`) and `exists(data_dir)` (whether
+  newer than the code raises `estate.inventory.errors.SchemaTooNew`) and `exists(data_dir)` (whether
   a hub has stored anything there). `durable=False` may trade crash safety for speed (seeding
   benchmarks).
 """
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from inventory.store._records import (
+from estate.inventory.store._records import (
     Agent,
     AuditCheck,
     AuditRow,
@@ -152,7 +152,7 @@ class StoreInterface(Protocol):
     def scoped_changes(self, scope: list[str] | None, host: str | None = None,
                        since: datetime | None = None, limit: int = 1000,
                        max_bytes: int | None = None) -> list[Change]:
-        """The newest `limit` (-1: all) oldest first; `inventory.changes.TooLarge` once their
+        """The newest `limit` (-1: all) oldest first; `estate.inventory.changes.TooLarge` once their
         text passes `max_bytes`."""
         ...
 

@@ -18,7 +18,7 @@ def _chain_audit(db: sqlite3.Connection) -> None:
     """Hash-chain the audit rows written before the chain existed, oldest first.
 
     Ids are kept: the triggers refused deletes, so they run 1..N without gaps, and a gap
-    found later means a deleted row. Must match `inventory.store.audit_hash`, copied here
+    found later means a deleted row. Must match `estate.inventory.store.audit_hash`, copied here
     so this released migration never changes when the store does.
     """
     prev = "0" * 64
@@ -177,7 +177,8 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX remote_sessions_started ON remote_sessions (started_at)",
     ),
     # 5: the facts lists and exports show, taken from each host's snapshot at ingest
-    # (`inventory.facts`); NULL for hosts last stored before, which exports derive themselves.
+    # (`estate.inventory.facts`); NULL for hosts last stored before, which exports derive
+    # themselves.
     (
         "ALTER TABLE hosts ADD COLUMN facts TEXT",
     ),

@@ -15,11 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from inventory.facts import facts_of
-from inventory.store._common import _scoped, iso
-from inventory.store._hosts import _StatusClock
-from inventory.store._records import ChangeEvent, HostFacts, HostName, HostQuery
-from inventory.store._remote import remote_state
+from estate.inventory.facts import facts_of
+from estate.inventory.store._common import _scoped, iso
+from estate.inventory.store._hosts import _StatusClock
+from estate.inventory.store._records import ChangeEvent, HostFacts, HostName, HostQuery
+from estate.inventory.store._remote import remote_state
 
 _ORDER = " ORDER BY a.name, s.name, h.hostname, h.agent_id"
 

@@ -52,7 +52,7 @@ class Incoming:
 
 
 class HostRow(NamedTuple):
-    """A host-list row, in `inventory.hostlist.COLUMN_KEYS` order (the API and watch send it
+    """A host-list row, in `estate.inventory.hostlist.COLUMN_KEYS` order (the API and watch send it
     as a JSON list)."""
 
     agent_id: str
@@ -328,7 +328,7 @@ class HostFacts:
     first_seen: str
     last_seen: str
     status: str
-    facts: dict[str, Any]  # `inventory.facts.facts_of` the report of the moment described
+    facts: dict[str, Any]  # `estate.inventory.facts.facts_of` the report of the moment described
     remote: str = "off"
 
     @property

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from inventory.store._audit import AuditLog
-from inventory.store._common import _scoped, iso
-from inventory.store._records import RemoteTarget, Session, SessionEnd
+from estate.inventory.store._audit import AuditLog
+from estate.inventory.store._common import _scoped, iso
+from estate.inventory.store._records import RemoteTarget, Session, SessionEnd
 
 
 def remote_state(allowed: int, offered: int, connected: int, revoked: str | None) -> str:

@@ -4,13 +4,13 @@ name there, a handler module here, and a line in HANDLERS."""
 
 from __future__ import annotations
 
-from inventory.hub._commands.api import ApiCommand
-from inventory.hub._commands.base import Channel, Handler
-from inventory.hub._commands.enrol import EnrolCommand
-from inventory.hub._commands.export import ExportCommand
-from inventory.hub._commands.report import ReportCommand
-from inventory.hub._commands.watch import WatchCommand
-from inventory.protocol import (
+from estate.inventory.hub._commands.api import ApiCommand
+from estate.inventory.hub._commands.base import Channel, Handler
+from estate.inventory.hub._commands.enrol import EnrolCommand
+from estate.inventory.hub._commands.export import ExportCommand
+from estate.inventory.hub._commands.report import ReportCommand
+from estate.inventory.hub._commands.watch import WatchCommand
+from estate.inventory.protocol import (
     API_COMMAND,
     ENROL_COMMAND,
     EXPORT_COMMAND,

@@ -8,11 +8,11 @@ import json
 import logging
 from typing import Any
 
-from inventory.hub._api import OperatorApi
-from inventory.hub._budget import ANSWER_CHUNK, ANSWER_WRITE_TIMEOUT_S, RETRY_AFTER_S
-from inventory.hub._commands.base import Handler
-from inventory.hub._lines import TOO_LONG, LineReader
-from inventory.protocol import API_COMMAND, MAX_API_LINE_BYTES, ChannelExit
+from estate.inventory.hub._api import OperatorApi
+from estate.inventory.hub._budget import ANSWER_CHUNK, ANSWER_WRITE_TIMEOUT_S, RETRY_AFTER_S
+from estate.inventory.hub._commands.base import Handler
+from estate.inventory.hub._lines import TOO_LONG, LineReader
+from estate.inventory.protocol import API_COMMAND, MAX_API_LINE_BYTES, ChannelExit
 
 log = logging.getLogger("estate.hub")
 

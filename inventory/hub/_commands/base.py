@@ -12,10 +12,10 @@ from typing import Any
 
 import asyncssh
 
-from inventory.hub._budget import RETRY_AFTER_S, Budget
-from inventory.hub._context import Context
-from inventory.protocol import MAX_RECEIVED_BYTES, ChannelExit
-from inventory.sanitise import quoted
+from estate.inventory.hub._budget import RETRY_AFTER_S, Budget
+from estate.inventory.hub._context import Context
+from estate.inventory.protocol import MAX_RECEIVED_BYTES, ChannelExit
+from estate.inventory.sanitise import quoted
 
 log = logging.getLogger("estate.hub")
 

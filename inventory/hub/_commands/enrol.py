@@ -8,10 +8,10 @@ import logging
 
 import asyncssh
 
-from inventory.hub import _tokens
-from inventory.hub._commands.base import BodyCommand
-from inventory.protocol import ENROL_COMMAND, MAX_ENROL_BYTES, ChannelExit
-from inventory.store import EnrolError
+from estate.inventory.hub import _tokens
+from estate.inventory.hub._commands.base import BodyCommand
+from estate.inventory.protocol import ENROL_COMMAND, MAX_ENROL_BYTES, ChannelExit
+from estate.inventory.store import EnrolError
 
 log = logging.getLogger("estate.hub")
 

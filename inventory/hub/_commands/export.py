@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from inventory.hub._budget import Budget
-from inventory.hub._commands.base import BodyCommand
-from inventory.hub._export import serve_export
-from inventory.protocol import EXPORT_COMMAND, MAX_EXPORT_REQUEST_BYTES
+from estate.inventory.hub._budget import Budget
+from estate.inventory.hub._commands.base import BodyCommand
+from estate.inventory.hub._export import serve_export
+from estate.inventory.protocol import EXPORT_COMMAND, MAX_EXPORT_REQUEST_BYTES
 
 
 class ExportCommand(BodyCommand):

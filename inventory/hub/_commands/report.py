@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from inventory.hub._commands.base import BodyCommand
-from inventory.hub._ingest import OverBudget
-from inventory.hub._writer import Busy, StoreUnavailable
-from inventory.protocol import REPORT_COMMAND, ChannelExit
-from inventory.report import ReportError
-from inventory.sanitise import quoted
-from inventory.store import Incoming, utcnow
+from estate.inventory.hub._commands.base import BodyCommand
+from estate.inventory.hub._ingest import OverBudget
+from estate.inventory.hub._writer import Busy, StoreUnavailable
+from estate.inventory.protocol import REPORT_COMMAND, ChannelExit
+from estate.inventory.report import ReportError
+from estate.inventory.sanitise import quoted
+from estate.inventory.store import Incoming, utcnow
 
 log = logging.getLogger("estate.hub")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from inventory.hub._commands.base import Handler
-from inventory.hub._watch import Watcher
-from inventory.protocol import WATCH_COMMAND, ChannelExit
+from estate.inventory.hub._commands.base import Handler
+from estate.inventory.hub._watch import Watcher
+from estate.inventory.protocol import WATCH_COMMAND, ChannelExit
 
 log = logging.getLogger("estate.hub")
 
