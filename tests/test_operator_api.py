@@ -605,6 +605,15 @@ def test_hosts_with_no_value_sort_last_and_first_reversed_in_process(tmp_path, r
     rows = lambda **p: [r[0] for r in _ask(api, "hosts", sort="serial", **p)["result"]["rows"]]  # noqa: E731
     assert rows() == [ids["fire0"], ids["fire1"]]  # no serial: last
     assert rows(reverse=True) == [ids["fire1"], ids["fire0"]]  # and first, reversed
+    # Sorted by the column asked for, not by the rows' own order (agent ids are random): the
+    # serials run against the ids.
+    first, second = sorted((ids["fire0"], ids["fire1"]))
+    for agent_id, serial in ((first, "Z"), (second, "A")):
+        r = make_report(report, agent_id, hardware__serial=serial)
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(),
+                                             utcnow())]) == ["stored"]
+    assert rows() == [second, first]
+    assert rows(reverse=True) == [first, second]
     store.close()
 
 

@@ -133,22 +133,6 @@ class RecentReport(Record):
 # --- changes ----------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
-class Change(Record):
-    """A change event with its host's name and agency (the API's and the admin's)."""
-
-    id: int
-    at: str
-    agent_id: str
-    hostname: str | None
-    agency: str
-    kind: str
-    subject: str | None
-    old_value: str | None
-    new_value: str | None
-    report_id: str
-
-
-@dataclass(frozen=True, eq=False)
 class ChangeNotice(Record):
     """A new change event as watchers receive it (no report id)."""
 
@@ -161,6 +145,14 @@ class ChangeNotice(Record):
     subject: str | None
     old_value: str | None
     new_value: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class Change(ChangeNotice):
+    """A change event with its host's name and agency and the report that showed it (the
+    API's and the admin's); its fields in this order on the wire."""
+
+    report_id: str
 
 
 class ChangeEvent(NamedTuple):
