@@ -43,6 +43,17 @@ def module_agent(module_hub, tmp_path_factory):
     return Agent(module_hub, tmp_path_factory.mktemp("agent"))
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py); a test wanting a
+    clean slate takes its own database with `postgres.create_database(name)`."""
+    from tests.postgres import PostgresCluster, skip_or_fail_without_postgres
+
+    skip_or_fail_without_postgres()
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture()
 def hub(tmp_path):
     from tests.harness import HubProcess

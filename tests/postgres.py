@@ -1,0 +1,151 @@
+"""A throwaway PostgreSQL cluster in a temporary folder, reachable only over its Unix socket.
+
+The real server behind the PostgreSQL store tests. Debian's `postgresql` package provides
+`initdb` and `pg_ctl` (`.ci/run` installs it); without it the tests that need it skip, saying how
+to install it, except on CI (the CI variable is set), where they fail: there they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+
+def _newest_bin() -> Path | None:
+    """The bin folder of the newest installed major version (Debian installs them side by side)."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+             if os.access(p, os.X_OK) and (p.parent / "pg_ctl").exists()]
+    digits = [p for p in found if p.parent.name.isdigit()]
+    return max(digits, key=lambda p: int(p.parent.name), default=None)
+
+
+BIN = _newest_bin()
+MISSING = None if BIN else (
+    "PostgreSQL's server is needed: apt-get install postgresql (.ci/run installs it)")
+
+
+def _server_user() -> str:
+    """PostgreSQL refuses to run as root: as root, run it as `postgres` (else `nobody`)."""
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise AssertionError("neither a postgres nor a nobody user exists to run PostgreSQL as")
+
+
+class PostgresCluster:
+    """initdb + pg_ctl in a fresh temporary folder; a context manager that removes it all.
+
+    `url` is a libpq URL of the database `estate`; `create_database` gives a test its own.
+    """
+
+    def __init__(self, database: str = "estate") -> None:
+        if BIN is None:
+            raise RuntimeError(MISSING)
+        self.bin = BIN
+        self.as_root = os.geteuid() == 0
+        self.user = _server_user() if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
+        # Directly under the system temp folder: pytest's own is root's 0700 tree, which the
+        # server's user could not enter; a short path also keeps the socket under 107 bytes.
+        self.folder = Path(tempfile.mkdtemp(prefix="estate-pg-"))
+        self.data = self.folder / "data"
+        self.log_path = self.folder / "server.log"
+        self.database = database
+        self.started = False
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.folder
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql:///{database}?host={self.socket_dir}&user={self.user}"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.database)
+
+    def _run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        prefix = ["runuser", "-u", self.user, "--"] if self.as_root else []
+        # cwd: the server's user may not be able to enter the caller's working folder.
+        done = subprocess.run([*prefix, *argv], cwd=self.folder, capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}{done.stderr}\n{self.log()}")
+        return done
+
+    def start(self, timeout: float = 60) -> PostgresCluster:
+        try:
+            if self.as_root:
+                shutil.chown(self.folder, self.user, self.user)
+            # trust for local connections: the socket sits in a 0700 folder nobody else enters.
+            self._run(str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
+                      "--no-locale", "--encoding=UTF8", "--no-sync")
+            with open(self.data / "postgresql.conf", "a") as conf:
+                conf.write(f"listen_addresses = ''\n"
+                           f"unix_socket_directories = '{self.socket_dir}'\n"
+                           # A throwaway cluster outlives no crash of this machine.
+                           "fsync = off\n")
+            self._run(str(self.bin / "pg_ctl"), "start", "-D", str(self.data), "-l",
+                      str(self.log_path), "-w", "-t", str(int(timeout)), timeout=timeout + 30)
+            self.started = True
+            self.create_database(self.database)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URL."""
+        self._run(str(self.bin / "createdb"), "-h", str(self.socket_dir), "-U", self.user, name,
+                  timeout=60)
+        return self.url_for(name)
+
+    def server_pid(self) -> int:
+        """The postmaster's process id, from the first line of its pid file."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Stops the server (immediate: its data is thrown away) and removes the folder."""
+        try:
+            if self.started:
+                self.started = False
+                pid = self.server_pid()
+                try:
+                    self._run(str(self.bin / "pg_ctl"), "stop", "-D", str(self.data), "-m",
+                              "immediate", "-w", "-t", "30", timeout=60)
+                except (AssertionError, subprocess.TimeoutExpired):
+                    # Never leave a server behind on a removed folder.
+                    os.kill(pid, signal.SIGKILL)
+                    raise
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> PostgresCluster:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+
+def skip_or_fail_without_postgres() -> None:
+    """Skips where PostgreSQL is not installed; on CI (the CI variable is set) fails instead."""
+    import pytest
+
+    if MISSING is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{MISSING}; on CI the PostgreSQL tests must run")
+    pytest.skip(MISSING)
