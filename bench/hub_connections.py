@@ -49,6 +49,7 @@ class Hub:
     def __init__(self, data: Path, port: int = 0) -> None:
         self.data, self.port = data, port
         self.proc: subprocess.Popen[str] | None = None
+        self._store: Store | None = None  # opened once: `connected` is polled while timed
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -68,6 +69,9 @@ class Hub:
         raise SystemExit("hub did not start")
 
     def stop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         if self.proc:
             self.proc.terminate()
             self.proc.wait(60)
@@ -77,11 +81,10 @@ class Hub:
         return psutil.Process(self.proc.pid)
 
     def connected(self) -> int:
-        store = Store.open(self.data)
-        try:
-            return sum(1 for a in store.agents() if a.connected)
-        finally:
-            store.close()
+        if self._store is None:
+            # Polled through asyncio.to_thread: the store allows any one thread at a time.
+            self._store = Store.open(self.data)
+        return sum(1 for a in self._store.agents() if a.connected)
 
 
 async def enrol(sim: simulate.Simulator, data: Path, n: int) -> list[simulate.Identity]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import asyncssh
 
+from estate.inventory.protocol import ENROL_USER, OPERATOR_NAME
+
 PY = sys.executable
 
 
@@ -31,7 +33,7 @@ def operator_name() -> str:
         name = re.sub(r"[^a-z0-9._-]", "", getpass.getuser().lower())
     except (KeyError, OSError):
         name = ""
-    return name if re.match(r"^[a-z][a-z0-9._-]{0,31}$", name) and name != "enrol" else "admin"
+    return name if OPERATOR_NAME.match(name) and name != ENROL_USER else "admin"
 
 
 class Embedded:

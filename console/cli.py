@@ -62,14 +62,6 @@ class _VerbParser(argparse.ArgumentParser):
         self._defined()
         return super().parse_known_args(args, namespace)
 
-    def format_usage(self) -> str:
-        self._defined()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._defined()
-        return super().format_help()
-
 
 def _ssh(parser: argparse.ArgumentParser) -> None:
     from estate.console.remote import define_ssh

@@ -25,7 +25,7 @@ import asyncssh
 from estate.console import _settings
 from estate.console._client import HubUnreachable, open_connection
 from estate.console._settings import ConfigError, PinnedHub
-from estate.console.remote import add_connection_options
+from estate.console.remote import add_connection_options, connection_settings
 from estate.inventory.errors import EstateError
 from estate.inventory.export._columns import REPORTS
 from estate.inventory.export._register import MAX_REGISTER_BYTES
@@ -88,14 +88,10 @@ def define_export(parser: argparse.ArgumentParser) -> None:
 
 
 def export_main(args: argparse.Namespace) -> int:
-    try:
-        _, settings = _settings.load(args.hub, args.key, args.hub_key)
-    except ConfigError as exc:
-        return _fail(f"{exc}", Exit.USAGE)
-    hub = settings.pinned() if settings else None
-    if hub is None:
-        return _fail("no hub configured, or its key is not pinned: pass --hub USER@HOST:PORT "
-                     "and --hub-key, or run estate once to set up console.toml", Exit.USAGE)
+    found = connection_settings(args, "export")  # says on stderr why there is none
+    if found is None:
+        return Exit.USAGE
+    hub, _ = found
     options = ExportOptions(
         report=args.report, output=args.output, format=args.format, filter=args.filter,
         agency=args.agency, site=args.site, as_of=args.as_of, since=args.since,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from estate.console import _known_hubs, _settings
 from estate.console._settings import ConfigError, ConsoleConfig, PinnedHub
-from estate.inventory.protocol import Exit
+from estate.inventory.protocol import AGENT_ID, Exit
 from estate.inventory.sanitise import plain
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 SSH_PORT = 22
 CHUNK = 64 * 1024
-AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

@@ -9,13 +9,15 @@ Two kinds of exit status, kept apart on purpose: a *process* (`estate`, `estate-
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 __all__ = [
-    "API_COMMAND", "API_ERROR_CODES", "COMMANDS", "CONNECTION_REFUSAL_CODES", "ENROL_COMMAND",
-    "ENROL_USER", "ERROR_CODES", "EXPORT_COMMAND", "INPUT_REFUSAL_CODES", "MAX_API_LINE_BYTES",
-    "MAX_ENROL_BYTES", "MAX_EXPORT_REQUEST_BYTES", "MAX_RECEIVED_BYTES", "MAX_REPORT_BYTES",
-    "REMOTE_REFUSAL_CODES", "REPORT_COMMAND", "WATCH_COMMAND", "ChannelExit", "Exit",
+    "AGENT_ID", "API_COMMAND", "API_ERROR_CODES", "COMMANDS", "CONNECTION_REFUSAL_CODES",
+    "ENROL_COMMAND", "ENROL_USER", "ERROR_CODES", "EXPORT_COMMAND", "INPUT_REFUSAL_CODES",
+    "MAX_API_LINE_BYTES", "MAX_ENROL_BYTES", "MAX_EXPORT_REQUEST_BYTES", "MAX_RECEIVED_BYTES",
+    "MAX_REPORT_BYTES", "OPERATOR_NAME", "REMOTE_REFUSAL_CODES", "REPORT_COMMAND",
+    "WATCH_COMMAND", "ChannelExit", "Exit",
 ]
 
 # --- commands: what a client runs on the hub's SSH server, and who may run it -----------------
@@ -27,6 +29,9 @@ EXPORT_COMMAND = "estate-export v1"
 COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol", API_COMMAND: "operator",
             WATCH_COMMAND: "operator", EXPORT_COMMAND: "operator"}
 ENROL_USER = "enrol"  # the user name a not-yet-enrolled agent logs in as, with any key
+# The other user names on the hub: an enrolled agent's id, or an operator's name.
+AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
+OPERATOR_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
 
 
 class Exit(IntEnum):

@@ -116,8 +116,7 @@ EQUIVALENT: dict[str, str] = {
     "estate.inventory.export.manifest.x_sha256_of__mutmut_11": _READ_SIZE,
     "estate.inventory.export.manifest.x_verify__mutmut_11": _READ_SIZE,
     "estate.inventory.export.manifest.x_verify__mutmut_13": _READ_SIZE,
-    "estate.inventory.export.manifest.x_verify__mutmut_20": "a codec's name in another case is the "
-                                                     "same codec",
+    "estate.inventory.export.manifest.x_verify__mutmut_20": _CODEC_CASE,
     # inventory/hub/_ingest.py
     "estate.inventory.hub._ingest.x_decompress__mutmut_6":
         "wbits 32 (zlib or gzip, detected) reads "
@@ -142,8 +141,7 @@ EQUIVALENT: dict[str, str] = {
                                                               "costs 1, all charged by take()",
     # inventory/hub/_api.py
     "estate.inventory.hub._api.xǁOperatorApiǁanswer__mutmut_6": _FALSY,
-    "estate.inventory.hub._api.xǁOperatorApiǁhandle__mutmut_7": "a codec's name in another case is "
-                                                          "the same codec",
+    "estate.inventory.hub._api.xǁOperatorApiǁhandle__mutmut_7": _CODEC_CASE,
     **{f"estate.inventory.hub._api.xǁOperatorApiǁhandle__mutmut_{n}": _OP_CHECKED
        for n in (2, 103, 104, 109)},
     **{f"estate.inventory.hub._api.xǁOperatorApiǁ{function}__mutmut_{n}": _DEFAULT_NONE

@@ -31,14 +31,13 @@ MISSING = None if BIN else (
 
 
 def _server_user() -> str:
-    """PostgreSQL refuses to run as root: as root, run it as `postgres` (else `nobody`)."""
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    raise AssertionError("neither a postgres nor a nobody user exists to run PostgreSQL as")
+    """PostgreSQL refuses to run as root: as root, run it as `postgres`, the user Debian's
+    package creates along with the server."""
+    try:
+        return pwd.getpwnam("postgres").pw_name
+    except KeyError:
+        raise AssertionError("no postgres user to run PostgreSQL as: reinstall the "
+                             "postgresql package") from None
 
 
 class PostgresCluster:

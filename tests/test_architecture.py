@@ -157,6 +157,14 @@ def test_the_console_loads_neither_the_store_nor_the_hub():
                       ("estate.inventory.store", "estate.inventory.hub")) == []
 
 
+def test_the_hub_loads_the_export_package_only_for_an_export():
+    """The hub's server and its admin verbs start without the export package (xlsxwriter,
+    the end-of-support table): the first export loads it."""
+    assert _loaded_by(("estate.inventory.hub.cli", "estate.inventory.hub._hub"),
+                      ("estate.inventory.export", "estate.inventory.hub._export",
+                       "xlsxwriter")) == []
+
+
 def test_the_agent_loads_nothing_of_the_hub_its_store_exports_or_the_console():
     assert _loaded_by(("estate.agent.cli", "estate.agent.service"),
                       ("estate.inventory.hub", "estate.inventory.store", "estate.inventory.export",

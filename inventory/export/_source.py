@@ -39,11 +39,6 @@ class Source:
     def __init__(self, reader: ReaderInterface, now: datetime) -> None:
         self.reader, self.now = reader, now
 
-    @property
-    def skipped_unreadable(self) -> int:
-        """Hosts an as-of export left out: their stored report could not be read."""
-        return self.reader.skipped_unreadable
-
     # --- hosts ---------------------------------------------------------------------------
 
     def hosts(self, sel: Selection) -> Iterator[HostFacts]:

@@ -69,7 +69,7 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
             if progress and writer.rows % PROGRESS_EVERY == 0:
                 progress(writer.rows, total)
         pruned = source.pruned_before(sel)
-        unreadable = source.skipped_unreadable
+        unreadable = reader.skipped_unreadable
     about = {**_about(meta), "rows": str(writer.rows)}
     if pruned:
         about["note"] = (f"{pruned} host(s) known at the as-of date are missing: their reports "
@@ -123,7 +123,7 @@ def _describe(request: ExportRequest, producer: Producer, now: datetime,
                     "days": request.days if request.report in ("stale", "reconcile") else None,
                     "register": request.register_name if request.register else None},
         "as_of": _iso(request.as_of),
-        "generated_at": iso(now)[:19] + "Z",
+        "generated_at": _iso(now),
         "estate_version": producer.version,
         "end_of_support_table": table()[0],
         "hub": {"fingerprint": producer.fingerprint,

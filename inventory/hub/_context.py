@@ -4,7 +4,7 @@ typed, explicit parts, never the `Hub` itself."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import asyncssh
 
@@ -75,6 +75,7 @@ class Services:
 
     def context(self, peer: Peer, access_ended: Callable[[], str | None]) -> Context:
         """What a command handler serving `peer` gets (no access guard, no relay)."""
-        return Context(peer, self.settings, self.store, self.db, self.tasks, self.audit,
-                       self.door, self.budgets, self.ingest, self.writer, self.exports,
-                       self.watch, self.host_key, self.fingerprint, access_ended)
+        # Every part a Context names is one of these, under the same name.
+        shared = {f.name: getattr(self, f.name) for f in fields(Context)
+                  if f.name not in ("peer", "access_ended")}
+        return Context(peer=peer, access_ended=access_ended, **shared)

@@ -47,8 +47,11 @@ def load(data_dir: Path, door: Door) -> int:
 
 
 def save(data_dir: Path, door: Door) -> None:
-    write_private(data_dir / FILE_NAME,
-                  json.dumps(door.known_ages(), separators=(",", ":")).encode())
+    _write(data_dir, door.known_ages())
+
+
+def _write(data_dir: Path, ages: dict[str, float]) -> None:
+    write_private(data_dir / FILE_NAME, json.dumps(ages, separators=(",", ":")).encode())
 
 
 async def keep(data_dir: Path, door: Door) -> None:
@@ -59,6 +62,8 @@ async def keep(data_dir: Path, door: Door) -> None:
         if door.logins != saved_at:
             saved_at = door.logins
             try:
-                await asyncio.to_thread(save, data_dir, door)
+                # The ages are taken here, on the event loop that changes them; only the write
+                # goes to a thread.
+                await asyncio.to_thread(_write, data_dir, door.known_ages())
             except OSError as exc:
                 log.warning("could not save the known sources: %s", exc)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 from typing import Any
 
 import asyncssh
@@ -22,7 +21,7 @@ from estate.inventory.hub._context import Services
 from estate.inventory.hub._door import MESSAGES, PENALISED, source_of
 from estate.inventory.hub._peer import Login, Peer
 from estate.inventory.hub._session import Session
-from estate.inventory.protocol import ENROL_USER
+from estate.inventory.protocol import AGENT_ID, ENROL_USER, OPERATOR_NAME
 from estate.inventory.sanitise import quoted
 from estate.inventory.store import Operator
 
@@ -49,8 +48,6 @@ _LOGIN_ORDER = itertools.count(1)
 # OpenSSH's MaxAuthTries: each is a store lookup, and a client may offer thousands.
 MAX_AUTH_TRIES = 6
 
-_AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
-OPERATOR_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
 
 
 async def listen(services: Services) -> asyncssh.SSHAcceptor:
@@ -201,7 +198,7 @@ class Connection(asyncssh.SSHServer):
         if username == ENROL_USER:
             self.role, self.key = "enrol", key
             return True
-        if _AGENT_ID.match(username):
+        if AGENT_ID.match(username):
             expected = await self.services.db(self.services.store.agent_fingerprint, username)
             if expected == fp:
                 self.role, self.key = "agent", key

@@ -11,7 +11,7 @@ import asyncssh
 
 from estate.inventory.hub._commands import HANDLERS, Channel, Handler
 from estate.inventory.hub._context import Context
-from estate.inventory.protocol import COMMANDS, ChannelExit
+from estate.inventory.protocol import COMMANDS
 from estate.inventory.sanitise import quoted
 
 log = logging.getLogger("estate.hub")
@@ -58,11 +58,11 @@ class Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         peer = self.ctx.peer
         needed = COMMANDS.get(self.command or "")
         if needed is None:
-            self.channel.fail(ChannelExit.USAGE, "unknown_command",
+            self.channel.fail("unknown_command",
                               f"unknown command {quoted(self.command, 64)}; this hub runs "
                               f"{', '.join(sorted(COMMANDS))}")
         elif needed != peer.role:
-            self.channel.fail(ChannelExit.NOPERM, "forbidden",
+            self.channel.fail("forbidden",
                               f"user {peer.name!r} may not run {self.command!r}")
         else:
             self.handler = HANDLERS[self.command or ""](self.ctx, self.channel)

@@ -346,8 +346,7 @@ def _date(text: str) -> Any:
 
 
 def _operator_name(text: str) -> str:
-    from estate.inventory.hub._server import OPERATOR_NAME
-    from estate.inventory.protocol import ENROL_USER
+    from estate.inventory.protocol import ENROL_USER, OPERATOR_NAME
 
     if not OPERATOR_NAME.match(text) or text == ENROL_USER:
         raise argparse.ArgumentTypeError(
@@ -600,7 +599,6 @@ def _cmd_changes(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from estate.inventory.sanitise import dumps
 
     store = _store(args)
     if args.check == "verify":
@@ -615,10 +613,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     rows = store.audit_log(args.limit + 1, args.since, args.until, args.actor, args.action,
                            args.before_id)
     page, more = rows[:args.limit], len(rows) > args.limit
-    if args.json:
-        print(dumps([r.as_dict() for r in page], indent=1))
-    else:
-        _print(args, page, ("id", "at", "actor", "action", "target", "detail"))
+    _print(args, page, ("id", "at", "actor", "action", "target", "detail"))
     if more:
         # On stderr, so stdout stays one table or one JSON document.
         print(f"more rows: add --before-id {page[-1]['id']} (with the same filters) for the "

@@ -25,16 +25,10 @@ own `Store` in their own process. WAL lets them read while the hub writes.
 
 from __future__ import annotations
 
-from estate.inventory.store._audit import AUDIT_GENESIS, audit_hash
-from estate.inventory.store._base import DB_NAME
+from estate.inventory.store._audit import audit_hash
 from estate.inventory.store._common import iso, parse_time, utcnow
 from estate.inventory.store._enrolment import EnrolError, EnrolmentRecords
-from estate.inventory.store._hosts import (
-    CLOCK_SKEW_FLAG_S,
-    DEFAULT_INTERVAL_S,
-    FUTURE_TOLERANCE,
-    HostRecords,
-)
+from estate.inventory.store._hosts import DEFAULT_INTERVAL_S, HostRecords
 from estate.inventory.store._interface import ReaderInterface, StoreInterface
 from estate.inventory.store._reader import Reader
 from estate.inventory.store._records import (
@@ -66,9 +60,9 @@ from estate.inventory.store._records import (
 from estate.inventory.store._remote import RemoteRecords, remote_state
 
 __all__ = [
-    "AUDIT_GENESIS", "CLOCK_SKEW_FLAG_S", "DB_NAME", "DEFAULT_INTERVAL_S", "FUTURE_TOLERANCE",
-    "Agent", "AuditCheck", "AuditRow", "Change", "ChangeEvent", "ChangeNotice", "EnrolError",
-    "Enrolment", "HostDetail", "HostFacts", "HostName", "HostQuery", "HostRow", "HostStatus",
+    "DEFAULT_INTERVAL_S", "Agent", "AuditCheck", "AuditRow", "Change", "ChangeEvent",
+    "ChangeNotice", "EnrolError", "Enrolment", "HostDetail", "HostFacts", "HostName",
+    "HostQuery", "HostRow", "HostStatus",
     "Incoming", "NewToken", "Operator", "OperatorRow", "Reader", "ReaderInterface",
     "RecentReport", "Record", "RemoteTarget", "Session", "SessionEnd", "Store",
     "StoreInterface", "Summary", "Token", "audit_hash", "iso", "parse_time", "remote_state",

@@ -10,20 +10,8 @@ from estate.inventory.hub._commands.enrol import EnrolCommand
 from estate.inventory.hub._commands.export import ExportCommand
 from estate.inventory.hub._commands.report import ReportCommand
 from estate.inventory.hub._commands.watch import WatchCommand
-from estate.inventory.protocol import (
-    API_COMMAND,
-    ENROL_COMMAND,
-    EXPORT_COMMAND,
-    REPORT_COMMAND,
-    WATCH_COMMAND,
-)
 
 __all__ = ["HANDLERS", "Channel", "Handler"]
 
-HANDLERS: dict[str, type[Handler]] = {
-    REPORT_COMMAND: ReportCommand,
-    ENROL_COMMAND: EnrolCommand,
-    API_COMMAND: ApiCommand,
-    WATCH_COMMAND: WatchCommand,
-    EXPORT_COMMAND: ExportCommand,
-}
+HANDLERS: dict[str, type[Handler]] = {handler.command: handler for handler in (
+    ReportCommand, EnrolCommand, ApiCommand, WatchCommand, ExportCommand)}

@@ -81,8 +81,7 @@ class ApiCommand(Handler):
         if channel.finished or channel.chan is None:
             return
         log.warning("conn %s operator %s cut off: %s", peer.address, peer.name, code)
-        self.ctx.audit.record(peer.host, f"operator:{peer.name}", "channel_cut_off", None,
-                              {"code": code})
+        self.ctx.audit.record(peer.host, peer.actor, "channel_cut_off", None, {"code": code})
         channel.finished = True
         channel.chan.write((json.dumps({"id": None, "ok": False, "error": {
             "code": code, "message": message}}) + "\n").encode())
@@ -101,7 +100,7 @@ class ApiCommand(Handler):
             line = lines.pop()
             self.flow()
             if (ended := ctx.access_ended()) is not None:
-                channel.fail(ChannelExit.NOPERM, "access_ended", f"access ended: {ended}")
+                channel.fail("access_ended", f"access ended: {ended}")
                 return
             code: str | None
             request_id: Any = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import asyncssh
 
 from estate.inventory.hub._budget import RETRY_AFTER_S, Budget
 from estate.inventory.hub._context import Context
-from estate.inventory.protocol import MAX_RECEIVED_BYTES, ChannelExit
+from estate.inventory.protocol import ERROR_CODES, MAX_RECEIVED_BYTES, ChannelExit
 from estate.inventory.sanitise import quoted
 
 log = logging.getLogger("estate.hub")
@@ -37,8 +38,10 @@ class Channel:
         self.writable.set()
         self._close_connection = close_connection
 
-    def fail(self, status: ChannelExit, code: str, message: str, **extra: Any) -> None:
-        self.finish(status, {"status": "error", "code": code, "message": message, **extra})
+    def fail(self, code: str, message: str, **extra: Any) -> None:
+        """Answer with an error and exit with the status the protocol gives its code."""
+        self.finish(ERROR_CODES[code],
+                    {"status": "error", "code": code, "message": message, **extra})
 
     def finish(self, status: ChannelExit, doc: dict[str, Any]) -> None:
         """Answer with one JSON document and exit."""
@@ -84,7 +87,7 @@ class Handler:
         """The channel is gone: let go of everything held for it."""
 
 
-class BodyCommand(Handler):
+class BodyCommand(Handler, ABC):
     """A command whose input is one body, answered once the input ends.
 
     The body is held within `limit` bytes and within the hub's budget for every channel's
@@ -101,9 +104,9 @@ class BodyCommand(Handler):
         self.handling = False  # the body went to `run`, which gives the budget back
         self.timer: asyncio.TimerHandle | None = None
 
+    @abstractmethod
     async def run(self, body: bytes) -> None:
-        """Answer the body (on the channel)."""
-        raise NotImplementedError
+        """Answer the body (on the channel); each command's own work."""
 
     def budget(self) -> Budget:
         return self.ctx.budgets.input
@@ -116,7 +119,7 @@ class BodyCommand(Handler):
         if len(self.body) + len(data) > self.limit:
             self._release()
             self._stop_timer()
-            self.channel.fail(ChannelExit.DATA, "too_large",
+            self.channel.fail("too_large",
                               f"input is over the limit of {self.limit} bytes")
             return
         budget, holder = self.budget(), self._holder()
@@ -135,7 +138,7 @@ class BodyCommand(Handler):
             self.ctx.audit.record(peer.source, peer.actor, "input_refused", self.command,
                                   {"code": code})
             whose = "from you" if mine else "in all"
-            self.channel.fail(ChannelExit.TEMPFAIL, "busy", f"the hub is holding as much "
+            self.channel.fail("busy", f"the hub is holding as much "
                               f"input as it may {whose}; retry later", retry_after=RETRY_AFTER_S)
             return
         self.held += len(data)
@@ -174,7 +177,7 @@ class BodyCommand(Handler):
             self.timer = None
 
     def _timeout(self) -> None:
-        self.channel.fail(ChannelExit.TEMPFAIL, "timeout",
+        self.channel.fail("timeout",
                           f"no end of input within {BODY_TIMEOUT_S:g} s", retry_after=5)
 
     async def _handle(self, body: bytes) -> None:
@@ -187,11 +190,11 @@ class BodyCommand(Handler):
     async def _run(self, body: bytes) -> None:
         self._stop_timer()
         if (ended := self.ctx.access_ended()) is not None:
-            self.channel.fail(ChannelExit.NOPERM, "access_ended", f"access ended: {ended}")
+            self.channel.fail("access_ended", f"access ended: {ended}")
             return
         try:
             await self.run(body)
         except Exception:
             log.exception("conn %s: %s failed", self.ctx.peer.address, self.command)
-            self.channel.fail(ChannelExit.TEMPFAIL, "internal", "the hub failed; retry later",
+            self.channel.fail("internal", "the hub failed; retry later",
                               retry_after=30)

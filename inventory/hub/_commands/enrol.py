@@ -31,12 +31,12 @@ class EnrolCommand(BodyCommand):
                 raise TypeError
             token_id, secret, token_fp = _tokens.split_token(token)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            channel.fail(ChannelExit.DATA, "bad_request",
+            channel.fail("bad_request",
                          'expected {"token": "EST1...", "public_key": "ssh-ed25519 ...", '
                          '"hostname": ...}')
             return
         if token_fp != ctx.fingerprint:
-            channel.fail(ChannelExit.DATA, "token_wrong_hub", "this token was issued by "
+            channel.fail("token_wrong_hub", "this token was issued by "
                          "another hub (its host key does not match)")
             return
         try:
@@ -46,7 +46,7 @@ class EnrolCommand(BodyCommand):
         key = ctx.peer.key
         if offered is None or \
                 offered.get_fingerprint("sha256") != key.get_fingerprint("sha256"):
-            channel.fail(ChannelExit.DATA, "key_mismatch", "public_key must be the key this "
+            channel.fail("key_mismatch", "public_key must be the key this "
                                                            "connection logged in with")
             return
         try:
@@ -61,7 +61,7 @@ class EnrolCommand(BodyCommand):
                              token_id, {"code": exc.code,
                                         "key": key.get_fingerprint("sha256"),
                                         "hostname": (hostname or "")[:255] or None})
-            channel.fail(ChannelExit.NOPERM, exc.code, exc.message)
+            channel.fail(exc.code, exc.message)
             return
         log.info("enrolled %s (%s/%s) key %s", result.agent_id, result.agency, result.site,
                  key.get_fingerprint("sha256"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from estate.inventory.hub._budget import Budget
 from estate.inventory.hub._commands.base import BodyCommand
-from estate.inventory.hub._export import serve_export
 from estate.inventory.protocol import EXPORT_COMMAND, MAX_EXPORT_REQUEST_BYTES
 
 
@@ -19,6 +18,10 @@ class ExportCommand(BodyCommand):
         channel = self.channel
         if channel.chan is None:
             return  # the operator went away before the export started
+        # Imported here: the export package is loaded by the first export, not at hub start
+        # nor by the admin verbs.
+        from estate.inventory.hub._export import serve_export
+
         status, doc = await serve_export(
             self.ctx, body, channel.chan, channel.writable,
             gone=lambda: channel.finished or channel.chan is None or

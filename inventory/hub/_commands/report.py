@@ -27,29 +27,29 @@ class ReportCommand(BodyCommand):
         except OverBudget as exc:
             if exc.first:  # once per throttled episode, not per refusal
                 log.warning("reports from %s throttled: %s", agent_id, exc)
-            ctx.audit.record(ctx.peer.source, f"agent:{agent_id}", "report_throttled",
+            ctx.audit.record(ctx.peer.source, ctx.peer.actor, "report_throttled",
                              agent_id, {"code": "busy", "budget": exc.budget})
-            self.channel.fail(ChannelExit.TEMPFAIL, "busy", str(exc),
+            self.channel.fail("busy", str(exc),
                               retry_after=exc.retry_after)
             return
         except Busy as exc:
-            self.channel.fail(ChannelExit.TEMPFAIL, "busy", str(exc),
+            self.channel.fail("busy", str(exc),
                               retry_after=exc.retry_after)
             return
         except ReportError as exc:
             log.warning("report from %s refused: %s", agent_id, quoted(str(exc), 300))
-            self.channel.fail(ChannelExit.DATA, "invalid_report", exc.problem, path=exc.path)
+            self.channel.fail("invalid_report", exc.problem, path=exc.path)
             return
         try:
             status = await ctx.writer.submit(Incoming(agent_id, report, body, utcnow()))
         except Busy as exc:
             budgets.give_back(agent_id, len(body))  # the hub is behind, not the agent
-            self.channel.fail(ChannelExit.TEMPFAIL, "busy", str(exc),
+            self.channel.fail("busy", str(exc),
                               retry_after=exc.retry_after)
             return
         except StoreUnavailable as exc:
             budgets.give_back(agent_id, len(body))
-            self.channel.fail(ChannelExit.TEMPFAIL, "store_unavailable", str(exc),
+            self.channel.fail("store_unavailable", str(exc),
                               retry_after=30)
             return
         if status == "stored":

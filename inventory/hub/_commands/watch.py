@@ -7,7 +7,7 @@ import logging
 
 from estate.inventory.hub._commands.base import Handler
 from estate.inventory.hub._watch import Watcher
-from estate.inventory.protocol import WATCH_COMMAND, ChannelExit
+from estate.inventory.protocol import WATCH_COMMAND
 
 log = logging.getLogger("estate.hub")
 
@@ -20,7 +20,7 @@ class WatchCommand(Handler):
         ctx, chan = self.ctx, self.channel.chan
         assert ctx.peer.operator is not None and chan is not None
         if (refusal := self._refusal()) is not None:
-            self.channel.fail(ChannelExit.TEMPFAIL, "too_many_watchers", refusal,
+            self.channel.fail("too_many_watchers", refusal,
                               retry_after=30)
             return
         self.watcher = Watcher(chan, ctx.peer.agencies, ctx.peer.name)
@@ -38,7 +38,7 @@ class WatchCommand(Handler):
             return None
         log.warning("conn %s operator %s refused watch: %d open %s, the limit",
                     self.ctx.peer.address, name, limit, what)
-        self.ctx.audit.record(self.ctx.peer.source, f"operator:{name}", "channel_refused", None,
+        self.ctx.audit.record(self.ctx.peer.source, self.ctx.peer.actor, "channel_refused", None,
                               {"code": "too_many_watchers", "limit": limit})
         return f"at most {limit} watches may be open {what}; close one and retry"
 
