@@ -4,19 +4,31 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz mutate bench lint clean
+.PHONY: run test test-postgres fuzz mutate bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[hub,console]' --group test --group lint
+	$(PY) -m pip install --quiet -e '.[hub,console,postgresql]' --group test --group lint
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/estate
 
+# The store contract and the hub's end-to-end, scope, attack and kill -9 tests run twice: on
+# SQLite with everything else, then on PostgreSQL (ESTATE_TEST_STORE, tests/stores.py: a
+# throwaway cluster). `make test-postgres`: that second pass and the PostgreSQL-only tests.
+POSTGRES_PASS := tests/test_store.py tests/test_changes.py tests/test_audit_log.py \
+	tests/test_operator_api.py tests/test_hub_e2e.py tests/test_hardening_access.py \
+	tests/test_hub_attacks.py
+
 test: $(STAMP)
 	$(PY) -m pytest
+	ESTATE_TEST_STORE=postgresql $(PY) -m pytest $(POSTGRES_PASS)
+
+test-postgres: $(STAMP)
+	ESTATE_TEST_STORE=postgresql $(PY) -m pytest $(POSTGRES_PASS) \
+		tests/test_postgres_fixture.py tests/test_hub_store_errors.py
 
 # The fuzz tests that `make test` runs bounded, with a random search 30 times as long
 # (about 8 minutes here); ESTATE_FUZZ_EXAMPLES=N sets the examples per test instead.

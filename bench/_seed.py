@@ -6,12 +6,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from estate.inventory import simulate
-from estate.inventory.store import Incoming, Store, utcnow
+from estate.inventory.store import Incoming, open_store, utcnow
 
 
-def seed(data: Path, n: int) -> None:
-    """N enrolled agents with one report each, written through the store (fast, no SSH)."""
-    store = Store.open(data, durable=False)  # seeding only; the hub runs durable
+def seed(data: Path, n: int, url: str | None = None) -> None:
+    """N enrolled agents with one report each, written through the store (fast, no SSH):
+    the SQLite store in `data`, or the store `url` names."""
+    store = open_store(url, data, durable=False)  # seeding only; the hub runs durable
     places = simulate.placements(n)
     tokens = {}
     for agency, site in sorted(set(places)):

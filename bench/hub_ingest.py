@@ -7,7 +7,12 @@ time. Prints reports/s, hub CPU ms per report, ack latency p50/p99 and hub RSS. 
 run, the same load against a bare asyncssh server that only reads stdin and answers "ok", so
 the cost of validation and storage shows as a ratio.
 
-Usage: python bench/hub_ingest.py [--agents 50] [--seconds 15]
+With `--store postgresql://...` (an empty database to throw away) or `--postgres` (a throwaway
+cluster started here, `tests/postgres.py`), the same run also loads a hub on that PostgreSQL
+store, after the one on SQLite, and prints the database server's side too: its processes' CPU
+per report (the postmaster and its children) and the WAL it wrote per report.
+
+Usage: python bench/hub_ingest.py [--agents 50] [--seconds 15] [--store URL | --postgres]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import psutil
 from estate.inventory.protocol import ENROL_COMMAND, ENROL_USER, REPORT_COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
+CHANGE_EVERY = 50
 
 
 def report_templates(base: dict[str, Any], agent_id: str, i: int) -> tuple[bytes, bytes]:
@@ -60,11 +66,12 @@ def report_templates(base: dict[str, Any], agent_id: str, i: int) -> tuple[bytes
     return bodies[0], bodies[1]
 
 
-def body_for(templates: tuple[bytes, bytes], n: int) -> bytes:
+def body_for(templates: tuple[bytes, bytes], n: int, change_every: int = CHANGE_EVERY) -> bytes:
     """The report as `estate-agent` sends it: gzip-compressed JSON."""
     # Every 50th report carries a package update: far more often than a real estate
     # (daily at most, so 1 in 288 at a 5-minute interval), to keep the diff path in the load.
-    body = templates[1 if n % 50 == 0 else 0].replace(b"@@N@@", str(n).encode())
+    changed = change_every > 0 and n % change_every == 0
+    body = templates[1 if changed else 0].replace(b"@@N@@", str(n).encode())
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
     body = re.sub(rb'"collected_at": "[^"]*"', b'"collected_at": "' + stamp + b'"', body,
                   count=1)
@@ -92,7 +99,7 @@ async def enrol_agents(port: int, fingerprint: str, token: str, n: int) -> list[
 
 
 async def load(port: int, agents: list[tuple], base: dict[str, Any], seconds: float,
-               expect: str) -> tuple[int, list[float]]:
+               expect: str, change_every: int) -> tuple[int, list[float]]:
     """Every agent sends reports back to back on its own connection until time is up."""
     latencies: list[float] = []
     count = [0]
@@ -105,7 +112,7 @@ async def load(port: int, agents: list[tuple], base: dict[str, Any], seconds: fl
             n = 0
             while time.monotonic() < stop_at:
                 n += 1
-                body = body_for(templates, n)
+                body = body_for(templates, n, change_every)
                 start = time.perf_counter()
                 res = await conn.run(REPORT_COMMAND, input=body, encoding=None)
                 latencies.append((time.perf_counter() - start) * 1000)
@@ -130,18 +137,119 @@ def start(argv: list[str], env: dict[str, str] | None = None) -> tuple[subproces
     raise SystemExit("server did not start")
 
 
+class PostgresWatch:
+    """The database server's side of a run: its processes' CPU time and the WAL it wrote."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        backend = self.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # The postmaster is our backend's parent when the server runs on this machine; a
+        # server elsewhere has no process here to measure (its CPU shows as n/a).
+        self.postmaster: psutil.Process | None = None
+        try:
+            parent = psutil.Process(backend).parent()
+            if parent is not None and "postgres" in parent.name():
+                self.postmaster = parent
+        except psutil.Error:
+            pass
+        self._cpu0, self._lsn0, self._commits0 = 0.0, "", 0
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the postmaster and of its children, living or exited (the
+        postmaster reaps them, so their times add to its children's times)."""
+        if self.postmaster is None:
+            return float("nan")
+        t = self.postmaster.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in self.postmaster.children():
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass  # it ended meanwhile: its time is in children_* at the next reading
+        return total
+
+    def commits(self) -> int:
+        """The store's write transactions so far (its commit counter)."""
+        return int(self.conn.execute("SELECT last_value FROM estate_commits").fetchone()[0])
+
+    def begin(self) -> None:
+        self._lsn0 = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        self._commits0 = self.commits()
+        self._cpu0 = self.cpu_s()
+
+    def end(self) -> tuple[float, int, int]:
+        """(CPU seconds, WAL bytes, commits) since `begin`."""
+        cpu = self.cpu_s() - self._cpu0
+        wal = self.conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)",
+                                (self._lsn0,)).fetchone()[0]
+        return cpu, int(wal), self.commits() - self._commits0
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def measure(proc: subprocess.Popen, port: int, agents: list[tuple], base: dict[str, Any],
-            seconds: float, expect: str) -> dict[str, float]:
+            seconds: float, expect: str, change_every: int = CHANGE_EVERY,
+            watch: PostgresWatch | None = None) -> dict[str, float]:
     p = psutil.Process(proc.pid)
+    if watch:
+        watch.begin()
     cpu0 = sum(p.cpu_times()[:2])
     t0 = time.monotonic()
-    count, lat = asyncio.run(load(port, agents, base, seconds, expect))
+    count, lat = asyncio.run(load(port, agents, base, seconds, expect, change_every))
     wall = time.monotonic() - t0
     cpu = sum(p.cpu_times()[:2]) - cpu0
+    db_cpu, wal, commits = watch.end() if watch else (float("nan"), 0, 0)
     lat.sort()
-    return {"reports": count, "per_s": count / wall, "cpu_ms": 1000 * cpu / max(1, count),
+    n = max(1, count)
+    return {"reports": count, "per_s": count / wall, "cpu_ms": 1000 * cpu / n,
+            "db_cpu_ms": 1000 * db_cpu / n, "wal_kb": wal / 1024 / n if watch else float("nan"),
+            "per_commit": count / commits if commits else float("nan"),
             "p50": statistics.median(lat), "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
             "rss_mb": p.memory_info().rss / 2**20}
+
+
+def hub_run(folder: Path, url: str | None, base: dict[str, Any],
+            args: argparse.Namespace) -> tuple[dict[str, float], list[tuple]]:
+    """A fresh hub on SQLite in `folder` (url None) or on the PostgreSQL store `url`, its
+    agents enrolled, then loaded; returns its figures and the agents."""
+    store = ["--store", url] if url else []
+    # All agents enrol at once from 127.0.0.1: lift the per-source front door for them.
+    hub, text = start([sys.executable, "-m", "estate.inventory.hub.cli", "serve", "--listen",
+                       "127.0.0.1:0", "--data", str(folder), *store, "--report-burst", "0",
+                       "--connection-rate", "1000000",
+                       "--connection-burst", "1000000", "--max-unauthenticated-per-source",
+                       "1000000", "--early-drop", "1000000:30", "--max-unauthenticated",
+                       "1000000"])
+    watch = None
+    try:
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
+        fingerprint = re.search(r"host key (SHA256:\S+)", text).group(1)
+        token = subprocess.run(
+            [sys.executable, "-m", "estate.inventory.hub.cli", "token", "create", "--agency",
+             "Bench", "--site", "Lab", "--uses", str(args.agents), "--data", str(folder),
+             *store], capture_output=True, text=True, check=True).stdout.split()[0]
+        agents = asyncio.run(enrol_agents(port, fingerprint, token, args.agents))
+        watch = PostgresWatch(url) if url else None
+        return measure(hub, port, agents, base, args.seconds, '"stored"', args.change_every,
+                       watch), agents
+    finally:
+        if watch:
+            watch.close()
+        hub.terminate()
+        hub.wait(30)
+
+
+def durable_cluster(url: str) -> None:
+    """The throwaway cluster runs with fsync off (tests/postgres.py); turn it on, so that
+    each commit is flushed to disk as SQLite's synchronous=FULL flushes it."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = on")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def bare_server(port_file: str) -> None:
@@ -175,6 +283,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--change-every", type=int, default=CHANGE_EVERY, metavar="N",
+                        help="every Nth report updates a package (0: none changes)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--store", metavar="URL",
+                       help="also a hub on this PostgreSQL store (an empty database to throw "
+                            "away: the run writes agents and reports into it)")
+    where.add_argument("--postgres", action="store_true",
+                       help="also a hub on PostgreSQL, in a throwaway cluster started here")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="hubs on each store, alternated (medians are compared)")
     parser.add_argument("--bare-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -190,41 +308,68 @@ def main() -> None:
           f"agent sends them) back to back "
           f"on its open connection for {args.seconds:g} s; generator and server share the "
           f"machine")
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "hub"
-        # All agents enrol at once from 127.0.0.1: lift the per-source front door for them.
-        hub, text = start([sys.executable, "-m", "estate.inventory.hub.cli", "serve", "--listen",
-                           "127.0.0.1:0", "--data", str(data), "--report-burst", "0",
-                           "--connection-rate", "1000000",
-                           "--connection-burst", "1000000", "--max-unauthenticated-per-source",
-                           "1000000", "--early-drop", "1000000:30", "--max-unauthenticated",
-                           "1000000"])
-        try:
-            port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
-            fingerprint = re.search(r"host key (SHA256:\S+)", text).group(1)
-            token = subprocess.run(
-                [sys.executable, "-m", "estate.inventory.hub.cli", "token", "create", "--agency",
-                 "Bench", "--site", "Lab", "--uses", str(args.agents), "--data", str(data)],
-                capture_output=True, text=True, check=True).stdout.split()[0]
-            agents = asyncio.run(enrol_agents(port, fingerprint, token, args.agents))
-            hub_fig = measure(hub, port, agents, base, args.seconds, '"stored"')
-        finally:
-            hub.terminate()
-            hub.wait(30)
-        bare, text = start([sys.executable, __file__, "--bare-server", "x"])
-        try:
-            port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
-            bare_fig = measure(bare, port, agents, base, args.seconds, "ok")
-        finally:
-            bare.terminate()
-            bare.wait(30)
-    print(f"{'':<22}{'reports':>9}{'reports/s':>11}{'CPU ms/report':>15}{'ack p50 ms':>12}"
-          f"{'ack p99 ms':>12}{'RSS MB':>9}")
-    for name, f in (("estate-hub", hub_fig), ("bare asyncssh server", bare_fig)):
-        print(f"{name:<22}{f['reports']:>9}{f['per_s']:>11.0f}{f['cpu_ms']:>15.2f}"
-              f"{f['p50']:>12.1f}{f['p99']:>12.1f}{f['rss_mb']:>9.0f}")
-    print(f"hub CPU per report / bare server's: {hub_fig['cpu_ms'] / bare_fig['cpu_ms']:.2f}x "
+    if args.change_every != CHANGE_EVERY:
+        print(f"every {args.change_every}th report updates a package" if args.change_every
+              else "no report updates a package")
+    cluster = None
+    url = args.store
+    if args.postgres:
+        sys.path.insert(0, str(ROOT))  # tests/postgres.py: the same throwaway cluster
+        from tests.postgres import PostgresCluster
+
+        cluster = PostgresCluster().start()
+        durable_cluster(cluster.url)
+        url = cluster.url
+    runs: dict[str, list[dict[str, float]]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in range(args.rounds):
+                # Each round a fresh hub on each store, one after the other: what the machine
+                # is doing meanwhile weighs on both alike.
+                fig, agents = hub_run(Path(tmp) / f"hub{n}", None, base, args)
+                runs.setdefault("estate-hub, SQLite", []).append(fig)
+                if url:
+                    where = cluster.create_database(f"estate{n}") if cluster and n else url
+                    runs.setdefault("estate-hub, PostgreSQL", []).append(
+                        hub_run(Path(tmp) / f"hub-pg{n}", where, base, args)[0])
+            bare, text = start([sys.executable, __file__, "--bare-server", "x"])
+            try:
+                port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
+                runs["bare asyncssh server"] = [measure(bare, port, agents, base, args.seconds,
+                                                        "ok", args.change_every)]
+            finally:
+                bare.terminate()
+                bare.wait(30)
+    finally:
+        if cluster:
+            cluster.stop()
+    db = url is not None
+    print(f"{'':<24}{'reports':>8}{'reports/s':>10}{'CPU ms/report':>14}"
+          + (f"{'DB CPU ms/rep':>14}{'WAL KB/rep':>11}{'rep/commit':>11}" if db else "")
+          + f"{'ack p50 ms':>11}{'ack p99 ms':>11}{'RSS MB':>7}")
+    for name, figs in runs.items():
+        for f in figs:
+            print(f"{name:<24}{f['reports']:>8}{f['per_s']:>10.0f}{f['cpu_ms']:>14.2f}"
+                  + (f"{f['db_cpu_ms']:>14.2f}{f['wal_kb']:>11.2f}{f['per_commit']:>11.1f}"
+                     if db else "")
+                  + f"{f['p50']:>11.1f}{f['p99']:>11.1f}{f['rss_mb']:>7.0f}")
+    hub = median_of(runs["estate-hub, SQLite"])
+    bare_cpu = runs["bare asyncssh server"][0]["cpu_ms"]
+    print(f"hub CPU per report / bare server's: {hub['cpu_ms'] / bare_cpu:.2f}x "
           f"(target <= 2x); hub reports/s target >= 200, CPU target <= 5 ms per report")
+    if db:
+        pg = median_of(runs["estate-hub, PostgreSQL"])
+        each = ", ".join(f"{p['cpu_ms'] / s['cpu_ms']:.2f}" for s, p in
+                         zip(runs["estate-hub, SQLite"], runs["estate-hub, PostgreSQL"],
+                             strict=True))
+        print(f"on PostgreSQL (medians of {args.rounds} rounds): hub CPU per report "
+              f"{pg['cpu_ms'] / hub['cpu_ms']:.2f}x SQLite's (each round: {each}; target "
+              f"<= 1.2x); database CPU {pg['db_cpu_ms']:.2f} ms per report (target <= 0.2); "
+              f"WAL {pg['wal_kb']:.2f} KB per report (target <= 3 KB per unchanged report)")
+
+
+def median_of(figs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(f[key] for f in figs) for key in figs[0]}
 
 
 if __name__ == "__main__":

@@ -24,3 +24,17 @@ class CodedError(EstateError):
 
 class SchemaTooNew(EstateError):
     """A database written by a newer Estate than this one: upgrade before opening it."""
+
+
+class StoreUrlError(EstateError, ValueError):
+    """A `--store` URL that cannot be used; the message says why, naming the option."""
+
+
+class StoreUnavailable(EstateError):
+    """The store could not be opened: the server is down, the login was refused, the
+    database is missing. The message is one line for the administrator."""
+
+
+class StoreCopyRefused(EstateError):
+    """`estate-hub store copy` will not copy, or could not finish (what it copied is kept);
+    the message is one line that says why and what to do."""

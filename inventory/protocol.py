@@ -93,7 +93,7 @@ API_ERROR_CODES = frozenset({
 # failure's reason, a disconnect's reason.
 CONNECTION_REFUSAL_CODES = frozenset({
     "rate_limited", "source_busy", "early_drop", "startups_full", "penalised",
-    "too_many_channels", "too_many_auth_attempts",
+    "too_many_channels", "too_many_auth_attempts", "store_unavailable",
 })
 
 # Why the hub refused an operator's remote session: the `code` of its `remote_refused` audit

@@ -11,6 +11,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test about SQLite itself (`sqlite_only`, with the reason) skips on PostgreSQL."""
+    from tests.stores import ON_POSTGRES
+
+    marker = item.get_closest_marker("sqlite_only")
+    if marker is not None and ON_POSTGRES:
+        pytest.skip(f"about SQLite only: {marker.args[0] if marker.args else 'its own file'}")
+
+
+@pytest.fixture(autouse=True)
+def _close_test_stores():
+    """The stores a test opened through tests/stores.py and left open, closed after it."""
+    from tests.stores import close_stores
+
+    yield
+    close_stores()
+
+
 @pytest.fixture(scope="session")
 def live_report() -> dict:
     from estate.agent.collect import collect_report

@@ -21,6 +21,7 @@ from typing import Any
 
 from estate.agent.transport import HubClient, load_key
 from estate.inventory.store import Store
+from tests.stores import ON_POSTGRES, open_test_store, store_env, test_store_url
 
 PY = sys.executable
 # Every test client connects from 127.0.0.1, often many times a second: lift the hub's
@@ -41,7 +42,9 @@ def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
 
 
 class HubProcess:
-    """`estate-hub serve` as a subprocess with its own data folder."""
+    """`estate-hub serve` as a subprocess with its own data folder; its store on the backend
+    under test (tests/stores.py): the folder's estate.db, or a PostgreSQL database named after
+    the folder, which `serve --store` and the admin verbs ($ESTATE_HUB_STORE) are given."""
 
     def __init__(self, data: Path, extra: tuple[str, ...] = ()) -> None:
         self.data = data
@@ -57,7 +60,7 @@ class HubProcess:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [PY, "-m", "estate.inventory.hub.cli", "serve", "--listen", listen, "--data",
-                 str(self.data), *LOOPBACK_RATE, *self.extra],
+                 str(self.data), *self.store_args(), *LOOPBACK_RATE, *self.extra],
                 stdout=subprocess.PIPE, stderr=log, text=True)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -96,8 +99,14 @@ class HubProcess:
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
 
+    def store_args(self) -> tuple[str, ...]:
+        """`--store URL` on PostgreSQL; nothing on SQLite (the data folder's own file)."""
+        url = test_store_url(self.data)
+        return ("--store", url) if url else ()
+
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("-m", "estate.inventory.hub.cli", *args, "--data", str(self.data), check=check)
+        return run("-m", "estate.inventory.hub.cli", *args, "--data", str(self.data),
+                   check=check, env=store_env(self.data))
 
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin(*args, "--json").stdout)
@@ -110,7 +119,7 @@ class HubProcess:
     @contextlib.contextmanager
     def store(self) -> Iterator[Store]:
         """The hub's store, opened as an admin verb opens it (from a second process)."""
-        store = Store.open(self.data)
+        store = open_test_store(self.data)
         try:
             yield store
         finally:
@@ -124,7 +133,12 @@ class HubProcess:
 
     @contextlib.contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
-        """A read-only look at SQLite's own file, for tests about SQLite itself."""
+        """A read-only look at SQLite's own file, for tests about SQLite itself (they skip on
+        PostgreSQL: mark them `sqlite_only`)."""
+        if ON_POSTGRES:
+            import pytest
+
+            pytest.skip("reads SQLite's own file")
         db = sqlite3.connect(f"file:{self.data / 'estate.db'}?mode=ro", uri=True, timeout=10)
         try:
             yield db

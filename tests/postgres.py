@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -85,28 +86,39 @@ class PostgresCluster:
         try:
             if self.as_root:
                 shutil.chown(self.folder, self.user, self.user)
-            # trust for local connections: the socket sits in a 0700 folder nobody else enters.
-            self._run(str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
-                      "--no-locale", "--encoding=UTF8", "--no-sync")
-            with open(self.data / "postgresql.conf", "a") as conf:
-                conf.write(f"listen_addresses = ''\n"
-                           f"unix_socket_directories = '{self.socket_dir}'\n"
-                           # A throwaway cluster outlives no crash of this machine.
-                           "fsync = off\n")
+            self._make_data()
             self._run(str(self.bin / "pg_ctl"), "start", "-D", str(self.data), "-l",
                       str(self.log_path), "-w", "-t", str(int(timeout)), timeout=timeout + 30)
             self.started = True
-            self.create_database(self.database)
+            self._ready(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _make_data(self) -> None:
+        # trust for local connections: the socket sits in a 0700 folder nobody else enters.
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "--auth=trust",
+                  "--no-locale", "--encoding=UTF8", "--no-sync")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"listen_addresses = ''\n"
+                       f"unix_socket_directories = '{self.socket_dir}'\n"
+                       # A throwaway cluster outlives no crash of this machine.
+                       "fsync = off\n")
+
+    def _ready(self, timeout: float) -> None:
+        self.create_database(self.database)
 
     def create_database(self, name: str) -> str:
         """A new empty database; returns its URL."""
         self._run(str(self.bin / "createdb"), "-h", str(self.socket_dir), "-U", self.user, name,
                   timeout=60)
         return self.url_for(name)
+
+    def restart(self, timeout: float = 60) -> None:
+        """A fast restart, as maintenance or a failover does: every connection is cut."""
+        self._run(str(self.bin / "pg_ctl"), "restart", "-D", str(self.data), "-m", "fast",
+                  "-l", str(self.log_path), "-w", "-t", str(int(timeout)), timeout=timeout + 30)
 
     def server_pid(self) -> int:
         """The postmaster's process id, from the first line of its pid file."""
@@ -137,6 +149,74 @@ class PostgresCluster:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.stop()
+
+
+class PostgresStandby(PostgresCluster):
+    """A streaming hot standby of a running `PostgresCluster`, in a temporary folder of its
+    own with its own socket; a context manager that removes it all.
+
+    Made by `pg_basebackup -R -X stream` over the primary's socket (initdb's pg_hba trusts
+    local replication; `wal_level = replica` and `max_wal_senders = 10` are the defaults).
+    `url` names the primary's database `estate` here; `url_for(db)` any other.
+    """
+
+    def __init__(self, primary: PostgresCluster) -> None:
+        super().__init__(primary.database)
+        self.primary = primary
+
+    def _make_data(self) -> None:
+        # --checkpoint=fast: a spread checkpoint would keep the copy waiting for minutes.
+        self._run(str(self.bin / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream",
+                  "--checkpoint=fast", "--no-sync", "-h", str(self.primary.socket_dir),
+                  "-U", self.primary.user)
+        with open(self.data / "postgresql.conf", "a") as conf:
+            # Later lines win over the primary's copied ones. Feedback: a long read here is
+            # not cancelled by the replay of vacuum on the primary.
+            conf.write(f"unix_socket_directories = '{self.socket_dir}'\n"
+                       "hot_standby = on\n"
+                       "hot_standby_feedback = on\n")
+
+    def _ready(self, timeout: float) -> None:
+        self.wait_caught_up(timeout)
+
+    def __enter__(self) -> PostgresStandby:
+        self.start()
+        return self
+
+    def _sql(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]  # our own literals
+
+    def pause_replay(self) -> None:
+        """Stop applying the primary's changes (they still arrive): reads here show the
+        moment of the pause. No change committed on the primary after this call shows."""
+        self._sql("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        self._sql("SELECT pg_wal_replay_resume()")
+
+    def wait_caught_up(self, timeout: float = 60) -> None:
+        """Wait (bounded) until this standby has replayed everything the primary had written
+        when called: what was committed there before now reads the same here."""
+        import psycopg
+
+        with psycopg.connect(self.primary.url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        target = row[0]
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            while True:
+                done = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                    (target,)).fetchone()
+                if done is not None and done[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the standby did not replay up to {target} within "
+                                         f"{timeout:g} s:\n{self.log()}")
+                time.sleep(0.05)
 
 
 def skip_or_fail_without_postgres() -> None:

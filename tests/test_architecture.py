@@ -165,6 +165,19 @@ def test_the_hub_loads_the_export_package_only_for_an_export():
                        "xlsxwriter")) == []
 
 
+def test_a_hub_on_sqlite_loads_no_postgresql_driver():
+    """psycopg is the PostgreSQL backend's alone (`_postgres.py`, loaded by a postgresql://
+    store): the SQLite hub, its admin verbs and the store package start without it."""
+    assert _loaded_by(("estate.inventory.hub.cli", "estate.inventory.hub._hub",
+                       "estate.inventory.store"),
+                      ("psycopg", "estate.inventory.store._postgres")) == []
+    importers = [path.relative_to(ROOT).as_posix()
+                 for folder in ("agent", "inventory", "console")
+                 for path in (ROOT / folder).rglob("*.py")
+                 if re.search(r"^\s*(import|from) psycopg", path.read_text(), re.MULTILINE)]
+    assert importers == ["inventory/store/_postgres.py"]
+
+
 def test_the_agent_loads_nothing_of_the_hub_its_store_exports_or_the_console():
     assert _loaded_by(("estate.agent.cli", "estate.agent.service"),
                       ("estate.inventory.hub", "estate.inventory.store", "estate.inventory.export",

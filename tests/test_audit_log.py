@@ -11,15 +11,17 @@ import pytest
 
 from estate.inventory.store import Store
 from tests.harness import run, wait_for
+from tests.stores import open_test_store, store_env, tamper
 
 
 def _audit(data, *args: str, check: bool = True):
-    return run("-m", "estate.inventory.hub.cli", "audit", *args, "--data", str(data), check=check)
+    return run("-m", "estate.inventory.hub.cli", "audit", *args, "--data", str(data),
+               check=check, env=store_env(data))
 
 
 def _store_with_rows(tmp_path, n: int = 12):
     data = tmp_path / "data"
-    store = Store.open(data)
+    store = open_test_store(data)
     for i in range(n):
         store.audit("admin:alice" if i % 2 else "operator:bob",
                     "token_create" if i % 3 else "login", f"t{i}", {"i": i})
@@ -27,14 +29,10 @@ def _store_with_rows(tmp_path, n: int = 12):
     return data
 
 
-def _tamper(data, sql: str, args: tuple) -> None:
-    """Change the log behind the hub's back, as someone with the file could (SQLite)."""
-    db = sqlite3.connect(data / "estate.db")
-    db.execute("DROP TRIGGER audit_no_update")
-    db.execute("DROP TRIGGER audit_no_delete")
-    db.execute(sql, args)
-    db.commit()
-    db.close()
+def _tamper(data, sql: str, args: tuple = ()) -> None:
+    """Change the log behind the hub's back, as someone with the file or database could (an
+    open store's own connection sees the change)."""
+    tamper(data, sql, args)
 
 
 def test_verify_says_ok_with_the_count(tmp_path):
@@ -55,7 +53,7 @@ def test_an_edited_row_with_its_hash_recomputed_breaks_the_next_link(tmp_path):
     from estate.inventory.store import audit_hash
 
     data = _store_with_rows(tmp_path)
-    store = Store.open(data)
+    store = open_test_store(data)
     (row,) = store.audit_log(1, before_id=8)
     store.close()
     forged = audit_hash(row.prev_hash, row.id, row.at, "admin:mallory", row.action, row.target,
@@ -73,6 +71,8 @@ def test_a_deleted_row_is_named(tmp_path):
     assert "audit row 4 is missing" in done.stderr
 
 
+@pytest.mark.sqlite_only("builds a store of schema 5 by hand; no PostgreSQL store predates "
+                        "the chain")
 def test_rows_from_before_the_chain_are_chained_by_the_migration(tmp_path):
     """A store at schema 5 (no chain) with audit rows: migrated, verify says OK, and new rows
     chain on."""
@@ -92,7 +92,7 @@ def test_rows_from_before_the_chain_are_chained_by_the_migration(tmp_path):
     db.execute("""CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
                   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""")
     db.close()
-    store = Store.open(data)
+    store = open_test_store(data)
     store.audit("admin:new", "login", None)
     assert store.verify_audit() == (4, None, None)
     store.close()
@@ -113,7 +113,7 @@ def test_filters_and_paging(tmp_path):
                             "--json").stdout)
     assert {(r["actor"], r["action"]) for r in bob} == {("operator:bob", "login")}
     assert [r["id"] for r in bob] == [7, 1]
-    store = Store.open(data)
+    store = open_test_store(data)
     middle = store.audit_log()[5]["at"]
     store.close()
     since = json.loads(_audit(data, "--since", middle, "--json").stdout)
@@ -126,7 +126,7 @@ def test_filters_and_paging(tmp_path):
 
 def test_the_newest_thousand_do_not_hide_an_older_row(tmp_path):
     data = tmp_path / "data"
-    store = Store.open(data)
+    store = open_test_store(data)
     store.audit("operator:alice", "host_read", "ag-000000000001")
     with store._transaction():
         for i in range(1100):
@@ -172,20 +172,10 @@ def test_every_export_refusal_is_audited(module_hub, tmp_path):
 # --- the chain in-process: what `verify` reports, and the format every row is hashed in ------
 
 def _store_with_chain(folder, n: int = 5) -> Store:
-    store = Store.open(folder)
+    store = open_test_store(folder)
     for i in range(n):
         store.audit("admin:alice", "login", f"t{i}", {"i": i})
     return store
-
-
-def _tamper_open(store: Store, sql: str, args: tuple = ()) -> None:
-    """As `_tamper`, on an open store's file (its own connection sees the change)."""
-    db = sqlite3.connect(store.path)
-    db.execute("DROP TRIGGER IF EXISTS audit_no_update")
-    db.execute("DROP TRIGGER IF EXISTS audit_no_delete")
-    db.execute(sql, args)
-    db.commit()
-    db.close()
 
 
 def test_verify_names_the_first_bad_row_and_what_is_wrong_with_it(tmp_path):
@@ -196,7 +186,7 @@ def test_verify_names_the_first_bad_row_and_what_is_wrong_with_it(tmp_path):
     intact.close()
 
     edited = _store_with_chain(tmp_path / "edited")
-    _tamper_open(edited, "UPDATE audit SET actor = 'admin:mallory' WHERE id = 3")
+    _tamper(tmp_path / "edited", "UPDATE audit SET actor = 'admin:mallory' WHERE id = 3")
     assert tuple(edited.verify_audit()) == (
         2, 3, "its hash does not match its contents (changed)")
     edited.close()
@@ -206,21 +196,21 @@ def test_verify_names_the_first_bad_row_and_what_is_wrong_with_it(tmp_path):
     row = next(r for r in rehashed.audit_log() if r["id"] == 3)
     forged = audit_hash(row["prev_hash"], 3, row["at"], "admin:mallory", row["action"],
                         row["target"], row["detail"])
-    _tamper_open(rehashed, "UPDATE audit SET actor = 'admin:mallory', hash = ? WHERE id = 3",
-                 (forged,))
+    _tamper(tmp_path / "rehashed",
+            "UPDATE audit SET actor = 'admin:mallory', hash = ? WHERE id = 3", (forged,))
     assert tuple(rehashed.verify_audit()) == (
         3, 4, "does not chain to the row before it (changed or inserted)")
     rehashed.close()
 
     deleted = _store_with_chain(tmp_path / "deleted")
-    _tamper_open(deleted, "DELETE FROM audit WHERE id = 2")
+    _tamper(tmp_path / "deleted", "DELETE FROM audit WHERE id = 2")
     assert tuple(deleted.verify_audit()) == (1, 2, "is missing (deleted)")
     deleted.close()
 
     # The newest row's hash erased: it is the one named, and a row written after it chains
     # to what it found there (nothing), not to a value of its own.
     erased = _store_with_chain(tmp_path / "erased")
-    _tamper_open(erased, "UPDATE audit SET hash = NULL WHERE id = 5")
+    _tamper(tmp_path / "erased", "UPDATE audit SET hash = NULL WHERE id = 5")
     erased.audit("admin:alice", "logout", None)
     assert tuple(erased.verify_audit()) == (
         4, 5, "its hash does not match its contents (changed)")
@@ -231,7 +221,7 @@ def test_verify_names_the_first_bad_row_and_what_is_wrong_with_it(tmp_path):
 def test_audit_rows_keep_their_detail_as_sorted_utf8_json_or_none(tmp_path):
     """The detail is stored as JSON with sorted keys and characters as they are: the text
     the hash covers and `estate-hub audit --json` shows. No detail (or an empty one) is none."""
-    store = Store.open(tmp_path / "data")
+    store = open_test_store(tmp_path / "data")
     store.audit("admin:zoë", "operator_add", "chloé", {"role": "admin", "agencies": ["Santé"]})
     store.audit("admin:zoë", "login", None)
     store.audit("admin:zoë", "login", None, {})
@@ -260,7 +250,7 @@ def test_the_audit_hash_is_sha256_of_the_previous_hash_and_the_rows_compact_json
 
 def test_an_audit_row_is_chained_only_inside_a_write_transaction(tmp_path):
     """Outside BEGIN IMMEDIATE two processes could chain to the same row: refused, saying so."""
-    store = Store.open(tmp_path / "data")
+    store = open_test_store(tmp_path / "data")
     with pytest.raises(AssertionError,
                        match=r"^audit rows are chained inside a write transaction$"):
         store._audit("admin:alice", "login", None)

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from estate.inventory.changes import KINDS, TooLarge, diff
-from estate.inventory.store import Incoming, Store
+from estate.inventory.store import Incoming
+from tests.stores import open_test_store
 
 
 def _pkgs(*items):
@@ -88,7 +89,7 @@ def test_software_events(live_report):
 def _store_with_changes(folder, base: dict, reports: int, packages: int = 2):
     """A store whose one host changed `packages` package versions in each of `reports`
     reports after its first: that many `software_updated` rows each."""
-    store = Store.open(folder)
+    store = open_test_store(folder)
     token_id, secret, _ = store.create_token("Schools", "North", 1, timedelta(hours=1),
                                              "admin:test")
     agent_id = store.enrol(token_id, secret, "ssh-ed25519 K", "SHA256:K", "pc")["agent_id"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -167,8 +166,8 @@ def test_changed_role_closes_the_connection(env):
         try:
             proc = await _api(conn)
             assert (await _ask(proc, {"id": 1, "op": "summary"}))["ok"] is True
-            with sqlite3.connect(hub.data / "estate.db", timeout=30) as db:
-                db.execute("UPDATE operators SET role = 'auditor' WHERE name = 'carol'")
+            with hub.store() as store, store._transaction():  # a commit the hub notices
+                store.db.execute("UPDATE operators SET role = 'auditor' WHERE name = 'carol'")
             await asyncio.wait_for(conn.wait_closed(), WITHIN_S)
         finally:
             conn.close()

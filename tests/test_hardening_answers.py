@@ -224,5 +224,6 @@ def test_an_export_whose_channel_went_away_is_not_made(tmp_path):
     request = ExportRequest.parse({"report": "inventory", "format": "csv"})
     with pytest.raises(_Gone):
         _produce(None, tmp_path, request, producer=None,  # type: ignore[arg-type]
+                 horizon=None, standby=False,  # type: ignore[arg-type]
                  progress=lambda rows, total: None, gone=lambda: True)
     assert list(tmp_path.iterdir()) == [], "no folder, no file, no read of the store"

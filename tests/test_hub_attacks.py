@@ -15,6 +15,7 @@ import pytest
 from estate.agent.enrol import ensure_key
 from estate.agent.transport import HubClient, HubError, fingerprint_of, load_key
 from tests.harness import Agent, HubProcess, make_report, run, wait_for
+from tests.stores import table_names
 
 
 class Expect:
@@ -314,10 +315,9 @@ def test_sql_and_markup_in_every_string_field_are_stored_as_plain_data(
     r["software"]["hash"] = None
 
     def schema_and_counts():
-        with module_hub.db() as db:
-            tables = sorted(t[0] for t in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"))
-            return {t: db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+        with module_hub.store() as store:
+            tables = table_names(store)
+            return {t: store.db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
                     for t in tables if t in ("agents", "agencies", "sites", "hosts",
                                              "operators", "tokens")} | {"tables": tables}
 
@@ -326,11 +326,11 @@ def test_sql_and_markup_in_every_string_field_are_stored_as_plain_data(
     assert (status, doc["status"]) == (0, "stored"), doc
     # Nothing dropped, added or removed anywhere: the same tables, the same rows in each.
     assert schema_and_counts() == before
-    with module_hub.db() as db:
-        hostname = db.execute("SELECT hostname FROM hosts WHERE agent_id = ?",
-                              (module_agent.agent_id,)).fetchone()[0]
-        body = db.execute("SELECT body FROM reports WHERE report_id = ?",
-                          (r["report_id"],)).fetchone()[0]
+    with module_hub.store() as store:
+        hostname = store.db.execute("SELECT hostname FROM hosts WHERE agent_id = ?",
+                                    (module_agent.agent_id,)).fetchone()[0]
+        body = store.db.execute("SELECT body FROM reports WHERE report_id = ?",
+                                (r["report_id"],)).fetchone()[0]
     assert hostname.startswith(payload)
     # Every poisoned field is kept exactly as sent: data, not SQL, not markup.
     assert json.loads(gzip.decompress(body)) == r

@@ -11,6 +11,7 @@ import pytest
 
 from estate.console._client import ApiFailure, HubConnection, HubUnreachable
 from tests.harness import Agent, make_report
+from tests.stores import open_test_store
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +281,9 @@ def _store_estate(tmp_path, report):
     two reports a day apart, the second changing the memory (one change event each)."""
     from datetime import timedelta
 
-    from estate.inventory.store import Incoming, Store, utcnow
+    from estate.inventory.store import Incoming, utcnow
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     ids: dict[str, str] = {}
     now = utcnow()
     for n, (agency, name) in enumerate((("Fire & Rescue", "fire-pc"),

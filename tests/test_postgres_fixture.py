@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import PostgresCluster, skip_or_fail_without_postgres
+from tests.postgres import PostgresCluster, PostgresStandby, skip_or_fail_without_postgres
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -47,3 +47,32 @@ def test_cluster_folder_is_gone_after_a_failing_test_body():
         assert "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         pass
+
+
+def test_a_standby_streams_the_primary_reads_only_and_pauses_on_demand(postgres):
+    url = postgres.create_database("standby_check")
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as primary:
+        primary.execute("CREATE TABLE t (n INTEGER)")
+        primary.execute("INSERT INTO t VALUES (1)")
+        with PostgresStandby(postgres) as standby:
+            assert standby.socket_dir != postgres.socket_dir
+            with psycopg.connect(standby.url_for("standby_check"), autocommit=True,
+                                 connect_timeout=10) as conn:
+                assert conn.info.host == str(standby.socket_dir)
+                assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+                assert conn.execute("SHOW hot_standby_feedback").fetchone() == ("on",)
+                assert conn.execute("SELECT n FROM t").fetchall() == [(1,)]
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    conn.execute("INSERT INTO t VALUES (2)")
+
+                standby.pause_replay()
+                primary.execute("INSERT INTO t VALUES (2)")
+                assert conn.execute("SELECT n FROM t").fetchall() == [(1,)]
+                standby.resume_replay()
+                standby.wait_caught_up()
+                assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
+                pid = standby.server_pid()
+            assert pid != postgres.server_pid()
+        assert not standby.folder.exists()
+        # The primary runs on without its standby.
+        assert primary.execute("SELECT count(*) FROM t").fetchone() == (2,)

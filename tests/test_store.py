@@ -15,46 +15,49 @@ from estate.inventory.hub._tokens import make_token, split_token
 from estate.inventory.store import EnrolError, Incoming, Store, utcnow
 from estate.inventory.store._migrations import MIGRATIONS
 from tests.harness import run
+from tests.stores import database_errors, open_test_store, store_env, trace_statements
 
 
 def test_migrations_apply_once_and_record_the_version(tmp_path):
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     assert store.schema_version() == len(MIGRATIONS)
     store.close()
-    again = Store.open(tmp_path)  # reopening applies nothing twice
+    again = open_test_store(tmp_path)  # reopening applies nothing twice
     assert again.schema_version() == len(MIGRATIONS)
-    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if again.dialect == "sqlite":
+        assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
 
 
 def test_newer_schema_is_refused(tmp_path):
-    Store.open(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "estate.db")
-    with db:
-        db.execute("INSERT INTO schema_version VALUES (999)")
-    db.close()
+    store = open_test_store(tmp_path)
+    where = store.db.name
+    store.db.execute("INSERT INTO schema_version VALUES (999)")
+    store.close()
     with pytest.raises(SchemaTooNew, match="upgrade Estate"):
-        Store.open(tmp_path)
+        open_test_store(tmp_path)
     # An admin verb says so in one line, not a traceback.
     done = run("-m", "estate.inventory.hub.cli", "token", "list", "--data", str(tmp_path),
-               check=False)
+               check=False, env=store_env(tmp_path))
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        f"estate-hub: {tmp_path / 'estate.db'} has schema version 999, newer than this Estate "
+        f"estate-hub: {where} has schema version 999, newer than this Estate "
         f"({len(MIGRATIONS)}): upgrade Estate"]
 
 
 def test_audit_log_is_append_only(tmp_path):
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     store.create_token("Schools", "St Mary's", 1, timedelta(hours=1), "admin:test")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(database_errors(), match="append-only"):
         store.db.execute("UPDATE audit SET actor = 'someone else'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(database_errors(), match="append-only"):
         store.db.execute("DELETE FROM audit")
     assert store.audit_log()[0]["action"] == "token_create"
+    store.close()
 
 
 def test_enrol_is_idempotent_for_the_same_key_and_counts_uses(tmp_path):
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     token_id, secret, _ = store.create_token("Schools", "École Nord", 1, timedelta(hours=1),
                                              "admin:test")
     first = store.enrol(token_id, secret, "ssh-ed25519 AAAA", "SHA256:k1", "pc1")
@@ -87,7 +90,7 @@ def _enrolled(store: Store, agency: str = "Schools", site: str = "St Mary's") ->
 def test_a_report_id_is_stored_once_whatever_comes_again(tmp_path, report):
     """Idempotency by report_id: a resent report (after a lost ack) is answered `duplicate`
     and changes nothing, in a later batch or in the same one, even if its body differs."""
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     report["agent"]["id"] = agent_id
     report["report_id"] = f"{agent_id}:1:1"
@@ -187,7 +190,7 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
     from estate.inventory.facts import facts_of
     from estate.inventory.hostlist import COLUMN_KEYS
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     received = datetime.now(timezone.utc).replace(microsecond=0)
     r = copy.deepcopy(report)
@@ -221,7 +224,8 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
     assert json.loads(host["facts"]) == json.loads(json.dumps(facts))
     assert json.loads(host["packages"]) == r["software"]["packages"]
     assert "\\u" not in host["snapshot"] + host["facts"] + host["packages"]
-    assert " " not in host["facts"].replace("\\u0020", "") or ", " not in host["facts"]
+    if store.dialect == "sqlite":  # PostgreSQL keeps facts as JSONB, not as the text sent
+        assert " " not in host["facts"].replace("\\u0020", "") or ", " not in host["facts"]
     (row,) = store.db.execute("SELECT received_at, collected_at, clock_skew_s, body FROM "
                               "reports").fetchall()
     assert tuple(row)[:3] == (when, r["collected_at"], -3.0)
@@ -251,7 +255,7 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
 
 
 def test_hosts_that_share_a_serial_or_uuid_are_flagged_never_merged(tmp_path, report):
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     ids = [_enrolled(store, site=f"Site {n}") for n in range(4)]
 
     def send(agent_id, seq, serial, uuid):
@@ -289,7 +293,7 @@ def test_recent_reports_are_newest_first_with_their_probes_and_only_in_scope(tmp
     result and latency; a body without probes, or one that cannot be read, has none."""
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     base = datetime(2026, 1, 1, tzinfo=timezone.utc)
     probes = [{"name": "dns", "target": "example.org", "ok": True, "latency_ms": 1.5,
@@ -313,6 +317,13 @@ def test_recent_reports_are_newest_first_with_their_probes_and_only_in_scope(tmp
     assert got[0]["probes"] == got[1]["probes"] == []
     assert [g["report_id"] for g in store.recent_reports(agent_id, None, 2)] == \
         [f"{agent_id}:1:3", f"{agent_id}:1:2"]
+    # A report stored before samples existed (a body, no probes beside it, no sample): read
+    # from its body, after the samples.
+    store.db.execute("UPDATE reports SET probes = NULL WHERE report_id = ?",
+                     (f"{agent_id}:1:1",))
+    store.db.execute("DELETE FROM samples WHERE report_id = ?", (":1:1",))  # kept so
+    assert store.recent_reports(agent_id, None, 10)[2] == got[2]
+    assert store.report_count(agent_id) == 3
     store.db.execute("UPDATE reports SET body = ? WHERE report_id = ?",
                      (b"not gzip", f"{agent_id}:1:1"))
     assert store.recent_reports(agent_id, None, 10)[2]["probes"] == []
@@ -325,7 +336,7 @@ def test_recent_reports_are_newest_first_with_their_probes_and_only_in_scope(tmp
 def test_a_hosts_status_is_revoked_stale_online_or_offline_at_two_intervals(tmp_path, report):
     """Stale once no report came for two of the interval it claims (300 s without one);
     otherwise online while connected; revoked above all. The summary counts the same."""
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     now = utcnow()
 
     def host(name, interval_s, seen_ago_s):
@@ -360,7 +371,7 @@ def test_a_hosts_status_is_revoked_stale_online_or_offline_at_two_intervals(tmp_
 
 
 def test_the_host_list_shows_the_os_parts_there_are_and_the_first_address(tmp_path, report):
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     r = copy.deepcopy(report)
     r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:1"
@@ -388,7 +399,7 @@ def test_each_report_records_its_changes_and_a_backlog_one_only_history(tmp_path
     from estate.inventory.changes import bounded, software_changes, state_changes
     from estate.inventory.store import iso
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -445,7 +456,7 @@ def test_each_report_records_its_changes_and_a_backlog_one_only_history(tmp_path
 
 
 def test_a_readers_view_of_a_clone_names_only_hosts_in_their_agencies(tmp_path, report):
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     ids = {}
     for name, agency in (("a", "Fire"), ("b", "Fire"), ("c", "Health"), ("d", "Police")):
         ids[name] = _enrolled(store, agency=agency, site=name)
@@ -471,7 +482,7 @@ def test_a_readers_view_of_a_clone_names_only_hosts_in_their_agencies(tmp_path, 
 def test_a_reopened_store_compares_with_what_the_table_kept(tmp_path, report):
     """After a restart the previous state comes from the hosts table, not the cache: the same
     software is no change, a new name is one, and stored JSON is compact UTF-8."""
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     r1 = copy.deepcopy(report)
     r1["agent"]["id"], r1["report_id"] = agent_id, f"{agent_id}:1:1"
@@ -488,7 +499,7 @@ def test_a_reopened_store_compares_with_what_the_table_kept(tmp_path, report):
     assert host["packages"] == compact(r1["software"]["packages"])
     store.close()
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     r2 = copy.deepcopy(r1)
     r2["report_id"], r2["collected_at"] = f"{agent_id}:1:2", "2026-03-01T00:10:00Z"
     r2["system"]["hostname"] = "pc-2"
@@ -543,7 +554,7 @@ def test_a_hosts_remote_state_follows_the_hub_the_agent_and_its_connection(tmp_p
     """The list row's last column: off, asked (the agent offers, the hub does not allow),
     ready (both, and connected), allowed (the hub allows; not offered or not connected);
     off again once revoked. A scope and a list of ids narrow it together."""
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     now = utcnow()
     _sent(store, agent_id, report, 1, now)
@@ -581,7 +592,7 @@ def test_host_detail_is_the_host_in_full_with_its_status_and_enrolment(tmp_path,
 
     from estate.inventory.store import iso
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     stale, revoked = _enrolled(store, site="North"), _enrolled(store, site="South")
     enrolled = {a["id"]: a["enrolled_at"] for a in store.agents()}
     received = utcnow().replace(microsecond=0) - timedelta(seconds=200)
@@ -612,7 +623,7 @@ def test_the_stale_threshold_is_each_hosts_own_and_passed_only_after_two_interva
     import sys
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     now = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
     # The clock the store reads its "now" from, wherever host_rows lives.
     monkeypatch.setattr(sys.modules[Store.host_rows.__module__], "utcnow", lambda: now)
@@ -634,7 +645,7 @@ def test_a_report_exactly_a_day_ahead_of_its_arrival_keeps_its_own_time(tmp_path
     stays the host's latest, so a report collected before it is backlog."""
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     received = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, received, received + timedelta(days=1),
@@ -651,17 +662,15 @@ def test_a_stored_time_the_store_cannot_read_does_not_freeze_its_host(tmp_path, 
     orders as now: the next report is the host's latest, not backlog behind that text."""
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, t0, system__hostname="before")
+    # A row damaged outside the store's own writes; reopened, the store reads it back.
+    store.db.execute("UPDATE hosts SET collected_at = ? WHERE agent_id = ?",
+                     ("9999-12-31T23:00:00-05:00", agent_id))
     store.close()
-    db = sqlite3.connect(tmp_path / "estate.db")  # about SQLite: a row damaged outside Estate
-    with db:
-        db.execute("UPDATE hosts SET collected_at = ? WHERE agent_id = ?",
-                   ("9999-12-31T23:00:00-05:00", agent_id))
-    db.close()
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     later = utcnow() + timedelta(minutes=1)
     _sent(store, agent_id, report, 2, later, later, system__hostname="after")
     assert store.host_detail(agent_id, None)["report"]["system"]["hostname"] == "after"
@@ -671,7 +680,7 @@ def test_a_stored_time_the_store_cannot_read_does_not_freeze_its_host(tmp_path, 
 def test_a_report_sent_gzipped_is_kept_as_sent_and_read_back(tmp_path, report):
     import gzip
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     probes = [{"name": "dns", "ok": True, "latency_ms": 2.5}]
     r = copy.deepcopy(report)
@@ -689,7 +698,7 @@ def test_a_batch_compares_each_report_with_the_one_before_it_in_the_batch(tmp_pa
     what the last batch stored. The same list, not resent, is no change and stays known."""
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, t0, software__hash="a" * 64,
@@ -713,7 +722,7 @@ def test_a_report_changing_state_and_software_records_both(tmp_path, report):
     list is one `software_changed` from the old hash to the new."""
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, t0, system__hostname="pc-old", software__hash="a" * 64,
@@ -732,7 +741,7 @@ def test_a_reopened_store_keeps_the_list_and_forgets_a_clone_that_changed(tmp_pa
     that shares the old one. Stored facts are compact UTF-8."""
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     first, clone = _enrolled(store, site="A"), _enrolled(store, site="B")
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, first, report, 1, t0, system__hostname="pc-é", software__hash="a" * 64,
@@ -740,10 +749,12 @@ def test_a_reopened_store_keeps_the_list_and_forgets_a_clone_that_changed(tmp_pa
     _sent(store, clone, report, 1, t0, hardware__serial="S-1", hardware__uuid="U-2")
     assert store.host_detail(clone, None)["identity_conflict"] == first
     facts = store.db.execute("SELECT facts FROM hosts WHERE agent_id = ?", (first,)).fetchone()
-    assert '"hostname":"pc-é"' in facts[0]
+    assert json.loads(facts[0])["hostname"] == "pc-é"
+    if store.dialect == "sqlite":  # PostgreSQL keeps facts as JSONB, not as the text sent
+        assert '"hostname":"pc-é"' in facts[0]
     store.close()
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     _sent(store, first, report, 2, t0 + timedelta(minutes=5), system__hostname="pc-é",
           software__hash="a" * 64, software__packages=None, hardware__serial="S-2",
           hardware__uuid="U-1")
@@ -762,7 +773,7 @@ def test_a_report_that_changes_nothing_reads_nothing_of_its_host_back(tmp_path, 
     import re
     from datetime import datetime, timezone
 
-    store = Store.open(tmp_path)
+    store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, t0, software__hash="a" * 64,
@@ -773,14 +784,14 @@ def test_a_report_that_changes_nothing_reads_nothing_of_its_host_back(tmp_path, 
         if re.search(r"\bfrom\s+hosts\b", sql, re.IGNORECASE):
             reads.append(sql)
 
-    store.db.set_trace_callback(traced)
+    trace_statements(store, traced)
     _sent(store, agent_id, report, 2, t0 + timedelta(minutes=5), software__hash="a" * 64,
           software__packages=None)
     assert reads == []
     store.close()
 
-    store = Store.open(tmp_path)
-    store.db.set_trace_callback(traced)
+    store = open_test_store(tmp_path)
+    trace_statements(store, traced)
     _sent(store, agent_id, report, 3, t0 + timedelta(minutes=10), software__hash="a" * 64,
           software__packages=None)
     assert len(reads) == 1, reads

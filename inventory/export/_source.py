@@ -2,8 +2,8 @@
 thread's), in the operator's scope.
 
 Hosts come either as the hub knows them now or as it knew them at `as_of`: each host's last
-report received by then (raw reports are kept `--retention-days`), its presence then, and
-whether it was revoked then.
+full report received by then (kept `--history-days`, one a host a day at least), its
+presence then, and whether it was revoked then.
 """
 
 from __future__ import annotations

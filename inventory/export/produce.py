@@ -22,7 +22,7 @@ from estate.inventory.times import iso, utcnow
 if TYPE_CHECKING:
     from estate.inventory.store import ReaderInterface, StoreInterface
 
-__all__ = ["PROGRESS_EVERY", "Producer", "run_export"]
+__all__ = ["PROGRESS_EVERY", "Horizon", "Producer", "run_export"]
 
 PROGRESS_EVERY = 2000  # rows between progress messages
 
@@ -37,17 +37,30 @@ class Producer:
     version: str
 
 
+@dataclass(frozen=True)
+class Horizon:
+    """How far back the hub keeps reports (`--retention-days`, `--history-days`): what an
+    as-of export can reach, which its manifest states."""
+
+    retention_days: int  # every report's compact row (time, skew, probes)
+    history_days: int  # full reports (on change, one a host a day) and change events
+
+
 def run_export(store: StoreInterface, request: ExportRequest, producer: Producer, out: Path,
                progress: Callable[[int, int], None] | None = None,
-               now: datetime | None = None) -> dict[str, Any]:
+               now: datetime | None = None,
+               horizon: Horizon | None = None, standby: bool = False) -> dict[str, Any]:
     """Write the export to `out` and return its signed manifest.
 
     Runs on a thread of its own with a read-only handle on the store (`store.reader()`): the
     hub keeps serving. `now` is the hub's clock (tests fix it to compare files byte for
-    byte).
+    byte). `horizon` is the hub's; an as-of export's manifest and About state it.
+    `standby`: the reader is on the hub's export store (`--export-store`), which the
+    manifest (`"store": "standby"`) and About state.
 
     Raises:
         ExportError: a register that cannot be used.
+        StoreUnavailable: the store the reader is on cannot be reached (or cancelled the read).
     """
     now = now or utcnow()
     register = None
@@ -62,7 +75,9 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
     with store.reader() as reader:
         source = Source(reader, now)
         total = _total(reader, request, sel, register)
-        meta = _describe(request, producer, now, scope)
+        meta = _describe(request, producer, now, scope, horizon)
+        if standby:
+            meta["store"] = "standby"
         writer = WRITERS[request.format](out, request.report, REPORTS[request.report], meta)
         for row in _rows(source, request, sel, register):
             writer.row(row)
@@ -73,7 +88,7 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
     about = {**_about(meta), "rows": str(writer.rows)}
     if pruned:
         about["note"] = (f"{pruned} host(s) known at the as-of date are missing: their reports "
-                         f"from then are older than the hub's report retention")
+                         f"from then are older than the hub's history (--history-days)")
     if unreadable:
         about["skipped"] = (f"{unreadable} host(s) left out: their stored report from then "
                             f"could not be read")
@@ -108,10 +123,14 @@ def _total(reader: ReaderInterface, request: ExportRequest, sel: Selection,
 
 
 def _describe(request: ExportRequest, producer: Producer, now: datetime,
-              scope: list[str] | None) -> dict[str, Any]:
-    """What the export is: the manifest's fields that do not depend on the file's bytes."""
+              scope: list[str] | None, horizon: Horizon | None = None) -> dict[str, Any]:
+    """What the export is: the manifest's fields that do not depend on the file's bytes.
+
+    An as-of export also says how far back the hub keeps reports (`history_days`: the
+    state of hosts; `retention_days`: their every report); others are as they always were.
+    """
     op = producer.operator
-    return {
+    meta: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "file": request.file_name,
         "file_format": request.format,
@@ -129,6 +148,9 @@ def _describe(request: ExportRequest, producer: Producer, now: datetime,
         "hub": {"fingerprint": producer.fingerprint,
                 "public_key": producer.host_key.export_public_key("openssh").decode().strip()},
     }
+    if request.as_of and horizon:
+        meta.update(history_days=horizon.history_days, retention_days=horizon.retention_days)
+    return meta
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -146,6 +168,12 @@ def _about(meta: dict[str, Any]) -> dict[str, Any]:
                  f"{agencies if isinstance(agencies, str) else ', '.join(agencies)}",
         "filters": ", ".join(f"{k}={v}" for k, v in filters.items()) or "none",
         "as of": meta["as_of"] or f"now ({meta['generated_at']})",
+        **({"store": "a standby of the hub's store: it shows the estate as the standby had "
+                     "replayed it, which may trail the hub by its replication delay"}
+           if meta.get("store") == "standby" else {}),
+        **({"history kept": f"{meta['history_days']} days of full reports and changes, "
+                            f"{meta['retention_days']} days of every report's time and probes"}
+           if "history_days" in meta else {}),
         "generated at": meta["generated_at"],
         "hub": meta["hub"]["fingerprint"],
         "Estate version": meta["estate_version"],

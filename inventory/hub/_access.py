@@ -25,7 +25,7 @@ import asyncssh
 from estate.inventory.hub._peer import Login
 from estate.inventory.hub._remote import RemoteAccess
 from estate.inventory.hub._store_thread import StoreThread
-from estate.inventory.hub._tasks import Tasks
+from estate.inventory.hub._tasks import Tasks, log_failure
 from estate.inventory.store import Agent, StoreInterface
 
 log = logging.getLogger("estate.hub.access")
@@ -85,7 +85,7 @@ class AccessGuard:
                     last_full = loop.time()
                     await self.check()
             except Exception:
-                log.exception("checking access of open connections failed")
+                log_failure(log, "checking access of open connections failed")
 
     def _records_changed(self) -> bool:
         """On the store thread: has another process committed since the last look?"""

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from estate.inventory.hub._tasks import log_failure
+
 log = logging.getLogger("estate.hub.audit")
 
 WINDOW_S = 60.0
@@ -146,7 +148,7 @@ class AuditCoalescer:
             try:
                 await self._write(rows)
             except Exception:
-                log.exception("writing %d audit rows failed", len(rows))
+                log_failure(log, "writing %d audit rows failed", len(rows))
 
     async def run(self) -> None:
         """Flush new rows at once and ended windows every second, until cancelled."""

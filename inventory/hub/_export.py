@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from estate.inventory.errors import CodedError
+from estate.inventory.errors import CodedError, StoreUnavailable
 from estate.inventory.export import ExportError, ExportRequest
-from estate.inventory.export.produce import Producer, run_export
+from estate.inventory.export.produce import Horizon, Producer, run_export
 from estate.inventory.hub._context import Context
 from estate.inventory.protocol import ChannelExit
 from estate.inventory.store import Operator, StoreInterface
@@ -65,7 +65,7 @@ def _parse(body: bytes) -> ExportRequest:
 
 
 def _produce(store: StoreInterface, data_dir: Path, request: ExportRequest, producer: Producer,
-             progress: Callable[[int, int], None],
+             horizon: Horizon, standby: bool, progress: Callable[[int, int], None],
              gone: Callable[[], bool]) -> tuple[dict[str, Any], Path]:
     """On an export thread: the file in a new private folder, and its manifest.
 
@@ -83,7 +83,8 @@ def _produce(store: StoreInterface, data_dir: Path, request: ExportRequest, prod
         progress(rows, total)
 
     try:
-        return run_export(store, request, producer, out, checked_progress), out
+        return run_export(store, request, producer, out, checked_progress,
+                          horizon=horizon, standby=standby), out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -125,13 +126,23 @@ async def _serve(ctx: Context, operator: Operator, request: ExportRequest, chan:
         loop.call_soon_threadsafe(chan.write, line.encode())
 
     producer = Producer(operator, ctx.host_key, ctx.fingerprint, _estate_version())
+    horizon = Horizon(ctx.settings.retention.days, ctx.settings.history.days)
     try:
         manifest, out = await loop.run_in_executor(
-            _pool, _produce, ctx.store, ctx.settings.data_dir, request, producer,
-            progress, gone)
+            _pool, _produce, ctx.store, ctx.settings.data_dir, request, producer, horizon,
+            ctx.settings.export_store_url is not None, progress, gone)
     except _Gone:
         log.info("export %s for %s abandoned: its channel closed", request.report, name)
         return ChannelExit.TEMPFAIL, None
+    except StoreUnavailable as exc:
+        # The store exports read (a standby, with --export-store) is down or cancelled the
+        # read: the operator retries; the log names the store and why, in one line.
+        log.warning("export %s for %s failed: %s", request.report, name, exc)
+        _refused(ctx, name, request.report, "store_unavailable", str(exc))
+        return ChannelExit.TEMPFAIL, {"type": "error", "status": "error",
+                                      "code": "store_unavailable",
+                                      "message": "the hub cannot reach its export store; "
+                                                 "retry later", "retry_after": BUSY_RETRY_S}
     except ExportError as exc:
         _refused(ctx, name, request.report, exc.code, exc.message)
         return ChannelExit.DATA, {"type": "error", "status": "error", "code": exc.code,

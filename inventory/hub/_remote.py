@@ -20,7 +20,7 @@ import asyncssh
 from estate.inventory.errors import CodedError
 from estate.inventory.hub._peer import Login
 from estate.inventory.hub._store_thread import StoreThread
-from estate.inventory.hub._tasks import Tasks
+from estate.inventory.hub._tasks import Tasks, log_failure
 from estate.inventory.hub._watch import Watch
 from estate.inventory.sanitise import quoted
 from estate.inventory.store import StoreInterface, utcnow
@@ -278,7 +278,7 @@ class RemoteAccess:
             try:
                 ends = await self.db(self.store.sessions_to_end, list(self.live))
             except Exception:
-                log.exception("checking live sessions failed")
+                log_failure(log, "checking live sessions failed")
                 continue
             for session_id, reason in ends:
                 bridge = self.live.get(session_id)

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncssh
 
+from estate.inventory.errors import StoreUnavailable
 from estate.inventory.hub._context import Services
 from estate.inventory.hub._door import MESSAGES, PENALISED, source_of
 from estate.inventory.hub._peer import Login, Peer
@@ -198,6 +199,17 @@ class Connection(asyncssh.SSHServer):
         if username == ENROL_USER:
             self.role, self.key = "enrol", key
             return True
+        try:
+            return await self._check_key(username, key, fp)
+        except StoreUnavailable as exc:
+            # Not a refusal of the key: the agent or operator is told to come back.
+            log.warning("conn %s login of %s not checked: %s", self.peer,
+                        quoted(username, 64), exc)
+            raise asyncssh.DisconnectError(
+                asyncssh.DISC_SERVICE_NOT_AVAILABLE,
+                "store_unavailable: the hub cannot reach its store; retry later") from None
+
+    async def _check_key(self, username: str, key: asyncssh.SSHKey, fp: str) -> bool:
         if AGENT_ID.match(username):
             expected = await self.services.db(self.services.store.agent_fingerprint, username)
             if expected == fp:

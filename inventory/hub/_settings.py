@@ -13,11 +13,14 @@ from estate.inventory.hub._budget import (
     MAX_EXPORT_REQUESTS,
 )
 from estate.inventory.hub._door import DoorLimits
+from estate.inventory.store import StoreUrl
 
 
 @dataclass
 class HubSettings:
     data_dir: Path
+    store_url: StoreUrl | None = None  # None: estate.db in data_dir
+    export_store_url: StoreUrl | None = None  # a standby exports read from; None: the store
     host: str = "127.0.0.1"
     port: int = 2222
     login_timeout_s: float = 20.0
@@ -26,10 +29,14 @@ class HubSettings:
     door: DoorLimits = field(default_factory=DoorLimits)  # its `full` is max_unauthenticated
     keepalive_interval_s: float = 30.0
     keepalive_count_max: int = 3
-    retention: timedelta = timedelta(days=30)
+    retention: timedelta = timedelta(days=30)  # compact report rows (time, skew, probes)
     sessions_per_operator: int = 4
     sessions_per_host: int = 2
-    change_retention: timedelta = timedelta(days=400)  # auditors want a year of history
+    # Full report bodies and change events: auditors want a year, and `--as-of` reaches
+    # as far. Never shorter than `retention` (raised to it): a compact row is only readable
+    # beside the full body before it, and `--retention-days` alone used to keep whole
+    # reports that long.
+    history: timedelta = timedelta(days=400)
     report_burst: int = 10  # reports one agent may send back to back; 0: no limit
     reports_per_interval: float = 4  # then this many per max(floor, the agent's interval)
     min_report_interval_s: float = 60.0  # that floor: no agent claim raises its budget
@@ -40,3 +47,6 @@ class HubSettings:
     max_answer_size: int = MAX_ANSWER  # one API answer
     watchers_per_operator: int = 4  # watch channels per operator name, all connections
     max_watchers: int = 1000  # watch channels on the hub
+
+    def __post_init__(self) -> None:
+        self.history = max(self.history, self.retention)

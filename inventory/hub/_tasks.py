@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Coroutine
 from typing import Any
+
+from estate.inventory.errors import StoreUnavailable
+
+
+def log_failure(log: logging.Logger, message: str, *args: Any) -> None:
+    """Log the exception being handled: the store out of reach (its server restarting, a
+    failover) in one line, since it says why and the next try may work; anything else with
+    its traceback."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, StoreUnavailable):
+        log.warning(message + ": %s", *args, exc)
+    else:
+        log.exception(message, *args)
 
 
 class Tasks:

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from estate.inventory.hub._store_thread import StoreThread
-from estate.inventory.hub._tasks import Tasks
+from estate.inventory.hub._tasks import Tasks, log_failure
 from estate.inventory.store import StoreInterface, utcnow
 
 log = logging.getLogger("estate.hub")
@@ -81,7 +81,12 @@ class Watch:
         """An agent's first connection came or its last went: record it, tell watchers."""
         if self._tasks.stopping:
             return  # stop() marks everyone offline itself
-        agency = await self._db(self._store.set_presence, agent_id, connected, utcnow())
+        try:
+            agency = await self._db(self._store.set_presence, agent_id, connected, utcnow())
+        except Exception:  # the next report shows the host again
+            log_failure(log, "recording %s %s failed", agent_id,
+                        "online" if connected else "offline")
+            return
         if self.watchers:
             rows = await self._db(self._store.host_rows, None, [agent_id])
             self.publish({"type": "presence", "agent_id": agent_id,

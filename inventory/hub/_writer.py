@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from estate.inventory import errors
 from estate.inventory.store import Incoming, StoreInterface
 
 log = logging.getLogger("estate.hub")
@@ -74,23 +75,38 @@ class Writer:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await self._db(self._store.store_reports, [i for i, _ in batch])
-            except Exception as exc:
-                log.exception("storing a batch of %d reports failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StoreUnavailable(f"the store failed: {exc}"))
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-                stored = [i.agent_id for (i, _), r in zip(batch, results, strict=True)
-                          if r == "stored"]
-                if stored and self._on_commit:
-                    try:
-                        await self._on_commit(stored)
-                    except Exception:
-                        log.exception("publishing stored reports failed")
+                await self._store_batch(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _store_batch(self, batch: list[tuple[Incoming, asyncio.Future[str]]]) -> None:
+        try:
+            results = await self._db(self._store.store_reports, [i for i, _ in batch])
+        except Exception as exc:
+            if isinstance(exc, errors.StoreUnavailable):  # one line: the store says why
+                log.warning("storing a batch of %d reports failed: %s", len(batch), exc)
+            elif len(batch) > 1:
+                # Not the store but a report it could not take (a hostile agent found a
+                # bug): that report fails alone, not every one that shared its batch.
+                log.warning("storing a batch of %d reports failed (%s); storing them one at "
+                            "a time", len(batch), type(exc).__name__)
+                for one in batch:
+                    await self._store_batch([one])
+                return
+            else:
+                log.exception("storing a report failed")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable(f"the store failed: {exc}"))
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        stored = [i.agent_id for (i, _), r in zip(batch, results, strict=True)
+                  if r == "stored"]
+        if stored and self._on_commit:
+            try:
+                await self._on_commit(stored)
+            except Exception:
+                log.exception("publishing stored reports failed")

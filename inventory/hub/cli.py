@@ -1,7 +1,8 @@
 """`estate-hub`: run the hub and administer it on the hub's own host.
 
-Admin verbs act on the store directly (SQLite in WAL mode lets them run beside `serve`), as
-whoever can read the data folder: that file permission is the access control.
+Admin verbs act on the store directly (SQLite in WAL mode, or PostgreSQL, lets them run beside
+`serve`), as whoever can read the data folder or log in to the database: that permission is the
+access control.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from estate.inventory.protocol import Exit
 
 if TYPE_CHECKING:  # the store loads with the verb that uses it, not with every verb
-    from estate.inventory.store import StoreInterface
+    from estate.inventory.store import CopyProgress, StoreInterface
 
 
 def default_data_dir() -> Path:
@@ -44,16 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return Exit.USAGE
     from estate.inventory import private_files
-    from estate.inventory.errors import SchemaTooNew
+    from estate.inventory.errors import SchemaTooNew, StoreUnavailable, StoreUrlError
 
     # Every file the hub or an admin verb creates (store, WAL, host key, logs) is 0600.
     private_files.restrict_umask()
     private_files.allow_open_dirs(getattr(args, "allow_open_data_dir", False))
     try:
         return int(args.func(args))
-    except (private_files.OpenDataDir, SchemaTooNew) as exc:
+    except (private_files.OpenDataDir, SchemaTooNew, StoreUnavailable) as exc:
         print(f"estate-hub: {exc}", file=sys.stderr)
         return Exit.FAIL
+    except StoreUrlError as exc:  # a bad $ESTATE_HUB_STORE (--store is checked by argparse)
+        print(f"estate-hub: {exc}", file=sys.stderr)
+        return Exit.USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -71,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = _verb(sub, "serve", "run the hub (SSH gateway, store, change history)")
     serve.add_argument("--listen", default="127.0.0.1:2222", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:2222; port 0 picks one)")
+    serve.add_argument("--export-store", type=_export_store_url, default=None, metavar="URL",
+                       help="a PostgreSQL hot standby of --store that exports read from, so "
+                            "the hub's writer never waits on an export (default: --store)")
     serve.add_argument("--login-timeout", type=_seconds, default=20.0, metavar="SECONDS",
                        help="drop connections that have not logged in by then (default 20)")
     serve.add_argument("--max-unauthenticated", type=_positive_int, default=200, metavar="N",
@@ -106,7 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-watchers", type=_positive_int, default=1000, metavar="N",
                        help="watch channels open on the hub at once (default 1000)")
     serve.add_argument("--retention-days", type=_positive_int, default=30, metavar="DAYS",
-                       help="keep raw reports this long (default 30)")
+                       help="keep every report's compact row (time, clock skew, probe "
+                            "results) this long (default 30)")
+    serve.add_argument("--history-days", type=_positive_int, default=400, metavar="DAYS",
+                       help="keep full reports (on change, and one a host a day) and change "
+                            "history this long, as far as --as-of reaches (default 400; "
+                            "never less than --retention-days)")
     serve.add_argument("--keepalive", type=_seconds, default=30.0, metavar="SECONDS",
                        help="probe silent connections this often; 3 missed probes close one "
                             "(default 30)")
@@ -114,8 +126,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="remote sessions one operator may have open at once (default 4)")
     serve.add_argument("--sessions-per-host", type=_positive_int, default=2, metavar="N",
                        help="remote sessions open to one host at once (default 2)")
-    serve.add_argument("--change-retention-days", type=_positive_int, default=400,
-                       metavar="DAYS", help="keep change history this long (default 400)")
+    # The flag's old name, kept working: it now sets what --history-days does.
+    serve.add_argument("--change-retention-days", type=_positive_int, dest="history_days",
+                       default=argparse.SUPPRESS, action=_Deprecated, help=argparse.SUPPRESS)
     serve.add_argument("--report-burst", type=_count, default=10, metavar="N",
                        help="reports one agent may send back to back before it is told "
                             "`busy` (default 10; 0 turns this and the bytes budget off, "
@@ -143,6 +156,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
+
+    store = _group(sub, "store", "the store: schema migrations, moving an estate")
+    migrate = _verb(store, "migrate", "create the store's schema or bring it to this "
+                                      "version (serve also does it when it starts)")
+    migrate.set_defaults(func=_cmd_store_migrate)
+    copy = _verb(store, "copy", "copy a whole store into another, e.g. from SQLite to "
+                                "PostgreSQL")
+    copy.description = (
+        "Copy every table of a store (--from) into another (--to), keeping ids and the audit "
+        "log's hashes. Stop the source's hub first: the source must not change during the "
+        "copy; the end check compares every table's row count and the last audit hash and "
+        "exits 1 naming what differs. Interrupted, run the same command again: it goes on "
+        "where it stopped. The destination is created if empty; it must not hold another "
+        "estate.")
+    copy.add_argument("--from", dest="source", type=_store_url, default=None, metavar="URL",
+                      help="the store to copy (default: --store, $ESTATE_HUB_STORE, else "
+                           "estate.db in the data folder)")
+    copy.add_argument("--to", dest="destination", type=_store_url, required=True,
+                      metavar="URL", help="the store to copy into, e.g. "
+                                          "postgresql://HOST/DATABASE")
+    copy.set_defaults(func=_cmd_store_copy)
 
     token = _group(sub, "token", "enrolment tokens")
     create = _verb(token, "create", "create a token agents enrol with")
@@ -254,6 +288,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Deprecated(argparse.Action):
+    """A flag's old name: does what the new one does, and says which that is."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"estate-hub: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _group(sub: Any, name: str, help_text: str) -> Any:
     g = sub.add_parser(name, help=help_text, description=help_text)
     return g.add_subparsers(metavar="ACTION", required=True)
@@ -263,6 +307,10 @@ def _verb(sub: Any, name: str, help_text: str, json_flag: bool = False) -> Any:
     v = sub.add_parser(name, help=help_text, description=help_text)
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="hub data folder (default: $ESTATE_HUB_DATA or the hub's default)")
+    v.add_argument("--store", type=_store_url, default=None, metavar="URL",
+                   help="the store: sqlite:///PATH, or postgresql://HOST/DATABASE with the "
+                        "password in ~/.pgpass (default: $ESTATE_HUB_STORE, else estate.db "
+                        "in the data folder)")
     v.add_argument("--allow-open-data-dir", action="store_true",
                    help="use a data folder other users can enter (mode not 0700) instead of "
                         "refusing; only when its parent keeps them out")
@@ -369,14 +417,41 @@ def _data(args: argparse.Namespace) -> Path:
     return args.data or default_data_dir()
 
 
-def _store(args: argparse.Namespace) -> StoreInterface:
-    from estate.inventory.store import Store
+def _store_url(text: str) -> Any:
+    from estate.inventory.store import StoreUrl, StoreUrlError
 
-    data = _data(args)
-    if not Store.exists(data):
+    try:
+        return StoreUrl.parse(text)
+    except StoreUrlError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--store: ")) from None
+
+
+def _export_store_url(text: str) -> Any:
+    url = _store_url(text)
+    if url.dialect != "postgresql":
+        raise argparse.ArgumentTypeError("an export store is a PostgreSQL standby "
+                                         "(postgresql://HOST/DATABASE)")
+    return url
+
+
+def _chosen_store(args: argparse.Namespace) -> Any:
+    """--store, else $ESTATE_HUB_STORE, else None (the data folder's SQLite file)."""
+    from estate.inventory.store import ENV_VAR, StoreUrl
+
+    if getattr(args, "store", None) is not None:
+        return args.store
+    env = os.environ.get(ENV_VAR)
+    return StoreUrl.parse(env, f"${ENV_VAR}") if env else None
+
+
+def _store(args: argparse.Namespace) -> StoreInterface:
+    from estate.inventory.store import Store, open_store
+
+    data, url = _data(args), _chosen_store(args)
+    if url is None and not Store.exists(data):
         raise SystemExit(f"estate-hub: no hub data in {data} (run `estate-hub serve --data "
-                         f"{data}` once, or pass --data)")
-    return Store.open(data)
+                         f"{data}` once, or pass --data or --store)")
+    return open_store(url, data)
 
 
 def _actor() -> str:
@@ -392,10 +467,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from estate.inventory.private_files import private_dir
 
     host, port = _parse_listen(args.listen)
+    store_url = _chosen_store(args)
+    if args.export_store is not None and (store_url is None or store_url.dialect != "postgresql"):
+        # A standby copies a PostgreSQL primary: there is none of an SQLite store.
+        print("estate-hub: --export-store: a standby of a PostgreSQL store; this hub's store "
+              "is SQLite (--store postgresql://... to use one)", file=sys.stderr)
+        return Exit.USAGE
     # Refuse an open data folder before the host key or the store is written into it.
     private_dir(_data(args))
     _setup_logging(args.verbose)
-    settings = HubSettings(data_dir=_data(args), host=host, port=port,
+    settings = HubSettings(data_dir=_data(args), store_url=store_url,
+                           export_store_url=args.export_store, host=host, port=port,
                            login_timeout_s=args.login_timeout,
                            max_unauthenticated=args.max_unauthenticated,
                            handshake_timeout_s=args.handshake_timeout,
@@ -414,7 +496,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            retention=timedelta(days=args.retention_days),
                            sessions_per_operator=args.sessions_per_operator,
                            sessions_per_host=args.sessions_per_host,
-                           change_retention=timedelta(days=args.change_retention_days),
+                           history=timedelta(days=args.history_days),
                            report_burst=args.report_burst,
                            max_buffered_input=args.max_buffered_input * 1024 * 1024,
                            max_export_requests=args.max_export_requests * 1024 * 1024,
@@ -455,11 +537,67 @@ async def _serve(settings: Any) -> int:
     state = "created" if hub.host_key_created else "loaded"
     print(f"estate-hub: host key {hub.fingerprint} ({state})")
     print(f"estate-hub: data in {settings.data_dir}")
+    print(f"estate-hub: store {hub.store_name}")
     print(f"estate-hub: listening on {settings.host}:{hub.port}", flush=True)
     await stop.wait()
     print("estate-hub: stopping (storing what is queued)", flush=True)
     await hub.stop()
     return Exit.OK
+
+
+def _cmd_store_migrate(args: argparse.Namespace) -> int:
+    from estate.inventory.store import migrate_store
+
+    url = _chosen_store(args)
+    before, after = migrate_store(url, None if url else _data(args))
+    where = url or _data(args) / "estate.db"
+    if before == after:
+        print(f"estate-hub: the store at {where} is at schema version {after}: nothing to do")
+    else:
+        print(f"estate-hub: migrated the store at {where} from schema version {before} "
+              f"to {after}")
+    return Exit.OK
+
+
+def _cmd_store_copy(args: argparse.Namespace) -> int:
+    from estate.inventory.errors import StoreCopyRefused
+    from estate.inventory.store import copy_store
+
+    source = args.source or _chosen_store(args)
+    where = source or _data(args) / "estate.db"
+    try:
+        result = copy_store(source, args.destination, None if source else _data(args),
+                            progress=_CopyProgressLines())
+    except StoreCopyRefused as exc:
+        print(f"estate-hub: {exc}", file=sys.stderr)
+        return Exit.FAIL
+    if result.differences:
+        print(f"estate-hub: the copy differs from the source in: "
+              f"{'; '.join(result.differences)} (was either store written during the copy?)",
+              file=sys.stderr)
+        return Exit.FAIL
+    print(f"estate-hub: copied the store at {where} to {args.destination}: {result.rows} "
+          f"rows in {len(result.counts)} tables; the row counts and the last audit hash match")
+    return Exit.OK
+
+
+class _CopyProgressLines:
+    """`store copy`'s progress on stderr: a line when a table is done, and every few seconds
+    while a long one is copied."""
+
+    EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self.last_line = time.monotonic()
+
+    def __call__(self, step: CopyProgress) -> None:
+        now = time.monotonic()
+        if not step.done and now - self.last_line < self.EVERY_S:
+            return
+        self.last_line = now
+        pace = f", {step.rows_per_s:,.0f} rows/s" if step.rows_per_s else ""
+        print(f"estate-hub: {step.table}: {step.copied:,} / {step.total:,} rows{pace}",
+              file=sys.stderr, flush=True)
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
@@ -478,9 +616,9 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def _store_or_create(args: argparse.Namespace) -> StoreInterface:
-    from estate.inventory.store import Store
+    from estate.inventory.store import open_store
 
-    return Store.open(_data(args))
+    return open_store(_chosen_store(args), _data(args))
 
 
 def _cmd_token_list(args: argparse.Namespace) -> int:
@@ -665,12 +803,12 @@ async def _simulate(args: argparse.Namespace) -> int:
     from estate.inventory.store import Store
 
     data = _data(args)
-    if not Store.exists(data):
+    if _chosen_store(args) is None and not Store.exists(data):
         raise SystemExit(f"estate-hub: no hub data in {data}; simulate runs on the hub's host "
                          f"(pass --data)")
     key, _ = load_or_create_host_key(data)
     sim = simulate.Simulator(args.hub, key, interval_s=args.interval)
-    idents = await _simulated_identities(sim, data, args.agents)
+    idents = await _simulated_identities(sim, args, args.agents)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sim.stop.set)
@@ -692,19 +830,20 @@ async def _simulate(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-async def _simulated_identities(sim: Any, data: Path, n: int) -> list[Any]:
+async def _simulated_identities(sim: Any, args: argparse.Namespace, n: int) -> list[Any]:
     """Reuse the simulated agents of earlier runs; enrol (for real) the ones missing."""
     from estate.inventory import simulate
     from estate.inventory.hub._tokens import make_token
-    from estate.inventory.store import Store
+    from estate.inventory.store import open_store
 
+    data = _data(args)
     path = data / "simulated.json"
     idents = simulate.load_identities(path)[:n]
     missing = list(range(len(idents), n))
     if not missing:
         return idents
     where = simulate.placements(n)
-    store: StoreInterface = Store.open(data)
+    store: StoreInterface = open_store(_chosen_store(args), data)
     tokens = {}
     for agency, site in sorted({where[i] for i in missing}):
         uses = sum(1 for i in missing if where[i] == (agency, site))

@@ -7,16 +7,20 @@ connection. A second backend (PostgreSQL) implements both protocols, plus `open(
 text, agency scope on every scoped read, one transaction per batch with its audit rows
 hash-chained, one thread per store object, and a read-only handle per export thread.
 
-`Store` is the SQLite backend (WAL; SQL kept to what PostgreSQL also runs), one part per
-concern on one connection:
+`Store` runs one SQL dialect on either backend behind `_database.py`'s `Database`: SQLite
+(`_sqlite.py`, WAL, the embedded default) or PostgreSQL (`_postgres.py`), chosen by a store
+URL (`_url.py`). Its parts, one per concern on one connection:
 
-- `_base.py`: opening, migrating (`_migrations.py`), transactions;
+- `_base.py`: opening (`Store.open(data_dir)`, `Store.connect(url)`), migrations
+  (`_migrations.py`), transactions;
 - `_hosts.py`: storing reports (change detection, identity conflicts) and reading hosts;
 - `_changes.py`: the change history;
 - `_enrolment.py`: tokens, agents and their presence, operators;
 - `_remote.py`: remote access and relayed sessions;
 - `_audit.py`: the hash-chained audit log;
 - `_reader.py`: the read-only handle export threads read through.
+
+Beside them, `_copy.py` copies a whole store into another (`estate-hub store copy`).
 
 One `Store` holds one connection and is used from one thread at a time: the hub runs all its
 database work on a single thread (group commit for reports), and the admin verbs open their
@@ -25,8 +29,12 @@ own `Store` in their own process. WAL lets them read while the hub writes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from estate.inventory.store._audit import audit_hash
+from estate.inventory.store._base import database
 from estate.inventory.store._common import iso, parse_time, utcnow
+from estate.inventory.store._copy import CopyProgress, CopyResult, TableCount, copy_store
 from estate.inventory.store._enrolment import EnrolError, EnrolmentRecords
 from estate.inventory.store._hosts import DEFAULT_INTERVAL_S, HostRecords
 from estate.inventory.store._interface import ReaderInterface, StoreInterface
@@ -58,24 +66,94 @@ from estate.inventory.store._records import (
     Token,
 )
 from estate.inventory.store._remote import RemoteRecords, remote_state
+from estate.inventory.store._url import ENV_VAR, StoreUnavailable, StoreUrl, StoreUrlError
 
 __all__ = [
-    "DEFAULT_INTERVAL_S", "Agent", "AuditCheck", "AuditRow", "Change", "ChangeEvent",
-    "ChangeNotice", "EnrolError", "Enrolment", "HostDetail", "HostFacts", "HostName",
-    "HostQuery", "HostRow", "HostStatus",
-    "Incoming", "NewToken", "Operator", "OperatorRow", "Reader", "ReaderInterface",
-    "RecentReport", "Record", "RemoteTarget", "Session", "SessionEnd", "Store",
-    "StoreInterface", "Summary", "Token", "audit_hash", "iso", "parse_time", "remote_state",
+    "DEFAULT_INTERVAL_S",
+    "ENV_VAR",
+    "Agent",
+    "AuditCheck",
+    "AuditRow",
+    "Change",
+    "ChangeEvent",
+    "ChangeNotice",
+    "CopyProgress",
+    "CopyResult",
+    "EnrolError",
+    "Enrolment",
+    "HostDetail",
+    "HostFacts",
+    "HostName",
+    "HostQuery",
+    "HostRow",
+    "HostStatus",
+    "Incoming",
+    "NewToken",
+    "Operator",
+    "OperatorRow",
+    "Reader",
+    "ReaderInterface",
+    "RecentReport",
+    "Record",
+    "RemoteTarget",
+    "Session",
+    "SessionEnd",
+    "Store",
+    "StoreInterface",
+    "StoreUnavailable",
+    "StoreUrl",
+    "StoreUrlError",
+    "Summary",
+    "TableCount",
+    "Token",
+    "audit_hash",
+    "copy_store",
+    "iso",
+    "migrate_store",
+    "open_store",
+    "parse_time",
+    "remote_state",
     "utcnow",
 ]
 
 
 class Store(HostRecords, EnrolmentRecords, RemoteRecords):
-    """The SQLite store: every part of `StoreInterface` on one connection."""
+    """The store: every part of `StoreInterface` on one connection (SQLite or PostgreSQL)."""
 
     def reader(self) -> Reader:
         """A read-only handle for an export thread; open it on that thread."""
-        return Reader(self.path)
+        return Reader(self.db.read_only())
+
+
+def open_store(url: StoreUrl | str | None, data_dir: Path | None = None, durable: bool = True,
+               export_url: StoreUrl | str | None = None) -> Store:
+    """The store a `--store` URL names, or without one the SQLite store in `data_dir`.
+
+    Raises:
+        StoreUrlError: the URL is not one this hub can use (the message says why).
+        StoreUnavailable: the store cannot be reached or prepared (one line to show).
+        SchemaTooNew: the store was written by a newer Estate.
+    """
+    if isinstance(url, str):
+        url = StoreUrl.parse(url)
+    if isinstance(export_url, str):
+        export_url = StoreUrl.parse(export_url, "--export-store")
+    if url is None:
+        if data_dir is None:
+            raise StoreUrlError("--store: no URL and no data folder to keep the store in")
+        return Store.open(data_dir, durable)
+    return Store.connect(url, durable, export_url)
+
+
+def migrate_store(url: StoreUrl | None, data_dir: Path | None) -> tuple[int, int]:
+    """Bring a store's schema to this code's version: (version before, version after)."""
+    db = database(url, data_dir)
+    try:
+        # Read under the migration lock: of two at once, the second finds nothing to do.
+        before = db.migrate()
+        return before, db.schema_version()
+    finally:
+        db.close()
 
 
 def _keeps_the_contract(store: Store, reader: Reader) -> tuple[StoreInterface, ReaderInterface]:

@@ -26,6 +26,10 @@ class AuditLog(Connection):
         assert self.db.in_transaction, "audit rows are chained inside a write transaction"
         last = self.db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         row_id, prev = (last[0] + 1, last[1] or "") if last else (1, AUDIT_GENESIS)
+        # Hashed as stored: PostgreSQL's text holds no NUL (U+FFFD stands for it there), and
+        # a NUL anyone can put in a target (a probed host id) must not break the chain.
+        actor, action = actor.replace("\x00", "\ufffd"), action.replace("\x00", "\ufffd")
+        target = target.replace("\x00", "\ufffd") if target else target
         values = (row_id, iso(at or utcnow()), actor, action, target,
                   json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else None)
         self.db.execute(

@@ -7,8 +7,8 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 from datetime import datetime, timedelta
+from typing import Any
 
 from estate.inventory.errors import CodedError
 from estate.inventory.store._audit import AuditLog
@@ -194,7 +194,7 @@ class EnrolmentRecords(AuditLog):
                     (name, public_key, fingerprint, role, scope, iso(utcnow())))
                 self._audit(actor, "operator_add", name,
                             {"role": role, "agencies": agencies or "all", "key": fingerprint})
-        except sqlite3.IntegrityError:
+        except self.db.IntegrityError:
             raise ValueError(f"operator {name!r} or key {fingerprint} is already "
                              f"registered") from None
 
@@ -224,7 +224,7 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _token_problem(token: sqlite3.Row | None, secret: str, now: datetime) -> EnrolError | None:
+def _token_problem(token: Any, secret: str, now: datetime) -> EnrolError | None:
     # Unknown id and wrong secret get the same answer: nothing to learn by probing.
     if token is None or not hmac.compare_digest(token["secret_sha256"], _sha256(secret)):
         return EnrolError("token_invalid", "the enrolment token is not valid")

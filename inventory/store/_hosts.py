@@ -7,14 +7,13 @@ import functools
 import gzip
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from estate.inventory.changes import bounded, software_changes, state_changes, state_digest
 from estate.inventory.facts import facts_of
-from estate.inventory.store._changes import ChangeRecords
 from estate.inventory.store._common import _scoped, iso, parse_time, utcnow
+from estate.inventory.store._database import Database
 from estate.inventory.store._records import (
     ChangeEvent,
     HostDetail,
@@ -25,12 +24,30 @@ from estate.inventory.store._records import (
     Summary,
 )
 from estate.inventory.store._remote import remote_state
+from estate.inventory.store._samples import SampleRecords, compact_probes
+
+# Pruning, a chunk at a time (SQLite): the oldest kept bodies, by the index on their time.
+_EXPIRED_FULL = ("SELECT report_id FROM reports WHERE received_at < ? "
+                 "ORDER BY received_at LIMIT ?")
+# Rows stored before compact rows existed that the new rule would not have kept: not the
+# first of their host's UTC day, and no change event came from them.
+_UNNEEDED_OLD_BODIES = (
+    "SELECT r.report_id, r.received_at FROM reports r WHERE r.probes IS NULL "
+    "AND r.received_at >= ? AND r.received_at < ? "
+    "AND EXISTS (SELECT 1 FROM reports e WHERE e.agent_id = r.agent_id "
+    "AND e.received_at >= substr(r.received_at, 1, 10) AND e.received_at < r.received_at) "
+    "AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.agent_id = r.agent_id "
+    "AND c.at = r.received_at AND c.report_id = r.report_id) "
+    "ORDER BY r.received_at LIMIT ?")
 
 DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
 CLOCK_SKEW_FLAG_S = 300.0  # an agent clock this far off the hub's is flagged
 # A report "collected" further ahead of the hub's clock than this is ordered as if collected
 # when received: one report dated 9999 would otherwise make every later one look like backlog.
 FUTURE_TOLERANCE = timedelta(days=1)
+# How far back a report's collection day may file it (`history_day`): an agent's spool
+# resends its backlog within days.
+HISTORY_DAY_SLACK = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -41,14 +58,18 @@ class _Last:
     state_digest: str | None
     software_hash: str | None
     identity: tuple[str | None, str | None]
+    full_day: str | None  # the UTC day (YYYY-MM-DD) of the host's last full body, if known
 
 
-class HostRecords(ChangeRecords):
-    def __init__(self, path: Path, durable: bool = True) -> None:
+class HostRecords(SampleRecords):
+    def __init__(self, db: Database) -> None:
         # Per host, what the last committed report showed; saves reading the table back.
         self._last: dict[str, _Last] = {}
         self._pending: dict[str, _Last] = {}
-        super().__init__(path, durable)
+        # Rows stored before compact rows existed, received before this time, have been
+        # thinned by this process (what was kept stays kept): each prune goes on from here.
+        self._thinned_to = ""
+        super().__init__(db)
 
     # --- reports ------------------------------------------------------------------------
 
@@ -59,6 +80,12 @@ class HostRecords(ChangeRecords):
             "stored" or "duplicate" for each report, in order; only after the commit.
         """
         self._pending = {}
+        if self.db.history is not None:  # partitioned: the days this batch files rows under
+            self.db.history.ensure("reports", {history_day(i.report["collected_at"],
+                                                           i.received_at) for i in batch})
+            received_days = {iso(i.received_at)[:10] for i in batch}
+            self.db.history.ensure("changes", received_days)
+            self.db.history.ensure("samples", received_days)
         try:
             with self._transaction():
                 results = [self._store_one(item) for item in batch]
@@ -74,33 +101,45 @@ class HostRecords(ChangeRecords):
         last = self._pending.get(agent_id) or self._last.get(agent_id)
         if last:
             return last
-        row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid "
-                              "FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
+        row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid, "
+                              "full_day FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
         if row is None:
             return None
         # A far-future time stored before times were bounded would freeze the host for good.
-        return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]))
+        return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]), row[5])
 
     def _store_one(self, item: Incoming) -> str:
         report = item.report
         received = iso(item.received_at)
         skew = (parse_time(report["collected_at"]) - item.received_at).total_seconds()
-        cur = self.db.execute(
-            "INSERT INTO reports (report_id, agent_id, received_at, collected_at, "
-            "clock_skew_s, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING",
-            (report["report_id"], item.agent_id, received, report["collected_at"], skew,
-             _gzipped(item.body)))
-        if cur.rowcount == 0:
-            return "duplicate"
         prev = self._previous(item.agent_id)
         collected = _ordering_time(report["collected_at"], item.received_at)
-        if prev and collected < prev.collected_at:
+        backlog = prev is not None and collected < prev.collected_at
+        digest = state_digest(report)
+        new_hash = report["software"]["hash"]
+        day = received[:10]
+        full = _keeps_body(prev, backlog, digest, new_hash, day, report)
+        report_id = report["report_id"]
+        if not self._insert_sample(item.agent_id, report_id, parse_time(report["collected_at"]),
+                                   item.received_at, skew, report):
+            return "duplicate"
+        if full:
+            cur = self.db.execute(
+                "INSERT INTO reports (report_id, agent_id, received_at, collected_at, "
+                "clock_skew_s, body, probes, day) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                # The report id is unique (with `day` on PostgreSQL, whose partitions need it):
+                # a resend whose sample is gone is still refused if it kept a body.
+                "ON CONFLICT DO NOTHING",
+                (report_id, item.agent_id, received, report["collected_at"], skew,
+                 _gzipped(item.body), compact_probes(report),
+                 history_day(report["collected_at"], item.received_at)))
+            if cur.rowcount == 0:
+                return "duplicate"
+        if backlog:
             # A backlog report older than what we show: keep it as history only.
             self.db.execute("UPDATE hosts SET last_seen = ? WHERE agent_id = ?",
                             (received, item.agent_id))
             return "stored"
-        digest = state_digest(report)
-        new_hash = report["software"]["hash"]
         packages = report["software"]["packages"]
         changes = []
         if prev and prev.state_digest != digest:
@@ -123,7 +162,8 @@ class HostRecords(ChangeRecords):
         if prev is None or prev.identity != identity:
             self._refresh_identity_conflicts(item.agent_id, prev.identity if prev else
                                              (None, None))
-        self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity)
+        # Today's first report kept a body (`full`), so this is the day of the last one kept.
+        self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity, day)
         return "stored"
 
     def _upsert_host(self, item: Incoming, digest: str, skew: float,
@@ -132,11 +172,9 @@ class HostRecords(ChangeRecords):
         system, hardware = r["system"], r["hardware"]
         facts = facts_of(r)
         received = iso(item.received_at)
-        agency_site = self.db.execute("SELECT agency_id, site_id FROM agents WHERE id = ?",
-                                      (item.agent_id,)).fetchone()
         snapshot = {**r, "software": {**r["software"], "packages": None}}
         values = {
-            "agent_id": item.agent_id, "agency_id": agency_site[0], "site_id": agency_site[1],
+            "agent_id": item.agent_id,
             "hostname": system["hostname"], "fqdn": system["fqdn"],
             "os_family": system["os"]["family"], "os_name": system["os"]["name"],
             "os_version": system["os"]["version"], "vendor": hardware["vendor"],
@@ -150,8 +188,10 @@ class HostRecords(ChangeRecords):
             "last_report_id": r["report_id"], "collected_at": collected_at,
             "clock_skew_s": skew, "software_hash": r["software"]["hash"],
             "state_digest": digest, "interval_s": r["agent"]["interval_s"],
+            "full_day": received[:10],  # as in `_Last`: the day of the last body kept
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
-            "facts": json.dumps(facts, ensure_ascii=False, separators=(",", ":")),
+            "facts": self.db.json_text(json.dumps(facts, ensure_ascii=False,
+                                                  separators=(",", ":"))),
         }
         if software_changed:
             # Unchanged lists are not resent, and not rewritten either. A changed hash with
@@ -160,7 +200,9 @@ class HostRecords(ChangeRecords):
             values["packages"] = (json.dumps(packages, ensure_ascii=False,
                                              separators=(",", ":"))
                                   if packages is not None else None)
-        self.db.execute(_host_upsert_sql(tuple(values)), tuple(values.values()))
+        # The agency and site come from the agent's row in the same statement: one round
+        # trip less per report on a database server.
+        self.db.execute(_host_upsert_sql(tuple(values)), (*values.values(), item.agent_id))
 
     def _refresh_identity_conflicts(self, agent_id: str,
                                     previous: tuple[Any, Any] = (None, None)) -> None:
@@ -190,11 +232,46 @@ class HostRecords(ChangeRecords):
             "SELECT agent_id FROM hosts WHERE serial = ? OR uuid = ?",
             (serial or None, uuid or None))}
 
-    def prune_reports(self, older_than: datetime) -> int:
+    def prune_reports(self, compact_before: datetime, full_before: datetime,
+                      chunk: int = 5000) -> int:
+        """Delete about a chunk of expired history in one short transaction; call again while
+        it returns `chunk` or more, so reports waiting on the store thread go in between.
+
+        Samples go once received before `compact_before`, kept bodies once received before
+        `full_before`. Bodies stored before samples existed (one a report) are thinned past
+        `compact_before` to what would have been kept: the first of its host's UTC day, and
+        any a change event came from. On PostgreSQL whole days' partitions are dropped
+        instead, and the samples of a day that is over get their index packed
+        (`_partitions.py`).
+
+        Returns:
+            The rows deleted.
+        """
+        if self.db.history is not None:
+            dropped = (self.db.history.drop_before("samples", iso(compact_before)[:10])
+                       + self.db.history.drop_before("reports", iso(full_before)[:10]))
+            self.db.history.pack_finished_days()
+            return dropped
+        thin_bound = iso(compact_before)
         with self._transaction():
-            cur = self.db.execute("DELETE FROM reports WHERE received_at < ?",
-                                  (iso(older_than),))
-        return cur.rowcount
+            deleted = self._prune_samples(compact_before, chunk)
+            ids: list[str] = []
+            if deleted < chunk:
+                ids += [r[0] for r in self.db.execute(_EXPIRED_FULL,
+                                                      (iso(full_before), chunk - deleted))]
+            thinned_to = self._thinned_to
+            if deleted + len(ids) < chunk and thinned_to < thin_bound:
+                room = chunk - deleted - len(ids)
+                rows = self.db.execute(_UNNEEDED_OLD_BODIES,
+                                       (thinned_to, thin_bound, room)).fetchall()
+                ids += [r[0] for r in rows]
+                # Every old row up to here is judged (kept ones stay kept); a full chunk may
+                # stop short of the bound.
+                thinned_to = rows[-1][1] if len(rows) == room and rows else thin_bound
+            self.db.executemany("DELETE FROM reports WHERE report_id = ?",
+                                ((i,) for i in ids))
+        self._thinned_to = thinned_to
+        return deleted + len(ids)
 
     # --- reads: the operator API's scoped to agencies (None: all), then the admin's ---
 
@@ -216,7 +293,8 @@ class HostRecords(ChangeRecords):
         args: list[Any] = []
         sql, args = _scoped(sql, args, scope)
         if agent_ids is not None:
-            sql += f" AND h.agent_id IN ({', '.join('?' for _ in agent_ids)})"
+            # IN (NULL) for no ids: PostgreSQL refuses SQLite's empty IN ().
+            sql += f" AND h.agent_id IN ({', '.join('?' for _ in agent_ids) or 'NULL'})"
             args += agent_ids
         if page is not None:
             sql += " AND h.agent_id > ? ORDER BY h.agent_id LIMIT ?"
@@ -295,29 +373,35 @@ class HostRecords(ChangeRecords):
 
     def recent_reports(self, agent_id: str, scope: list[str] | None,
                        limit: int) -> list[RecentReport] | None:
-        """A host's recent reports, newest first, with their probe results (sparklines)."""
+        """A host's recent reports, newest first, with their probe results (sparklines):
+        its samples, then reports stored before samples existed."""
         if self.host_detail_exists(agent_id, scope) is False:
             return None
+        out = self._recent_samples(agent_id, limit)
+        if len(out) == limit:
+            return out
+        before = out[-1].received_at if out else "9999"
         rows = self.db.execute(
             "SELECT report_id, received_at, collected_at, clock_skew_s, body FROM reports "
-            "WHERE agent_id = ? ORDER BY received_at DESC LIMIT ?", (agent_id, limit))
-        out = []
+            "WHERE agent_id = ? AND probes IS NULL AND received_at < ? "
+            "ORDER BY received_at DESC LIMIT ?", (agent_id, before, limit - len(out)))
         for r in rows:
             try:
-                probes = json.loads(gzip.decompress(r[4]))["connectivity"]["probes"]
-            except (OSError, ValueError, KeyError):
-                probes = []
-            out.append(RecentReport(r[0], r[1], r[2], r[3],
-                                    [{k: p.get(k) for k in ("name", "ok", "latency_ms")}
-                                     for p in probes]))
+                probes = (json.loads(gzip.decompress(r[4])).get("connectivity") or {}).get(
+                    "probes") or []
+                figures = [{k: p.get(k) for k in ("name", "ok", "latency_ms")} for p in probes]
+            except (OSError, EOFError, ValueError, AttributeError):
+                figures = []
+            out.append(RecentReport(r[0], r[1], r[2], r[3], figures))
         return out
 
     def report_count(self, agent_id: str | None = None) -> int:
-        """Stored reports, of one agent or of all (kept `--retention-days`)."""
-        if agent_id is None:
-            return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
-        return int(self.db.execute("SELECT COUNT(*) FROM reports WHERE agent_id = ?",
-                                   (agent_id,)).fetchone()[0])
+        """Stored reports (their samples, and reports stored before samples existed), of one
+        agent or of all."""
+        sql, args = "SELECT COUNT(*) FROM reports WHERE probes IS NULL", []
+        if agent_id is not None:
+            sql, args = sql + " AND agent_id = ?", [agent_id]
+        return self._sample_count(agent_id) + int(self.db.execute(sql, args).fetchone()[0])
 
     def host_detail_exists(self, agent_id: str, scope: list[str] | None) -> bool:
         sql = ("SELECT 1 FROM hosts h JOIN agencies a ON a.id = h.agency_id "
@@ -370,12 +454,14 @@ class _StatusClock:
 
 @functools.lru_cache(maxsize=4)
 def _host_upsert_sql(columns: tuple[str, ...]) -> str:
-    """INSERT ... ON CONFLICT DO UPDATE for these columns; first_seen is set once."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns
+    """INSERT ... ON CONFLICT DO UPDATE for these columns, plus the agency and site of the
+    agent (the last parameter); first_seen is set once."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in (*columns, "agency_id", "site_id")
                         if c not in ("agent_id", "first_seen"))
-    return (f"INSERT INTO hosts ({', '.join(columns)}) "  # noqa: S608 - column names are literals in _upsert_host
-            f"VALUES ({', '.join('?' for _ in columns)}) "
-            f"ON CONFLICT (agent_id) DO UPDATE SET {updates}")
+    # The WHERE also keeps SQLite's parser from reading ON CONFLICT as a join's ON.
+    return (f"INSERT INTO hosts ({', '.join(columns)}, agency_id, site_id) "  # noqa: S608 - column names are literals in _upsert_host
+            f"SELECT {', '.join('?' for _ in columns)}, agency_id, site_id FROM agents "
+            f"WHERE id = ? ON CONFLICT (agent_id) DO UPDATE SET {updates}")
 
 
 def _ordering_time(collected_at: str, now: datetime) -> str:
@@ -387,6 +473,33 @@ def _ordering_time(collected_at: str, now: datetime) -> str:
         # validated): kept as text it could sort after every real time and freeze the host.
         ahead = True
     return iso(now) if ahead else collected_at
+
+
+def history_day(collected_at: str, received_at: datetime) -> str:
+    """The day (YYYY-MM-DD) a report is filed under: the day it was collected, within the
+    week before it was received. A resent report (its ack was lost) is filed under the same
+    day again, so its id's unique key (report id, day) refuses it; a day the agent's clock
+    made up cannot reach a partition that does not exist."""
+    received = received_at.date()
+    try:
+        collected = date.fromisoformat(collected_at[:10])
+    except ValueError:
+        collected = received
+    return min(max(collected, received - HISTORY_DAY_SLACK), received).isoformat()
+
+
+def _keeps_body(prev: _Last | None, backlog: bool, digest: str, software_hash: str, day: str,
+                report: dict[str, Any]) -> bool:
+    """Whether a report keeps its full body, or only a compact row.
+
+    The body is what `--as-of` reads, so one is kept whenever what it shows may differ from
+    the last one kept (a host's first report, a backlog one, a change of state or software),
+    and once a host's UTC day, so no day's history hangs on a body from long before. A report
+    telling of dropped reports keeps the evidence of the gap.
+    """
+    return (prev is None or backlog or prev.state_digest != digest
+            or prev.software_hash != software_hash or prev.full_day != day
+            or bool(report["agent"].get("dropped_reports")))
 
 
 def _gzipped(body: bytes) -> bytes:

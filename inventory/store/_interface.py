@@ -16,6 +16,11 @@ no caller sees SQL, a connection or a row. What a backend must keep:
 - One store object is used by one thread at a time (the hub's store thread; an admin verb's
   process). `reader()` may be called from any thread and gives a read-only handle of its own,
   used on the thread that made it (an export's), while the hub keeps writing.
+- Reports: a report that changes nothing (the state digest and software hash of the host's
+  last) keeps a compact row, its `body` empty (b""); a full body is kept for a host's first
+  report, a backlog one, one telling of dropped reports, a change, and the first of each UTC
+  day (received time). Every row keeps its probe figures. As-of reads take a host's state
+  from its last row with a body.
 - Opening: the class has `open(data_dir, durable=True)` (create or migrate, then open; a schema
   newer than the code raises `estate.inventory.errors.SchemaTooNew`) and `exists(data_dir)` (whether
   a hub has stored anything there). `durable=False` may trade crash safety for speed (seeding
@@ -71,12 +76,13 @@ class ReaderInterface(Protocol):
         ...
 
     def hosts_as_of(self, query: HostQuery, as_of: datetime) -> Iterator[HostFacts]:
-        """Hosts as known at `as_of` (their last report by then, their presence then), in
-        the same order; unreadable ones skipped and counted in `skipped_unreadable`."""
+        """Hosts as known at `as_of` (their last full report by then, last seen by their
+        newest report of either kind, their presence then), in the same order; unreadable
+        ones skipped and counted in `skipped_unreadable`."""
         ...
 
     def hosts_missing_history(self, query: HostQuery, as_of: datetime) -> int:
-        """Hosts known at `as_of` whose reports from then are no longer kept."""
+        """Hosts known at `as_of` with no full report kept from then (past the history)."""
         ...
 
     def host_names(self, query: HostQuery) -> Iterator[HostName]: ...
@@ -115,7 +121,13 @@ class StoreInterface(Protocol):
         """Store a batch in one transaction; "stored" or "duplicate" for each, in order."""
         ...
 
-    def prune_reports(self, older_than: datetime) -> int: ...
+    def prune_reports(self, compact_before: datetime, full_before: datetime,
+                      chunk: int = 5000) -> int:
+        """Delete one chunk (at most `chunk` rows, one short transaction) of the reports
+        past their horizon: compact rows received before `compact_before`, full bodies
+        before `full_before`; the rows deleted. The caller calls again while it gets `chunk`,
+        each call its own job, so ingest goes on in between."""
+        ...
 
     def host_rows(self, scope: list[str] | None, agent_ids: list[str] | None = None,
                   page: tuple[str, int] | None = None) -> list[HostRow]:

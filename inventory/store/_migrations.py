@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable
+from typing import Any
 
-Step = str | Callable[[sqlite3.Connection], None]
+from estate.inventory.errors import SchemaTooNew
+from estate.inventory.store._partitions import partition_history
+
+# A step is SQL, or a function of the `Database` (`_database.py`) for what SQL cannot do.
+Step = str | Callable[[Any], None]
 
 
-def _chain_audit(db: sqlite3.Connection) -> None:
+def _chain_audit(db: Any) -> None:
     """Hash-chain the audit rows written before the chain existed, oldest first.
 
     Ids are kept: the triggers refused deletes, so they run 1..N without gaps, and a gap
@@ -196,4 +200,56 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     ),
+    # 7: history that lasts. Every report leaves a sample: a row the size of a line (when,
+    # the agent's clock skew, its probe results, its id) in `samples`, keyed by host and time
+    # (microseconds since 1970; SQLite keeps it as the table's own key, no index beside it).
+    # A report keeps its body in `reports` only when it may show something new: a change, a
+    # host's first, a backlog one, and once per host per UTC day (`hosts.full_day`). Rows
+    # stored before have no `probes` (NULL): that marks them for thinning once past the
+    # retention (`_hosts.py`), as if they had been stored this way.
+    (
+        "ALTER TABLE reports ADD COLUMN probes TEXT",
+        "ALTER TABLE hosts ADD COLUMN full_day TEXT",
+        """CREATE TABLE samples (
+            agent_id TEXT NOT NULL REFERENCES agents(id),
+            received_us INTEGER NOT NULL,
+            clock_skew_s REAL,
+            report_id TEXT NOT NULL,
+            probes TEXT,
+            PRIMARY KEY (agent_id, received_us)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX reports_unthinned ON reports (received_at) WHERE probes IS NULL",
+        # No query reads hosts by last_seen, and every report moves it: without the index
+        # PostgreSQL updates the host in place (HOT), and SQLite writes one b-tree less.
+        "DROP INDEX hosts_last_seen",
+    ),
+    # 8: the day each report is filed under (`_hosts.history_day`). On PostgreSQL, reports,
+    # samples and change events become tables partitioned by day (`_partitions.py`), so
+    # history is dropped a day at a time; SQLite keeps one table each.
+    (
+        "ALTER TABLE reports ADD COLUMN day TEXT",
+        "UPDATE reports SET day = substr(received_at, 1, 10)",
+        partition_history,
+    ),
 )
+
+
+def apply_migrations(db: Any, current: int, run: Callable[[str], Any]) -> None:
+    """Bring `db` from schema version `current` to the newest, inside the caller's
+    transaction; `run` runs one SQL statement as its backend must (PostgreSQL translates).
+
+    Raises:
+        SchemaTooNew: the store was written by a newer Estate.
+    """
+    if current > len(MIGRATIONS):
+        raise SchemaTooNew(f"{db.name} has schema version {current}, newer than this Estate "
+                           f"({len(MIGRATIONS)}): upgrade Estate")
+    for version, steps in enumerate(MIGRATIONS[current:], start=current + 1):
+        for step in steps:
+            # SQL, or a function of the database for what SQL cannot do portably (hashing
+            # existing rows, partitioning PostgreSQL's history).
+            if callable(step):
+                step(db)
+            else:
+                run(step)
+        run(f"INSERT INTO schema_version (version) VALUES ({version})")  # noqa: S608 - an int

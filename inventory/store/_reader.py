@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import gzip
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from estate.inventory.facts import facts_of
 from estate.inventory.store._common import _scoped, iso
+from estate.inventory.store._database import Database
 from estate.inventory.store._hosts import _StatusClock
 from estate.inventory.store._records import ChangeEvent, HostFacts, HostName, HostQuery
 from estate.inventory.store._remote import remote_state
+from estate.inventory.store._samples import from_us, to_us
 
 _ORDER = " ORDER BY a.name, s.name, h.hostname, h.agent_id"
 
 
 class Reader:
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    def __init__(self, db: Database) -> None:
+        self.db = db  # read-only, this thread's own (`Database.read_only()`)
         # Stored reports an as-of read could not decode (a corrupt body), skipped rather than
         # failing the whole export; the manifest counts them.
         self.skipped_unreadable = 0
@@ -71,18 +71,31 @@ class Reader:
     def hosts_as_of(self, query: HostQuery, as_of: datetime) -> Iterator[HostFacts]:
         """The hosts as the hub knew them at `as_of`: each one's last report received by
         then, its presence then, and whether it was revoked then. A host whose report from
-        then cannot be read is skipped and counted (`skipped_unreadable`)."""
+        then cannot be read is skipped and counted (`skipped_unreadable`).
+
+        The state is the last kept body by then: a report that changed nothing kept only a
+        sample, so the state is unchanged since that body. When it was last seen is its
+        newest sample by then (kept `--retention-days`), else that body's time.
+        """
         at = iso(as_of)
+        # Per host three index seeks, driven from the hosts: a join on reports let the
+        # planner walk every stored report instead.
         sql, args = self._where(query, (
-            "SELECT h.agent_id, a.name, s.name, h.first_seen, r.received_at, h.interval_s, "
-            "g.revoked_at, r.body FROM hosts h JOIN agents g ON g.id = h.agent_id "
-            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
-            "JOIN reports r ON r.agent_id = h.agent_id AND r.received_at = "
+            "SELECT h.agent_id, a.name, s.name, h.first_seen, "
             "(SELECT MAX(received_at) FROM reports WHERE agent_id = h.agent_id "
-            "AND received_at <= ?) WHERE h.first_seen <= ?"), [at, at])
+            "AND received_at <= ?), h.interval_s, g.revoked_at, "
+            "(SELECT body FROM reports WHERE agent_id = h.agent_id AND received_at <= ? "
+            "ORDER BY received_at DESC LIMIT 1), "
+            "(SELECT MAX(received_us) FROM samples WHERE agent_id = h.agent_id "
+            "AND received_us <= ?) "
+            "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
+            "WHERE h.first_seen <= ?"), [at, at, to_us(as_of), at])
         status_of = _StatusClock(as_of)
         rows = self.db.execute(sql + _ORDER, args)
         for r in rows.fetchall():
+            if r[7] is None:
+                continue  # none kept from then: counted by `hosts_missing_history`
             try:
                 facts = facts_of(json.loads(gzip.decompress(r[7])))
             except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
@@ -94,11 +107,13 @@ class Reader:
                                        "at <= ? ORDER BY at DESC, id DESC LIMIT 1",
                                        (r[0], at)).fetchone()
             connected = 1 if presence and presence[0] == "online" else 0
-            yield HostFacts(r[0], r[1], r[2], r[3], r[4],
-                            status_of(revoked, r[4], connected, r[5]), facts)
+            last_seen = max(r[4], iso(from_us(r[8]))) if r[8] is not None else r[4]
+            yield HostFacts(r[0], r[1], r[2], r[3], last_seen,
+                            status_of(revoked, last_seen, connected, r[5]), facts)
 
     def hosts_missing_history(self, query: HostQuery, as_of: datetime) -> int:
-        """Hosts known at `as_of` whose reports from then are no longer kept (retention)."""
+        """Hosts known at `as_of` whose full reports from then are no longer kept (past
+        `--history-days`): samples alone cannot say what a host was."""
         at = iso(as_of)
         sql, args = self._where(query, (
             "SELECT COUNT(*) FROM hosts h JOIN agencies a ON a.id = h.agency_id "

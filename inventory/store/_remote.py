@@ -62,8 +62,8 @@ class RemoteRecords(AuditLog):
         with self._transaction():
             cur = self.db.execute(
                 "INSERT INTO remote_sessions (operator, agent_id, peer, started_at) "
-                "VALUES (?, ?, ?, ?)", (operator, agent_id, peer, iso(at)))
-            session_id = int(cur.lastrowid or 0)
+                "VALUES (?, ?, ?, ?) RETURNING id", (operator, agent_id, peer, iso(at)))
+            session_id = int(cur.fetchone()[0])
             self._audit(f"operator:{operator}", "remote_session_start", agent_id,
                         {"session": session_id, "peer": peer}, at)
         return session_id
