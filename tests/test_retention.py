@@ -19,8 +19,8 @@ import pytest
 from estate.inventory.export import ExportRequest
 from estate.inventory.export.produce import Horizon, Producer, run_export
 from estate.inventory.store import HostQuery, Incoming, Store, iso
+from estate.inventory.store._common import from_us
 from estate.inventory.store._migrations import MIGRATIONS
-from estate.inventory.store._samples import from_us
 from tests.harness import edit
 
 NOW = datetime(2026, 2, 15, 12, 0, tzinfo=timezone.utc)

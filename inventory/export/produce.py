@@ -42,7 +42,7 @@ class Horizon:
     """How far back the hub keeps reports (`--retention-days`, `--history-days`): what an
     as-of export can reach, which its manifest states."""
 
-    retention_days: int  # every report's compact row (time, skew, probes)
+    retention_days: int  # every report's sample (time, skew, probes)
     history_days: int  # full reports (on change, one a host a day) and change events
 
 

@@ -126,7 +126,7 @@ class Hub:
             try:
                 n = await self.prune_reports()
                 if n:
-                    log.info("pruned %d reports (compact rows older than %s, full ones older "
+                    log.info("pruned %d reports (samples older than %s, kept bodies older "
                              "than %s)", n, self.settings.retention, self.settings.history)
                 n = await self.db(self.store.prune_changes,
                                   _cutoff(utcnow(), self.settings.history))

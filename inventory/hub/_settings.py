@@ -33,8 +33,8 @@ class HubSettings:
     sessions_per_operator: int = 4
     sessions_per_host: int = 2
     # Full report bodies and change events: auditors want a year, and `--as-of` reaches
-    # as far. Never shorter than `retention` (raised to it): a compact row is only readable
-    # beside the full body before it, and `--retention-days` alone used to keep whole
+    # as far. Never shorter than `retention` (raised to it): a sample is only readable
+    # beside the kept body before it, and `--retention-days` alone used to keep whole
     # reports that long.
     history: timedelta = timedelta(days=400)
     report_burst: int = 10  # reports one agent may send back to back; 0: no limit

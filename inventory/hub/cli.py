@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-watchers", type=_positive_int, default=1000, metavar="N",
                        help="watch channels open on the hub at once (default 1000)")
     serve.add_argument("--retention-days", type=_positive_int, default=30, metavar="DAYS",
-                       help="keep every report's compact row (time, clock skew, probe "
+                       help="keep every report's sample (time, clock skew, probe "
                             "results) this long (default 30)")
     serve.add_argument("--history-days", type=_positive_int, default=400, metavar="DAYS",
                        help="keep full reports (on change, and one a host a day) and change "

@@ -3,6 +3,7 @@ and agency scoping."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 # Re-exported: the store's modules (and callers of `estate.inventory.store`) take the time
@@ -10,7 +11,23 @@ from typing import Any
 # console need no store.
 from estate.inventory.times import iso, parse_time, utcnow
 
-__all__ = ["iso", "parse_time", "utcnow"]
+__all__ = ["first_line", "from_us", "iso", "parse_time", "to_us", "utcnow"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def first_line(exc: BaseException) -> str:
+    """An error as one line for an administrator: a driver's message may run to several."""
+    return (str(exc).strip() or exc.__class__.__name__).splitlines()[0]
+
+
+def to_us(at: datetime) -> int:
+    """Microseconds since 1970 (UTC): how samples keep their time."""
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _scoped(sql: str, args: list[Any], scope: list[str] | None) -> tuple[str, list[Any]]:

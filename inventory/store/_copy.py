@@ -19,11 +19,10 @@ from pathlib import Path
 
 from estate.inventory.errors import StoreCopyRefused
 from estate.inventory.store._base import DB_NAME, database
-from estate.inventory.store._common import iso
+from estate.inventory.store._common import first_line, from_us, iso
 from estate.inventory.store._database import Database
 from estate.inventory.store._migrations import MIGRATIONS
 from estate.inventory.store._partitions import PARTITIONED
-from estate.inventory.store._samples import from_us
 from estate.inventory.store._sqlite import SqliteDatabase
 from estate.inventory.store._url import StoreUnavailable, StoreUrl
 
@@ -122,7 +121,7 @@ def copy_store(source: StoreUrl | None, destination: StoreUrl, data_dir: Path | 
         finally:
             dst.close()
     except (sqlite3.Error, src.Error) as exc:  # before the copy began (`_copy` names its table)
-        raise StoreUnavailable(f"cannot read the stores to copy: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"cannot read the stores to copy: {first_line(exc)}") from None
     finally:
         src.close()
 
@@ -157,7 +156,7 @@ def _copy(src: Database, dst: Database, batch_rows: int,
         if dst.dialect == "postgresql":
             _move_identities_past_copied_ids(dst)
     except (src.Error, dst.Error, StoreUnavailable) as exc:
-        raise StoreCopyRefused(f"the copy stopped in table {table}: {_first_line(exc)} (whole "
+        raise StoreCopyRefused(f"the copy stopped in table {table}: {first_line(exc)} (whole "
                                f"batches are kept: run the same command again to go on)"
                                ) from None
     source_counts, copied = _counts(src), _counts(dst)
@@ -284,7 +283,3 @@ def _first_audit_hash(db: Database) -> str | None:
 def _last_audit_hash(db: Database) -> str | None:
     row = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     return row[0] if row else None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or exc.__class__.__name__).splitlines()[0]

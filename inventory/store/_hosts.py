@@ -29,7 +29,7 @@ from estate.inventory.store._samples import SampleRecords, compact_probes
 # Pruning, a chunk at a time (SQLite): the oldest kept bodies, by the index on their time.
 _EXPIRED_FULL = ("SELECT report_id FROM reports WHERE received_at < ? "
                  "ORDER BY received_at LIMIT ?")
-# Rows stored before compact rows existed that the new rule would not have kept: not the
+# Rows stored before samples existed that the new rule would not have kept: not the
 # first of their host's UTC day, and no change event came from them.
 _UNNEEDED_OLD_BODIES = (
     "SELECT r.report_id, r.received_at FROM reports r WHERE r.probes IS NULL "
@@ -66,7 +66,7 @@ class HostRecords(SampleRecords):
         # Per host, what the last committed report showed; saves reading the table back.
         self._last: dict[str, _Last] = {}
         self._pending: dict[str, _Last] = {}
-        # Rows stored before compact rows existed, received before this time, have been
+        # Rows stored before samples existed, received before this time, have been
         # thinned by this process (what was kept stays kept): each prune goes on from here.
         self._thinned_to = ""
         super().__init__(db)
@@ -111,7 +111,8 @@ class HostRecords(SampleRecords):
     def _store_one(self, item: Incoming) -> str:
         report = item.report
         received = iso(item.received_at)
-        skew = (parse_time(report["collected_at"]) - item.received_at).total_seconds()
+        collected_time = parse_time(report["collected_at"])
+        skew = (collected_time - item.received_at).total_seconds()
         prev = self._previous(item.agent_id)
         collected = _ordering_time(report["collected_at"], item.received_at)
         backlog = prev is not None and collected < prev.collected_at
@@ -120,8 +121,8 @@ class HostRecords(SampleRecords):
         day = received[:10]
         full = _keeps_body(prev, backlog, digest, new_hash, day, report)
         report_id = report["report_id"]
-        if not self._insert_sample(item.agent_id, report_id, parse_time(report["collected_at"]),
-                                   item.received_at, skew, report):
+        if not self._insert_sample(item.agent_id, report_id, collected_time, item.received_at,
+                                   skew, report):
             return "duplicate"
         if full:
             cur = self.db.execute(
@@ -490,7 +491,7 @@ def history_day(collected_at: str, received_at: datetime) -> str:
 
 def _keeps_body(prev: _Last | None, backlog: bool, digest: str, software_hash: str, day: str,
                 report: dict[str, Any]) -> bool:
-    """Whether a report keeps its full body, or only a compact row.
+    """Whether a report keeps its full body, or only its sample.
 
     The body is what `--as-of` reads, so one is kept whenever what it shows may differ from
     the last one kept (a host's first report, a backlog one, a change of state or software),

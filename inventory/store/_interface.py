@@ -16,11 +16,10 @@ no caller sees SQL, a connection or a row. What a backend must keep:
 - One store object is used by one thread at a time (the hub's store thread; an admin verb's
   process). `reader()` may be called from any thread and gives a read-only handle of its own,
   used on the thread that made it (an export's), while the hub keeps writing.
-- Reports: a report that changes nothing (the state digest and software hash of the host's
-  last) keeps a compact row, its `body` empty (b""); a full body is kept for a host's first
-  report, a backlog one, one telling of dropped reports, a change, and the first of each UTC
-  day (received time). Every row keeps its probe figures. As-of reads take a host's state
-  from its last row with a body.
+- Reports: every report leaves a sample (time, skew, probe figures, its id: what sparklines
+  and the resend check read); its body is kept only for a host's first report, a backlog one,
+  one telling of dropped reports, a change (state digest or software hash), and the first of
+  each UTC day (received time). As-of reads take a host's state from its last kept body.
 - Opening: the class has `open(data_dir, durable=True)` (create or migrate, then open; a schema
   newer than the code raises `estate.inventory.errors.SchemaTooNew`) and `exists(data_dir)` (whether
   a hub has stored anything there). `durable=False` may trade crash safety for speed (seeding
@@ -124,7 +123,7 @@ class StoreInterface(Protocol):
     def prune_reports(self, compact_before: datetime, full_before: datetime,
                       chunk: int = 5000) -> int:
         """Delete one chunk (at most `chunk` rows, one short transaction) of the reports
-        past their horizon: compact rows received before `compact_before`, full bodies
+        past their horizon: samples received before `compact_before`, kept bodies
         before `full_before`; the rows deleted. The caller calls again while it gets `chunk`,
         each call its own job, so ingest goes on in between."""
         ...

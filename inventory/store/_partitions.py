@@ -14,14 +14,17 @@ SQLite has no partitions: its store deletes in small chunks (`_hosts.py`) instea
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
+
+from estate.inventory.store._common import from_us, to_us
 
 PARTITIONED = {"reports": "day", "changes": "at", "samples": "received_us"}
 _KEYS = {"reports": "report_id, day", "changes": "id, at", "samples": "agent_id, received_us"}
 _NAME = re.compile(r"^(reports|changes|samples)_d(\d{4})(\d{2})(\d{2})$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DAY_US = 86_400_000_000
 _PACKED = "index packed: the day is over"  # the comment a packed samples partition carries
 _LOCK_WAIT_MS = 1000  # how long dropping a day waits for a reader's lock before leaving it
 _LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
@@ -33,8 +36,7 @@ def partition_name(table: str, day: str) -> str:
 
 def day_us(day: str) -> int:
     """Microseconds since 1970 at the start of a UTC day (YYYY-MM-DD)."""
-    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
-    return (start - _EPOCH) // timedelta(microseconds=1)
+    return to_us(datetime.fromisoformat(day).replace(tzinfo=timezone.utc))
 
 
 def _bounds(table: str, day: str) -> str:
@@ -77,8 +79,8 @@ def _count(conn: Any, name: str) -> int:
 def _days_in(conn: Any, table: str, column: str) -> list[str]:
     """The UTC days of a table's rows, by the column it is to be partitioned by."""
     if column == "received_us":
-        rows = conn.execute(f"SELECT DISTINCT received_us / 86400000000 FROM {table}")  # noqa: S608
-        return [(_EPOCH + timedelta(days=int(r[0]))).date().isoformat() for r in rows]
+        rows = conn.execute(f"SELECT DISTINCT received_us / {_DAY_US} FROM {table}")  # noqa: S608
+        return [from_us(int(r[0]) * _DAY_US).date().isoformat() for r in rows]
     return [r[0] for r in conn.execute(f"SELECT DISTINCT substr({column}, 1, 10) FROM {table}")]  # noqa: S608
 
 
@@ -142,10 +144,11 @@ class PartitionedHistory:
             if old >= day:
                 break
             name = partition_name(table, old)
+            # Counted before the lock, not under it: a past day takes no more rows.
+            rows = _count(self.conn, name)
             try:
                 with self._locked():
                     self.conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}")
-                    rows = _count(self.conn, name)
                     self.conn.execute(f"DROP TABLE {name}")
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
@@ -176,20 +179,9 @@ class PartitionedHistory:
                 packed += 1
         return packed
 
-    def _locked(self) -> Any:
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
         """A transaction holding the store's write lock (`_postgres.py`)."""
-        return _Locked(self.conn, self.write_lock)
-
-
-class _Locked:
-    def __init__(self, conn: Any, lock: int) -> None:
-        self.conn, self.lock = conn, lock
-        self.tx: Any = None
-
-    def __enter__(self) -> None:
-        self.tx = self.conn.transaction()
-        self.tx.__enter__()
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock,))
-
-    def __exit__(self, *exc: Any) -> None:
-        self.tx.__exit__(*exc)
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.write_lock,))
+            yield

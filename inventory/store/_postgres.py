@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from estate.inventory.store._common import first_line
 from estate.inventory.store._migrations import MIGRATIONS, apply_migrations
 from estate.inventory.store._partitions import PartitionedHistory
 from estate.inventory.store._url import StoreUnavailable, StoreUrl
@@ -84,7 +85,7 @@ class PostgresDatabase:
                                    application_name="estate-hub")
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot open the store at {self.url}: "
-                                   f"{_first_line(exc)}") from None
+                                   f"{first_line(exc)}") from None
         conn.row_factory = _row_factory
         # JSON columns come back as the text they hold, as on SQLite.
         conn.adapters.register_loader("jsonb", TextLoader)
@@ -148,7 +149,7 @@ class PostgresDatabase:
             with self._pipelined_transaction():
                 yield
         except psycopg.OperationalError as exc:  # found out at COMMIT, or at the sync
-            raise StoreUnavailable(f"the store failed: {_first_line(exc)}") from None
+            raise StoreUnavailable(f"the store failed: {first_line(exc)}") from None
 
     @contextmanager
     def _pipelined_transaction(self) -> Iterator[None]:
@@ -190,7 +191,7 @@ class PostgresDatabase:
             return current
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot prepare the store at {self.name}: "
-                                   f"{_first_line(exc)}") from None
+                                   f"{first_line(exc)}") from None
 
     def _run_ddl(self, sql: str) -> None:
         if (ddl := _pg_ddl(sql)) is not None:
@@ -220,7 +221,7 @@ class PostgresDatabase:
         try:
             yield self.conn
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"the store failed: {_first_line(exc)}") from None
+            raise StoreUnavailable(f"the store failed: {first_line(exc)}") from None
 
     def json_text(self, text: str) -> str:
         # JSONB refuses the NUL character; U+FFFD stands for it, as on every screen.
@@ -311,7 +312,7 @@ class _Cursor:
     def _lost(self, exc: Exception) -> Exception:
         """What the caller sees: one line naming which store, not a driver's traceback."""
         which = "the export store" if self.read_only else "the store"
-        return StoreUnavailable(f"{which} failed: {_first_line(exc)}")
+        return StoreUnavailable(f"{which} failed: {first_line(exc)}")
 
 
 @functools.lru_cache(maxsize=2048)
@@ -382,8 +383,3 @@ def _row_factory(cursor: Any) -> Any:
     if cursor.description is None:
         return tuple
     return _row_class(tuple(c.name for c in cursor.description))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0]

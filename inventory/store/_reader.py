@@ -14,12 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from estate.inventory.facts import facts_of
-from estate.inventory.store._common import _scoped, iso
+from estate.inventory.store._common import _scoped, from_us, iso, to_us
 from estate.inventory.store._database import Database
 from estate.inventory.store._hosts import _StatusClock
 from estate.inventory.store._records import ChangeEvent, HostFacts, HostName, HostQuery
 from estate.inventory.store._remote import remote_state
-from estate.inventory.store._samples import from_us, to_us
 
 _ORDER = " ORDER BY a.name, s.name, h.hostname, h.agent_id"
 

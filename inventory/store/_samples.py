@@ -11,29 +11,21 @@ partitioned by day on PostgreSQL (`_partitions.py`).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from estate.inventory.store._changes import ChangeRecords
-from estate.inventory.store._common import iso
+from estate.inventory.store._common import from_us, iso, to_us
 from estate.inventory.store._records import RecentReport
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # A resent report (its ack was lost) comes back within this long of when it was collected,
 # or of when it was first received, if the agent's clock is behind: how far back a
 # report's id is looked for.
 RESEND_WINDOW = timedelta(days=2)
 _PRUNE_AGENTS = 200  # agents whose expired samples one query lists
 _SAME_TIME_TRIES = 64  # microseconds a sample may move on (tests store reports at one time)
-
-
-def to_us(at: datetime) -> int:
-    """Microseconds since 1970 (UTC)."""
-    return (at - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+# This agent's report with this id, received since: a resend.
+_RESENT = "SELECT 1 FROM samples WHERE agent_id = ? AND received_us >= ? AND report_id = ?"
 
 
 def compact_probes(report: dict[str, Any]) -> str:
@@ -87,13 +79,11 @@ class SampleRecords(ChangeRecords):
         for _ in range(_SAME_TIME_TRIES):
             cur = self.db.execute(
                 "INSERT INTO samples (agent_id, received_us, clock_skew_s, report_id, probes) "
-                "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM samples WHERE "
-                "agent_id = ? AND received_us >= ? AND report_id = ?) ON CONFLICT DO NOTHING",
+                f"SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS ({_RESENT}) ON CONFLICT DO NOTHING",
                 (agent_id, received_us, skew, stored_id, probes, agent_id, since, stored_id))
             if cur.rowcount:
                 return True
-            if self.db.execute("SELECT 1 FROM samples WHERE agent_id = ? AND received_us >= ? "
-                               "AND report_id = ?", (agent_id, since, stored_id)).fetchone():
+            if self.db.execute(_RESENT, (agent_id, since, stored_id)).fetchone():
                 return False
             # Another report of the host came in the same microsecond: the next one free.
             received_us += 1
