@@ -63,6 +63,9 @@ class Service:
         private_dir(config.state_dir())
         self.spool = self._open_spool()
         self.unspooled: bytes | None = None  # the latest report when the spool cannot keep it
+        # Acked by the hub, but still in the spool because it could not delete them (disk
+        # full): never sent again, deleted once the spool takes writes again.
+        self.acked_in_spool: set[int] = set()
         self.sample: Any = None
         now = time.monotonic()
         self.next_report_at = now
@@ -100,6 +103,7 @@ class Service:
                 self._send_one()
             self._write_state()
             self.stop.wait(self._sleep_time())
+        self._delete_acked()
         log.info("stopping: %d report(s) left in the spool for next time", self._depth()[0])
         if self.client:
             self.client.close()
@@ -185,6 +189,7 @@ class Service:
             interval_s=self.cfg.interval_s,
             timeout_s=self.cfg.collector_timeout_s or DEFAULT_TIMEOUT_S)
         body = gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
+        self._delete_acked()
         if self.spool:
             try:
                 self.spool.put(report["report_id"], body)
@@ -198,7 +203,7 @@ class Service:
         self.next_send_at = time.monotonic()  # the newest report goes out first, now
 
     def _pending(self) -> bool:
-        return self.unspooled is not None or self._depth()[0] > 0
+        return self.unspooled is not None or self._depth()[0] > len(self.acked_in_spool)
 
     def _depth(self) -> tuple[int, int]:
         try:
@@ -242,7 +247,7 @@ class Service:
         if self.unspooled is not None:
             return Spooled(-1, "(unspooled)", self.unspooled)
         try:
-            return self.spool.newest() if self.spool else None
+            return self.spool.newest(excluding=self.acked_in_spool) if self.spool else None
         except Exception as exc:  # a broken spool must not stop the loop
             self._error(f"cannot read the spool: {exc}")
             return None
@@ -272,7 +277,10 @@ class Service:
     def _acked(self, item: Spooled, doc: dict[str, Any], drops: int) -> None:
         self._forget(item)
         if self.spool and drops:
-            self.spool.drops_reported(drops)
+            try:
+                self.spool.drops_reported(drops)
+            except Exception as exc:  # the hub may hear of these drops twice; no worse
+                self._error(f"cannot count the drops told to the hub: {exc}")
         self.backoff.reset()
         self.not_before = 0.0
         self.state.update(connected=True, last_ack_at=_now_iso(),
@@ -284,10 +292,21 @@ class Service:
         if item.seq < 0:
             self.unspooled = None
         elif self.spool:
+            self.acked_in_spool.add(item.seq)
+            failure = self._delete_acked()
+            if failure:  # resending it would burn the hub's budget for this agent
+                self._error(f"cannot remove an acked report from the spool ({failure}): "
+                            "it is not sent again, and is removed when the spool has room")
+
+    def _delete_acked(self) -> str | None:
+        """Delete the reports the hub acked from the spool; why not, if some are left."""
+        for seq in sorted(self.acked_in_spool):  # only ever filled when there is a spool
             try:
-                self.spool.ack(item.seq)
+                self.spool.ack(seq)  # type: ignore[union-attr]
             except Exception as exc:  # a broken spool must not stop the loop
-                self._error(f"cannot remove an acked report from the spool: {exc}")
+                return str(exc)
+            self.acked_in_spool.discard(seq)
+        return None
 
     def _disconnected(self, exc: HubError) -> None:
         if self.client:

@@ -7,10 +7,12 @@ spool that is corrupt is moved aside and a fresh one started: never a crash loop
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,10 +158,12 @@ class Spool:
             count, size, dropped = count - 1, size - n, dropped + 1
         return dropped
 
-    def newest(self) -> Spooled | None:
-        """The newest waiting report: after an outage the current state goes first."""
-        row = self.db.execute("SELECT seq, report_id, body FROM outbox "
-                              "ORDER BY seq DESC LIMIT 1").fetchone()
+    def newest(self, excluding: Collection[int] = ()) -> Spooled | None:
+        """The newest waiting report, but for those in `excluding`: after an outage the
+        current state goes first."""
+        row = self.db.execute("SELECT seq, report_id, body FROM outbox WHERE seq NOT IN "
+                              "(SELECT value FROM json_each(?)) ORDER BY seq DESC LIMIT 1",
+                              (json.dumps(sorted(excluding)),)).fetchone()
         return Spooled(row[0], row[1], row[2]) if row else None
 
     def ack(self, seq: int) -> None:

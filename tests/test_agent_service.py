@@ -8,8 +8,10 @@ import gzip
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -234,11 +236,8 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_disk_full_on_the_spool_folder_agent_says_so_and_sends_directly(
-        hub, enrolled, service, tiny_disk):
-    svc = service(extra_config=f'[spool]\npath = "{tiny_disk / "spool.db"}"\n').start()
-    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
-    filler = tiny_disk / "filler"
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
     with open(filler, "wb") as f:
         try:
             while True:
@@ -246,15 +245,37 @@ def test_disk_full_on_the_spool_folder_agent_says_so_and_sends_directly(
                 f.flush()
         except OSError:
             pass  # ENOSPC: the disk is full
+    return filler
+
+
+def test_disk_full_on_the_spool_folder_agent_says_so_and_sends_directly(
+        hub, enrolled, service, tiny_disk):
+    svc = service(extra_config=f'[spool]\npath = "{tiny_disk / "spool.db"}"\n').start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= 1, what="a report")
+    # A backlog spooled while the hub is away, then the disk fills: the hub's acks for the
+    # backlog cannot be deleted from the spool, and new reports cannot be spooled at all.
+    hub.kill()
+    wait_for(lambda: svc.status().get("spool_reports", 0) >= 2, what="a spooled backlog")
+    filler = _fill(tiny_disk)
+    backlog = svc.status()["spool_reports"]
     before = len(stored_sequences(hub, enrolled.agent_id))
-    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= before + 3,
-             timeout=30, what="reports sent directly with a full disk")
+    hub.start()
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) >= before + backlog + 3,
+             timeout=30, what=f"the backlog and reports sent directly with a full disk\n"
+             f"{svc.log()[-3000:]}")
     assert svc.proc.poll() is None, "the agent died"
+    log = svc.log()
     # The reason is named, not only the fallback: SQLite's "database or disk is full".
-    assert re.search(r"spool cannot store reports \([^)]*full[^)]*\): sending directly",
-                     svc.log()), svc.log()[-2000:]
+    assert re.search(r"spool cannot store reports \([^)]*full[^)]*\): sending directly", log), \
+        log[-2000:]
+    # An acked report the spool could not delete is not sent again (that would spend the
+    # agent's report budget at the hub and keep new reports out).
+    assert "hub busy" not in log, log[-2000:]
     filler.unlink()
+    wait_for(lambda: svc.status().get("spool_reports") == 0, what="the spool emptied")
     assert svc.stop() == 0
+    with sqlite3.connect(tiny_disk / "spool.db") as spool:
+        assert spool.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
 
 
 def test_changed_hub_key_is_refused_with_the_reason(hub, enrolled, service):
