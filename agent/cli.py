@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from estate.agent import __version__
 from estate.inventory.errors import EstateError
@@ -108,14 +110,29 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     install = sub.add_parser(
-        "install-service", help="write a systemd unit for `estate-agent run`",
-        description="Write /etc/systemd/system/estate-agent.service (hardened: "
+        "install-service", help="install `estate-agent run` as this OS's service",
+        description="Linux: write /etc/systemd/system/estate-agent.service (hardened: "
                     "NoNewPrivileges, ProtectSystem=strict, the config folder as its only "
-                    "writable state) and print how to enable it.")
+                    "writable state) and print how to enable it. macOS: write the launchd "
+                    "daemon /Library/LaunchDaemons/org.estate.agent.plist (started at boot, "
+                    "restarted when it exits, logs in /Library/Logs/Estate) and load it with "
+                    "`launchctl bootstrap system`. Windows: register and start the Windows "
+                    "service EstateAgent (automatic start, restarted on failure, events in "
+                    "the Windows event log). Run it as root (an elevated administrator on "
+                    "Windows). Any other OS: exits 2, there is no service manager to install "
+                    "into. docs/install.md says more.")
     _config_arg(install)
     install.add_argument("--print", action="store_true", dest="print_only",
-                         help="print the unit instead of writing it")
+                         help="print what would be installed on this OS (the unit, the plist "
+                              "or the service's settings) instead of installing it")
     install.set_defaults(func=_cmd_install_service)
+
+    uninstall = sub.add_parser(
+        "uninstall-service", help="stop and remove the service install-service installed",
+        description="Linux: systemctl disable --now, then remove the unit. macOS: launchctl "
+                    "bootout, then remove the plist. Windows: stop the service and delete "
+                    "it. The config, key, spool and logs stay where they are.")
+    uninstall.set_defaults(func=_cmd_uninstall_service)
     return parser
 
 
@@ -125,8 +142,11 @@ def _sections() -> tuple[str, ...]:
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", type=Path,
-                   help="agent config (default: $ESTATE_AGENT_CONFIG, /etc/estate/agent.toml "
-                        "as root, else ~/.config/estate/agent.toml)")
+                   help="agent config (default: $ESTATE_AGENT_CONFIG; as root "
+                        "/etc/estate/agent.toml, on macOS /Library/Application Support/"
+                        "Estate/agent.toml, on Windows %%ProgramData%%\\Estate\\agent.toml; "
+                        "else this user's: ~/.config/estate, ~/Library/Application Support/"
+                        "Estate or %%LOCALAPPDATA%%\\Estate)")
 
 
 def _open_dir_arg(p: argparse.ArgumentParser) -> None:
@@ -262,14 +282,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.no_gzip:
         body = gzip.compress(body, 6)
     try:
-        client = HubClient(cfg.hub, cfg.hub_key, load_key(cfg.key_file), cfg.agent_id)
+        client = HubClient(cfg.hub, cfg.hub_key, load_key(cfg.key_file), cfg.agent_id,
+                           hub_key_next=cfg.hub_key_next)
         result = client.run(REPORT_COMMAND, body)
         client.close()
     except HubError as exc:
         print(f"estate-agent: {plain(exc, 2000)}", file=sys.stderr)
         return ChannelExit.TEMPFAIL if exc.retry else Exit.FAIL
+    _follow_rotation(cfg, client.presented_key, result)
     print(dumps(result.doc))  # the hub's answer: its text must not drive the terminal
     return result.exit_status
+
+
+def _follow_rotation(cfg: Any, presented: str | None, result: Any) -> None:
+    """Pin as a rotation of the hub's key says (agent/pins.py), as the service does."""
+    from estate.agent import pins
+
+    new = pins.after_connect(cfg, presented) or cfg
+    if result.exit_status == ChannelExit.OK:
+        new = pins.after_ack(new, result.doc) or new
+    if new is not cfg:
+        pins.saved_or_logged(new)
 
 
 def _setup_logging() -> None:
@@ -327,20 +360,56 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_install_service(args: argparse.Namespace) -> int:
     from estate.agent.config import default_path
-    from estate.agent.systemd import UNIT_PATH, install, unit_text
 
+    service = _service_module()
     config = (args.config or default_path()).resolve()
     if args.print_only:
-        sys.stdout.write(unit_text(config))
+        text = service.service_text(config)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return Exit.OK
+    return _change_service(lambda: service.install(config))
+
+
+def _cmd_uninstall_service(args: argparse.Namespace) -> int:
+    service = _service_module()
+    return _change_service(service.uninstall)
+
+
+# Each OS's service manager and the module that speaks to it, all with the same three
+# functions: service_text(config), install(config), uninstall().
+_SERVICE_MODULES = {"linux": "systemd", "darwin": "launchd", "win32": "winservice"}
+
+
+def _service_module() -> Any:
+    """The service module for this OS, imported only now: winservice needs pywin32.
+
+    Raises:
+        _UsageError: this OS has no service manager the agent knows.
+    """
+    import importlib
+
+    platform = "linux" if sys.platform.startswith("linux") else sys.platform
+    name = _SERVICE_MODULES.get(platform)
+    if name is None:
+        raise _UsageError(f"no service manager to install into on {sys.platform} (systemd, "
+                          "launchd and Windows services are supported): run `estate-agent "
+                          "run` under this system's own supervisor")
+    return importlib.import_module(f"estate.agent.{name}")
+
+
+def _change_service(change: Callable[[], str]) -> int:
+    """Install or uninstall: the module's one line, or one line saying why not."""
     try:
-        path = install(config)
+        print(change())
     except OSError as exc:
-        print(f"estate-agent: cannot write {UNIT_PATH}: {exc.strerror} (run as root, or use "
-              f"--print)", file=sys.stderr)
+        who = "an administrator" if sys.platform == "win32" else "root"
+        where = exc.filename or "the service"
+        print(f"estate-agent: cannot write {where}: {exc.strerror or exc} (run as {who}, or "
+              f"use --print)", file=sys.stderr)
         return Exit.FAIL
-    print(f"wrote {path}. Enable and start it with:\n"
-          f"  systemctl daemon-reload && systemctl enable --now estate-agent")
+    except Exception as exc:  # the OS's service manager refused (launchctl, the SCM)
+        print(f"estate-agent: {exc}", file=sys.stderr)
+        return Exit.FAIL
     return Exit.OK
 
 

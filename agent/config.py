@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "SpoolConfig", "default_path", "load",
-           "parse_hostport"]
+__all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "SpoolConfig", "default_path",
+           "is_fingerprint", "load", "parse_hostport"]
 
 PROBE_KINDS = ("tcp", "dns", "gateway")
+# An OpenSSH SHA256 fingerprint of a key, as the hub announces its next key.
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 
 class ConfigError(EstateError, ValueError):
@@ -53,6 +56,8 @@ class AgentConfig:
     agent_id: str | None = None
     hub: str | None = None
     hub_key: str | None = None
+    # A second pinned hub key, during a rotation of the hub's key (agent/pins.py).
+    hub_key_next: str | None = None
     key_file: Path | None = None
     interval_s: float = 300.0
     collector_timeout_s: float | None = None
@@ -71,14 +76,45 @@ class AgentConfig:
 
 
 def default_path() -> Path:
-    """$ESTATE_AGENT_CONFIG, else /etc/estate/agent.toml for root, else the user's config."""
+    """$ESTATE_AGENT_CONFIG, else the machine's agent.toml when run as root (an elevated
+    administrator or the service on Windows), else this user's.
+
+    The key, spool and status.json live beside it (`AgentConfig.state_dir`).
+    """
     env = os.environ.get("ESTATE_AGENT_CONFIG")
     if env:
         return Path(env)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path("/etc/estate/agent.toml")
+    return _config_dir(machine=_privileged()) / "agent.toml"
+
+
+def _config_dir(machine: bool) -> Path:
+    """Each OS's own place for a service's or a user's settings."""
+    if sys.platform == "win32":
+        if machine:
+            return Path(os.environ.get("ProgramData") or r"C:\ProgramData", "Estate")
+        # Local, not Roaming (%APPDATA%): the key names this machine and must not follow
+        # the user to another one.
+        local = os.environ.get("LOCALAPPDATA") or os.path.join(Path.home(), "AppData", "Local")
+        return Path(local, "Estate")
+    if sys.platform == "darwin":
+        home = Path("/") if machine else Path.home()
+        return home / "Library" / "Application Support" / "Estate"
+    if machine:
+        return Path("/etc/estate")
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
-    return Path(base) / "estate" / "agent.toml"
+    return Path(base) / "estate"
+
+
+def _privileged() -> bool:
+    """Root on POSIX; on Windows an elevated administrator or LocalSystem (the service)."""
+    if hasattr(os, "geteuid"):
+        return os.geteuid() == 0
+    try:
+        import ctypes
+
+        return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # not Windows after all, or shell32 unavailable
+        return False
 
 
 def load(path: Path) -> AgentConfig:
@@ -103,15 +139,22 @@ def load(path: Path) -> AgentConfig:
 def from_dict(doc: dict[str, Any], name: str = "agent.toml",
               path: Path | None = None) -> AgentConfig:
     r = _Reader(doc, name, "")
-    r.only("agent_id", "hub", "hub_key", "key_file", "interval", "collector_timeout",
-           "start_delay", "reconnect_max", "backlog_rate", "spool", "probes",
-           "remote_access", "remote_access_target")
+    r.only("agent_id", "hub", "hub_key", "hub_key_next", "key_file", "interval",
+           "collector_timeout", "start_delay", "reconnect_max", "backlog_rate", "spool",
+           "probes", "remote_access", "remote_access_target")
     hub = r.text("hub", max_len=300)
     if hub is not None:
         try:
             parse_hostport(hub)
         except ValueError as exc:
             raise ConfigError(name, "hub", str(exc)) from None
+    hub_key = r.text("hub_key", max_len=128)
+    hub_key_next = r.text("hub_key_next", max_len=128, pattern_ok=is_fingerprint,
+                          pattern_help="a key fingerprint, SHA256: and 43 characters")
+    if hub_key_next is not None and hub_key_next == hub_key:
+        raise ConfigError(name, "hub_key_next", "the same key as hub_key")
+    if hub_key_next is not None and hub_key is None:
+        raise ConfigError(name, "hub_key_next", "set without hub_key")
     key_file = r.text("key_file", max_len=4096)
     key_path = None
     if key_file is not None:
@@ -140,7 +183,8 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
         agent_id=r.text("agent_id", max_len=64, pattern_ok=_is_agent_id,
                         pattern_help="letters, digits, '.', '_' or '-'"),
         hub=hub,
-        hub_key=r.text("hub_key", max_len=128),
+        hub_key=hub_key,
+        hub_key_next=hub_key_next,
         key_file=key_path,
         interval_s=r.number("interval", 300.0, 1, 86400) or 300.0,
         collector_timeout_s=r.number("collector_timeout", None, 0.5, 300),
@@ -207,6 +251,11 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}")
     return host, int(port)
+
+
+def is_fingerprint(value: object) -> bool:
+    """Whether `value` is an OpenSSH SHA256 key fingerprint ("SHA256:" and 43 base64)."""
+    return isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None
 
 
 def _is_agent_id(value: str) -> bool:

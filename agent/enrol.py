@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from estate.agent import winacl
 from estate.agent.config import ConfigError, load, parse_hostport
 from estate.inventory.errors import EstateError
 from estate.inventory.private_files import private_dir, write_private
@@ -18,17 +22,19 @@ from estate.inventory.sanitise import quoted
 
 KEY_NAME = "agent_key"
 TOKEN_PREFIX = "EST1"  # noqa: S105 - a format marker, not a secret
-_MANAGED_KEYS = ("agent_id", "hub", "hub_key", "key_file")
+_MANAGED_KEYS = ("agent_id", "hub", "hub_key", "hub_key_next", "key_file")
 
 
 class EnrolFailed(EstateError):
     """Enrolment did not happen; the message says why and what to do."""
 
 
-def parse_token(token: str) -> tuple[str, str | None]:
-    """The hub key fingerprint and (if the token carries one) the hub address.
+def parse_token(token: str) -> tuple[tuple[str, ...], str | None]:
+    """The hub key fingerprints and (if the token carries one) the hub address.
 
-    Same format as `inventory/hub/_tokens.py`: EST1.<id>.<secret>.<fingerprint>[.<address>].
+    Same format as `inventory/hub/_tokens.py`:
+    EST1.<id>.<secret>.<fingerprint>[,<fingerprint>][.<address>]; two fingerprints during a
+    rotation of the hub's key: the key being retired, then the key rotated to.
 
     Raises:
         EnrolFailed: not a token.
@@ -37,6 +43,10 @@ def parse_token(token: str) -> tuple[str, str | None]:
     if len(parts) not in (4, 5) or parts[0] != TOKEN_PREFIX or not all(parts[1:4]):
         raise EnrolFailed("that is not an Estate enrolment token (it starts with EST1.); "
                           "ask the hub's administrator for one: estate-hub token create")
+    fingerprints = tuple(f"SHA256:{fp}" for fp in parts[3].split(","))
+    if len(fingerprints) > 2 or "SHA256:" in fingerprints or \
+            len(set(fingerprints)) != len(fingerprints):
+        raise EnrolFailed("the token's hub keys are damaged (it names one or two)")
     address = None
     if len(parts) == 5:
         try:
@@ -44,33 +54,63 @@ def parse_token(token: str) -> tuple[str, str | None]:
             address = base64.urlsafe_b64decode(padded).decode()
         except (ValueError, UnicodeDecodeError):
             raise EnrolFailed("the token's hub address is damaged") from None
-    return f"SHA256:{parts[3]}", address
+    return fingerprints, address
 
 
 def ensure_key(path: Path) -> tuple[Any, str]:
-    """Load the agent's ed25519 key, or create it (0600) with its .pub beside it.
+    """Load the agent's ed25519 key, or create it (0600; on Windows readable by SYSTEM and
+    Administrators only) with its .pub beside it.
 
     Returns:
         (paramiko key, OpenSSH public key line)
+
+    Raises:
+        EnrolFailed: on Windows, the key is readable by others, or this process could not
+            read the key it would create (not elevated).
     """
     import paramiko
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    windows = sys.platform == "win32"
     if not path.exists():
+        if windows:
+            with _key_acl_refused():
+                winacl.require_administrator()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        # O_BINARY: on Windows os.open files are text mode by default, \n written as \r\n.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if windows:  # before the key is in it: the folder's inherited ACL lets Users read
+                    with _key_acl_refused():
+                        winacl.protect(path)
+                f.write(pem)
+        except BaseException:
+            path.unlink(missing_ok=True)  # an empty or unprotected key must not be found later
+            raise
         public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                    serialization.PublicFormat.OpenSSH)
         path.with_name(path.name + ".pub").write_bytes(public + b" estate-agent\n")
+    elif windows:
+        with _key_acl_refused():
+            winacl.check(path)
     key = paramiko.Ed25519Key.from_private_key_file(str(path))
     return key, f"{key.get_name()} {key.get_base64()}"
+
+
+@contextlib.contextmanager
+def _key_acl_refused() -> Iterator[None]:
+    """The key's Windows ACL refused (estate.agent.winacl): an EnrolFailed, one line."""
+    try:
+        yield
+    except winacl.KeyAccessError as exc:
+        raise EnrolFailed(str(exc)) from None
 
 
 def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
@@ -85,6 +125,9 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
     from estate.agent.transport import HubClient, HubError
 
     pinned, token_hub = parse_token(token)
+    # A token made during a rotation names the retiring key, then the next: either may be
+    # presented, and the next stays pinned until the hub presents it (agent/pins.py).
+    retiring, following = pinned[0], pinned[1] if len(pinned) > 1 else None
     hub = hub or token_hub
     if not hub:
         raise EnrolFailed("no hub address: pass --hub HOST:PORT (this token does not carry one)")
@@ -102,7 +145,7 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
     private_dir(config_path.parent)
     key_path = config_path.parent / KEY_NAME
     key, public_line = ensure_key(key_path)
-    client = HubClient(hub, pinned, key, ENROL_USER)
+    client = HubClient(hub, retiring, key, ENROL_USER, hub_key_next=following)
     request = {"token": token.strip(), "public_key": public_line,
                "hostname": socket.gethostname()}
     try:
@@ -115,8 +158,11 @@ def enrol(token: str, hub: str | None, config_path: Path) -> dict[str, Any]:
         # The hub's words, quoted: escapes in them must not reach the terminal.
         raise EnrolFailed(f"the hub refused enrolment: {quoted(result.doc.get('message'))} "
                           f"({quoted(result.doc.get('code'), 40)})")
-    write_config(config_path, {"agent_id": result.doc["agent_id"], "hub": hub,
-                               "hub_key": pinned, "key_file": KEY_NAME})
+    pins = {"hub_key": retiring, "hub_key_next": following} \
+        if following and client.presented_key == retiring else \
+        {"hub_key": client.presented_key or retiring}
+    write_config(config_path, {"agent_id": result.doc["agent_id"], "hub": hub, **pins,
+                               "key_file": KEY_NAME})
     return result.doc
 
 

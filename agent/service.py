@@ -19,10 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from estate.agent import pins
 from estate.agent.config import AgentConfig, ConfigError, load
 from estate.agent.remote import RemoteRelay
 from estate.agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
-from estate.agent.transport import HostKeyMismatch, HubClient, HubError, load_key
+from estate.agent.transport import (
+    MAX_BUSY_WAIT_S,
+    HostKeyMismatch,
+    HubBusy,
+    HubClient,
+    HubError,
+    load_key,
+)
 from estate.inventory.private_files import OpenDataDir, private_dir, write_private
 from estate.inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
 
@@ -83,10 +91,13 @@ class Service:
     # --- lifecycle ----------------------------------------------------------------------
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        # A Windows service runs this loop on the service manager's thread, where Python
+        # cannot take signals: its SvcStop sets `stop` instead (agent/winservice.py).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
         log.info("agent %s reporting to %s every %g s", self.cfg.agent_id, self.cfg.hub,
                  self.cfg.interval_s)
         while not self.stop.is_set():
@@ -237,7 +248,7 @@ class Service:
             self._forget(item)
             self.next_send_at = time.monotonic()
         elif result.exit_status == ChannelExit.TEMPFAIL:
-            wait = max(float(doc.get("retry_after") or 0), self.backoff.next_delay())
+            wait = max(_retry_after(doc.get("retry_after")), self.backoff.next_delay())
             self._error(f"hub busy ({doc.get('code')}): retrying in {wait:.0f} s")
             self.not_before = time.monotonic() + wait
         else:
@@ -260,9 +271,11 @@ class Service:
             assert self.cfg.hub and self.cfg.hub_key and self.cfg.key_file \
                 and self.cfg.agent_id
             self.client = HubClient(self.cfg.hub, self.cfg.hub_key,
-                                    load_key(self.cfg.key_file), self.cfg.agent_id)
+                                    load_key(self.cfg.key_file), self.cfg.agent_id,
+                                    hub_key_next=self.cfg.hub_key_next)
             self.client.connect()
             log.info("connected to %s", self.cfg.hub)
+            self._repin(pins.after_connect(self.cfg, self.client.presented_key))
             self.state["connected"] = True
             self._offer_remote()
         return self.client
@@ -274,7 +287,17 @@ class Service:
         self.relay.offer(self.client.transport)
         self.state["remote_access"] = self.relay.state()
 
+    def _repin(self, new: AgentConfig | None) -> None:
+        """The hub's key is being rotated: pin as `agent/pins.py` decided, in the config
+        file and on the open connection (it reconnects with its own pins)."""
+        if new is None:
+            return
+        self.cfg = pins.saved_or_logged(new)
+        if self.client:
+            self.client.hub_key, self.client.hub_key_next = new.hub_key or "", new.hub_key_next
+
     def _acked(self, item: Spooled, doc: dict[str, Any], drops: int) -> None:
+        self._repin(pins.after_ack(self.cfg, doc))
         self._forget(item)
         if self.spool and drops:
             try:
@@ -313,6 +336,15 @@ class Service:
             self.client.close()
             self.client = None
         self.state["connected"] = False
+        if isinstance(exc, HubBusy):
+            # Not a failure: the hub sheds load so agents spread over the others. Back after
+            # its retry_after, plus jitter of our own, so the agents it sent away together do
+            # not all come back in the same second; no louder than a line at INFO.
+            delay = exc.retry_after * random.uniform(1.0, 1.25)  # noqa: S311 - jitter
+            log.info("%s: retrying in %.0f s", exc, delay)
+            self._error(str(exc), logged=True)
+            self.not_before = time.monotonic() + delay
+            return
         if not exc.retry:
             self._give_up_for_now(str(exc))
             return
@@ -346,6 +378,14 @@ class Service:
             write_private(path, json.dumps(state, indent=1).encode())
         except OSError:
             pass  # a full disk must not stop reporting; `status` will show stale data
+
+
+def _retry_after(value: object) -> float:
+    """A `busy` answer's retry_after, in seconds, bounded as the login's (MAX_BUSY_WAIT_S):
+    not a number (or NaN) counts as 0, so the backoff decides; it never parks the agent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 0.0
+    return min(MAX_BUSY_WAIT_S, max(0.0, float(value)))
 
 
 def _with_drops(body: bytes, drops: int) -> bytes:
@@ -385,15 +425,40 @@ def read_status(config: AgentConfig) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     pid = state.get("pid")
-    alive = False
-    if isinstance(pid, int) and state.get("running"):
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except (ProcessLookupError, PermissionError):
-            alive = isinstance(pid, int) and Path(f"/proc/{pid}").exists()
-    state["running"] = alive
+    state["running"] = bool(state.get("running")) and isinstance(pid, int) \
+        and _is_the_agent(pid, state.get("updated_at"))
     return state
+
+
+# status.json's time has whole seconds, and psutil's start times are only as exact as the
+# boot time the OS reports (whole seconds on Linux).
+START_SLACK_S = 2.0
+
+
+def _is_the_agent(pid: int, updated_at: object) -> bool:
+    """Whether `pid` is still the agent that wrote status.json at `updated_at`.
+
+    psutil rather than os.kill(pid, 0), which on Windows sends CTRL_C_EVENT, or /proc, which
+    macOS lacks. A process that started after the agent's last write is another one that got
+    the dead agent's pid (Windows reuses pids within seconds).
+    """
+    import calendar
+
+    import psutil
+
+    if not psutil.pid_exists(pid):
+        return False
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # it exists, and whose it is cannot be told: as before psutil
+        return True
+    try:
+        written = calendar.timegm(time.strptime(str(updated_at), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:  # a status.json not written by the agent: the pid is all there is
+        return True
+    return started <= written + START_SLACK_S
 
 
 def spool_path(config: AgentConfig) -> Path:

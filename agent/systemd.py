@@ -8,6 +8,7 @@ systemd.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,6 +76,46 @@ WantedBy=multi-user.target
 """
 
 
-def install(config: Path, target: Path = UNIT_PATH) -> Path:
-    target.write_text(unit_text(config))
-    return target
+def service_text(config: Path, executable: str | None = None) -> str:
+    """What `install-service --print` shows: the unit."""
+    return unit_text(config, executable)
+
+
+def install(config: Path) -> str:
+    """Write the unit; enabling it stays the admin's step, as it always was.
+
+    Raises:
+        OSError: the unit cannot be written (not root).
+    """
+    UNIT_PATH.write_text(unit_text(config))
+    return (f"wrote {UNIT_PATH}. Enable and start it with:\n"
+            f"  systemctl daemon-reload && systemctl enable --now {UNIT_PATH.stem}")
+
+
+def uninstall() -> str:
+    """Stop and disable the service, remove the unit; the config, key and spool stay.
+
+    Raises:
+        OSError: the unit cannot be removed (not root).
+    """
+    if not UNIT_PATH.exists():
+        return f"{UNIT_PATH.name} was not installed: nothing to remove"
+    complaint = _systemctl("disable", "--now", UNIT_PATH.name)
+    UNIT_PATH.unlink()
+    _systemctl("daemon-reload")
+    if complaint:  # no running systemd (a container): the file is gone all the same
+        return f"removed {UNIT_PATH}; systemctl could not stop it: {complaint}"
+    return f"stopped and disabled {UNIT_PATH.stem}, removed {UNIT_PATH} (config kept)"
+
+
+def _systemctl(*args: str) -> str:
+    """Run systemctl; its complaint when it fails, "" when it worked."""
+    try:
+        done = subprocess.run(["systemctl", *args], capture_output=True, text=True,
+                              timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return ""
+    words = (done.stderr or done.stdout).strip().splitlines()
+    return words[-1] if words else f"exit {done.returncode}"

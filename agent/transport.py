@@ -1,7 +1,8 @@
 """The agent's SSH client to the hub (paramiko): pinned host key, public-key login, commands.
 
-The host key is checked against the pinned fingerprint before authenticating; there is no
-known_hosts file and no auto-accept.
+The host key is checked against the pinned fingerprint (or, during a rotation of the hub's
+key, the two pinned ones) before authenticating; there is no known_hosts file and no
+auto-accept.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,11 @@ import paramiko
 
 from estate.agent.config import parse_hostport
 from estate.inventory.errors import EstateError
+from estate.inventory.protocol import busy_retry_after
+from estate.inventory.tcp_keepalive import TcpKeepalive, keep_alive
 
-__all__ = ["CommandResult", "HostKeyMismatch", "HubClient", "HubError", "fingerprint_of"]
+__all__ = ["CommandResult", "HostKeyMismatch", "HubBusy", "HubClient", "HubError",
+           "fingerprint_of"]
 
 # The hub offers modern algorithms only; the agent refuses the legacy ones too.
 _DISABLED = {
@@ -47,6 +52,49 @@ class HostKeyMismatch(HubError):
         self.expected, self.got = expected, got
 
 
+class HubBusy(HubError):
+    """The hub sent us away at login (`busy`: it holds as many agents as it may): come back
+    after `retry_after` seconds, to it or, behind a load balancer, to another hub."""
+
+    def __init__(self, hub: str, retry_after: float) -> None:
+        super().__init__(f"the hub at {hub} is busy (it holds as many agents as it may)",
+                         retry=True)
+        self.retry_after = retry_after
+
+
+# A hub's `retry_after`, however large it says, is capped: a hub that comes back sooner than
+# it thought must not wait for agents gone for hours.
+MAX_BUSY_WAIT_S = 900.0
+
+
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, keeping the reason of a disconnect the hub sends.
+
+    paramiko only logs it (`_parse_disconnect`), and a disconnect during the login surfaces as
+    "Authentication failed": the reason is what tells a hub that is busy or cannot reach its
+    store (retry later) from a key it refused (needs a person). Overriding the private method
+    costs only that reason if paramiko renames it: the agent then behaves as before.
+    """
+
+    disconnect_reason = ""
+
+    def _parse_disconnect(self, m: paramiko.Message) -> None:
+        code = m.get_int()
+        self.disconnect_reason = m.get_text()
+        self._log(logging.INFO, f"Disconnect (code {code}): {self.disconnect_reason}")
+
+
+def _sent_away(hub: str, reason: str) -> HubError | None:
+    """What a hub's disconnect reason means for the agent, when it means "come back"."""
+    wait = busy_retry_after(reason)
+    if wait is not None:
+        return HubBusy(hub, min(MAX_BUSY_WAIT_S, max(1.0, float(wait))))
+    if reason.partition(":")[0] == "store_unavailable":
+        return HubError(f"the hub at {hub} cannot check logins now (it cannot reach its "
+                        f"store)", retry=True)
+    return None
+
+
 @dataclass(frozen=True)
 class CommandResult:
     exit_status: int
@@ -63,10 +111,13 @@ class HubClient:
     """One SSH connection to the hub; commands run on new channels of it."""
 
     def __init__(self, hub: str, hub_key: str, key: paramiko.PKey, user: str,
-                 timeout_s: float = 20.0) -> None:
+                 timeout_s: float = 20.0, hub_key_next: str | None = None) -> None:
         self.hub, self.hub_key, self.key, self.user = hub, hub_key, key, user
+        # The second pinned key while the hub's key is rotated (agent/pins.py).
+        self.hub_key_next = hub_key_next
         self.timeout_s = timeout_s
         self.transport: paramiko.Transport | None = None
+        self.presented_key: str | None = None  # the pinned key the hub presented
 
     def connect(self) -> None:
         """Connect, check the host key, log in.
@@ -81,27 +132,42 @@ class HubClient:
         except OSError as exc:
             raise HubError(f"cannot reach the hub at {self.hub}: "
                            f"{exc.strerror or exc}") from None
-        transport = paramiko.Transport(sock, disabled_algorithms=_DISABLED)
+        transport = _Transport(sock, disabled_algorithms=_DISABLED)
         transport.banner_timeout = transport.auth_timeout = self.timeout_s
+        # A disconnect's reason counts only from the pinned hub: before its key is checked,
+        # anyone on the path can send one (in the clear), e.g. `busy` with a long wait.
+        pinned_hub = False
         try:
             transport.start_client(timeout=self.timeout_s)
             got = fingerprint_of(transport.get_remote_server_key())
-            if got != self.hub_key:
-                raise HostKeyMismatch(self.hub, self.hub_key, got)
+            if got not in (self.hub_key, self.hub_key_next):
+                pinned = self.hub_key + (f" (and {self.hub_key_next}, the hub's next key)"
+                                         if self.hub_key_next else "")
+                raise HostKeyMismatch(self.hub, pinned, got)
+            pinned_hub = True
             transport.auth_publickey(self.user, self.key)
         except paramiko.AuthenticationException:
             transport.close()
+            if pinned_hub and (sent_away := _sent_away(self.hub, transport.disconnect_reason)):
+                raise sent_away from None
             raise HubError(f"the hub at {self.hub} refused the login of {self.user!r} with "
                            f"key {fingerprint_of(self.key)} (unknown, revoked or not "
                            f"enrolled)", retry=False) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
+            if pinned_hub and (sent_away := _sent_away(self.hub, transport.disconnect_reason)):
+                raise sent_away from None
             raise HubError(f"SSH with the hub at {self.hub} failed: {exc}") from None
         except HubError:
             transport.close()
             raise
-        transport.set_keepalive(30)
+        # No SSH keepalive: at 30 s it cost the hub ~13% of a core per 10,000 idle agents
+        # (docs/benchmarks.md). The kernel's TCP keepalive finds a hub that vanished (and
+        # keeps NAT state of the idle connection) at no cost to either side; each report
+        # also tests the connection.
+        keep_alive(sock, TcpKeepalive())
         self.transport = transport
+        self.presented_key = got
 
     def run(self, command: str, payload: bytes) -> CommandResult:
         """Run `command` on a new channel with `payload` as its input.
@@ -143,7 +209,17 @@ class HubClient:
 
 
 def load_key(path: Path) -> paramiko.PKey:
-    """The agent's private key (ed25519, OpenSSH format)."""
+    """The agent's private key (ed25519, OpenSSH format); on Windows refused when anyone but
+    SYSTEM and Administrators can read it (what its 0600 mode promises on POSIX)."""
+    import sys
+
+    if sys.platform == "win32":
+        from estate.agent import winacl
+
+        try:
+            winacl.check(path)
+        except winacl.KeyAccessError as exc:
+            raise HubError(str(exc), retry=False) from None
     try:
         return paramiko.Ed25519Key.from_private_key_file(str(path))
     except (OSError, paramiko.SSHException) as exc:

@@ -32,3 +32,26 @@ def seed(data: Path, n: int, url: str | None = None) -> None:
     if batch:
         store.store_reports(batch)
     store.close()
+
+
+def enrol_identities(url: str, n: int) -> list[simulate.Identity]:
+    """N simulated agents, each with its own ed25519 key, enrolled through the store `url`
+    (fast, no SSH: what the hub's enrol command stores), spread over the partnership."""
+    import asyncssh
+
+    store = open_store(url, None, durable=False)  # seeding only; the hub runs durable
+    try:
+        places = simulate.placements(n)
+        tokens = {where: store.create_token(*where, n, timedelta(hours=6), "bench")
+                  for where in sorted(set(places))}
+        idents = []
+        for i, where in enumerate(places):
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            token_id, secret, _ = tokens[where]
+            enrolled = store.enrol(token_id, secret,
+                                   key.export_public_key("openssh").decode().strip(),
+                                   key.get_fingerprint("sha256"), f"sim-{i:06d}")
+            idents.append(simulate.Identity(i, enrolled["agent_id"], key, *where))
+        return idents
+    finally:
+        store.close()

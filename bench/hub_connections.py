@@ -1,12 +1,15 @@
 """Benchmark: the hub holding thousands of idle agent connections, and a reconnect storm.
 
 For each N in --counts (default 2000,5000): N simulated agents, enrolled for real, log in and
-stay idle; prints the hub's RSS per connection and its idle CPU. Then a reconnect storm: N
+stay idle; prints the hub's RSS per connection and its idle CPU, over a window that holds at
+least one keepalive cycle (the hub's --keepalive, the agents' own SSH keepalive, whichever is
+shorter), and that CPU per 10,000 connections. Then a reconnect storm: N
 agents (--storm, default 2000) running and reporting, the hub restarted (SIGTERM, start
 again on the same port and data); prints the time until every agent is back and how many
 reports were lost (every report an agent produced must be in the store).
 
 Usage: python bench/hub_connections.py [--counts 2000,5000,20000] [--storm 2000]
+       [--keepalive SECONDS] [--tcp-keepalive IDLE:INTERVAL:COUNT] [--agent-keepalive SECONDS]
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ import psutil
 
 from estate.inventory import simulate
 from estate.inventory.hub._keys import load_or_create_host_key
+from estate.inventory.hub._settings import HubSettings
 from estate.inventory.hub._tokens import make_token
 from estate.inventory.store import Store
+
+BARE_WINDOW_S = 30.0  # the hub's CPU with no connection, measured first and subtracted
 
 
 def raise_open_files() -> int:
@@ -46,8 +52,8 @@ def raise_open_files() -> int:
 
 
 class Hub:
-    def __init__(self, data: Path, port: int = 0) -> None:
-        self.data, self.port = data, port
+    def __init__(self, data: Path, port: int = 0, extra: tuple[str, ...] = ()) -> None:
+        self.data, self.port, self.extra = data, port, extra
         self.proc: subprocess.Popen[str] | None = None
         self._store: Store | None = None  # opened once: `connected` is polled while timed
 
@@ -59,7 +65,8 @@ class Hub:
              # Every simulated agent comes from 127.0.0.1: lift the per-source front door,
              # which would otherwise (rightly) pace this storm at 10 connections a second.
              "--connection-rate", "1000000", "--connection-burst", "1000000",
-             "--max-unauthenticated-per-source", "5000", "--early-drop", "5000:30"],
+             "--max-unauthenticated-per-source", "5000", "--early-drop", "5000:30",
+             *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -109,11 +116,20 @@ async def enrol(sim: simulate.Simulator, data: Path, n: int) -> list[simulate.Id
     return idents
 
 
+async def cpu_percent(ps: psutil.Process, window_s: float) -> float:
+    """The process's CPU (user and system) over the next `window_s`, in % of one core."""
+    cpu0, t0 = sum(ps.cpu_times()[:2]), time.monotonic()
+    await asyncio.sleep(window_s)
+    return 100 * (sum(ps.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
+
+
 async def hold_idle(hub: Hub, sim: simulate.Simulator, idents: list[simulate.Identity],
-                    window_s: float) -> tuple[float, float, float]:
-    """Log every agent in and keep it idle; (RSS MB before, RSS MB after, idle CPU %)."""
+                    window_s: float) -> tuple[float, float, float, float]:
+    """Log every agent in and keep it idle; (RSS MB before, RSS MB after, idle CPU %, the
+    hub's CPU % with no connection: its own timers, to subtract)."""
     ps = hub.ps()
     base_rss = ps.memory_info().rss
+    bare = await cpu_percent(ps, BARE_WINDOW_S)
     gate = asyncio.Semaphore(64)
     conns: list[asyncssh.SSHClientConnection] = []
 
@@ -126,13 +142,11 @@ async def hold_idle(hub: Hub, sim: simulate.Simulator, idents: list[simulate.Ide
     print(f"  {len(conns)} agents logged in after {time.monotonic() - start:.0f} s", flush=True)
     await asyncio.sleep(5)  # let the presence updates settle
     rss = ps.memory_info().rss
-    cpu0, t0 = sum(ps.cpu_times()[:2]), time.monotonic()
-    await asyncio.sleep(window_s)
-    cpu = 100 * (sum(ps.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
+    cpu = await cpu_percent(ps, window_s)
     for c in conns:
         c.close()
     await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
-    return base_rss / 2**20, rss / 2**20, cpu
+    return base_rss / 2**20, rss / 2**20, cpu, bare
 
 
 async def storm(hub: Hub, sim: simulate.Simulator, idents: list[simulate.Identity]) -> None:
@@ -177,31 +191,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="2000,5000")
     parser.add_argument("--storm", type=int, default=2000)
-    parser.add_argument("--idle-window", type=float, default=20.0)
+    parser.add_argument("--idle-window", type=float, default=None,
+                        help="seconds of idle CPU measured (default: one keepalive cycle "
+                             "plus 10 s, at least 60)")
+    parser.add_argument("--keepalive", type=float, default=HubSettings.keepalive_interval_s,
+                        help="the hub's --keepalive (default: the hub's default)")
+    parser.add_argument("--tcp-keepalive", default=None, metavar="IDLE:INTERVAL:COUNT",
+                        help="the hub's --tcp-keepalive (default: the hub's default)")
+    parser.add_argument("--agent-keepalive", type=float, default=30.0,
+                        help="the simulated agents' own SSH keepalive, 0 for none (default "
+                             "30, as the real agent's)")
     args = parser.parse_args()
+    cycle = min(s for s in (args.keepalive, args.agent_keepalive) if s > 0)
+    window = args.idle_window or max(60.0, cycle + 10)
+    extra = ("--keepalive", f"{args.keepalive:g}",
+             *(("--tcp-keepalive", args.tcp_keepalive) if args.tcp_keepalive else ()))
     limit = raise_open_files()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}; open files {limit}")
     counts = [int(c) for c in args.counts.split(",") if c]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "hub"
-        hub = Hub(data)
+        hub = Hub(data, extra=extra)
         hub.start()
         key, _ = load_or_create_host_key(data)
         try:
-            print("idle connections:")
+            print(f"idle connections (hub --keepalive {args.keepalive:g} s, agents' own "
+                  f"keepalive {args.agent_keepalive:g} s, CPU over {window:.0f} s):")
             results = []
             for n in counts:
-                sim = simulate.Simulator(f"127.0.0.1:{hub.port}", key)
+                sim = simulate.Simulator(f"127.0.0.1:{hub.port}", key,
+                                         keepalive_s=args.agent_keepalive)
                 idents = asyncio.run(enrol(sim, data, n))
                 # A fresh hub, so memory freed by enrolment does not hide what connections cost.
                 hub.stop()
                 hub.start()
-                before, after, cpu = asyncio.run(hold_idle(hub, sim, idents, args.idle_window))
+                before, after, cpu, bare = asyncio.run(hold_idle(hub, sim, idents, window))
                 per = (after - before) * 1024 / n
-                results.append((n, before, after, per, cpu))
+                results.append((n, before, after, per, cpu, bare))
                 print(f"  {n} idle: hub RSS {before:.0f} -> {after:.0f} MB, {per:.1f} KB per "
-                      f"connection, idle CPU {cpu:.1f}% of a core", flush=True)
+                      f"connection, idle CPU {cpu:.2f}% of a core ({bare:.2f}% with no "
+                      f"connection), {(cpu - bare) * 10_000 / n:.2f}% per 10,000 "
+                      f"connections", flush=True)
             if args.storm:
                 print(f"reconnect storm ({args.storm} agents, reporting every 60 s, "
                       f"reconnect cap 60 s):")
@@ -214,9 +245,11 @@ def main() -> None:
                       f"{pending}; agents that gave up: {gave_up}")
         finally:
             hub.stop()
-    print("| idle connections | hub RSS before | after | KB per connection | idle CPU |")
-    for n, before, after, per, cpu in results:
-        print(f"| {n} | {before:.0f} MB | {after:.0f} MB | {per:.1f} | {cpu:.1f}% |")
+    print("| idle connections | hub RSS before | after | KB per connection | idle CPU | "
+          "no connection | per 10,000 |")
+    for n, before, after, per, cpu, bare in results:
+        print(f"| {n} | {before:.0f} MB | {after:.0f} MB | {per:.1f} | {cpu:.2f}% | "
+              f"{bare:.2f}% | {(cpu - bare) * 10_000 / n:.2f}% |")
 
 
 if __name__ == "__main__":

@@ -15,17 +15,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
+from estate.console._paths import data_dir
 from estate.inventory.protocol import ENROL_USER, OPERATOR_NAME
 
 PY = sys.executable
 
 
 def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "estate"
+    return data_dir()
+
+
+def _detached() -> dict[str, Any]:
+    """Popen's arguments that put a child out of the terminal's reach, so Ctrl-C there stops
+    the console, which stops its children in order: a new session on POSIX, a new process
+    group on Windows (which has no sessions)."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
 
 
 def operator_name() -> str:
@@ -49,9 +59,11 @@ class Embedded:
     def start(self) -> None:
         # These folders are the embedded default's own: keep them 0700 (an older Estate may
         # have left them 0755), since the hub and the agent refuse folders others can enter.
+        # Windows has no such modes: %LOCALAPPDATA% is already its user's alone (its ACL).
         for folder in (self.data, self.hub_dir, self.agent_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(folder, 0o700)
+            if os.name == "posix":
+                os.chmod(folder, 0o700)
         self._start_hub()
         self._ensure_operator()
         self._start_agent()
@@ -75,7 +87,7 @@ class Embedded:
         fd = os.open(self.data / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as log:
             proc = subprocess.Popen(argv, stderr=log, stdout=kw.pop("stdout", log), text=True,
-                                    start_new_session=True, **kw)
+                                    **_detached(), **kw)
         self.procs.append(proc)
         return proc
 

@@ -1,7 +1,8 @@
 """Every key binding of the console, described once: the bindings, the help screen and the
 keymap file all come from this table.
 
-A keymap file (`~/.config/estate/keymap.toml`, or `--keymap FILE`) rebinds by id:
+A keymap file (keymap.toml in the console's config folder, `_paths`, or `--keymap FILE`)
+rebinds by id:
 
     [keys]
     "estate.filter" = "f"
@@ -10,13 +11,13 @@ A keymap file (`~/.config/estate/keymap.toml`, or `--keymap FILE`) rebinds by id
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from textual.binding import Binding, BindingType
 
+from estate.console._paths import config_dir
 from estate.console._settings import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -71,8 +72,7 @@ def bindings(keys: tuple[Key, ...]) -> list[BindingType]:
 
 
 def default_keymap_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
-    return Path(base) / "estate" / "keymap.toml"
+    return config_dir() / "keymap.toml"
 
 
 def load_keymap(path: Path) -> dict[str, str]:

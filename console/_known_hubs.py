@@ -54,7 +54,8 @@ def remember(address: str, public_key_line: str) -> None:
         return
     file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text("\n".join([*kept, line]) + "\n")
+    # \n on every OS: ssh reads this file, and Windows' text mode would write \r\n.
+    tmp.write_text("\n".join([*kept, line]) + "\n", newline="\n")
     tmp.chmod(0o600)
     os.replace(tmp, file)
 

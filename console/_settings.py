@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from estate.console._paths import config_dir
 from estate.inventory.errors import EstateError
 
 if sys.version_info >= (3, 11):
@@ -72,10 +73,8 @@ class HubSettings:
 
 
 def config_path() -> Path:
-    """$ESTATE_CONSOLE_CONFIG, else console.toml in the user's config folder."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
-    return Path(os.environ.get("ESTATE_CONSOLE_CONFIG") or Path(base) / "estate" /
-                "console.toml")
+    """$ESTATE_CONSOLE_CONFIG, else console.toml in the user's config folder (`_paths`)."""
+    return Path(os.environ.get("ESTATE_CONSOLE_CONFIG") or config_dir() / "console.toml")
 
 
 def load_config(path: Path | None = None) -> ConsoleConfig:

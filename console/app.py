@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +26,7 @@ from estate.console._safe import plain
 from estate.console._settings import PinnedHub
 from estate.console._table import SHOWN, HostTable
 from estate.console.export import ExportFailed, ExportOptions, build_request, fetch
-from estate.console.remote import shell_command, shell_refusal
+from estate.console.remote import command_line, shell_command, shell_refusal
 from estate.inventory.filters import FilterError
 from estate.inventory.hostlist import COLUMN_KEYS
 
@@ -279,7 +278,7 @@ class EstateApp(App[None]):
                     input(f"\n[estate] ssh ended with status {status}; press Enter to return "
                           f"to the console ")
         except SuspendNotSupported:
-            self.notify(f"this terminal cannot hand over to ssh; run: {shlex.join(command)}",
+            self.notify(f"this terminal cannot hand over to ssh; run: {command_line(command)}",
                         severity="warning", timeout=15)
 
     def open_export(self) -> None:

@@ -1,8 +1,8 @@
 """`estate`: the console IT staff use, over SSH to the hub with their own key.
 
-With no verb it runs the console. With no hub configured (no --hub, no
-~/.config/estate/console.toml) it starts the embedded default: a hub on loopback and this
-machine's agent, so one command shows this machine live. The verbs (ssh, tunnel, export,
+With no verb it runs the console. With no hub configured (no --hub, no console.toml in
+the console's config folder, `_paths`) it starts the embedded default: a hub on loopback and
+this machine's agent, so one command shows this machine live. The verbs (ssh, tunnel, export,
 verify) are argparse subcommands whose arguments are defined when that verb runs:
 `estate tunnel` starts before every remote session and must not import what `estate export`
 needs.
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from estate.console import _settings
+from estate.console import _paths, _settings
 from estate.console._settings import ConfigError, HubSettings
 from estate.inventory.protocol import Exit
 
@@ -116,17 +116,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--simulate", type=int, default=0, metavar="N",
                         help="embedded default only: add N simulated agents")
     parser.add_argument("--data", type=Path, metavar="DIR",
-                        help="embedded default's data folder (default ~/.local/share/estate)")
+                        help=f"embedded default's data folder (default "
+                             f"{_for_help(_paths.data_dir_shown())})")
     parser.add_argument("--theme", default=None,
                         help="a Textual theme name, e.g. nord (default: console.toml)")
     parser.add_argument("--keymap", type=Path, metavar="FILE",
-                        help="rebind keys (default ~/.config/estate/keymap.toml if present; "
-                             "see docs/configuration.md)")
+                        help=f"rebind keys (default "
+                             f"{_for_help(_paths.config_file_shown('keymap.toml'))} if present; "
+                             f"see docs/configuration.md)")
     verbs = parser.add_subparsers(dest="verb", metavar="[VERB]", parser_class=_VerbParser,
                                   title="verbs (with none, the console)")
     for name, define, summary in VERBS:
         verbs.add_parser(name, help=summary, define=define)
     return parser
+
+
+def _for_help(text: str) -> str:
+    """Text for an argparse help string, which %-formats it (%APPDATA% on Windows)."""
+    return text.replace("%", "%%")
 
 
 def _console(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -140,7 +147,7 @@ def _console(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return Exit.USAGE
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop what the embedded
     # default started: turn both into SystemExit so the `finally` below runs.
-    for sig in (signal.SIGHUP, signal.SIGTERM):
+    for sig in exit_signals():
         signal.signal(sig, _exit_on_signal)
     embedded = None
     if settings is None:
@@ -172,6 +179,14 @@ def _text(message: Any) -> str:
     from estate.inventory.sanitise import plain
 
     return "\n".join(plain(line, 1000) for line in str(message).splitlines()[:40])
+
+
+def exit_signals() -> tuple[signal.Signals, ...]:
+    """The signals that end the console on this OS. Windows has no SIGHUP; there Ctrl-Break
+    reaches Python as SIGBREAK (so does a closed window, as far as Windows waits for it: the
+    embedded hub and agent share that console window and are ended with it anyway)."""
+    names = ("SIGHUP", "SIGBREAK", "SIGTERM")
+    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:

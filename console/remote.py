@@ -7,6 +7,11 @@ bridges it through the host's agent to the host's own sshd. So `ssh` itself
 authenticates to the endpoint (the operator's keys, agent, certificates and ~/.ssh/config work
 as usual) and checks the endpoint's host key, recorded under the host id (HostKeyAlias), not
 under the hub's address.
+
+On POSIX ssh replaces this process (os.execv), so its exit status is the session's. Windows
+has no exec: os.execv there starts ssh and returns to the shell at once, so ssh (the system's
+OpenSSH client, built into Windows 10 and later) runs as a child and its exit status is
+passed on (`hand_over_to_ssh`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +38,65 @@ if TYPE_CHECKING:
 
 SSH_PORT = 22
 CHUNK = 64 * 1024
+
+
+def _on_windows() -> bool:
+    """Asked at each use (not once at import), so tests can take each OS's branch."""
+    return sys.platform == "win32"
+
+
+def _no_file() -> str:
+    """What ssh reads for "no file": /dev/null on POSIX. Windows has no /dev/null; there ssh's
+    own `none` (-F none; GlobalKnownHostsFile none since OpenSSH 8.4, before it a file named
+    none that is not there, which is as good)."""
+    return "none" if _on_windows() else "/dev/null"
+
+
+def find_ssh() -> str | None:
+    """The OpenSSH client: on PATH, or on Windows where Windows installs it (a PATH without
+    System32\\OpenSSH; Sysnative for a 32-bit Python on 64-bit Windows)."""
+    found = shutil.which("ssh")
+    if found or not _on_windows():
+        return found
+    root = os.environ.get("SystemRoot", r"C:\Windows")
+    for system in ("System32", "Sysnative"):
+        candidate = Path(root, system, "OpenSSH", "ssh.exe")
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def hand_over_to_ssh(ssh: str, command: list[str]) -> int:
+    """Run ssh for the rest of this command; its exit status is the session's.
+
+    POSIX: ssh replaces this process and this never returns. Windows: ssh runs as a child,
+    with Ctrl-C left to it (as a shell leaves it to the command it runs: ssh passes it on to
+    the session, or ends), and its exit status is returned.
+    """
+    sys.stdout.flush()
+    if not _on_windows():
+        os.execv(ssh, command)  # noqa: S606 - a fixed argv, no shell
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.run(command, check=False).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ssh_option_path(path: Path) -> str:
+    """A path as an ssh -o value: quoted if it has a space ("C:\\Users\\Ann Lee\\…"), which
+    ssh would otherwise split into two files."""
+    text = str(path)
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def command_line(argv: list[str]) -> str:
+    """argv as one command line for this OS: for ssh's ProxyCommand (POSIX ssh hands it to
+    `sh -c`; Windows' ssh to CreateProcess, whose programs split it by the C runtime's
+    rules), and to show the operator."""
+    return subprocess.list2cmdline(argv) if _on_windows() else shlex.join(argv)
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +126,9 @@ def tunnel_main(args: argparse.Namespace) -> int:
     if found is None:
         return Exit.USAGE
     hub, _ = found
-    _exec_openssh_tunnel(hub, args.host)  # returns only when it cannot be used
+    status = _openssh_tunnel(hub, args.host)  # on POSIX, returns only when it cannot be used
+    if status is not None:
+        return status
     import asyncio
 
     try:
@@ -70,24 +137,26 @@ def tunnel_main(args: argparse.Namespace) -> int:
         return Exit.FAIL
 
 
-def _exec_openssh_tunnel(hub: PinnedHub, host: str) -> None:
-    """Become `ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's full
-    key is known (`_known_hubs`); it relays in C and checks the hub's key itself."""
-    ssh = shutil.which("ssh")
+def _openssh_tunnel(hub: PinnedHub, host: str) -> int | None:
+    """Hand over to `ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's
+    full key is known (`_known_hubs`); it relays in C and checks the hub's key itself.
+    None when it cannot be used; else (Windows only) ssh's exit status."""
+    ssh = find_ssh()
     known = _known_hubs.verified(hub.address, hub.hub_key)
     if ssh is None or known is None:
-        return
+        return None
     hub_host, _, port = hub.address.rpartition(":")
     alias = _known_hubs.alias(hub.address)
-    command = [ssh, "-F", "/dev/null", "-W", f"{host}:{SSH_PORT}", "-p", port,
+    command = [ssh, "-F", _no_file(), "-W", f"{host}:{SSH_PORT}", "-p", port,
                "-l", hub.user, "-o", f"HostKeyAlias={alias}",
-               "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
+               "-o", f"UserKnownHostsFile={_ssh_option_path(known)}",
+               "-o", f"GlobalKnownHostsFile={_no_file()}",
                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
                "-o", "ServerAliveInterval=30"]
     if hub.key:
         command += ["-i", str(hub.key), "-o", "IdentitiesOnly=yes"]
-    os.execv(ssh, [*command, hub_host.strip("[]")])  # noqa: S606 - a fixed argv, no shell
+    return hand_over_to_ssh(ssh, [*command, hub_host.strip("[]")])
 
 
 def define_ssh(parser: argparse.ArgumentParser) -> None:
@@ -111,10 +180,10 @@ def ssh_main(args: argparse.Namespace) -> int:
     hub, config = found
     user, _, host = args.target.rpartition("@")
     extra = args.ssh_args[1:] if args.ssh_args[:1] == ["--"] else args.ssh_args
-    ssh = shutil.which("ssh")
+    ssh = find_ssh()
     if ssh is None:
-        print("estate ssh: the OpenSSH client (ssh) is not installed; on Debian or Ubuntu: "
-              "apt install openssh-client", file=sys.stderr)
+        how = _INSTALL_SSH_WINDOWS if _on_windows() else _INSTALL_SSH_DEBIAN
+        print(f"estate ssh: the OpenSSH client (ssh) is not installed; {how}", file=sys.stderr)
         return Exit.FAIL
     agent_id = host
     if not AGENT_ID.match(host):
@@ -131,8 +200,13 @@ def ssh_main(args: argparse.Namespace) -> int:
             print(f"estate ssh: {plain(exc, 2000)}", file=sys.stderr)
             return Exit.FAIL
     command = ssh_command(ssh, hub, agent_id, user or None, extra, config.ssh_args)
-    sys.stdout.flush()
-    os.execv(ssh, command)  # noqa: S606 - ssh replaces us: its exit status is the session's
+    return hand_over_to_ssh(ssh, command)
+
+
+_INSTALL_SSH_DEBIAN = "on Debian or Ubuntu: apt install openssh-client"
+_INSTALL_SSH_WINDOWS = (
+    "on Windows: Settings > System > Optional features > OpenSSH Client (or, as an "
+    "administrator: Add-WindowsCapability -Online -Name OpenSSH.Client~~~~0.0.1.0)")
 
 
 async def resolve(hub: PinnedHub, host: str) -> str:
@@ -167,7 +241,7 @@ def ssh_command(ssh: str, hub: PinnedHub, agent_id: str, user: str | None,
               "--hub", f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
     if hub.key:
         tunnel += ["--key", str(hub.key.resolve())]
-    proxy = shlex.join([*tunnel, agent_id]).replace("%", "%%")  # ssh expands % tokens
+    proxy = command_line([*tunnel, agent_id]).replace("%", "%%")  # ssh expands % tokens
     destination = f"{user}@{agent_id}" if user else agent_id
     return [ssh, *ssh_args, "-o", f"ProxyCommand={proxy}",
             "-o", f"HostKeyAlias={agent_id}", destination, *extra]
@@ -241,6 +315,7 @@ async def _tunnel(hub: PinnedHub, host: str) -> int:
     import asyncssh
 
     from estate.console._client import HubUnreachable, open_connection
+    from estate.console._stdio import open_stdio
 
     try:
         conn = await open_connection(hub.address, hub.user, hub.key, hub.hub_key)
@@ -257,30 +332,25 @@ async def _tunnel(hub: PinnedHub, host: str) -> int:
             print(f"estate tunnel: the hub refused: {plain(exc.reason, 1000)}",
                   file=sys.stderr)
             return Exit.FAIL
-        loop = asyncio.get_running_loop()
-        stdin = asyncio.StreamReader(limit=CHUNK)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin),
-                                     os.fdopen(sys.stdin.fileno(), "rb", buffering=0))
-        out_transport, out_protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(sys.stdout.fileno(), "wb", buffering=0))
-        stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+        stdio = await open_stdio(CHUNK)
 
         async def upstream() -> None:  # ssh -> hub
-            while data := await stdin.read(CHUNK):
+            while data := await stdio.read():
                 writer.write(data)
                 await writer.drain()
 
         async def downstream() -> None:  # hub -> ssh
             while data := await reader.read(CHUNK):
-                stdout.write(data)
-                await stdout.drain()
+                await stdio.write(data)
 
         # Either side ending ends the session: ssh closing its pipe (or, as it does when it
         # exits, sending us SIGHUP) means it is done with the connection; the host closing
         # means there is nothing more to read.
         hangup = asyncio.Event()
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, hangup.set)
+        if not _on_windows():  # Windows has no SIGHUP, and its event loops no signal handlers
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, hangup.set)
         tasks = {asyncio.create_task(upstream()), asyncio.create_task(downstream()),
                  asyncio.create_task(hangup.wait())}
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -289,7 +359,7 @@ async def _tunnel(hub: PinnedHub, host: str) -> int:
         writer.close()  # a clean channel close, so the hub records how it ended
         with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
             await asyncio.wait_for(writer.channel.wait_closed(), 5)
-        out_transport.close()
+        stdio.close()
         for task in done:
             failure = task.exception()
             if isinstance(failure, asyncssh.Error):

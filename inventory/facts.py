@@ -25,6 +25,9 @@ def facts_of(report: dict[str, Any]) -> dict[str, Any]:
         "storage_bytes": sum(sizes) if sizes else None,
         "os_family": os["family"], "os_name": os["name"], "os_version": os["version"],
         "os_build": os["build"],
+        # English product and edition from the OS's numbers (Windows); older agents and
+        # other OSes have none. End-of-support lookups match it before the display name.
+        "os_product": os.get("product"),
         "disk_percent": max((v["used_percent"] for v in hw["volumes"]
                              if v["used_percent"] is not None), default=None),
         "ips": [a["address"] for nic in nics for a in nic["addresses"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 ALL = ("linux", "windows", "macos")
 LINUX = ("linux",)
 POSIX = ("linux", "macos")
+WINDOWS = ("windows",)
 
 # Kinds of value. "object" and "list" are containers; the rest are leaves.
 KINDS = ("str", "int", "float", "bool", "datetime", "object", "list")
@@ -35,6 +36,9 @@ class Field:
         max_items: longest list accepted.
         minimum / maximum: range of a number.
         choices: the only strings accepted, when the set is closed.
+        optional: may be absent, read as null: a field added after agents that do not send
+            it were released, so their reports stay valid. A new agent sends it wherever
+            its OS has the value (`platforms`).
     """
 
     path: str
@@ -49,6 +53,7 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    optional: bool = False
 
     @property
     def title(self) -> str:
@@ -93,8 +98,16 @@ FIELDS: tuple[Field, ...] = (
        max_len=64),
     _f("system.os.kernel", "str", "Kernel release.", max_len=128),
     _f("system.os.arch", "str", "Machine architecture (x86_64, arm64, ...).", max_len=32),
+    _f("system.os.product", "str",
+       "Product and edition in English, identified from the OS's numbers rather than its "
+       "localised name (e.g. Windows 11 Enterprise for Windows 11 Entreprise); what "
+       "end-of-support lookups match. Null when the numbers are not known.",
+       platforms=WINDOWS, max_len=128, optional=True),
     _f("system.boot_time", "datetime", "When the OS last booted (UTC).", exported=True),
     _f("system.timezone", "str", "Configured time zone (IANA name where known).", max_len=64),
+    _f("system.windows_timezone", "str",
+       "Windows' own id of the time zone (e.g. GMT Standard Time), which `system.timezone` "
+       "gives as its IANA name (CLDR mapping).", platforms=WINDOWS, max_len=64, optional=True),
     _f("system.virtualization", "object", "Whether the OS runs in a VM or container.",
        nullable=False),
     _f("system.virtualization.kind", "str",
@@ -187,8 +200,8 @@ FIELDS: tuple[Field, ...] = (
     _f("network.interfaces[].counters.errors_in", "int", "Receive errors.", **NONNEG),
     _f("network.interfaces[].counters.errors_out", "int", "Transmit errors.", **NONNEG),
     _f("network.default_gateway", "object", "IPv4 default route; null when none."),
-    _f("network.default_gateway.address", "str", "Gateway address.", nullable=False,
-       max_len=64),
+    _f("network.default_gateway.address", "str",
+       "Gateway address; null on a point-to-point route (a VPN's utun on macOS).", max_len=64),
     _f("network.default_gateway.interface", "str", "Interface of the route.", max_len=128),
     _f("network.dns_servers", "list", "Configured DNS resolvers.", nullable=False, max_items=32),
     _f("network.dns_servers[]", "str", "A resolver address.", nullable=False, max_len=64),
@@ -233,6 +246,10 @@ FIELDS: tuple[Field, ...] = (
     _f("software.packages[].version", "str", "Installed version.", max_len=256),
     _f("software.packages[].arch", "str", "Architecture.", max_len=32),
     _f("software.packages[].publisher", "str", "Publisher (Windows, macOS).", max_len=256),
+    _f("software.packages[].scope", "str",
+       "Installed for the whole machine, or for one user only (Windows per-user installs, "
+       "from a loaded user hive).", platforms=WINDOWS, choices=("machine", "user"),
+       max_len=16, optional=True),
     # --- health -------------------------------------------------------------------------
     _f("health", "object", "Load and utilisation.", nullable=False),
     _f("health.cpu_percent", "float", "CPU busy over the sampling window.", **PERCENT),
@@ -271,7 +288,8 @@ def markdown_table() -> str:
     rows = ["| field | type | unit | platforms | exported | description |",
             "|---|---|---|---|---|---|"]
     for f in FIELDS:
-        kind = f.kind + ("" if f.nullable else ", required")
+        kind = f.kind + ("" if f.nullable else ", required") + (", may be absent"
+                                                                  if f.optional else "")
         if f.choices:
             kind += f" ({' / '.join(f.choices)})"
         rows.append(f"| `{f.path}` | {kind} | {f.unit or ''} | {', '.join(f.platforms)} | "

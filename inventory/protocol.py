@@ -14,10 +14,10 @@ from enum import IntEnum
 
 __all__ = [
     "AGENT_ID", "API_COMMAND", "API_ERROR_CODES", "COMMANDS", "CONNECTION_REFUSAL_CODES",
-    "ENROL_COMMAND", "ENROL_USER", "ERROR_CODES", "EXPORT_COMMAND", "INPUT_REFUSAL_CODES",
-    "MAX_API_LINE_BYTES", "MAX_ENROL_BYTES", "MAX_EXPORT_REQUEST_BYTES", "MAX_RECEIVED_BYTES",
-    "MAX_REPORT_BYTES", "OPERATOR_NAME", "REMOTE_REFUSAL_CODES", "REPORT_COMMAND",
-    "WATCH_COMMAND", "ChannelExit", "Exit",
+    "ENROL_COMMAND", "ENROL_USER", "ERROR_CODES", "EXPORT_COMMAND", "HUB_USER_PREFIX",
+    "INPUT_REFUSAL_CODES", "MAX_API_LINE_BYTES", "MAX_ENROL_BYTES", "MAX_EXPORT_REQUEST_BYTES",
+    "MAX_RECEIVED_BYTES", "MAX_REPORT_BYTES", "OPERATOR_NAME", "REMOTE_REFUSAL_CODES",
+    "REPORT_COMMAND", "WATCH_COMMAND", "ChannelExit", "Exit", "busy_retry_after",
 ]
 
 # --- commands: what a client runs on the hub's SSH server, and who may run it -----------------
@@ -32,6 +32,9 @@ ENROL_USER = "enrol"  # the user name a not-yet-enrolled agent logs in as, with 
 # The other user names on the hub: an enrolled agent's id, or an operator's name.
 AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
 OPERATOR_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
+# Another hub of the same estate logs in as `hub:<its --hub-name>` with the hub identity (the
+# host key every hub presents), to carry remote sessions to the agents this hub holds.
+HUB_USER_PREFIX = "hub:"
 
 
 class Exit(IntEnum):
@@ -94,7 +97,20 @@ API_ERROR_CODES = frozenset({
 CONNECTION_REFUSAL_CODES = frozenset({
     "rate_limited", "source_busy", "early_drop", "startups_full", "penalised",
     "too_many_channels", "too_many_auth_attempts", "store_unavailable",
+    "busy",  # an agent past `serve --max-agents`: its disconnect reason ends `retry_after=N`
 })
+
+BUSY_DEFAULT_RETRY_S = 60  # a `busy` login refusal that names no retry_after
+
+
+def busy_retry_after(reason: str) -> int | None:
+    """The seconds a `busy` login refusal (a disconnect reason `busy: ...; retry_after=N`)
+    asks the client to wait; None when `reason` is another refusal."""
+    if reason.partition(":")[0] != "busy":
+        return None
+    m = re.search(r"\bretry_after=(\d{1,6})\b", reason)
+    return int(m.group(1)) if m else BUSY_DEFAULT_RETRY_S
+
 
 # Why the hub refused an operator's remote session: the `code` of its `remote_refused` audit
 # row (the operator's ssh is told the message, as the channel-open failure's text).

@@ -131,8 +131,10 @@ def _compile(field: Field | None, path: str = "") -> Checker:
 # Each checker handles null itself: one call per field, not two.
 
 def _object_checker(path: str, nullable: bool) -> Checker:
-    members = [(c.path.rsplit(".", 1)[-1], _compile(c)) for c in children(path)]
+    fields = children(path)
+    members = [(c.path.rsplit(".", 1)[-1], _compile(c)) for c in fields]
     names = frozenset(name for name, _ in members)
+    required = [c.path.rsplit(".", 1)[-1] for c in fields if not c.optional]
 
     def check(value: Any) -> None:
         if type(value) is not dict:
@@ -140,11 +142,11 @@ def _object_checker(path: str, nullable: bool) -> Checker:
                 return
             raise _Fail(_expected("an object", value))
         if len(value) != len(names) or not names.issuperset(value):
-            _unknown_or_missing(value, names, members)
+            _unknown_or_missing(value, names, required)
         name = ""
         try:
             for name, member in members:
-                member(value[name])
+                member(value.get(name))  # only an optional member can be absent: null
         except _Fail as fail:
             fail.parts.append(name)
             raise
@@ -153,13 +155,13 @@ def _object_checker(path: str, nullable: bool) -> Checker:
 
 
 def _unknown_or_missing(value: dict[Any, Any], names: frozenset[str],
-                        members: list[tuple[str, Checker]]) -> None:
+                        required: list[str]) -> None:
     for key in value:
         if key not in names:
             fail = _Fail("unknown field")
             fail.parts.append(key if isinstance(key, str) and len(key) <= 64 else "(long key)")
             raise fail
-    for name, _ in members:
+    for name in required:
         if name not in value:
             fail = _Fail("missing (use null when unknown)")
             fail.parts.append(name)

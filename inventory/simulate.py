@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -85,6 +86,9 @@ class SimStats:
     connected: int = 0
     reconnects: int = 0
     pending: dict[str, int] = field(default_factory=dict)
+    # Set to {} to keep each agent's acknowledged report sequence numbers (benchmarks
+    # compare them with the store: nothing lost, nothing doubled).
+    acked_seqs: dict[str, list[int]] | None = None
 
 
 def fake_report(ident: Identity, seq: int, interval_s: float,
@@ -171,13 +175,23 @@ class Simulator:
     """Enrols and runs N simulated agents against a hub."""
 
     def __init__(self, hub: str, host_key: asyncssh.SSHKey, interval_s: float = 60.0,
-                 reconnect_max_s: float = 300.0, start_spread_s: float | None = None) -> None:
+                 reconnect_max_s: float = 300.0, start_spread_s: float | None = None,
+                 keepalive_s: float = 30.0, sources: tuple[str, ...] = (),
+                 max_connecting: int = 0) -> None:
         host, _, port = hub.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         # Pinned like the real agent: only this key is trusted, no known_hosts file.
         self.host_key = asyncssh.import_public_key(host_key.export_public_key())
         self.interval_s = interval_s
         self.reconnect_max_s = reconnect_max_s
+        # SSH keepalive from the agent's side, as the real agent's (30 s); 0: none.
+        self.keepalive_s = keepalive_s
+        # Local addresses connections come from, in turn (e.g. 127.0.1.x): each gives its own
+        # range of ephemeral ports, so one machine can hold more than ~28,000 connections.
+        self._sources = itertools.cycle(sources) if sources else None
+        # Handshakes in progress at once (0: no limit): a generator of many thousand agents
+        # paces its logins instead of timing them out in a crowd.
+        self._connecting = asyncio.Semaphore(max_connecting) if max_connecting else None
         self.start_spread_s = interval_s if start_spread_s is None else start_spread_s
         self.stats = SimStats()
         self.stop = asyncio.Event()
@@ -186,7 +200,15 @@ class Simulator:
     def _connect(self, user: str, key: asyncssh.SSHKey) -> Any:
         return asyncssh.connect(self.host, self.port, username=user, client_keys=[key],
                                 known_hosts=([self.host_key], [], []), agent_path=None,
-                                config=None, keepalive_interval=30)
+                                config=None, keepalive_interval=self.keepalive_s,
+                                local_addr=(next(self._sources), 0) if self._sources else ())
+
+    async def _open(self, user: str, key: asyncssh.SSHKey) -> asyncssh.SSHClientConnection:
+        """A logged-in connection, waiting for a handshake slot first when they are capped."""
+        if self._connecting is None:
+            return await self._connect(user, key)
+        async with self._connecting:
+            return await self._connect(user, key)
 
     async def enrol(self, index: int, token: str, agency: str, site: str) -> Identity:
         key = asyncssh.generate_private_key("ssh-ed25519")
@@ -210,34 +232,40 @@ class Simulator:
             raise RuntimeError(f"simulated agent {index} could not enrol: {doc}")
         return Identity(index, doc["agent_id"], key, agency, site)
 
-    async def run_agent(self, ident: Identity, reports: int | None = None) -> None:
-        """Report until stopped (or `reports` are acked), reconnecting with backoff."""
+    async def run_agent(self, ident: Identity, reports: int | None = None,
+                        first_report_s: float = 0.0) -> None:
+        """Report until stopped (or `reports` are acked), reconnecting with backoff; the
+        first report `first_report_s` after the start (math.inf: an idle agent, which only
+        holds its connection)."""
         rng = random.Random()  # noqa: S311
         await self._sleep(rng.uniform(0, self.start_spread_s))
         seq, failures = int(time.time() * 1000) % 10**9, 0
-        unacked: list[bytes] = []
+        unacked: list[tuple[int, bytes]] = []
         acked = 0
-        next_report = time.monotonic()
+        next_report = time.monotonic() + first_report_s
         while not self.stop.is_set() and (reports is None or acked < reports):
             try:
-                async with self._connect(ident.agent_id, ident.key) as conn:
+                async with await self._open(ident.agent_id, ident.key) as conn:
                     self.stats.connected += 1
                     failures = 0
                     try:
                         while not self.stop.is_set() and (reports is None or acked < reports):
                             if time.monotonic() >= next_report:
                                 seq += 1
-                                unacked.append(self._body(ident, seq, rng))
+                                unacked.append((seq, self._body(ident, seq, rng)))
                                 next_report = time.monotonic() + self.interval_s * \
                                     rng.uniform(0.9, 1.1)
                             while unacked and not self.stop.is_set():
                                 self.stats.sent += 1
-                                res = await conn.run(REPORT_COMMAND, input=unacked[-1],
+                                res = await conn.run(REPORT_COMMAND, input=unacked[-1][1],
                                                      encoding=None)
                                 if res.exit_status == ChannelExit.OK:
-                                    unacked.pop()
+                                    done, _ = unacked.pop()
                                     acked += 1
                                     self.stats.acked += 1
+                                    if self.stats.acked_seqs is not None:
+                                        self.stats.acked_seqs.setdefault(
+                                            ident.agent_id, []).append(done)
                                 elif res.exit_status == ChannelExit.TEMPFAIL:
                                     doc = json.loads(res.stdout or b"{}")
                                     await self._sleep(float(doc.get("retry_after", 5)))
@@ -256,7 +284,9 @@ class Simulator:
         self.stats.pending[ident.agent_id] = len(unacked)
 
     def _body(self, ident: Identity, seq: int, rng: random.Random) -> bytes:
-        report = fake_report(ident, seq, self.interval_s, rng)
+        # Back to back (an interval under a second, for load tests) still claims the least
+        # interval a report may.
+        report = fake_report(ident, seq, max(1.0, self.interval_s), rng)
         # Like the real agent: the package list only when the hub has not seen it.
         if ident.agent_id in self.sent_software:
             report["software"]["packages"] = None

@@ -51,6 +51,7 @@ class HubProcess:
         self.extra = extra
         self.port = 0
         self.fingerprint = ""
+        self.metrics_port: int | None = None  # `serve --metrics`: the port it serves on
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = data.parent / f"{data.name}.log"
         self._stderr_lines: list[str] = []
@@ -70,6 +71,8 @@ class HubProcess:
                 raise AssertionError(f"hub exited before listening:\n{self.log()}")
             if m := re.search(r"host key (SHA256:\S+)", line):
                 self.fingerprint = m.group(1)
+            if m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", line):
+                self.metrics_port = int(m.group(1))
             if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
                 self.port = int(m.group(1))
                 return self

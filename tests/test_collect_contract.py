@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 
@@ -137,3 +139,140 @@ def test_sequence_and_agent_id_make_the_report_id(live_report):
     report, _ = collect_report(agent_id="a-123", sequence=7)
     assert report["report_id"] == f"a-123:{int(psutil.boot_time())}:7"
     assert report["agent"]["id"] == "a-123"
+
+
+# --- every field a real machine has, from each OS's captured outputs ---------------------
+# A parser that reads a key the OS does not write (`spatial_medium_type` for
+# `spsata_medium_type`) yields null as surely as a machine that has no such value: only a
+# list of what each captured machine really lacks tells them apart. Every other field the
+# OS's parsers fill must have a value on that machine.
+
+# Report objects a platform's parsers fill whole, and single fields they fill; the rest
+# (hostname, memory, volumes, NICs...) is psutil's, the same on every OS and checked live.
+PARSED_OBJECTS = ("system.os", "system.virtualization", "hardware.bios", "hardware.disks[]",
+                  "network.default_gateway", "software.packages[]")
+PARSED_FIELDS = ("system.timezone", "system.windows_timezone", "hardware.vendor",
+                 "hardware.model", "hardware.serial", "hardware.uuid", "hardware.chassis",
+                 "hardware.cpu.model", "network.dns_servers[]")
+
+
+def _values_at(doc, path: str) -> list | None:
+    """The values at a dictionary path (`hardware.disks[].serial`), or None when an object
+    on the way lacks the key: the parser never sets it."""
+    values = [doc]
+    for part in path.split("."):
+        many = part.endswith("[]")
+        key = part.removesuffix("[]")
+        found = []
+        for value in values:
+            if key not in value:
+                return None
+            inner = value[key]
+            found.extend(inner if many and inner is not None else [inner])
+        values = found
+    return values
+
+
+def _assert_every_field_has_a_value(family: str, sections: dict, lacks: dict[str, str],
+                                    parsed_fields: tuple[str, ...] = PARSED_FIELDS):
+    from estate.inventory.fields import FIELDS
+
+    def parsed(path: str) -> bool:
+        parent = path.rsplit(".", 1)[0]
+        return path in parsed_fields or parent in PARSED_OBJECTS
+
+    fields = [f.path for f in FIELDS if family in f.platforms and parsed(f.path)
+              and f.kind not in ("object", "list")]
+    assert set(lacks) <= set(fields), "a field listed as lacking is not one of the parsers'"
+    for path in fields:
+        values = _values_at(sections, path)
+        assert values is not None, f"{path}: the {family} parsers never set it"
+        assert values, f"{path}: the fixture has none of these; choose one that has"
+        if path in lacks:
+            assert None in values, f"{path} has a value now: take it off the list"
+        else:
+            assert None not in values, f"{path} is null on a machine that has it"
+
+
+def _windows_sections(name: str, monkeypatch) -> dict:
+    from estate.agent.collect import _windows as win
+    from tests.conftest import DATA
+    from tests.test_windows import FakeWinreg
+
+    doc = win.parse_powershell_json((DATA / "windows" / name).read_text(encoding="utf-8"))
+    keys = json.loads((DATA / "windows/registry_uninstall.json").read_text(encoding="utf-8"))
+    monkeypatch.setitem(sys.modules, "winreg", FakeWinreg(keys))
+    return {
+        "system": {"os": win.parse_os(doc), **win.parse_timezone(doc),
+                   "virtualization": win.parse_virtualization(doc)},
+        "hardware": {**win.parse_identity(doc), "cpu": {"model": win.parse_cpu_model(doc)},
+                     "disks": win.parse_disks(doc)},
+        "network": {"default_gateway": win.parse_gateway(doc), "dns_servers": win.parse_dns(doc)},
+        "software": {"packages": win.software([])[1]},
+    }
+
+
+# The uninstall keys name no architecture (a program's bitness is not among their values).
+_REGISTRY_LACKS = {"software.packages[].arch": "not in the uninstall entries"}
+
+
+@pytest.mark.parametrize(
+    ("fixture", "lacks"),
+    [
+        ("cim_ps51_laptop.json", {}),
+        ("cim_ps7_vm.json", {"hardware.uuid": "Hyper-V gave it all zeros",
+                             "hardware.disks[].serial": "a virtual disk without one",
+                             "hardware.disks[].rotational": "no MSFT_PhysicalDisk answer"}),
+        ("cim_ps51_win7_fr_bom.json", {
+            "hardware.serial": "VirtualBox says 0", "hardware.chassis": "SMBIOS says other",
+            "hardware.disks[].rotational": "Windows 7 has no MSFT_PhysicalDisk"}),
+        ("cim_ps7_win11_entreprise_qemu.json", {
+            "hardware.serial": "QEMU leaves it empty", "hardware.chassis": "SMBIOS says other"}),
+    ],
+)
+def test_windows_parsers_fill_every_field_the_machine_has(fixture, lacks, monkeypatch):
+    _assert_every_field_has_a_value("windows", _windows_sections(fixture, monkeypatch),
+                                    {**lacks, **_REGISTRY_LACKS})
+
+
+def _macos_sections(name: str) -> dict:
+    from estate.agent.collect import _macos as mac
+    from tests.conftest import DATA
+
+    doc = json.loads((DATA / "macos" / name).read_text(encoding="utf-8"))
+    apps = json.loads((DATA / "macos/applications.json").read_text(encoding="utf-8"))
+    route = (DATA / "macos/route_get_default.txt").read_text(encoding="utf-8")
+    hardware = doc["SPHardwareDataType"][0]
+    return {
+        "system": {"os": mac.parse_os(doc), "virtualization": mac.parse_virtualization(doc, "0")},
+        "hardware": {**mac.parse_identity(doc),
+                     "cpu": {"model": hardware.get("chip_type") or hardware.get("cpu_type")},
+                     "disks": mac.parse_disks(doc)},
+        "network": {"default_gateway": mac.parse_route_get(route)},
+        "software": {"packages": mac.parse_applications(apps)},
+    }
+
+
+# The applications fixture holds, on purpose, unsigned apps and an old one without a version
+# whose `arch_kind` is `arch_other`.
+_APPLICATIONS_LACK = {"software.packages[].version": "an app without a version",
+                      "software.packages[].publisher": "unsigned apps name none",
+                      "software.packages[].arch": "arch_other names no architecture"}
+
+
+@pytest.mark.parametrize(
+    ("fixture", "lacks"),
+    [
+        ("profiler_m1_laptop.json", {}),
+        ("profiler_intel_imac.json", {"hardware.serial": "blanked by MDM",
+                                      "hardware.uuid": "blanked by MDM"}),
+    ],
+)
+def test_macos_parsers_fill_every_field_the_machine_has(fixture, lacks):
+    # `arch` is the running Python's platform.machine(), and macOS publishes no firmware date;
+    # the time zone and resolvers come from /etc, as on Linux, not from these captures.
+    _assert_every_field_has_a_value(
+        "macos", _macos_sections(fixture),
+        {**lacks, **_APPLICATIONS_LACK, "system.os.arch": "set by os_info, not the parser",
+         "hardware.bios.date": "macOS does not publish it"},
+        tuple(f for f in PARSED_FIELDS if f not in ("system.timezone", "network.dns_servers[]")))

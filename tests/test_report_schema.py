@@ -66,6 +66,17 @@ def test_every_field_is_described_once_with_a_known_kind():
          "expected a string"),
         (lambda r: r["system"]["virtualization"].update(type="mainframe"),
          "system.virtualization.type", "expected one of"),
+        # A field that may be absent is checked like any other when it is there.
+        (lambda r: r["system"].update(windows_timezone=5), "system.windows_timezone",
+         "expected a string"),
+        (lambda r: r["system"]["os"].update(product="x" * 129), "system.os.product",
+         "over the limit"),
+        (lambda r: r["software"].update(packages=[{"name": "a", "version": None, "arch": None,
+                                                   "publisher": None, "scope": "everyone"}]),
+         "software.packages[0].scope", "expected one of"),
+        (lambda r: r["software"].update(packages=[{"name": "a", "version": None, "arch": None,
+                                                   "scope": "user"}]),
+         "software.packages[0].publisher", "missing"),
     ],
 )
 def test_bad_fields_are_named_with_the_problem(report, mutate, path, problem):
@@ -75,6 +86,25 @@ def test_bad_fields_are_named_with_the_problem(report, mutate, path, problem):
     assert err.value.path == path
     assert problem in err.value.problem
     assert str(err.value).startswith(path)
+
+
+def test_fields_added_later_may_be_absent_or_null(report):
+    """An older agent does not send them; a newer one sends them where its OS has them."""
+    report["system"]["os"].pop("product", None)
+    report["system"].pop("windows_timezone", None)
+    package = {"name": "a", "version": "1", "arch": None, "publisher": None}
+    report["software"]["packages"] = [package]
+    assert validate(report) is report
+    report["system"]["os"]["product"] = "Windows 11 Enterprise"
+    report["system"]["windows_timezone"] = None
+    report["software"]["packages"] = [{**package, "scope": "user"},
+                                      {**package, "scope": "machine"}, {**package, "scope": None}]
+    assert validate(report) is report
+
+
+def test_only_nullable_fields_may_be_absent():
+    for f in FIELDS:
+        assert not f.optional or f.nullable, f"{f.path}: absent reads as null"
 
 
 def test_not_an_object():

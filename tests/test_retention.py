@@ -362,12 +362,12 @@ def test_history_days_sets_how_long_full_reports_and_changes_are_kept(argv, days
 
     captured = []
 
-    async def serve(settings: object) -> int:
+    async def serve(settings: object, workers: int = 1) -> int:
         captured.append(settings)
         return 0
 
     monkeypatch.setattr(cli, "_serve", serve)
-    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
+    monkeypatch.setattr(cli, "_setup_logging", lambda verbose, tag="": None)
     monkeypatch.delenv("ESTATE_HUB_STORE", raising=False)
     args = cli._parser().parse_args(["serve", "--data", str(tmp_path / "hub"), *argv])
     assert cli._cmd_serve(args) == 0

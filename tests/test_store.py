@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from estate.agent.enrol import parse_token
+from estate.agent.enrol import EnrolFailed, parse_token
 from estate.inventory.errors import SchemaTooNew
 from estate.inventory.hub._tokens import make_token, split_token
 from estate.inventory.store import EnrolError, Incoming, Store, utcnow
@@ -74,11 +74,18 @@ def test_enrol_is_idempotent_for_the_same_key_and_counts_uses(tmp_path):
 
 def test_token_format_is_shared_by_hub_and_agent():
     token = make_token("ab12cd34", "s3cr3t-_x", "SHA256:abc+/def", "hub.example:2222")
-    assert split_token(token) == ("ab12cd34", "s3cr3t-_x", "SHA256:abc+/def")
-    assert parse_token(token) == ("SHA256:abc+/def", "hub.example:2222")
-    assert parse_token(make_token("i", "s", "SHA256:f")) == ("SHA256:f", None)
-    with pytest.raises(ValueError):
-        split_token("EST2.a.b.c")
+    assert split_token(token) == ("ab12cd34", "s3cr3t-_x", ("SHA256:abc+/def",))
+    assert parse_token(token) == (("SHA256:abc+/def",), "hub.example:2222")
+    assert parse_token(make_token("i", "s", "SHA256:f")) == (("SHA256:f",), None)
+    # During a rotation of the hub key: the retiring key, then the next one.
+    both = make_token("i", "s", ("SHA256:old", "SHA256:new"), "hub.example:2222")
+    assert split_token(both) == ("i", "s", ("SHA256:old", "SHA256:new"))
+    assert parse_token(both) == (("SHA256:old", "SHA256:new"), "hub.example:2222")
+    for bad in ("EST2.a.b.c", "EST1.a.b.x,y,z", "EST1.a.b.x,", "EST1.a.b.x,x"):
+        with pytest.raises(ValueError):
+            split_token(bad)
+        with pytest.raises(EnrolFailed):
+            parse_token(bad)
 
 
 def _enrolled(store: Store, agency: str = "Schools", site: str = "St Mary's") -> str:

@@ -52,7 +52,7 @@ def estate(tmp_path, report) -> Path:
 
 def _seed(store: Store, report: dict) -> None:
     """Something in every table: tokens (one revoked), agents (one revoked) with reports and
-    changes, presence, operators, remote sessions (one ended, one live), audit rows."""
+    changes, presence, a hub, operators, remote sessions (one ended, one live), audit rows."""
     admin, day = "admin:test", timedelta(days=1)
     schools = store.create_token("Écoles", "Saint-Jean", 2, day, admin)
     council = store.create_token("Council", "Town Hall", 1, day, admin)
@@ -71,9 +71,11 @@ def _seed(store: Store, report: dict) -> None:
             r["hardware"]["serial"] = "SHARED-SERIAL"  # an identity conflict
             assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(),
                                                  at)]) == ["stored"]
+    # A hub killed while it held an agent's connection: its registry row stays behind.
+    store.register_hub("hub-1", "192.0.2.9:2222", 30, "1.0", T0)
     store.set_presence(agents[0], True, T0)
     store.set_presence(agents[0], False, T0 + timedelta(minutes=5))
-    store.set_presence(agents[1], True, T0 + timedelta(minutes=6))
+    store.agent_connected("hub-1", agents[1], T0 + timedelta(minutes=6))
     store.add_operator("olive", "ssh-ed25519 AAAAolive", "SHA256:olive", "admin", None, admin)
     store.add_operator("oscar", "ssh-ed25519 AAAAoscar", "SHA256:oscar", "viewer",
                        ["Council"], admin)

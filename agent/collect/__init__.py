@@ -113,7 +113,8 @@ def collect_report(
             **names,
             "os": v["os"] or dict(_EMPTY_OS),
             "boot_time": v["boot_time"],
-            "timezone": v["timezone"],
+            # {"timezone": ...}, and on Windows the zone's Windows id beside its IANA name
+            **(v["timezone"] or {"timezone": None}),
             "virtualization": v["virtualization"] or {"kind": None, "type": None,
                                                       "source": None},
             "users": v["users"] or [],

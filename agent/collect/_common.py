@@ -48,17 +48,22 @@ def iso_utc(epoch_s: float | None) -> str | None:
     return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class ToolTimedOut(RuntimeError):
+    """An OS tool ran out of time: worth no retry in another form within the same budget."""
+
+
 def run_tool(args: list[str], timeout_s: float = 10.0) -> str:
     """Run an OS tool and return its stdout.
 
     Raises:
         FileNotFoundError: the tool is not installed.
-        RuntimeError: it failed or ran out of time; the message says which.
+        ToolTimedOut: it ran out of time (a RuntimeError).
+        RuntimeError: it failed; the message says how.
     """
     try:
         done = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{args[0]} timed out after {timeout_s:g} s") from None
+        raise ToolTimedOut(f"{args[0]} timed out after {timeout_s:g} s") from None
     if done.returncode != 0:
         err = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise RuntimeError(f"{args[0]} exited {done.returncode}: {err[-1] if err else ''}")
@@ -82,14 +87,19 @@ CHASSIS = {
     11: "handheld", 30: "tablet", 17: "server", 23: "server", 25: "server", 28: "server",
     29: "server", 1: None, 2: None,
 }
+# Clues a DMI/SMBIOS/CIM/system_profiler vendor, product or BIOS string gives, mapped to the
+# name `systemd-detect-virt` prints, so one estate has one name per hypervisor whatever the
+# guest's OS. Order matters: the first clue found wins.
 _HYPERVISORS = (
-    ("qemu", "qemu"), ("kvm", "kvm"), ("vmware", "vmware"), ("virtualbox", "oracle"),
-    ("innotek", "oracle"), ("microsoft corporation virtual machine", "microsoft"),
+    # Proxmox and other QEMU/KVM guests on SeaBIOS say "QEMU", and with an old machine type
+    # "Bochs" (vendor/product) or the ACPI OEM ids "BOCHS_"/"BXPC____" (Win32_BIOS.Version).
+    # systemd-detect-virt asks CPUID first and says "kvm" for them, so do we.
+    ("kvm", "kvm"), ("qemu", "kvm"), ("bochs", "kvm"), ("bxpc", "kvm"),
+    ("vmware", "vmware"), ("vmw", "vmware"), ("virtualbox", "oracle"), ("innotek", "oracle"),
+    ("microsoft corporation virtual machine", "microsoft"), ("hyper-v", "microsoft"),
     ("xen", "xen"), ("amazon ec2", "amazon"), ("google compute engine", "google"),
-    ("parallels", "parallels"), ("bochs", "bochs"),
+    ("parallels", "parallels"), ("bhyve", "bhyve"), ("apple virtualization", "apple"),
 )
-
-
 
 
 def chassis_name(smbios_type: int | None) -> str | None:
@@ -99,9 +109,10 @@ def chassis_name(smbios_type: int | None) -> str | None:
     return CHASSIS.get(smbios_type, "other")
 
 
-def hypervisor_from_product(vendor_and_model: str) -> str | None:
-    """The hypervisor a DMI/SMBIOS vendor and product name reveal, if any."""
-    text = vendor_and_model.lower()
+def hypervisor_name(*clues: str | None) -> str | None:
+    """The hypervisor that vendor, product or BIOS strings reveal, named as
+    `systemd-detect-virt` names it (kvm, vmware, oracle, microsoft, ...); None if none does."""
+    text = " ".join(c for c in clues if c).lower()
     for needle, kind in _HYPERVISORS:
         if needle in text:
             return kind
@@ -112,7 +123,9 @@ class Cached:
     """Calls an expensive source once for all collectors of one report.
 
     PowerShell and system_profiler take a second or more, and several collectors need their
-    output; concurrent callers wait for one run, and the result is reused for `ttl_s`.
+    output; concurrent callers wait for one run, and the result is reused for `ttl_s`. A
+    failure is kept like a result: a tool that fails for one section fails for all of them,
+    and is run once a report, not once per section.
     """
 
     def __init__(self, fn: Any, ttl_s: float = 30.0) -> None:
@@ -120,12 +133,19 @@ class Cached:
 
         self._fn, self._ttl_s, self._lock = fn, ttl_s, threading.Lock()
         self._at, self._value = -1e18, None
+        self._error: Exception | None = None
 
     def get(self) -> Any:
         with self._lock:
             if time.monotonic() - self._at > self._ttl_s:
-                self._value = self._fn()
+                try:
+                    self._value, self._error = self._fn(), None
+                except Exception as exc:
+                    self._value, self._error = None, exc
                 self._at = time.monotonic()
+            if self._error is not None:
+                # Each caller gets the failure afresh, without the frames of earlier raises.
+                raise self._error.with_traceback(None)
             return self._value
 
 

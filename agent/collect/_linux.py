@@ -9,7 +9,7 @@ import socket
 import struct
 from typing import Any
 
-from estate.agent.collect._common import chassis_name, clean, hypervisor_from_product, run_tool
+from estate.agent.collect._common import chassis_name, clean, hypervisor_name, run_tool
 from estate.agent.collect._posix import dns_servers, timezone
 
 __all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
@@ -75,7 +75,7 @@ def _detect_virtualization(problems: list[str]) -> dict[str, Any]:
             vtype = "none" if kind == "none" else "container" if kind in _CONTAINERS else "vm"
             return {"kind": kind, "type": vtype, "source": "systemd-detect-virt"}
     product = " ".join(filter(None, (_read(f"{DMI}/sys_vendor"), _read(f"{DMI}/product_name"))))
-    hypervisor = hypervisor_from_product(product)
+    hypervisor = hypervisor_name(product)
     if hypervisor:
         return {"kind": hypervisor, "type": "vm", "source": "dmi"}
     if " hypervisor " in f" {_cpu_flags()} ":

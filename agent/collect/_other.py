@@ -48,5 +48,5 @@ def dns_servers(problems: list[str]) -> list[str]:
     return []
 
 
-def timezone(problems: list[str]) -> str | None:
-    return None
+def timezone(problems: list[str]) -> dict[str, str | None]:
+    return {"timezone": None}

@@ -25,7 +25,12 @@ def dns_servers(problems: list[str]) -> list[str]:
     return servers
 
 
-def timezone(problems: list[str]) -> str | None:
+def timezone(problems: list[str]) -> dict[str, str | None]:
+    """The system section's time zone fields: here only `timezone`, an IANA name."""
+    return {"timezone": _zone_name()}
+
+
+def _zone_name() -> str | None:
     tz = os.environ.get("TZ", "").lstrip(":")
     if tz and "/" in tz and not tz.startswith("/"):
         return tz

@@ -77,7 +77,7 @@ class Source:
         day = self.reference(sel).date()
         for h in self.hosts(sel):
             f = h.facts
-            support = support_of(f["os_name"], f["os_version"])
+            support = support_of(_os_for_support(f), f["os_version"])
             yield [h.agent_id, h.agency, h.site, f["hostname"], f["fqdn"], f["serial"],
                    f["vendor"], f["model"], f["chassis"], f["cpu"], f["cpu_cores"],
                    f["ram_bytes"], f["storage_bytes"], f["os_family"], f["os_name"],
@@ -116,7 +116,7 @@ class Source:
         day = self.reference(sel).date()
         for h in self.hosts(sel):
             f = h.facts
-            support = support_of(f["os_name"], f["os_version"])
+            support = support_of(_os_for_support(f), f["os_version"])
             if support and support.end_of_support < day:
                 yield [h.agent_id, h.agency, h.site, h.hostname, h.serial, f["os_name"],
                        f["os_version"], f["os_build"], support.os,
@@ -159,6 +159,13 @@ class Source:
             if h.agent_id not in matched:
                 yield ["estate only", None, None, None, None, None, None, h.agent_id,
                        h.agency, h.site, h.hostname, h.serial, h.last_seen, None]
+
+
+def _os_for_support(facts: dict[str, Any]) -> str | None:
+    """The name the end-of-support table matches: the English product the agent identified
+    from the OS's numbers where it did, else the display name, which a localised Windows
+    writes in its own language ("Windows 11 Entreprise")."""
+    return facts.get("os_product") or facts["os_name"]
 
 
 def _mac_text(mac: str | None) -> str | None:

@@ -44,6 +44,7 @@ class AccessGuard:
                  remote: RemoteAccess) -> None:
         self.db, self.store, self.tasks, self.remote = db, store, tasks, remote
         self.connections: dict[str, set[Login]] = {}  # username -> open connections
+        self.agents_held = 0  # agents with a connection open (`serve --max-agents`)
         self.ended: dict[Login, str] = {}  # being closed, and why
         self.version = 0  # bumped whenever the records changed (for tests and metrics)
         self._data_version: int | None = None
@@ -53,6 +54,8 @@ class AccessGuard:
     def add(self, conn: Login) -> None:
         """A login completed (agents and operators; `enrol` has no access to withdraw)."""
         if conn.peer.role in ("agent", "operator"):
+            if conn.peer.role == "agent" and conn.peer.name not in self.connections:
+                self.agents_held += 1
             self.connections.setdefault(conn.peer.name, set()).add(conn)
             if conn.access_version != self.version:
                 # The records changed while this login was being checked: look again now
@@ -65,6 +68,8 @@ class AccessGuard:
             conns.discard(conn)
             if not conns:
                 del self.connections[conn.peer.name]
+                if conn.peer.role == "agent":
+                    self.agents_held -= 1
         self.ended.pop(conn, None)
 
     def refusal(self, conn: Login) -> str | None:

@@ -15,6 +15,7 @@ from estate.inventory.hub._door import Door
 from estate.inventory.hub._ingest import Ingest
 from estate.inventory.hub._peer import Peer
 from estate.inventory.hub._remote import RemoteAccess
+from estate.inventory.hub._rotation import NextKeyAnnouncer
 from estate.inventory.hub._settings import HubSettings
 from estate.inventory.hub._store_thread import StoreThread
 from estate.inventory.hub._tasks import Tasks
@@ -50,6 +51,7 @@ class Context:
     watch: Watch
     host_key: asyncssh.SSHKey  # signs export manifests
     fingerprint: str  # the host key's; enrolment tokens name it
+    next_key: NextKeyAnnouncer  # told to agents in report acks during a rotation
     access_ended: Callable[[], str | None]  # why this peer's access ended, or None
 
 
@@ -72,6 +74,7 @@ class Services:
     exports: ExportSlots
     host_key: asyncssh.SSHKey
     fingerprint: str
+    next_key: NextKeyAnnouncer
 
     def context(self, peer: Peer, access_ended: Callable[[], str | None]) -> Context:
         """What a command handler serving `peer` gets (no access guard, no relay)."""

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncssh
 
-from estate.inventory.hub import _known_sources
+from estate.inventory.hub import _known_sources, _metrics
 from estate.inventory.hub._access import AccessGuard
 from estate.inventory.hub._audit import AuditCoalescer, Row
 from estate.inventory.hub._budget import (
@@ -22,9 +22,12 @@ from estate.inventory.hub._context import Budgets, Services
 from estate.inventory.hub._door import Door
 from estate.inventory.hub._ingest import Ingest, ReportRate
 from estate.inventory.hub._keys import fingerprint, load_or_create_host_key
+from estate.inventory.hub._links import Links, reachable_address
+from estate.inventory.hub._presence import Presence
 from estate.inventory.hub._remote import Limits, RemoteAccess
+from estate.inventory.hub._rotation import NextKeyAnnouncer
 from estate.inventory.hub._server import listen
-from estate.inventory.hub._settings import HubSettings
+from estate.inventory.hub._settings import HubSettings, default_hub_id
 from estate.inventory.hub._store_thread import StoreThread
 from estate.inventory.hub._tasks import Tasks, log_failure
 from estate.inventory.hub._watch import Watch
@@ -36,6 +39,8 @@ log = logging.getLogger("estate.hub")
 # Reports deleted per transaction: ~0.1 s of the store thread on 2 shared vCPUs (measured),
 # the longest a report waits on pruning.
 PRUNE_CHUNK = 5000
+# Watch events are kept this long: ample for a hub's reader, which is seconds behind at most.
+WATCH_EVENTS_KEPT = timedelta(hours=1)
 
 
 class Hub:
@@ -51,15 +56,19 @@ class Hub:
                                                 export_url=settings.export_store_url)
         self.store_name = str(settings.store_url or settings.data_dir / "estate.db")
         self.tasks = Tasks()
-        self.watch = Watch(self.db, self.store, self.tasks)
-        self.writer = Writer(self.db, self.store, on_commit=self.watch.committed)
+        # This hub in the store's registry, and the agents' connections it holds.
+        self.presence = Presence(self.db, self.store, settings.heartbeat_s,
+                                 settings.hub_timeout_s)
+        self.watch = Watch(self.db, self.store, self.tasks, self.presence)
+        self.writer = Writer(self.db, self.store, on_commit=self._committed)
         # Each report body is charged to its agent before it is parsed, and parsed off the loop.
         self.ingest = Ingest(ReportRate(settings.report_burst, settings.reports_per_interval,
                                         settings.min_report_interval_s,
                                         settings.agent_bytes_per_day))
         self.remote = RemoteAccess(self.db, self.store, self.tasks, self.watch,
                                    Limits(settings.sessions_per_operator,
-                                          settings.sessions_per_host))
+                                          settings.sessions_per_host),
+                                   Links(self.host_key))  # to the other hubs, on demand
         # Refusals are audited through the coalescer, so a flood writes a few rows.
         self.audit = AuditCoalescer(self._write_audit)
         # Input every channel buffers, bounded in total (a channel's own limit is not enough).
@@ -75,22 +84,39 @@ class Hub:
             audit=self.audit, door=self.door, access=self.access, remote=self.remote,
             watch=self.watch, budgets=budgets, ingest=self.ingest, writer=self.writer,
             exports=ExportSlots(),  # exports queued or running, per operator and in all
-            host_key=self.host_key, fingerprint=self.fingerprint)
+            host_key=self.host_key, fingerprint=self.fingerprint,
+            next_key=NextKeyAnnouncer(settings.data_dir, self.host_key))
         self._server: asyncssh.SSHAcceptor | None = None
+        # `serve --workers`: this worker's own port, which other hubs' links reach it at (on
+        # the shared one the kernel would hand a link to any worker, maybe not the agent's).
+        self._link_server: asyncssh.SSHAcceptor | None = None
+        _metrics.track(watchers=lambda: len(self.watch.watchers),
+                       remote_sessions=lambda: len(self.remote.live))
 
     async def start(self) -> None:
-        await self.db(self.store.reset_presence)
-        await self.db(self.store.end_orphan_sessions, utcnow())
         await self.watch.start()
         self.writer.start()
         self.tasks.spawn(self._prune_loop())
         self.tasks.spawn(self.remote.supervise())
         self.tasks.spawn(self.audit.run())
         self.tasks.spawn(self.access.run())
-        if n := _known_sources.load(self.settings.data_dir, self.door):
+        if n := _known_sources.load(self.settings.data_dir, self.door, self.settings.worker):
             log.info("%d known sources kept from the last run", n)
-        self.tasks.spawn(_known_sources.keep(self.settings.data_dir, self.door))
+        self.tasks.spawn(_known_sources.keep(self.settings.data_dir, self.door,
+                                             self.settings.worker))
         self._server = await listen(self.services)
+        # Registered once the port is known (the default name has it). Store calls run in
+        # the order made, so this runs before any agent's login is even checked.
+        self.settings.hub_id = self.settings.hub_id or default_hub_id(self.port)
+        if self.settings.worker:
+            self._link_server = await listen(self.services, port=0)
+        link_port = self.port if self._link_server is None else \
+            int(self._link_server.sockets[0].getsockname()[1])
+        # Ends the remote sessions this hub's previous run relayed, too.
+        await self.presence.start(self.settings.hub_id,
+                                  reachable_address(self.settings.host, link_port))
+        self.remote.hub_id = self.remote.links.hub_id = self.settings.hub_id
+        self.tasks.spawn(self.presence.run(self.watch.presence_changed))
 
     @property
     def port(self) -> int:
@@ -99,6 +125,8 @@ class Hub:
 
     async def stop(self) -> None:
         self.tasks.stopping = True
+        if self._link_server:
+            self._link_server.close()
         if self._server:
             self._server.close()
             try:  # don't wait on clients that keep their connections open
@@ -109,14 +137,20 @@ class Hub:
         await self.writer.stop()
         self.ingest.close()
         self.tasks.cancel_all()
+        await self.watch.stop()
         await self.audit.close()
         try:
-            _known_sources.save(self.settings.data_dir, self.door)
+            _known_sources.save(self.settings.data_dir, self.door, self.settings.worker)
         except OSError as exc:
             log.warning("could not save the known sources: %s", exc)
-        await self.db(self.store.reset_presence)
+        await self.presence.stop()
         await self.db(self.store.close)
         self.db.shutdown()
+
+    async def _committed(self, agent_ids: list[str]) -> None:
+        """After a batch commit: counted for the registry, told to watchers."""
+        self.presence.reports_stored(len(agent_ids))
+        await self.watch.committed(agent_ids)
 
     async def _write_audit(self, rows: list[Row]) -> None:
         await self.db(self.store.audit_many, rows)
@@ -133,6 +167,8 @@ class Hub:
                 if n:
                     log.info("pruned %d change events older than %s", n,
                              self.settings.history)
+                # Watch events are a wake-up's worth of news, not history (`_watch.py`).
+                await self.db(self.store.prune_events, utcnow() - WATCH_EVENTS_KEPT)
             except Exception:
                 log_failure(log, "pruning reports or change history failed")
             await asyncio.sleep(3600)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import asyncssh
 
+from estate.inventory.private_files import write_private
+
 HOST_KEY_FILE = "host_key_ed25519"
 
 
@@ -25,6 +27,39 @@ def load_or_create_host_key(data_dir: Path) -> tuple[asyncssh.SSHKey, bool]:
     with os.fdopen(fd, "wb") as f:
         f.write(key.export_private_key())
     return key, True
+
+
+def read_host_key(path: Path) -> asyncssh.SSHKey:
+    """An ed25519 private key from `path` (OpenSSH format, no passphrase).
+
+    Raises:
+        ValueError: unreadable, not a private key, protected by a passphrase, or not ed25519;
+            the message names the file.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        key = asyncssh.import_private_key(data)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise ValueError(f"{path} is not an unencrypted OpenSSH private key ({exc})") from None
+    if key.algorithm != b"ssh-ed25519":
+        raise ValueError(f"{path} is an {key.algorithm.decode()} key; a hub's host key is "
+                         f"ssh-ed25519")
+    return key
+
+
+def write_new_private_key(path: Path, key: asyncssh.SSHKey, overwrite: bool) -> None:
+    """Write `key` to `path`, 0600 from its first byte; an existing file is replaced only
+    when `overwrite` (atomically), else FileExistsError."""
+    if overwrite:
+        write_private(path, key.export_private_key())
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
 
 
 def fingerprint(key: asyncssh.SSHKey) -> str:

@@ -3,7 +3,9 @@ client may open (session channels, and the two forwards remote access uses).
 
 Users on the wire: `enrol` (any key; may only run `estate-enrol v1` with a valid token), an
 agent id (its enrolled key; may only run `estate-report v1`, and offer its own sshd for remote
-access) and an operator name (the API, the watch, and remote sessions to hosts in scope).
+access), an operator name (the API, the watch, and remote sessions to hosts in scope) and
+`hub:NAME`, another hub of the estate (the hub identity's key; only sessions of its operators
+to agents held here, `_links.py`).
 Shells, ptys, subsystems and every other kind of forwarding are refused; `_session` runs the
 allow-listed commands and `_remote` decides the two forwards remote access uses.
 """
@@ -13,18 +15,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 from typing import Any
 
 import asyncssh
 
 from estate.inventory.errors import StoreUnavailable
+from estate.inventory.hub import _metrics
 from estate.inventory.hub._context import Services
 from estate.inventory.hub._door import MESSAGES, PENALISED, source_of
+from estate.inventory.hub._links import link_refusal
 from estate.inventory.hub._peer import Login, Peer
 from estate.inventory.hub._session import Session
-from estate.inventory.protocol import AGENT_ID, ENROL_USER, OPERATOR_NAME
+from estate.inventory.protocol import AGENT_ID, ENROL_USER, HUB_USER_PREFIX, OPERATOR_NAME
 from estate.inventory.sanitise import quoted
-from estate.inventory.store import Operator
+from estate.inventory.store import Operator, utcnow
+from estate.inventory.tcp_keepalive import keep_alive
 
 log = logging.getLogger("estate.hub")
 
@@ -48,14 +54,19 @@ _LOGIN_ORDER = itertools.count(1)
 # Public keys one connection may have refused (queries count) before it is cut off, as
 # OpenSSH's MaxAuthTries: each is a store lookup, and a client may offer thousands.
 MAX_AUTH_TRIES = 6
+# `busy` (serve --max-agents): an agent refused at login comes back after this many seconds,
+# chosen at random between the two, or goes to another hub meanwhile.
+BUSY = "busy"
+BUSY_RETRY_S = (30, 90)
 
 
 
-async def listen(services: Services) -> asyncssh.SSHAcceptor:
-    """Start the SSH server on the settings' address, with the hub's host key."""
+async def listen(services: Services, port: int | None = None) -> asyncssh.SSHAcceptor:
+    """Start the SSH server on the settings' address, with the hub's host key; on `port`
+    instead, a port of this process alone (a worker's, for hub-to-hub links)."""
     settings = services.settings
     return await asyncssh.create_server(
-        lambda: Connection(services), settings.host, settings.port,
+        lambda: Connection(services), settings.host, settings.port if port is None else port,
         server_host_keys=[services.host_key],
         login_timeout=settings.login_timeout_s,
         keepalive_interval=settings.keepalive_interval_s,
@@ -66,6 +77,9 @@ async def listen(services: Services) -> asyncssh.SSHAcceptor:
         x11_forwarding=False, password_auth=False, kbdint_auth=False,
         gss_host=None, host_based_auth=False, allow_scp=False,
         server_version="Estate",
+        # `serve --workers`: every worker binds the same port; the kernel spreads new
+        # connections over them. A lone hub does not, so a second one on its port still fails.
+        reuse_port=settings.worker > 0 and port is None,
     )
 
 
@@ -90,6 +104,7 @@ class Connection(asyncssh.SSHServer):
         self.timed_out = False  # a deadline ended it: an enrol that overstayed is no login
         self.access_version = 0  # access.version when the login's records were read
         self.channels = 0  # session channels open now (capped per role)
+        self.sent_away = False  # a known agent told `busy`: no failed login to penalise
 
     # --- connection and login -----------------------------------------------------------
 
@@ -110,10 +125,12 @@ class Connection(asyncssh.SSHServer):
                             f", penalised for {door.penalty_left(self.source):.0f} s more"
                             if code == PENALISED else "", folded)
             self.services.audit.record(self.source, "anonymous", "connection_refused", code, None)
+            _metrics.refused(code)
             self.turned_away = True
             _refuse(conn, code)
             return
         self.counted = True
+        keep_alive(conn.get_extra_info("socket"), self.services.settings.tcp_keepalive)
         self.deadline = asyncio.get_running_loop().call_later(
             self.services.settings.handshake_timeout_s, self._expired, "handshake_timeout",
             f"no key exchange within {self.services.settings.handshake_timeout_s:g} s")
@@ -145,7 +162,7 @@ class Connection(asyncssh.SSHServer):
         # Still counted and no login (or an enrol that timed out): a failed startup, which
         # penalises a source that keeps doing it (_door.py, `penalised`).
         if self.counted and (self.login is None or self.timed_out) and \
-                self.services.door.failed(self.source):
+                not self.sent_away and self.services.door.failed(self.source):
             log.warning("conn %s: source %s penalised for %.0f s: too many connections ended "
                         "without logging in", self.peer, self.source,
                         self.services.door.penalty_left(self.source))
@@ -157,6 +174,7 @@ class Connection(asyncssh.SSHServer):
         log.info("conn %s closed%s", self.peer, reason)
         if self.login is not None:
             self.services.access.discard(self.login)
+            _metrics.connection_closed(self.role)
         elif self.login_refused:
             # One line and one audit row per connection (coalesced per source), with the
             # count of keys refused, not one per key tried or queried.
@@ -205,6 +223,7 @@ class Connection(asyncssh.SSHServer):
             # Not a refusal of the key: the agent or operator is told to come back.
             log.warning("conn %s login of %s not checked: %s", self.peer,
                         quoted(username, 64), exc)
+            _metrics.refused("store_unavailable")
             raise asyncssh.DisconnectError(
                 asyncssh.DISC_SERVICE_NOT_AVAILABLE,
                 "store_unavailable: the hub cannot reach its store; retry later") from None
@@ -213,6 +232,7 @@ class Connection(asyncssh.SSHServer):
         if AGENT_ID.match(username):
             expected = await self.services.db(self.services.store.agent_fingerprint, username)
             if expected == fp:
+                self._admit_agent(username)
                 self.role, self.key = "agent", key
                 return True
             why = "unknown or revoked agent" if expected is None else "key does not match"
@@ -222,6 +242,13 @@ class Connection(asyncssh.SSHServer):
                 self.role, self.key, self.operator = "operator", key, operator
                 return True
             why = "unknown operator" if operator is None else "key does not match"
+        elif username.startswith(HUB_USER_PREFIX):
+            hubs = await self.services.db(self.services.store.hubs)
+            refusal = link_refusal(username, key, self.services.host_key, hubs, utcnow())
+            if refusal is None:
+                self.role, self.key = "hub", key
+                return True
+            why = refusal
         else:
             why = "unknown user"
         # Logged once at close with the count (connection_lost), not per key: a client
@@ -232,15 +259,40 @@ class Connection(asyncssh.SSHServer):
         self.keys_refused += 1
         if self.keys_refused >= MAX_AUTH_TRIES:
             # OpenSSH's MaxAuthTries: each attempt is a store lookup; past the cap, cut off.
+            _metrics.refused("too_many_auth_attempts")
             raise asyncssh.DisconnectError(
                 asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                 f"too_many_auth_attempts: at most {MAX_AUTH_TRIES} keys may be refused "
                 "per connection")
         return False
 
+    def _admit_agent(self, agent_id: str) -> None:
+        """`serve --max-agents`: past it, a new agent is sent away `busy`, to come back after
+        retry_after or to log in to another hub. Checked once its key matched (so nobody else
+        learns the hub is full) and with no await before its login completes, so the count
+        is exact. An agent already held here (replacing a dead connection) is let in."""
+        limit = self.services.settings.max_agents
+        access = self.services.access
+        if not limit or access.agents_held < limit or agent_id in access.connections:
+            return
+        # Spread over a minute: a restarted hub's agents must not all come back at once.
+        wait = random.randint(*BUSY_RETRY_S)  # noqa: S311 - jitter, not security
+        if (folded := self.services.door.refusal_to_log("*", BUSY)) is not None:
+            log.warning("conn %s agent %s refused (busy): this hub holds %d agents, its "
+                        "--max-agents; told to retry after %d s; %d more refused since the "
+                        "last such line", self.peer, agent_id, access.agents_held, wait, folded)
+        self.sent_away = True
+        _metrics.refused(BUSY)
+        raise asyncssh.DisconnectError(
+            asyncssh.DISC_TOO_MANY_CONNECTIONS,
+            f"{BUSY}: this hub holds as many agents as it may; retry_after={wait}")
+
     def auth_completed(self) -> None:
         assert self.conn is not None and self.role is not None and self.key is not None
-        self.login = Login(Peer(self.role, self.username, self.peer, self.source, self.key,
+        # A hub is named by its registry name: its actor in the audit is `hub:NAME`.
+        name = self.username.removeprefix(HUB_USER_PREFIX) if self.role == "hub" \
+            else self.username
+        self.login = Login(Peer(self.role, name, self.peer, self.source, self.key,
                                 self.operator if self.role == "operator" else None),
                            self.conn, self.access_version,
                            next(_LOGIN_ORDER) if self.role == "agent" else 0)
@@ -259,6 +311,7 @@ class Connection(asyncssh.SSHServer):
         log.info("conn %s login user=%s role=%s key=%s", self.peer, self.username, self.role,
                  self.key.get_fingerprint("sha256"))
         self.services.access.add(self.login)
+        _metrics.connection_opened(self.role)
         if self.role == "agent":
             self._close_older_connections()
             self.services.tasks.spawn(self.services.watch.presence(self.username, True))
@@ -286,6 +339,10 @@ class Connection(asyncssh.SSHServer):
         login = self.login
         if (ended := self.services.access.channel_refusal(login)) is not None:
             raise ended
+        if self.role == "hub":  # a link carries sessions to agents, never commands
+            log.warning("conn %s refused session channel from hub %s", self.peer,
+                        login.peer.name)
+            return False
         # Each channel costs buffers and a task: 2,000 on one connection cost +27 MB.
         limit = CHANNELS_PER_CONNECTION.get(self.role or "", 1)
         if self.channels >= limit:
@@ -293,6 +350,7 @@ class Connection(asyncssh.SSHServer):
                         self.channels, self.role)
             self.services.audit.record(login.peer.host, login.peer.actor, "channel_refused",
                                        None, {"code": "too_many_channels", "limit": limit})
+            _metrics.refused("too_many_channels")
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"too_many_channels: at most {limit} open channels per connection")
@@ -311,6 +369,8 @@ class Connection(asyncssh.SSHServer):
             raise ended
         if self.role == "operator":
             return self.services.remote.open(self.login, dest_host, dest_port)  # a remote session
+        if self.role == "hub":  # another hub's operator's session to an agent held here
+            return self.services.remote.relay(self.login, dest_host, dest_port, orig_host)
         log.warning("conn %s refused port forward to %s:%s", self.peer,
                     quoted(dest_host, 64), dest_port)
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,9 @@ from estate.inventory.hub._budget import (
     MAX_EXPORT_REQUESTS,
 )
 from estate.inventory.hub._door import DoorLimits
+from estate.inventory.hub._presence import HEARTBEAT_S, HUB_TIMEOUT_S
 from estate.inventory.store import StoreUrl
+from estate.inventory.tcp_keepalive import TcpKeepalive
 
 
 @dataclass
@@ -27,8 +30,14 @@ class HubSettings:
     max_unauthenticated: int = 200
     handshake_timeout_s: float = 10.0  # until the first login attempt: banner and key exchange
     door: DoorLimits = field(default_factory=DoorLimits)  # its `full` is max_unauthenticated
-    keepalive_interval_s: float = 30.0
+    # Dead peers are found by the kernel's TCP keepalive (tcp_keepalive below, almost no hub
+    # CPU); the SSH keepalive is the slow end-to-end backstop (a peer whose TCP end still
+    # answers: a proxy, a hung process), each probe ~0.6 ms of hub CPU, so it is far past the
+    # agents' 300 s report interval (docs/benchmarks.md "Idle connections and keepalives").
+    keepalive_interval_s: float = 1800.0
     keepalive_count_max: int = 3
+    tcp_keepalive: TcpKeepalive = field(default_factory=TcpKeepalive)
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT; None: no endpoint
     retention: timedelta = timedelta(days=30)  # compact report rows (time, skew, probes)
     sessions_per_operator: int = 4
     sessions_per_host: int = 2
@@ -47,6 +56,20 @@ class HubSettings:
     max_answer_size: int = MAX_ANSWER  # one API answer
     watchers_per_operator: int = 4  # watch channels per operator name, all connections
     max_watchers: int = 1000  # watch channels on the hub
+    # This process's name in the store's hub registry (`--hub-name`); "": `default_hub_id`
+    # of the port it listens on (known once bound when the port is 0).
+    hub_id: str = ""
+    heartbeat_s: float = HEARTBEAT_S  # how often it tells the registry it is alive
+    hub_timeout_s: float = HUB_TIMEOUT_S  # silent this long, other hubs take it for dead
+    max_agents: int = 0  # agents this process holds at once; past it `busy`. 0: no limit
+    # `serve --workers`: this worker's index from 1 (it listens with SO_REUSEPORT beside its
+    # siblings); 0: the hub is one process.
+    worker: int = 0
 
     def __post_init__(self) -> None:
         self.history = max(self.history, self.retention)
+
+
+def default_hub_id(port: int) -> str:
+    """A hub's name when `--hub-name` is not given: this machine's and its port."""
+    return f"{socket.gethostname()}:{port}"

@@ -2,6 +2,11 @@
 
 `systemd-analyze security` rates it 1.1, or 1.4 on a port below 1024 (see docs/services.md);
 tests/test_services.py keeps it at 2.5 or lower.
+
+The same unit runs `serve --workers N` (added to ExecStart= with a PostgreSQL --store): the
+parent is the main process and restarts its workers itself; the stop signal reaches the whole
+control group, and each worker stores what it queued; LimitNOFILE= is per process, so each
+worker has its own; @system-service allows the fork, exec and kill the parent needs.
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from estate.inventory import errors
+from estate.inventory.hub import _metrics
 from estate.inventory.store import Incoming, StoreInterface
 
 log = logging.getLogger("estate.hub")
@@ -81,6 +83,7 @@ class Writer:
                     self._queue.task_done()
 
     async def _store_batch(self, batch: list[tuple[Incoming, asyncio.Future[str]]]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._db(self._store.store_reports, [i for i, _ in batch])
         except Exception as exc:
@@ -100,6 +103,7 @@ class Writer:
                 if not future.done():
                     future.set_exception(StoreUnavailable(f"the store failed: {exc}"))
             return
+        _metrics.batch_committed(len(batch), time.perf_counter() - started)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -15,8 +15,11 @@ URL (`_url.py`). Its parts, one per concern on one connection:
   (`_migrations.py`), transactions;
 - `_hosts.py`: storing reports (change detection, identity conflicts) and reading hosts;
 - `_changes.py`: the change history;
-- `_enrolment.py`: tokens, agents and their presence, operators;
+- `_enrolment.py`: tokens, agents, operators;
+- `_presence.py`: the registry of running hubs, which hub holds each agent's connection, and
+  presence history;
 - `_remote.py`: remote access and relayed sessions;
+- `_events.py`: the watch's events, every hub's, written with what they announce;
 - `_audit.py`: the hash-chained audit log;
 - `_reader.py`: the read-only handle export threads read through.
 
@@ -38,6 +41,7 @@ from estate.inventory.store._copy import CopyProgress, CopyResult, TableCount, c
 from estate.inventory.store._enrolment import EnrolError, EnrolmentRecords
 from estate.inventory.store._hosts import DEFAULT_INTERVAL_S, HostRecords
 from estate.inventory.store._interface import ReaderInterface, StoreInterface
+from estate.inventory.store._presence import PresenceRecords
 from estate.inventory.store._reader import Reader
 from estate.inventory.store._records import (
     Agent,
@@ -47,22 +51,28 @@ from estate.inventory.store._records import (
     ChangeEvent,
     ChangeNotice,
     Enrolment,
+    Event,
+    EventPage,
+    Held,
     HostDetail,
     HostFacts,
     HostName,
     HostQuery,
     HostRow,
     HostStatus,
+    HubRow,
     Incoming,
     NewToken,
     Operator,
     OperatorRow,
     RecentReport,
     Record,
+    Released,
     RemoteTarget,
     Session,
     SessionEnd,
     Summary,
+    Sweep,
     Token,
 )
 from estate.inventory.store._remote import RemoteRecords, remote_state
@@ -81,12 +91,16 @@ __all__ = [
     "CopyResult",
     "EnrolError",
     "Enrolment",
+    "Event",
+    "EventPage",
+    "Held",
     "HostDetail",
     "HostFacts",
     "HostName",
     "HostQuery",
     "HostRow",
     "HostStatus",
+    "HubRow",
     "Incoming",
     "NewToken",
     "Operator",
@@ -95,6 +109,7 @@ __all__ = [
     "ReaderInterface",
     "RecentReport",
     "Record",
+    "Released",
     "RemoteTarget",
     "Session",
     "SessionEnd",
@@ -104,6 +119,7 @@ __all__ = [
     "StoreUrl",
     "StoreUrlError",
     "Summary",
+    "Sweep",
     "TableCount",
     "Token",
     "audit_hash",
@@ -117,7 +133,7 @@ __all__ = [
 ]
 
 
-class Store(HostRecords, EnrolmentRecords, RemoteRecords):
+class Store(HostRecords, EnrolmentRecords, PresenceRecords, RemoteRecords):
     """The store: every part of `StoreInterface` on one connection (SQLite or PostgreSQL)."""
 
     def reader(self) -> Reader:

@@ -7,12 +7,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from estate.inventory.changes import TooLarge
-from estate.inventory.store._base import Connection
 from estate.inventory.store._common import _scoped, iso, parse_time
+from estate.inventory.store._events import EventRecords
 from estate.inventory.store._records import Change, ChangeEvent, ChangeNotice
 
+# Reports whose changes one query reads (`report_changes`): an OR of this many terms.
+_REPORTS_AT_ONCE = 100
 
-class ChangeRecords(Connection):
+
+class ChangeRecords(EventRecords):
     def _insert_changes(self, events: Iterable[ChangeEvent]) -> None:
         self.db.executemany(
             "INSERT INTO changes (agent_id, at, kind, subject, old_value, new_value, "
@@ -54,6 +57,27 @@ class ChangeRecords(Connection):
         if rows:
             self._seen_change = (rows[-1].id, rows[-1].at)
         return rows
+
+    def report_changes(self, reports: list[tuple[str, str, str]]
+                       ) -> dict[tuple[str, str], list[ChangeNotice]]:
+        """The changes each (agent id, received at, report id) recorded, by (agent id,
+        report id), oldest first: what a host event's `change_count` announced."""
+        found: dict[tuple[str, str], list[ChangeNotice]] = {}
+        for start in range(0, len(reports), _REPORTS_AT_ONCE):
+            part = reports[start:start + _REPORTS_AT_ONCE]
+            # The time bounds let PostgreSQL search only the days' partitions they name.
+            sql = ("SELECT c.report_id, c.id, c.at, c.agent_id, h.hostname, a.name AS agency, "  # noqa: S608 - placeholders only
+                   "c.kind, c.subject, c.old_value, c.new_value FROM changes c "
+                   "JOIN hosts h ON h.agent_id = c.agent_id "
+                   "JOIN agencies a ON a.id = h.agency_id WHERE c.at >= ? AND c.at <= ? AND ("
+                   + " OR ".join("(c.agent_id = ? AND c.at = ? AND c.report_id = ?)"
+                                 for _ in part) + ") ORDER BY c.id")
+            args: list[Any] = [min(at for _, at, _ in part), max(at for _, at, _ in part)]
+            for key in part:
+                args += key
+            for row in self.db.execute(sql, args):
+                found.setdefault((row[3], row[0]), []).append(ChangeNotice(*row[1:]))
+        return found
 
     def scoped_changes(self, scope: list[str] | None, host: str | None = None,
                        since: datetime | None = None,

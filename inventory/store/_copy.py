@@ -45,6 +45,11 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("presence", "id"),
     ("operators", "name"),
     ("remote_sessions", "id"),
+    # Rows a killed hub left (a clean stop leaves none): the agents' rows still name them,
+    # and the destination's first hub removes them once past their timeout.
+    ("hubs", "id"),
+    # Each hub's newest event at least (pruning keeps it): its next run numbers on from it.
+    ("events", "hub_id, seq"),
 )
 # Columns a backend keeps as JSON: PostgreSQL's JSONB takes some text SQLite kept (`json_text`).
 _JSON_COLUMNS = {"hosts": ("facts",)}

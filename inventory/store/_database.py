@@ -4,8 +4,8 @@ SQL they share and the two backends (`_sqlite.py`, `_postgres.py`).
 The record classes write one dialect: `?` placeholders, ISO times as text, `ON CONFLICT`
 upserts, `RETURNING id`. A backend runs that SQL on its connection, answers rows that read by
 index and by column name (like `sqlite3.Row`), and owns what SQL alone cannot share:
-transactions and their locks, migrations, the counter of other processes' commits, and opening
-a read-only handle for an export.
+transactions and their locks, migrations, the counter of other processes' commits, waking
+other hubs when events are written, and opening a read-only handle for an export.
 """
 
 from __future__ import annotations
@@ -76,6 +76,17 @@ class Database(Protocol):
 
     def json_text(self, text: str) -> str:
         """JSON text as this backend can store it in a JSON column."""
+        ...
+
+    def notify_events(self) -> None:
+        """Inside a write transaction: wake every hub's event reader once it commits (at most
+        once per transaction, however often asked)."""
+        ...
+
+    def wait_for_events(self, timeout_s: float) -> bool:
+        """Block until a transaction that called `notify_events` committed (True) or
+        `timeout_s` passed (False). The one call made from another thread than the
+        connection's: it listens on a connection of its own, opened at the first call."""
         ...
 
     def close(self) -> None: ...

@@ -1,5 +1,5 @@
-"""The store's enrolment records: tokens, the agents they enrolled (and their presence), and
-the operators who may log in."""
+"""The store's enrolment records: tokens, the agents they enrolled, and the operators who may
+log in. (Agents' presence: `_presence.py`.)"""
 
 from __future__ import annotations
 
@@ -150,31 +150,6 @@ class EnrolmentRecords(AuditLog):
 
     def revoke_agent(self, agent_id: str, actor: str) -> bool:
         return self._revoke("agents", agent_id, "agent_revoke", actor)
-
-    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> str | None:
-        """Record a connection going up or down: current state and history.
-
-        Returns:
-            The agent's agency, so the event can be scoped.
-        """
-        column = "connected_at" if connected else "disconnected_at"
-        with self._transaction():
-            self.db.execute(f"UPDATE agents SET connected = ?, {column} = ? WHERE id = ?",  # noqa: S608 - column is one of two literals
-                            (1 if connected else 0, iso(at), agent_id))
-            self.db.execute("INSERT INTO presence (agent_id, at, state) VALUES (?, ?, ?)",
-                            (agent_id, iso(at), "online" if connected else "offline"))
-            row = self.db.execute("SELECT a.name FROM agents g JOIN agencies a "
-                                  "ON a.id = g.agency_id WHERE g.id = ?", (agent_id,)).fetchone()
-        return row[0] if row else None
-
-    def reset_presence(self) -> None:
-        """At hub start nobody is connected, whatever the last run (maybe killed) recorded."""
-        now = iso(utcnow())
-        with self._transaction():
-            self.db.execute("INSERT INTO presence (agent_id, at, state) "
-                            "SELECT id, ?, 'offline' FROM agents WHERE connected = 1", (now,))
-            self.db.execute("UPDATE agents SET connected = 0, disconnected_at = ? "
-                            "WHERE connected = 1", (now,))
 
     # --- operators ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from estate.inventory.changes import bounded, software_changes, state_changes, s
 from estate.inventory.facts import facts_of
 from estate.inventory.store._common import _scoped, iso, parse_time, utcnow
 from estate.inventory.store._database import Database
+from estate.inventory.store._events import HOST, Announced
 from estate.inventory.store._records import (
     ChangeEvent,
     HostDetail,
@@ -66,6 +67,7 @@ class HostRecords(SampleRecords):
         # Per host, what the last committed report showed; saves reading the table back.
         self._last: dict[str, _Last] = {}
         self._pending: dict[str, _Last] = {}
+        self._stored: list[Announced] = []  # the batch's stored reports, for its events
         # Rows stored before samples existed, received before this time, have been
         # thinned by this process (what was kept stays kept): each prune goes on from here.
         self._thinned_to = ""
@@ -86,9 +88,13 @@ class HostRecords(SampleRecords):
             received_days = {iso(i.received_at)[:10] for i in batch}
             self.db.history.ensure("changes", received_days)
             self.db.history.ensure("samples", received_days)
+        self._stored = []
         try:
             with self._transaction():
                 results = [self._store_one(item) for item in batch]
+                # One host event per stored report, with the batch: a watcher on any hub
+                # hears of it once it is committed, and only then.
+                self._announce(HOST, self._stored)
         except BaseException:
             self._pending = {}
             raise
@@ -140,6 +146,7 @@ class HostRecords(SampleRecords):
             # A backlog report older than what we show: keep it as history only.
             self.db.execute("UPDATE hosts SET last_seen = ? WHERE agent_id = ?",
                             (received, item.agent_id))
+            self._stored.append((item.agent_id, received, report_id, 0))
             return "stored"
         packages = report["software"]["packages"]
         changes = []
@@ -165,6 +172,7 @@ class HostRecords(SampleRecords):
                                              (None, None))
         # Today's first report kept a body (`full`), so this is the day of the last one kept.
         self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity, day)
+        self._stored.append((item.agent_id, received, report_id, len(changes)))
         return "stored"
 
     def _upsert_host(self, item: Incoming, digest: str, skew: float,

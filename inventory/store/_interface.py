@@ -28,7 +28,7 @@ no caller sees SQL, a connection or a row. What a backend must keep:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -40,21 +40,26 @@ from estate.inventory.store._records import (
     ChangeEvent,
     ChangeNotice,
     Enrolment,
+    EventPage,
+    Held,
     HostDetail,
     HostFacts,
     HostName,
     HostQuery,
     HostRow,
     HostStatus,
+    HubRow,
     Incoming,
     NewToken,
     Operator,
     OperatorRow,
     RecentReport,
+    Released,
     RemoteTarget,
     Session,
     SessionEnd,
     Summary,
+    Sweep,
     Token,
 )
 
@@ -176,7 +181,7 @@ class StoreInterface(Protocol):
 
     def prune_changes(self, older_than: datetime, chunk: int = 10_000) -> int: ...
 
-    # --- enrolment: tokens, agents and their presence, operators ------------------------
+    # --- enrolment: tokens, agents, operators ------------------------------------------
 
     def create_token(self, agency: str, site: str, uses: int, ttl: timedelta,
                      actor: str) -> NewToken: ...
@@ -196,12 +201,6 @@ class StoreInterface(Protocol):
 
     def revoke_agent(self, agent_id: str, actor: str) -> bool: ...
 
-    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> str | None:
-        """Record a connection going up or down; returns the agent's agency."""
-        ...
-
-    def reset_presence(self) -> None: ...
-
     def add_operator(self, name: str, public_key: str, fingerprint: str, role: str,
                      agencies: list[str] | None, actor: str) -> None:
         """Raises ValueError when the name or key is already registered."""
@@ -213,6 +212,73 @@ class StoreInterface(Protocol):
 
     def remove_operator(self, name: str, actor: str) -> bool: ...
 
+    # --- presence: the hub registry, agents' connections --------------------------------
+
+    def agent_connected(self, hub_id: str, agent_id: str, at: datetime) -> Held | None:
+        """`hub_id` now holds the agent's connection: online, epoch + 1 (returned with the
+        agency); None for an unknown agent."""
+        ...
+
+    def agent_disconnected(self, hub_id: str, agent_id: str, epoch: int,
+                           at: datetime) -> str | None:
+        """Offline only if `hub_id` still holds the agent under `epoch`: its agency, or None
+        when another connection took the agent over since."""
+        ...
+
+    def set_presence(self, agent_id: str, connected: bool, at: datetime) -> str | None:
+        """Record presence outside any hub's connection (tests, imports); the agency."""
+        ...
+
+    def register_hub(self, hub_id: str, address: str | None, timeout_s: float,
+                     version: str | None, at: datetime) -> list[Released]:
+        """A hub's start: its row; offline the agents it held before and orphaned ones."""
+        ...
+
+    def hub_heartbeat(self, hub_id: str, agents: int, reports_per_s: float,
+                      at: datetime) -> bool:
+        """False when the hub's row is gone (taken for dead): it must `rejoin_hub`."""
+        ...
+
+    def rejoin_hub(self, hub_id: str, address: str | None, timeout_s: float,
+                   version: str | None, started_at: datetime, agent_ids: list[str],
+                   at: datetime) -> list[Held]:
+        """Register again and take back the agents no other hub holds now."""
+        ...
+
+    def sweep_hubs(self, hub_id: str, at: datetime) -> Sweep:
+        """Remove the other hubs past their timeout; their agents offline."""
+        ...
+
+    def unregister_hub(self, hub_id: str, at: datetime) -> list[Released]:
+        """A hub's clean stop: its agents offline, its row removed."""
+        ...
+
+    def hubs(self) -> list[HubRow]: ...
+
+    # --- watch events across hubs (`_events.py`) ----------------------------------------
+
+    def event_heads(self) -> dict[str, int]:
+        """Each registered hub's newest event seq: where a hub starting reads from."""
+        ...
+
+    def events_after(self, cursors: Mapping[str, int], limit: int = 2000) -> EventPage:
+        """Every hub's events after `cursors` (hub id -> last seq read), merged by time."""
+        ...
+
+    def report_changes(self, reports: list[tuple[str, str, str]]
+                       ) -> dict[tuple[str, str], list[ChangeNotice]]:
+        """The changes each (agent id, received at, report id) recorded, by (agent id,
+        report id), oldest first."""
+        ...
+
+    def prune_events(self, older_than: datetime, chunk: int = 10_000) -> int: ...
+
+    def wait_for_events(self, timeout_s: float) -> bool:
+        """Block until another hub may have written events (True) or `timeout_s` passed.
+        The one call made from another thread than the store's: the hub's listener thread,
+        on a connection of its own."""
+        ...
+
     # --- remote access ------------------------------------------------------------------
 
     def set_remote_access(self, agent_id: str, allowed: bool, actor: str) -> bool: ...
@@ -223,19 +289,17 @@ class StoreInterface(Protocol):
 
     def remote_targets(self, host: str, scope: list[str] | None) -> list[RemoteTarget]: ...
 
-    def session_started(self, operator: str, agent_id: str, peer: str,
-                        at: datetime) -> int: ...
+    def session_started(self, operator: str, agent_id: str, peer: str, at: datetime,
+                        hub_id: str | None = None, agent_hub: str | None = None) -> int: ...
 
     def session_ended(self, session_id: int, to_host: int, from_host: int, reason: str,
-                      at: datetime) -> None: ...
+                      at: datetime, agent_hub: str | None = None) -> None: ...
 
     def sessions(self, live_only: bool = False, limit: int = 100) -> list[Session]: ...
 
     def request_session_end(self, session_id: int, actor: str) -> bool: ...
 
     def sessions_to_end(self, session_ids: list[int]) -> list[SessionEnd]: ...
-
-    def end_orphan_sessions(self, at: datetime) -> int: ...
 
     # --- audit --------------------------------------------------------------------------
 

@@ -231,6 +231,46 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "UPDATE reports SET day = substr(received_at, 1, 10)",
         partition_history,
     ),
+    # 9: presence across hubs. Each hub registers itself (`hubs`, one row per running hub
+    # process, kept fresh by its heartbeat); an agent's row names the hub holding its
+    # connection and that connection's epoch, bumped at every connect, so a hub's late
+    # disconnect cannot take offline an agent that reconnected elsewhere (`_presence.py`).
+    # Remote sessions name the hub relaying them.
+    (
+        """CREATE TABLE hubs (
+            id TEXT PRIMARY KEY,
+            address TEXT,
+            started_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL,
+            timeout_s REAL NOT NULL,
+            agents INTEGER NOT NULL DEFAULT 0,
+            reports_per_s REAL NOT NULL DEFAULT 0,
+            version TEXT
+        )""",
+        "ALTER TABLE agents ADD COLUMN connected_hub TEXT",
+        "ALTER TABLE agents ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX agents_connected_hub ON agents (connected_hub)",
+        # The hub relaying a remote session: a hub's start or death ends its own, not others'.
+        "ALTER TABLE remote_sessions ADD COLUMN hub_id TEXT",
+    ),
+    # 10: watch across hubs. Each hub numbers the events it announces (a stored report, an
+    # agent online or offline, a remote-access offer), written in the transaction that makes
+    # them true; every hub reads every hub's after a cursor per hub (`_events.py`). A hub's
+    # `events_from` is where its current run's events begin. Pruned by time (`at`).
+    (
+        """CREATE TABLE events (
+            hub_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            report_id TEXT,
+            change_count INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hub_id, seq)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX events_at ON events (at)",
+        "ALTER TABLE hubs ADD COLUMN events_from INTEGER NOT NULL DEFAULT 1",
+    ),
 )
 
 

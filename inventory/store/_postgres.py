@@ -9,7 +9,9 @@ What SQL does not share lives here: a write transaction takes an advisory lock, 
 every process are serialised as SQLite's BEGIN IMMEDIATE serialises them (the audit chain reads
 its last row and appends to it); migrations run under another advisory lock, so two hubs
 starting at once do not both migrate; a sequence counts commits, so a hub learns that an admin
-verb changed something (`outside_writes`).
+verb changed something (`outside_writes`); a transaction that writes watch events NOTIFYs, and
+each hub LISTENs on one connection of its own (`wait_for_events`), so every hub's watchers hear
+of every hub's events without polling fast.
 
 A write transaction runs in pipeline mode: statements whose results nobody reads (BEGIN, the
 lock, a host's upsert, COMMIT and the commit counter) travel with the next one whose answer is
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -45,6 +48,7 @@ _WRITE_LOCK = 0x45535441_5445_0001 & 0x7FFFFFFFFFFFFFFF
 _MIGRATE_LOCK = 0x45535441_5445_0002 & 0x7FFFFFFFFFFFFFFF
 _CONNECT_TIMEOUT_S = 10
 _STREAM_ROWS = 2000  # rows an export's server-side cursor fetches at a time
+_EVENTS_CHANNEL = "estate_events"  # NOTIFY/LISTEN: a hub wrote watch events
 
 _AUDIT_GUARD = (
     """CREATE OR REPLACE FUNCTION estate_audit_append_only() RETURNS trigger
@@ -75,6 +79,7 @@ class PostgresDatabase:
         self._read_only = read_only
         self._own_commits = 0
         self._pipeline: Any = None  # psycopg's Pipeline while a write transaction runs
+        self._listener: Any = None  # the connection `wait_for_events` listens on
         self.conn = self._connect()
         self.history = _History(self)
 
@@ -227,7 +232,40 @@ class PostgresDatabase:
         # JSONB refuses the NUL character; U+FFFD stands for it, as on every screen.
         return text.replace("\\u0000", "\\ufffd")
 
+    # --- waking other hubs' event readers -----------------------------------------------
+
+    def notify_events(self) -> None:
+        # Delivered at COMMIT, and folded: one notification per transaction, never one per
+        # report. A wake-up only: readers read the events table, so a lost one costs a poll.
+        self.conn.execute(f"NOTIFY {_EVENTS_CHANNEL}")  # type: ignore[arg-type]  # a literal
+
+    def wait_for_events(self, timeout_s: float) -> bool:
+        """On the hub's listener thread, with its one dedicated connection: LISTEN, and
+        wait. True too after (re)connecting, and after the connection failed (once its
+        wait is over): notifications may have been missed meanwhile."""
+        try:
+            if self._listener is None or self._listener.broken:
+                self._close_listener()
+                self._listener = psycopg.connect(
+                    str(self.url), autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S,
+                    application_name="estate-hub listener")
+                self._listener.execute(f"LISTEN {_EVENTS_CHANNEL}")  # type: ignore[arg-type]
+                return True
+            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
+                return True
+            return False
+        except psycopg.Error:
+            self._close_listener()
+            time.sleep(timeout_s)  # the server is away: try again after a poll's wait
+            return True
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     def close(self) -> None:
+        self._close_listener()
         self.conn.close()
 
 

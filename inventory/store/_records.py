@@ -236,6 +236,67 @@ class OperatorRow(Record):
     created_at: str
 
 
+# --- hubs and presence ----------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class HubRow(Record):
+    """A hub process in the store's registry, as `estate-hub hubs` lists it."""
+
+    id: str  # the hub's name (`--hub-name`)
+    address: str | None  # where it listens, HOST:PORT
+    started_at: str
+    heartbeat_at: str
+    timeout_s: float  # dead once its heartbeat is older than this
+    agents: int  # agent connections it held at its last heartbeat
+    reports_per_s: float  # reports it stored per second over its last heartbeat interval
+    version: str | None  # the Estate it runs
+
+
+class Held(NamedTuple):
+    """An agent's connection as a hub holds it: the epoch its connect got, its agency."""
+
+    agent_id: str
+    epoch: int
+    agency: str
+
+
+class Released(NamedTuple):
+    """An agent marked offline because the hub that held it stopped or died."""
+
+    agent_id: str
+    agency: str
+
+
+class Sweep(NamedTuple):
+    """Hubs found dead (no heartbeat within their timeout) and removed, and their agents."""
+
+    hubs: list[str]
+    agents: list[Released]
+
+
+# --- watch events (`_events.py`) -----------------------------------------------------------
+
+class Event(NamedTuple):
+    """One event a hub announced to every hub's watchers."""
+
+    hub_id: str  # the hub that wrote it
+    seq: int  # its place in that hub's sequence
+    kind: str  # host, online or offline
+    agent_id: str
+    at: str
+    report_id: str | None  # the stored report a host event announces; None otherwise
+    change_count: int  # change events that report recorded
+    agency: str | None  # the agent's, read with the event (whose watchers may see it)
+
+
+class EventPage(NamedTuple):
+    """Events read after a set of cursors, and the cursors after them."""
+
+    events: list[Event]
+    cursors: dict[str, int]  # hub id -> the last seq read
+    more: bool  # a hub had more than a page: read again at once
+
+
 # --- remote sessions ------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -251,6 +312,7 @@ class RemoteTarget(Record):
     connected: int
     revoked_at: str | None
     remote: str  # ready, allowed, asked or off
+    connected_hub: str | None = None  # the hub holding its agent's connection (None: none)
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from estate.inventory.store._audit import AuditLog
-from estate.inventory.store._common import _scoped, iso
+from estate.inventory.store._common import _scoped, iso, utcnow
+from estate.inventory.store._events import HOST, EventRecords
 from estate.inventory.store._records import RemoteTarget, Session, SessionEnd
 
 
@@ -19,7 +20,13 @@ def remote_state(allowed: int, offered: int, connected: int, revoked: str | None
     return "asked" if offered and connected else "off"
 
 
-class RemoteRecords(AuditLog):
+def _hubs_named(hub_id: str | None, agent_hub: str | None) -> dict[str, str | None]:
+    """What a session's audit rows add when it crossed hubs: the operator's hub and the
+    agent's. A session on one hub adds nothing (its rows read as they always did)."""
+    return {"hub": hub_id, "agent_hub": agent_hub} if agent_hub else {}
+
+
+class RemoteRecords(AuditLog, EventRecords):
     def set_remote_access(self, agent_id: str, allowed: bool, actor: str) -> bool:
         """Allow or deny remote access to an agent's host (audited); False if no such agent."""
         with self._transaction():
@@ -36,13 +43,17 @@ class RemoteRecords(AuditLog):
         return bool(row and row[0])
 
     def set_remote_offered(self, agent_id: str, offered: bool) -> None:
-        self.db.execute("UPDATE agents SET remote_offered = ? WHERE id = ?",
-                        (1 if offered else 0, agent_id))
+        """The agent's live connection offers remote access, or no longer does: its host
+        row shows it, so every hub's watchers hear of it (a host event)."""
+        with self._transaction():
+            self.db.execute("UPDATE agents SET remote_offered = ? WHERE id = ?",
+                            (1 if offered else 0, agent_id))
+            self._announce(HOST, [(agent_id, iso(utcnow()), None, 0)])
 
     def remote_targets(self, host: str, scope: list[str] | None) -> list[RemoteTarget]:
         """Hosts in scope whose id is `host`, else whose hostname is (case-insensitive)."""
         base = ("SELECT h.agent_id, h.hostname, a.name AS agency, s.name AS site, "
-                "g.remote_access, g.remote_offered, g.connected, g.revoked_at "
+                "g.remote_access, g.remote_offered, g.connected, g.revoked_at, g.connected_hub "
                 "FROM hosts h JOIN agents g ON g.id = h.agent_id "
                 "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
                 "WHERE ")
@@ -58,20 +69,27 @@ class RemoteRecords(AuditLog):
 
     # --- sessions -----------------------------------------------------------------------
 
-    def session_started(self, operator: str, agent_id: str, peer: str, at: datetime) -> int:
+    def session_started(self, operator: str, agent_id: str, peer: str, at: datetime,
+                        hub_id: str | None = None, agent_hub: str | None = None) -> int:
+        """A session `hub_id` relays began (audited); its id. `agent_hub`: the other hub
+        holding the agent's connection, which `hub_id` reached over a hub-to-hub link; the
+        audit row then names both."""
         with self._transaction():
             cur = self.db.execute(
-                "INSERT INTO remote_sessions (operator, agent_id, peer, started_at) "
-                "VALUES (?, ?, ?, ?) RETURNING id", (operator, agent_id, peer, iso(at)))
+                "INSERT INTO remote_sessions (operator, agent_id, peer, started_at, hub_id) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id", (operator, agent_id, peer, iso(at),
+                                                        hub_id))
             session_id = int(cur.fetchone()[0])
             self._audit(f"operator:{operator}", "remote_session_start", agent_id,
-                        {"session": session_id, "peer": peer}, at)
+                        {"session": session_id, "peer": peer,
+                         **_hubs_named(hub_id, agent_hub)}, at)
         return session_id
 
     def session_ended(self, session_id: int, to_host: int, from_host: int, reason: str,
-                      at: datetime) -> None:
+                      at: datetime, agent_hub: str | None = None) -> None:
+        """A session ended (audited once); `agent_hub` as `session_started` was given it."""
         with self._transaction():
-            row = self.db.execute("SELECT operator, agent_id FROM remote_sessions "
+            row = self.db.execute("SELECT operator, agent_id, hub_id FROM remote_sessions "
                                   "WHERE id = ? AND ended_at IS NULL",
                                   (session_id,)).fetchone()
             if row is None:
@@ -81,7 +99,8 @@ class RemoteRecords(AuditLog):
                             (iso(at), to_host, from_host, reason, session_id))
             self._audit(f"operator:{row[0]}", "remote_session_end", row[1],
                         {"session": session_id, "bytes_to_host": to_host,
-                         "bytes_from_host": from_host, "reason": reason}, at)
+                         "bytes_from_host": from_host, "reason": reason,
+                         **_hubs_named(row[2], agent_hub)}, at)
 
     def sessions(self, live_only: bool = False, limit: int = 100) -> list[Session]:
         sql = ("SELECT r.id, r.operator, r.agent_id, h.hostname, r.peer, r.started_at, "
@@ -121,10 +140,3 @@ class RemoteRecords(AuditLog):
                 out.append(SessionEnd(int(r[0]), "remote access denied"))
         return out
 
-    def end_orphan_sessions(self, at: datetime) -> int:
-        """At hub start no session is live, whatever the last run (maybe killed) recorded."""
-        with self._transaction():
-            self.db.execute("UPDATE agents SET remote_offered = 0 WHERE remote_offered = 1")
-            cur = self.db.execute("UPDATE remote_sessions SET ended_at = ?, end_reason = ? "
-                                  "WHERE ended_at IS NULL", (iso(at), "hub restarted"))
-        return cur.rowcount

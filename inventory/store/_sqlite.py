@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,14 @@ class SqliteDatabase:
 
     def json_text(self, text: str) -> str:
         return text  # SQLite keeps JSON as the text it was given
+
+    def notify_events(self) -> None:
+        pass  # one hub per file: its own commits wake its reader (`Watch.wake`)
+
+    def wait_for_events(self, timeout_s: float) -> bool:
+        # Nothing else writes events to this file: the listener only paces the polling.
+        time.sleep(timeout_s)
+        return False
 
     def close(self) -> None:
         self.conn.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncssh
 
+from estate.inventory.hub import _metrics
 from estate.inventory.hub._budget import RETRY_AFTER_S, Budget
 from estate.inventory.hub._context import Context
 from estate.inventory.protocol import ERROR_CODES, MAX_RECEIVED_BYTES, ChannelExit
@@ -34,12 +35,18 @@ class Channel:
     def __init__(self, close_connection: Callable[[], None] | None = None) -> None:
         self.chan: asyncssh.SSHServerChannel | None = None  # type: ignore[type-arg]
         self.finished = False
+        # Also told an error answer's code, before it is sent: a command's own counter.
+        self.on_refusal: Callable[[str], None] | None = None
         self.writable = asyncio.Event()  # flow control: answers wait for the client's window
         self.writable.set()
         self._close_connection = close_connection
 
     def fail(self, code: str, message: str, **extra: Any) -> None:
         """Answer with an error and exit with the status the protocol gives its code."""
+        if not self.finished:
+            _metrics.refused(code)
+            if self.on_refusal is not None:
+                self.on_refusal(code)
         self.finish(ERROR_CODES[code],
                     {"status": "error", "code": code, "message": message, **extra})
 

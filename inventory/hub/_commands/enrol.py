@@ -29,13 +29,13 @@ class EnrolCommand(BodyCommand):
             if not all(isinstance(v, str) for v in (token, public_key)) or \
                     not isinstance(hostname, (str, type(None))):
                 raise TypeError
-            token_id, secret, token_fp = _tokens.split_token(token)
+            token_id, secret, token_fps = _tokens.split_token(token)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             channel.fail("bad_request",
                          'expected {"token": "EST1...", "public_key": "ssh-ed25519 ...", '
                          '"hostname": ...}')
             return
-        if token_fp != ctx.fingerprint:
+        if ctx.fingerprint not in token_fps:  # one of two during a rotation of the hub key
             channel.fail("token_wrong_hub", "this token was issued by "
                          "another hub (its host key does not match)")
             return

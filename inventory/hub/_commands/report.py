@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from estate.inventory.hub._commands.base import BodyCommand
+from estate.inventory.hub import _metrics
+from estate.inventory.hub._commands.base import BodyCommand, Channel
+from estate.inventory.hub._context import Context
 from estate.inventory.hub._ingest import OverBudget
 from estate.inventory.hub._writer import Busy, StoreUnavailable
 from estate.inventory.protocol import REPORT_COMMAND, ChannelExit
@@ -18,9 +20,15 @@ log = logging.getLogger("estate.hub")
 class ReportCommand(BodyCommand):
     command = REPORT_COMMAND
 
+    def __init__(self, ctx: Context, channel: Channel) -> None:
+        super().__init__(ctx, channel)
+        # Every refusal of a report, also those before `run` (a body too large, no budget).
+        channel.on_refusal = _metrics.report_refused
+
     async def run(self, body: bytes) -> None:
         ctx, agent_id = self.ctx, self.ctx.peer.name
         budgets = ctx.ingest.budgets
+        received_at = _metrics.report_received()
         try:
             # Charged to the agent before it is decompressed or parsed (on a worker thread).
             report = await ctx.ingest.accept(body, agent_id)
@@ -56,4 +64,8 @@ class ReportCommand(BodyCommand):
             budgets.stored(agent_id, report["agent"].get("interval_s"))
         # Debug only: at 200 reports/s an info line per report would swamp the log.
         log.debug("report %s from %s %s", report["report_id"], agent_id, status)
-        self.channel.finish(ChannelExit.OK, {"status": status, "report_id": report["report_id"]})
+        _metrics.report_acked(status, received_at)  # counted before the agent can see it
+        # During a rotation of the hub key, the ack names the next key: the agent pins it,
+        # told over the connection it already pinned (docs/protocol.md, "Reports").
+        self.channel.finish(ChannelExit.OK, {"status": status, "report_id": report["report_id"],
+                                             **ctx.next_key.announcement()})
