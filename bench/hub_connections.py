@@ -198,11 +198,11 @@ def main() -> None:
                         help="the hub's --keepalive (default: the hub's default)")
     parser.add_argument("--tcp-keepalive", default=None, metavar="IDLE:INTERVAL:COUNT",
                         help="the hub's --tcp-keepalive (default: the hub's default)")
-    parser.add_argument("--agent-keepalive", type=float, default=30.0,
+    parser.add_argument("--agent-keepalive", type=float, default=0.0,
                         help="the simulated agents' own SSH keepalive, 0 for none (default "
-                             "30, as the real agent's)")
+                             "0, as the real agent's: it relies on TCP keepalive)")
     args = parser.parse_args()
-    cycle = min(s for s in (args.keepalive, args.agent_keepalive) if s > 0)
+    cycle = min((s for s in (args.keepalive, args.agent_keepalive) if s > 0), default=0.0)
     window = args.idle_window or max(60.0, cycle + 10)
     extra = ("--keepalive", f"{args.keepalive:g}",
              *(("--tcp-keepalive", args.tcp_keepalive) if args.tcp_keepalive else ()))
