@@ -1,11 +1,15 @@
-"""What the multi-hub tests share: an operator's watch on one hub, followed on a thread."""
+"""What the multi-hub tests share: an operator's watch on one hub, followed on a thread, and
+the answers a hub-to-hub link gets to the channels it opens."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import asyncssh
 
 from estate.console._client import HubConnection
 from tests.harness import HubProcess
@@ -32,3 +36,18 @@ class WatchThread(threading.Thread):
             pass
         finally:
             await self.conn.close()
+
+
+async def tcp_channel_answers(conn: asyncssh.SSHClientConnection,
+                              channels: Iterable[tuple[str, int]]) -> list[str]:
+    """Open a direct-tcpip channel to each (host, port) on `conn`: "opened", or the reason
+    the hub gave for refusing it."""
+    answers = []
+    for dest in channels:
+        try:
+            chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, *dest)
+            chan.close()
+            answers.append("opened")
+        except asyncssh.ChannelOpenError as exc:
+            answers.append(exc.reason)
+    return answers

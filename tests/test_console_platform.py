@@ -310,7 +310,7 @@ def test_the_embedded_hub_takes_stop_signals_where_event_loops_cannot(monkeypatc
     async def main() -> bool:
         loop = asyncio.get_running_loop()
 
-        def refuse(*_):
+        def refuse(*_):  # what Windows' event loops do
             raise NotImplementedError
 
         monkeypatch.setattr(loop, "add_signal_handler", refuse)

@@ -21,7 +21,7 @@ import pytest
 from estate.console._client import HubConnection
 from tests.conftest import ROOT
 from tests.harness import Agent, AgentService, HubProcess, add_operator, run, wait_for
-from tests.sshd import free_port
+from tests.sshd import free_port, stop_process
 from tests.stores import ON_POSTGRES, open_test_store, test_store_url
 
 HAPROXY = shutil.which("haproxy") or next(
@@ -111,13 +111,8 @@ class HAProxy:
             return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc:
+            stop_process(self.proc)
 
 
 def _holders(folder: Path) -> dict[str, tuple[int, str | None]]:

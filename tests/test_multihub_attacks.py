@@ -14,6 +14,7 @@ import pytest
 
 from estate.agent.transport import CommandResult, HubBusy, HubClient, HubError
 from tests.harness import HubProcess, wait_for
+from tests.multihub import tcp_channel_answers
 from tests.stores import ON_POSTGRES
 
 # Nothing here depends on the store: run once, in the SQLite pass.
@@ -158,13 +159,7 @@ async def _link(hub: HubProcess, user: str, key: asyncssh.SSHKey,
             answers.append("forward opened")
         except asyncssh.ChannelListenError:
             answers.append("forward refused")
-        for dest in channels:
-            try:
-                chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, *dest)
-                chan.close()
-                answers.append("opened")
-            except asyncssh.ChannelOpenError as exc:
-                answers.append(exc.reason)
+        answers += await tcp_channel_answers(conn, channels)
     return answers
 
 

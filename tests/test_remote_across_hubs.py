@@ -17,6 +17,7 @@ import pytest
 
 from estate.inventory.hub._keys import HOST_KEY_FILE
 from tests.harness import PY, Agent, AgentService, HubProcess, run, wait_for
+from tests.multihub import tcp_channel_answers
 from tests.sshd import MISSING, Sshd, keygen
 from tests.stores import ON_POSTGRES, test_store_url
 
@@ -176,11 +177,5 @@ async def _link_login(hub: HubProcess, user: str, key: asyncssh.SSHKey,
     async with conn:
         with pytest.raises(asyncssh.ChannelOpenError):
             await conn.create_session(asyncssh.SSHClientSession, "estate-api v1")
-        for dest in channels:
-            try:
-                chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, *dest)
-                chan.close()
-                answers.append("opened")
-            except asyncssh.ChannelOpenError as exc:
-                answers.append(exc.reason)
+        answers += await tcp_channel_answers(conn, channels)
     return answers
