@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sections() -> tuple[str, ...]:
-    return ("system", "hardware", "network", "connectivity", "software", "health", "errors")
+    return ("system", "hardware", "network", "connectivity", "software", "security", "health",
+            "errors")
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -187,7 +188,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     probes = None if args.no_probes else prober(cfg.probes)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
-    report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, **kwargs)
+    report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, cache_dir=_cache_dir(cfg),
+                               **kwargs)
     try:
         validate(report)
     except ReportError as exc:  # a collector bug: say so rather than print a bad report
@@ -203,6 +205,16 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return Exit.OK
+
+
+def _cache_dir(cfg: Any) -> Path | None:
+    """The state folder beside a config file, where the service caches slow facts (pending
+    updates) for a one-shot command to read; without a config file, none (the current
+    folder is nobody's state folder)."""
+    from estate.agent.collect._posture import one_shot
+
+    one_shot()  # this command reads the service's cache, and starts no package query
+    return cfg.state_dir() if cfg.path is not None else None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -277,7 +289,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     probes = prober(cfg.probes)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
-    report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, **kwargs)
+    report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, cache_dir=_cache_dir(cfg),
+                               **kwargs)
     body = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
     if not args.no_gzip:
         body = gzip.compress(body, 6)

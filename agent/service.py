@@ -197,7 +197,7 @@ class Service:
         seq = self.spool.next_sequence() if self.spool else time.time_ns() // 1_000_000
         report, self.sample = collect_report(
             agent_id=self.cfg.agent_id, sequence=seq, probes=probes, previous=self.sample,
-            interval_s=self.cfg.interval_s,
+            interval_s=self.cfg.interval_s, cache_dir=self.cfg.state_dir(),
             timeout_s=self.cfg.collector_timeout_s or DEFAULT_TIMEOUT_S)
         body = gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
         self._delete_acked()

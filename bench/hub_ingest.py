@@ -171,8 +171,10 @@ class PostgresWatch:
         return total
 
     def commits(self) -> int:
-        """The store's write transactions so far (its commit counter)."""
-        return int(self.conn.execute("SELECT last_value FROM estate_commits").fetchone()[0])
+        """Write transactions so far: only a transaction that writes takes a transaction id,
+        so the next id to be given out counts them (this read takes none)."""
+        return int(self.conn.execute(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0])
 
     def begin(self) -> None:
         self._lsn0 = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]

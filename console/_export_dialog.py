@@ -1,9 +1,9 @@
 """The console's export dialog (`ctrl+s`, `:export`): what the current view shows, exported.
 
-It asks for the report, format and file; the current filter goes with the request. The
-export is `estate export`'s own code path (`estate.console.export.fetch`): the hub produces
-the file in the operator's scope and signs its manifest, and both are written next to each
-other.
+It asks for the report (inventory, compliance, ...), format, file and an optional as-of date;
+the current filter goes with the request. The export is `estate export`'s own code path
+(`estate.console.export.fetch`): the hub produces the file in the operator's scope and signs
+its manifest, and both are written next to each other.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class ExportDialog(ModalScreen[ExportOptions | None]):
                          id="format")
             yield Label("File (a manifest is written beside it)")
             yield Input(str(_default_path("inventory", "xlsx")), id="output")
+            yield Label("As of (optional): the estate as the hub knew it then, e.g. "
+                        "2026-03-31 (UTC)")
+            yield Input("", placeholder="now", id="as-of")
             yield Label("Asset register (reconcile only): a CSV file")
             yield Input("", placeholder="register.csv", id="register")
             with Horizontal(id="buttons"):
@@ -70,11 +73,13 @@ class ExportDialog(ModalScreen[ExportOptions | None]):
     @on(Input.Submitted)
     def _go(self) -> None:
         register = self.query_one("#register", Input).value.strip()
+        as_of = self.query_one("#as-of", Input).value.strip()
         self.dismiss(ExportOptions(
             report=str(self.query_one("#report", Select).value),
             format=str(self.query_one("#format", Select).value),
             output=Path(self.query_one("#output", Input).value).expanduser(),
             filter=self.filter_text,
+            as_of=as_of or None,
             register=Path(register).expanduser() if register else None))
 
 

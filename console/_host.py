@@ -1,4 +1,4 @@
-"""One host: overview, hardware, storage, network, probes, software and changes."""
+"""One host: overview, hardware, storage, network, probes, software, changes and compliance."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from estate.console._client import ApiFailure, HubConnection, HubUnreachable
 from estate.console._keys import HOST, bindings
 from estate.console._safe import plain
 
-TABS = ("overview", "hardware", "storage", "network", "probes", "software", "changes")
+# Compliance comes last so the number keys of the older tabs stay where staff know them.
+TABS = ("overview", "hardware", "storage", "network", "probes", "software", "changes",
+        "compliance")
+OUTCOME_STYLE = {"pass": "green", "fail": "bold red", "unknown": "yellow"}
 
 
 def _t(value: Any) -> Text:
@@ -170,6 +173,7 @@ class HostScreen(Screen[None]):
             [c["at"][:19].replace("T", " "), c["kind"], c.get("subject"), c.get("old_value"),
              c.get("new_value")] for c in reversed(changes)]) if changes else
             Text("No changes recorded yet.", style="dim"))
+        self._body("compliance", _compliance(d.get("compliance")))
 
     def _probes(self, report: dict[str, Any], reports: list[dict[str, Any]]) -> None:
         probes = (report.get("connectivity") or {}).get("probes", [])
@@ -218,6 +222,41 @@ class HostScreen(Screen[None]):
         tabs = self.query_one(TabbedContent)
         current = TABS.index(tabs.active) if tabs.active in TABS else 0
         tabs.active = TABS[(current + delta) % len(TABS)]
+
+
+def _compliance(compliance: dict[str, Any] | None) -> Any:
+    """Each control of the hub's policy with its outcome, the fact read and why.
+
+    Facts and reasons quote what the agent sent: `_t` shows them as plain text.
+    """
+    if not compliance:
+        return Text("Not evaluated yet: the hub has no compliance results for this host.",
+                    style="dim")
+    results = compliance.get("results") or []
+    policy = compliance.get("policy") or {}
+    tally = {"pass": 0, "fail": 0, "unknown": 0}
+    for r in results:
+        if r.get("outcome") in tally:
+            tally[r["outcome"]] += 1
+    outcome_line = Text()
+    for outcome, n in tally.items():
+        outcome_line.append(f"{n} {outcome}   ", style=OUTCOME_STYLE[outcome] if n else "dim")
+    head = _pairs([
+        ("Policy", f"{plain(policy.get('name'))} {plain(policy.get('version'))} "
+                   f"(sha256 {plain(policy.get('hash'))[:12]})"),
+        ("Results", outcome_line),
+    ])
+    table = _grid(["Outcome", "Control", "Title", "Theme", "Severity", "Fact", "Reason",
+                   "Since"], [
+        [Text(plain(r.get("outcome")), style=OUTCOME_STYLE.get(r.get("outcome") or "", "")),
+         r.get("control"), r.get("title"), r.get("theme"), r.get("severity"), r.get("fact"),
+         r.get("reason"), _when(r.get("since"))] for r in results])
+    return _stack(head, table if results else
+                  Text("No control of the policy applies to this host.", style="dim"))
+
+
+def _when(value: Any) -> Text:
+    return _t(None) if not value else Text(plain(value)[:19].replace("T", " "))
 
 
 def _stack(*renderables: Any) -> Table:

@@ -17,24 +17,32 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from estate.console._keys import TABLE, bindings
-from estate.console._model import KEY_INDEX, HostModel
+from estate.console._model import KEY_INDEX, HostModel, compliance_counts, compliance_share
 from estate.console._safe import plain
 from estate.inventory.hostlist import HOST_COLUMNS
 
 WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "os": 24,
           "model": 20, "serial": 14, "cpu": 26, "ram_bytes": 7, "disk_percent": 6, "ip": 15,
-          "last_seen": 19, "remote": 7}
-# Remote access sits beside status, where staff look before pressing the ssh key.
-_SHOWN_ORDER = ("hostname", "agency", "site", "status", "remote", "os", "model", "serial",
-                "cpu", "ram_bytes", "disk_percent", "ip", "last_seen")
+          "last_seen": 19, "remote": 7, "compliance": 21}
+# Remote access sits beside status, where staff look before pressing the ssh key; compliance
+# next, so a failing control shows without scrolling sideways.
+_SHOWN_ORDER = ("hostname", "agency", "site", "status", "remote", "compliance", "os", "model",
+                "serial", "cpu", "ram_bytes", "disk_percent", "ip", "last_seen")
 SHOWN = [next(c for c in HOST_COLUMNS if c.key == key) for key in _SHOWN_ORDER]
+# Numbers line up on the right; compliance mixes a share with a control's name, so it reads
+# from the left.
+RIGHT = {c.key for c in SHOWN if c.numeric and c.key != "compliance"}
 STATUS_STYLE = {"online": Style(color="green"), "offline": Style(color="red", bold=True),
                 "stale": Style(color="yellow"), "revoked": Style(color="magenta")}
+COMPLIANCE_STYLE = {"fail": Style(color="red", bold=True), "unknown": Style(color="yellow"),
+                    "pass": Style(color="green")}
 HEADER = Style(bold=True, reverse=True)
 CURSOR = Style(reverse=True)
 
 
 def cell_text(key: str, value: Any) -> str:
+    if key == "compliance":
+        return compliance_cell(value)[0]
     if value is None:
         return "-"
     if key == "ram_bytes":
@@ -44,6 +52,25 @@ def cell_text(key: str, value: Any) -> str:
     if key == "last_seen":
         return plain(str(value)[:19].replace("T", " "))
     return plain(value)  # agent text: never markup, never terminal control
+
+
+def compliance_cell(summary: Any) -> tuple[str, str | None]:
+    """The compliance column's text and its kind (pass, fail, unknown; None: not evaluated).
+
+    The worst failing control when any fails (and how many more fail), else the passing share;
+    empty when the host is not evaluated.
+    """
+    share, counts = compliance_share(summary), compliance_counts(summary)
+    if share is None or counts is None:  # not evaluated, or no control applies
+        return "", None
+    _, failed, unknown = counts
+    worst = summary[4] if len(summary) > 4 else None
+    if failed and worst:
+        more = f" +{failed - 1}" if failed > 1 else ""
+        # Control ids come from the hub's policy, not the agent; plain() all the same.
+        return plain(worst, 64) + more, "fail"
+    # Rounded down: 99.6% with an unknown control must not read as 100%.
+    return f"{int(share)}%", ("unknown" if unknown else "pass")
 
 
 class HostTable(ScrollView, can_focus=True):
@@ -102,14 +129,20 @@ class HostTable(ScrollView, can_focus=True):
         segments = []
         for c in SHOWN:
             title = c.title + (arrow if c.key == self.model.sort_key else "")
-            segments.append(Segment(_fit(title, WIDTHS[c.key], c.numeric) + " ", HEADER))
+            segments.append(Segment(_fit(title, WIDTHS[c.key], c.key in RIGHT) + " ", HEADER))
         return Strip(segments)
 
     def _row(self, row: list[Any], selected: bool) -> Strip:
         segments = []
         for c in SHOWN:
-            text = _fit(cell_text(c.key, row[KEY_INDEX[c.key]]), WIDTHS[c.key], c.numeric)
-            style = STATUS_STYLE.get(row[KEY_INDEX["status"]]) if c.key == "status" else None
+            value = row[KEY_INDEX[c.key]]
+            if c.key == "compliance":
+                shown, kind = compliance_cell(value)
+                text = _fit(shown, WIDTHS[c.key])
+                style = COMPLIANCE_STYLE.get(kind) if kind else None
+            else:
+                text = _fit(cell_text(c.key, value), WIDTHS[c.key], c.key in RIGHT)
+                style = STATUS_STYLE.get(value) if c.key == "status" else None
             if selected:
                 style = CURSOR + style if style else CURSOR
             segments.append(Segment(text + " ", style))

@@ -48,7 +48,8 @@ class HelpScreen(ModalScreen[None]):
             text.append(f"{what}\n")
         text.append(f"\n  {f'1-{len(TABS)}':<18}host: switch tabs\n")
         text.append("\nFilter: free text, field:value (status:offline, os:windows, "
-                    "agency:fire), comparisons (disk>90, ram>=16), -word negates.\n")
+                    "agency:fire), comparisons (disk>90, ram>=16), failing controls "
+                    "(fail:encryption, fail:firewall), compliance<80, -word negates.\n")
         yield Static(text, id="help")
 
 
@@ -66,7 +67,8 @@ class EstateScreen(Screen[None]):
         with Horizontal():
             yield Tree("Estate", id="agencies")
             with Vertical():
-                yield Input(placeholder="filter: text, status:offline, os:windows, disk>90",
+                yield Input(placeholder="filter: text, status:offline, os:windows, disk>90, "
+                                        "fail:firewall, compliance<80",
                             id="filter")
                 yield HostTable(self.model, id="hosts")
         yield Footer()
@@ -80,6 +82,8 @@ class EstateScreen(Screen[None]):
     def show(self, summary: dict[str, Any] | None) -> None:
         table = self.query_one(HostTable)
         table.reload()
+        if summary is not None:
+            self._tree(summary)
         counts = self.model.counts()
         line = Text()
         line.append("Estate ", style="bold")
@@ -98,9 +102,18 @@ class EstateScreen(Screen[None]):
             line.append(f"   {self.app.loading}…", style="italic")  # type: ignore[attr-defined]
         if self.app.readonly:  # type: ignore[attr-defined]
             line.append("   read-only", style="italic")
+        # Last: on a narrow terminal what the view shows and the hub's state come first.
+        share = self._compliance_share
+        if share is not None:
+            line.append("   compliance ")
+            line.append(f"{int(share)}%", style=_share_style(share))
         self.query_one("#summary", Static).update(line)
-        if summary is not None:
-            self._tree(summary)
+
+    @property
+    def _compliance_share(self) -> float | None:
+        shown = self._shown_summary or {}
+        share = shown.get("compliance", {}).get("totals", {}).get("share")
+        return share if isinstance(share, (int, float)) else None
 
     def _tree(self, summary: dict[str, Any]) -> None:
         # show() runs on every live repaint; rebuilding an unchanged tree would also reset
@@ -111,11 +124,14 @@ class EstateScreen(Screen[None]):
         tree = self.query_one(Tree)
         tree.clear()
         tree.root.expand()
+        compliance = summary.get("compliance", {}).get("agencies", {})
         for agency, info in sorted(summary.get("agencies", {}).items()):
-            node = tree.root.add(_count_label(agency, info["counts"]), data=("agency", agency),
-                                 expand=True)
+            shares = compliance.get(agency, {})
+            node = tree.root.add(_count_label(agency, info["counts"], shares.get("counts")),
+                                 data=("agency", agency), expand=True)
             for site, counts in sorted(info["sites"].items()):
-                node.add_leaf(_count_label(site, counts), data=("site", agency, site))
+                node.add_leaf(_count_label(site, counts, shares.get("sites", {}).get(site)),
+                              data=("site", agency, site))
 
     def banner(self, text: str | None) -> None:
         banner = self.query_one("#banner", Static)
@@ -195,14 +211,25 @@ def _word(name: str) -> str:
     return max(name.lower().split(), key=len)
 
 
-def _count_label(name: str, counts: dict[str, int]) -> Text:
+def _count_label(name: str, counts: dict[str, int],
+                 compliance: dict[str, Any] | None = None) -> Text:
     label = Text(plain(name))
     label.append(f"  {counts['total']}", style="bold")
+    # The share before the counts of trouble: a narrow tree cuts the end of the label.
+    share = (compliance or {}).get("share")
+    if isinstance(share, (int, float)):  # None: no host there is evaluated
+        label.append(f" {int(share)}%", style=_share_style(share))
     if counts.get("offline"):
         label.append(f" {counts['offline']} off", style="red")
     if counts.get("stale"):
         label.append(f" {counts['stale']} stale", style="yellow")
     return label
+
+
+def _share_style(share: float) -> str:
+    """Green when every result passes, yellow from 80%, red below (the `compliance<80` line
+    the filter help suggests)."""
+    return "green" if share >= 100 else "yellow" if share >= 80 else "bold red"
 
 
 class _ExportProgress:
@@ -312,6 +339,10 @@ class EstateApp(App[None]):
                                       "signed manifest (ctrl+s)", self.open_export)
         for word, what in (("status:offline", "offline hosts"), ("status:stale", "stale hosts"),
                            ("disk>90", "hosts with a volume over 90% full"),
+                           ("compliance<80", "hosts passing under 80% of the compliance "
+                                             "controls"),
+                           ("fail:encryption", "hosts whose disks fail the encryption "
+                                               "control"),
                            ("os:windows", "Windows hosts"), ("", "everything (clear filter)")):
             yield SystemCommand(f"Show {what}", f"filter: {word or '(none)'}",
                                 lambda w=word: self._filter_from_palette(w))

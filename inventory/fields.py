@@ -15,6 +15,7 @@ ALL = ("linux", "windows", "macos")
 LINUX = ("linux",)
 POSIX = ("linux", "macos")
 WINDOWS = ("windows",)
+MACOS = ("macos",)
 
 # Kinds of value. "object" and "list" are containers; the rest are leaves.
 KINDS = ("str", "int", "float", "bool", "datetime", "object", "list")
@@ -250,6 +251,94 @@ FIELDS: tuple[Field, ...] = (
        "Installed for the whole machine, or for one user only (Windows per-user installs, "
        "from a loaded user hive).", platforms=WINDOWS, choices=("machine", "user"),
        max_len=16, optional=True),
+    # --- security -----------------------------------------------------------------------
+    # Posture facts for compliance (issue 18). Added after agents that do not send them, so
+    # the section may be absent; inside it every member is sent, null with the sub-section's
+    # `reason` when the agent could not tell. None is exported: the compliance report carries
+    # them.
+    _f("security", "object", "Security posture: encryption, firewall, malware protection, "
+       "updates, platform and accounts; null or absent when the agent does not collect it.",
+       optional=True),
+    _f("security.encryption", "object", "Disk encryption of fixed volumes."),
+    _f("security.encryption.volumes", "list", "Fixed volumes and their encryption.",
+       max_items=64),
+    _f("security.encryption.volumes[]", "object", "A fixed volume.", nullable=False),
+    _f("security.encryption.volumes[].mount", "str", "Mount point or drive letter.",
+       nullable=False, max_len=1024),
+    _f("security.encryption.volumes[].device", "str", "Block device or volume id.",
+       max_len=1024),
+    _f("security.encryption.volumes[].encrypted", "bool",
+       "Whether the volume sits on an encrypted layer (LUKS/dm-crypt, BitLocker, FileVault)."),
+    _f("security.encryption.volumes[].method", "str",
+       "Encryption method (luks1, luks2, plain, XtsAes128, FileVault, ...).", max_len=64),
+    _f("security.encryption.volumes[].protection", "str",
+       "BitLocker protection status: on when its protectors are active.", platforms=WINDOWS,
+       choices=("on", "off")),
+    _f("security.encryption.volumes[].percent", "float", "Share of the volume encrypted.",
+       **PERCENT),
+    _f("security.encryption.reason", "str", "Why a fact of this sub-section is null.",
+       max_len=512),
+    _f("security.firewall", "object", "Host firewall."),
+    _f("security.firewall.enabled", "bool",
+       "On for every profile (Windows), globally (macOS), or rules loaded and the service "
+       "active (Linux)."),
+    _f("security.firewall.product", "str",
+       "Firewall in charge (nftables, iptables, firewalld, ufw, windows, macos).", max_len=64),
+    _f("security.firewall.profiles", "list", "Firewall profiles (Windows: Domain, Private, "
+       "Public); empty elsewhere.", max_items=8),
+    _f("security.firewall.profiles[]", "object", "A firewall profile.", nullable=False),
+    _f("security.firewall.profiles[].name", "str", "Profile name.", nullable=False,
+       max_len=64),
+    _f("security.firewall.profiles[].enabled", "bool", "Whether the profile is on."),
+    _f("security.firewall.reason", "str", "Why a fact of this sub-section is null.",
+       max_len=512),
+    _f("security.malware", "object", "Malware protection."),
+    _f("security.malware.product", "str",
+       "The active anti-malware product; 'none' when none was found.", max_len=128),
+    _f("security.malware.enabled", "bool", "Whether the active product is on."),
+    _f("security.malware.realtime", "bool", "Whether real-time (on-access) scanning is on."),
+    _f("security.malware.signature_age_days", "float", "Age of the product's signatures.",
+       unit="days", minimum=0),
+    _f("security.malware.products", "list", "Every anti-malware product the OS knows of.",
+       max_items=16),
+    _f("security.malware.products[]", "object", "An anti-malware product.", nullable=False),
+    _f("security.malware.products[].name", "str", "Product name.", nullable=False,
+       max_len=128),
+    _f("security.malware.products[].enabled", "bool", "Whether the product is on."),
+    _f("security.malware.products[].up_to_date", "bool",
+       "Whether the product says its signatures are up to date."),
+    _f("security.malware.gatekeeper", "bool", "Whether Gatekeeper (app assessment) is on.",
+       platforms=MACOS),
+    _f("security.malware.xprotect_version", "str", "XProtect signature version.",
+       platforms=MACOS, max_len=64),
+    _f("security.malware.reason", "str", "Why a fact of this sub-section is null.",
+       max_len=512),
+    _f("security.updates", "object", "OS updates, refreshed at most daily."),
+    _f("security.updates.last_success", "datetime",
+       "When updates were last installed successfully (UTC)."),
+    _f("security.updates.pending", "int", "Updates pending, where the OS says so cheaply.",
+       minimum=0),
+    _f("security.updates.reboot_required", "bool", "Whether an update waits for a reboot."),
+    _f("security.updates.checked_at", "datetime",
+       "When the agent last refreshed these facts (UTC)."),
+    _f("security.updates.reason", "str", "Why a fact of this sub-section is null.",
+       max_len=512),
+    _f("security.platform", "object", "Boot chain and security hardware."),
+    _f("security.platform.firmware", "str", "Firmware mode.", choices=("uefi", "bios")),
+    _f("security.platform.secure_boot", "bool", "Whether Secure Boot is on."),
+    _f("security.platform.tpm_present", "bool", "Whether a TPM is present."),
+    _f("security.platform.tpm_version", "str", "TPM specification version (e.g. 2.0).",
+       max_len=16),
+    _f("security.platform.reason", "str", "Why a fact of this sub-section is null.",
+       max_len=512),
+    _f("security.accounts", "object", "Local accounts."),
+    _f("security.accounts.admins", "list", "Local accounts with administrator rights.",
+       max_items=256),
+    _f("security.accounts.admins[]", "str", "An account name.", nullable=False, max_len=256),
+    _f("security.accounts.auto_login", "bool", "Whether a user is logged in automatically "
+       "at boot."),
+    _f("security.accounts.reason", "str", "Why a fact of this sub-section is null.",
+       max_len=512),
     # --- health -------------------------------------------------------------------------
     _f("health", "object", "Load and utilisation.", nullable=False),
     _f("health.cpu_percent", "float", "CPU busy over the sampling window.", **PERCENT),

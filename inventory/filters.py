@@ -5,7 +5,10 @@ Words separated by spaces, all of which must match:
 - `field:value`: that column contains the value (`status:offline`, `os:windows`,
   `agency:fire`, `remote:ready`);
 - comparisons on numbers: `disk>90`, `ram>=16` (GiB), `disk<10`, `ram=8`;
-- a leading `-` negates a word: `-status:online`.
+- compliance: `fail:WORD`, a failing control whose id or theme contains WORD
+  (`fail:encryption`, `fail:firewall`, `fail:malware`); `compliance<80`, `compliance>=N`, the
+  share of the host's controls that pass, in percent (hosts not evaluated never match);
+- a leading `-` negates a word: `-status:online`, `-fail:firewall`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from estate.inventory.errors import EstateError
-from estate.inventory.hostlist import COLUMN_KEYS
+from estate.inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
 
 __all__ = ["FIELDS", "FilterError", "Matcher", "compile_filter", "compile_prepared", "prepare"]
 
@@ -25,17 +28,26 @@ FIELDS = {
     "name": "hostname", "agency": "agency", "site": "site", "status": "status", "os": "os",
     "model": "model", "serial": "serial", "cpu": "cpu", "ram": "ram_bytes",
     "disk": "disk_percent", "ip": "ip", "seen": "last_seen", "remote": "remote",
+    "compliance": "compliance", "fail": "compliance",
 }
 _SCALE = {"ram_bytes": 2**30}  # ram is typed in GiB
-_TEXT = [i for i, k in enumerate(COLUMN_KEYS) if k not in ("ram_bytes", "disk_percent")]
+_TEXT = [i for i, c in enumerate(HOST_COLUMNS) if not c.numeric]
+# The compliance column holds a summary (`ComplianceSummary`: a tuple in the hub, a JSON list
+# in the console); these are the positions the filters read.
+COMPLIANCE_SHARE, COMPLIANCE_FAILING = 0, 6
+_CONTROL_WORD = re.compile(r"^[a-z0-9_]{1,64}$")
 TEXT_POSITION = {column: pos for pos, column in enumerate(_TEXT)}  # row index -> low index
 _WORD = re.compile(r"^(-?)([a-z_]+)(:|>=|<=|>|<|=)(.*)$")
 
+_COMPLIANCE = COLUMN_KEYS.index("compliance")
+_NOT_EVALUATED = float("nan")  # every comparison with NaN is false: such hosts never match
+
 Row = Sequence[Any]
-Prepared = tuple[Sequence[Any], list[str], str]
+Prepared = tuple[Sequence[Any], list[str], str, float, str]
 """A row made ready for filtering: the row, its text columns lower-cased (in `TEXT_COLUMNS`
-order, "" for unknown), and all of them in one string. The console prepares each row once, so
-a keystroke is one pass of `in` checks."""
+order, "" for unknown), all of them in one string, its compliance share (NaN when not
+evaluated or not a number) and its failing controls and themes ("" when none or unknown). The
+console prepares each row once, so a keystroke is one pass of `in` checks and comparisons."""
 Matcher = Callable[[Row], bool]
 PreparedMatcher = Callable[[Prepared], bool]
 
@@ -47,7 +59,22 @@ class FilterError(EstateError, ValueError):
 def prepare(row: Row) -> Prepared:
     # One lower() over the joined text is several times cheaper than one per column.
     hay = "\x00".join([v if isinstance(v := row[i], str) else "" for i in _TEXT]).lower()
-    return row, hay.split("\x00"), hay
+    # The compliance summary is checked here, once per row, rather than by each filter word
+    # on every keystroke. A hostile or foreign value (not a list, a share that is a bool, a
+    # failing list that is not text) reads as not evaluated / nothing failing.
+    share, failing = _NOT_EVALUATED, ""
+    try:
+        summary = row[_COMPLIANCE]
+    except IndexError:  # a row from before the compliance column
+        summary = None
+    if isinstance(summary, (list, tuple)) and summary:
+        if isinstance(got := summary[COMPLIANCE_SHARE], (int, float)) \
+                and not isinstance(got, bool):
+            share = got
+        if len(summary) > COMPLIANCE_FAILING \
+                and isinstance(got := summary[COMPLIANCE_FAILING], str):
+            failing = got
+    return row, hay.split("\x00"), hay, share, failing
 
 
 def compile_filter(text: str) -> Matcher:
@@ -67,9 +94,16 @@ def compile_prepared(text: str) -> PreparedMatcher:
     words = [_word(w) for w in text.split()]
     if not words:
         return lambda row: True
-    if len(words) == 1:
-        return words[0]
-    return lambda row: all(w(row) for w in words)
+    # Chained closures rather than `all(generator)`: a generator per row costs more than
+    # the words' own tests.
+    match = words[-1]
+    for word in reversed(words[:-1]):
+        match = _both(word, match)
+    return match
+
+
+def _both(first: PreparedMatcher, then: PreparedMatcher) -> PreparedMatcher:
+    return lambda row: first(row) and then(row)
 
 
 def _word(word: str) -> PreparedMatcher:
@@ -86,6 +120,8 @@ def _word(word: str) -> PreparedMatcher:
                           f"(fields: {', '.join(sorted(FIELDS))})")
     column = FIELDS[name]
     index = COLUMN_KEYS.index(column)
+    if column == "compliance":
+        return _compliance(word, negate, name, op, value)
     if op == ":":
         if index in TEXT_POSITION:
             pos = TEXT_POSITION[index]
@@ -108,3 +144,41 @@ def _word(word: str) -> PreparedMatcher:
         v = row[0][index]
         return isinstance(v, (int, float)) and compare(v)
     return (lambda row: not test(row)) if negate else test
+
+
+def _compliance(word: str, negate: bool, name: str, op: str,
+                value: str) -> PreparedMatcher:
+    """`fail:WORD` and `compliance<N`: both read the keys `prepare` took from the row's
+    compliance summary, so a keystroke does no checking per row."""
+    if name == "fail":
+        if op != ":":
+            raise FilterError(f"{word!r}: fail takes a control or theme word after a colon, "
+                              f"e.g. fail:firewall")
+        if not _CONTROL_WORD.match(value):
+            raise FilterError(f"{word!r}: fail: needs a control id or theme word (letters, "
+                              f"digits and _, up to 64), e.g. fail:encryption")
+        # `value` is never empty, so a row with nothing failing ("") never matches.
+        if negate:
+            return lambda row: value not in row[4]
+        return lambda row: value in row[4]
+    if op == ":":
+        raise FilterError(f"{word!r}: compliance is a percentage to compare, e.g. "
+                          f"compliance<80 (for failing controls: fail:WORD)")
+    try:
+        number = float(value)
+    except ValueError:
+        raise FilterError(f"{word!r}: {op} needs a number, got {value!r}") from None
+    if not 0 <= number <= 100:  # also refuses nan
+        raise FilterError(f"{word!r}: compliance is a percentage, 0 to 100")
+    # One closure per operator: the share is NaN when not evaluated, which compares false,
+    # so those hosts match no comparison and every negated one.
+    tests: dict[str, PreparedMatcher]
+    if negate:
+        tests = {">": lambda row: not row[3] > number, "<": lambda row: not row[3] < number,
+                 ">=": lambda row: not row[3] >= number,
+                 "<=": lambda row: not row[3] <= number, "=": lambda row: not row[3] == number}
+    else:
+        tests = {">": lambda row: row[3] > number, "<": lambda row: row[3] < number,
+                 ">=": lambda row: row[3] >= number, "<=": lambda row: row[3] <= number,
+                 "=": lambda row: row[3] == number}
+    return tests[op]

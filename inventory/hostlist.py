@@ -43,5 +43,9 @@ HOST_COLUMNS: tuple[Column, ...] = (
                                "now), allowed (the hub allows it; the agent has not offered "
                                "it), asked (the agent offers it; the hub does not allow it), "
                                "off."),
+    Column("compliance", "compliance", "Compliance with the hub's policy: share of controls "
+                                       "passing, counts of passed, failed and unknown, and "
+                                       "the worst failing control (docs/compliance.md); "
+                                       "empty until evaluated.", numeric=True),
 )
 COLUMN_KEYS = tuple(c.key for c in HOST_COLUMNS)

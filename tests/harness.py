@@ -218,6 +218,21 @@ def wait_for(condition, timeout: float = 30, interval: float = 0.1, what: str = 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def seed_update_cache(state_dir: Path) -> None:
+    """A fresh cache of the daily update check in an agent's state folder, unless one is
+    there: every agent started here runs on this one machine, and each would otherwise
+    start its own package query (seconds of CPU each; tests/test_posture_linux.py tests
+    the check itself)."""
+    from estate.agent.collect._posture import _CACHE_VERSION, CACHE_FILE
+
+    path = state_dir / CACHE_FILE
+    if not path.exists():
+        path.write_text(json.dumps({
+            "version": _CACHE_VERSION, "checked_at_epoch": time.time(), "last_success": None,
+            "pending": None, "reboot_required": None,
+            "reason": "seeded by the test harness: the daily update check did not run"}))
+
+
 class AgentService:
     """`estate-agent run` as a subprocess, for an enrolled Agent."""
 
@@ -235,6 +250,7 @@ class AgentService:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> AgentService:
+        seed_update_cache(self.agent.config.parent)
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [*self.wrapper, PY, "-m", "estate.agent", "run", "--config",

@@ -72,6 +72,20 @@ def _widget_text(widget) -> str:
     return "\n".join(line.text for line in lines)
 
 
+async def _export_json(app, pilot, out: Path, report: str | None = None) -> None:
+    """Through the export dialog (ctrl+s): `report` (default: the dialog's) as JSON to `out`,
+    waiting for the file."""
+    await pilot.press("ctrl+s")
+    await _until(lambda: app.screen.__class__.__name__ == "ExportDialog", pilot)
+    if report is not None:
+        app.screen.query_one("#report").value = report
+    app.screen.query_one("#format").value = "json"
+    await pilot.pause()
+    app.screen.query_one("#output").value = str(out)
+    await pilot.click("#go")
+    await _until(lambda: app.last_export == out, pilot, timeout=60)
+
+
 async def _until(predicate, pilot, timeout: float = 20) -> None:
     for _ in range(int(timeout * 10)):
         if predicate():
@@ -189,7 +203,7 @@ def test_model_filters_twenty_thousand_rows():
         rows.append([f"ag-{i:012x}", f"pc-{i:05d}", agency, site,
                      ("online", "offline", "stale")[i % 3], "Windows 11 Pro", "OptiPlex",
                      f"SN{i}", "Intel", 8 * 2**30, float(i % 100), f"10.0.{i // 256}.{i % 256}",
-                     "2026-01-01T00:00:00Z", "off"])
+                     "2026-01-01T00:00:00Z", "off", _summary(i % 101)])
     assert len(rows[0]) == len(COLUMN_KEYS)
     model = HostModel()
     model.load(rows)
@@ -198,6 +212,22 @@ def test_model_filters_twenty_thousand_rows():
                               for r in model.view)
     model.set_filter("-status:online")
     assert len(model.view) == 20_000 - len([r for r in rows if r[4] == "online"])
+    model.set_filter("compliance<80 fail:firewall")
+    assert len(model.view) == len([r for r in rows if r[14][0] < 80])
+    model.set_filter("")
+    model.sort_by("compliance")
+    assert model.view[0][14][0] == 0.0 and model.view[-1][14][0] == 100.0
+    summary = model.summary()["compliance"]["totals"]
+    assert summary["hosts"] == 20_000 and summary["share"] == round(
+        100 * summary["passed"] / (summary["passed"] + summary["failed"]), 1)
+
+
+def _summary(passed: int) -> list:
+    """A compliance summary of 100 controls, `passed` of them passing, the rest failing the
+    firewall control."""
+    failing = passed < 100
+    return [float(passed), passed, 100 - passed, 0, "firewall_on" if failing else None,
+            "Firewall on" if failing else None, "firewall_on firewalls" if failing else ""]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="tmux test on Linux")
@@ -363,13 +393,7 @@ def test_ctrl_s_exports_what_the_view_shows_with_a_signed_manifest(estate, tmp_p
             await _loaded(app, pilot)
             app.estate.query_one("#filter").value = "agency:fire"
             await pilot.pause()
-            await pilot.press("ctrl+s")
-            await _until(lambda: app.screen.__class__.__name__ == "ExportDialog", pilot)
-            app.screen.query_one("#format").value = "json"
-            await pilot.pause()
-            app.screen.query_one("#output").value = str(out)
-            await pilot.click("#go")
-            await _until(lambda: app.last_export == out, pilot, timeout=60)
+            await _export_json(app, pilot, out)
 
     asyncio.run(run())
     doc = json.loads(out.read_text())
@@ -377,3 +401,122 @@ def test_ctrl_s_exports_what_the_view_shows_with_a_signed_manifest(estate, tmp_p
     checked = verify(out)
     assert checked.manifest["filters"]["filter"] == "agency:fire"
     assert checked.fingerprint == estate["hub"].fingerprint
+
+
+# An agent's reason for a fact it could not read: markup, an action link and terminal control.
+EVIL_REASON = "\x1b[2J[red]pwn[/red][@click=app.quit]q[/]"
+EVIL_REASON_SHOWN = "\ufffd[2J[red]pwn[/red][@click=app.quit]q[/]"
+
+
+def _security(firewall_on: bool, platform_reason: str | None = None) -> dict:
+    """A complete `security` section: firewall on or off, Secure Boot unknown (with the
+    agent's reason), the rest passing the default policy's controls."""
+    import time as time_
+
+    now = time_.time()
+    iso = lambda t: time_.strftime("%Y-%m-%dT%H:%M:%SZ", time_.gmtime(t))  # noqa: E731
+    return {
+        "encryption": {"volumes": [{"mount": "/", "device": "/dev/dm-0", "encrypted": True,
+                                    "method": "luks2", "protection": None, "percent": None}],
+                       "reason": None},
+        "firewall": {"enabled": firewall_on, "product": "nftables", "profiles": [],
+                     "reason": None},
+        "malware": {"product": "clamav", "enabled": True, "realtime": True,
+                    "signature_age_days": 1.0,
+                    "products": [{"name": "clamav", "enabled": True, "up_to_date": True}],
+                    "gatekeeper": None, "xprotect_version": None, "reason": None},
+        "updates": {"last_success": iso(now - 86400), "pending": 0, "reboot_required": False,
+                    "checked_at": iso(now), "reason": None},
+        "platform": {"firmware": "uefi", "secure_boot": None, "tpm_present": True,
+                     "tpm_version": "2.0", "reason": platform_reason or "mokutil not found"},
+        "accounts": {"admins": ["root"], "auto_login": False, "reason": None},
+    }
+
+
+def test_compliance_column_filters_tree_host_tab_and_export(estate, live_report, tmp_path):
+    """Reports with security facts through the real hub: the column shows the worst failing
+    control, `fail:` and `compliance<` filter, the tree shows shares, the host tab lists each
+    control with an agent's hostile reason as plain text, and the export dialog exports the
+    compliance report of the filtered view."""
+    import json
+
+    from estate.console._table import compliance_cell
+    from estate.inventory.export.manifest import verify
+    from estate.inventory.hostlist import COLUMN_KEYS
+
+    fire, school = estate["agents"][0], estate["agents"][1]
+    for agent, name, firewall_on, reason in ((fire, "fire-01", False, EVIL_REASON),
+                                             (school, "school-01", True, None)):
+        report = make_report(live_report, agent.agent_id, system__hostname=name)
+        report["security"] = _security(firewall_on, reason)
+        assert agent.send(report)[0] == 0
+    at = COLUMN_KEYS.index("compliance")
+    out = tmp_path / "compliance.json"
+
+    async def run() -> None:
+        app = _app(estate)
+        async with app.run_test(size=(300, 50)) as pilot:
+            table = await _loaded(app, pilot)
+            fire_row, school_row = app.model.rows[fire.agent_id], app.model.rows[school.agent_id]
+            assert "firewall_on" in fire_row[at][6].split()
+            assert "firewall_on" not in school_row[at][6].split()
+            assert fire_row[at][0] < school_row[at][0]
+            # The column: the worst failing control, or the passing share.
+            shown = _screen_text(table)
+            for row in (fire_row, school_row):
+                line = next(x for x in shown.splitlines() if row[1] in x)
+                assert compliance_cell(row[at])[0] in line, line
+            # The filters, typed.
+            await pilot.press("slash", *"fail:firewall", "enter")
+            await pilot.pause()
+            assert [r[1] for r in app.model.view] == ["fire-01"]
+            await pilot.press("escape")
+            app.estate.query_one("#filter").value = ""
+            await pilot.pause()
+            await pilot.press("slash", *f"compliance<{school_row[at][0]:g}", "enter")
+            await pilot.pause()
+            assert "fire-01" in [r[1] for r in app.model.view]
+            assert "school-01" not in [r[1] for r in app.model.view]
+            # A bad word is refused with a message and keeps the last good filter.
+            good = app.model.filter_text
+            await pilot.press("slash")
+            app.estate.query_one("#filter").value = "compliance<eighty"
+            await pilot.pause()
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.model.filter_text == good
+            assert any("compliance<eighty" in str(n.message) for n in app._notifications)
+            # The tree: each agency's share of passing results.
+            summary = app.model.summary()["compliance"]["agencies"]
+            labels = [str(node.label) for node in app.estate.query_one("Tree").root.children]
+            fire_label = next(x for x in labels if x.startswith("Fire & Rescue"))
+            assert f" {int(summary['Fire & Rescue']['counts']['share'])}%" in fire_label
+            # fire-01's host tab: every control, the agent's reason as it was sent.
+            app.estate.query_one("#filter").value = "fail:firewall"
+            await pilot.pause()
+            table.focus()
+            await pilot.press("home", "enter")
+            await _until(lambda: isinstance(app.screen, HostScreen)
+                         and app.screen.detail is not None, pilot)
+            await pilot.press("8")
+            await pilot.pause()
+            host: HostScreen = app.screen  # type: ignore[assignment]
+            assert host.query_one("TabbedContent").active == "compliance"
+            body = _widget_text(host.query_one("#compliance-body"))
+            for result in host.detail["compliance"]["results"]:
+                assert result["control"] in body
+            assert "firewall_on" in body and "fail" in body
+            assert EVIL_REASON_SHOWN in body, body
+            assert "\x1b" not in body
+            assert app.is_running, "[@click=app.quit] must not have done anything"
+            await pilot.press("escape")
+            # The export dialog: the compliance report of what the view shows.
+            await _export_json(app, pilot, out, report="compliance")
+
+    asyncio.run(run())
+    doc = json.loads(out.read_text())
+    assert verify(out).manifest["filters"]["filter"] == "fail:firewall"
+    results = [r for r in doc["rows"] if r["level"] == "host"]
+    assert {r["hostname"] for r in results} == {"fire-01"}, doc["rows"]
+    assert {"control": "firewall_on", "outcome": "fail"}.items() <= next(
+        r for r in results if r["control"] == "firewall_on").items()

@@ -20,14 +20,37 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 ROWS = [
     ["ag-000000000001", "fire-lt-0412", "Fire & Rescue", "Station 12", "online",
      "Windows 11 Pro 23H2", "20XWCTO1WW", "PF2ABCDE", "11th Gen Intel(R) Core(TM) i5",
-     16 * 2**30, 41.0, "10.20.4.17", "2026-11-27T09:00:00.000000Z", "ready"],
+     16 * 2**30, 41.0, "10.20.4.17", "2026-11-27T09:00:00.000000Z", "ready",
+     [62.5, 5, 2, 1, "disk_encryption", "Fixed disks encrypted",
+      "disk_encryption secure_configuration updates_recent security_update_management"]],
     ["ag-000000000002", "school-pc-07", "Schools", "École Nord", "offline",
      "Ubuntu 22.04", "OptiPlex 7090", "SN0007", "Intel(R) Core(TM) i5-10505", 8 * 2**30,
-     96.5, "10.30.1.7", "2026-11-27T08:15:00.000000Z", "allowed"],
+     96.5, "10.30.1.7", "2026-11-27T08:15:00.000000Z", "allowed",
+     [100.0, 8, 0, 0, None, None, ""]],
     ["ag-000000000003", "[red]evil[/red]\x1b[2J", "Schools", "École Nord", "stale",
      "Debian GNU/Linux 12.5", None, None, None, None, None, None,
-     "2026-11-26T23:59:00.000000Z", "off"],
+     "2026-11-26T23:59:00.000000Z", "off", None],  # not evaluated
 ]
+# A host's results as the hub's `host` answer carries them; the reasons quote agent text.
+COMPLIANCE = {
+    "policy": {"name": "Estate default (Cyber Essentials basics)", "version": "1",
+               "hash": "3f2a9c0d" * 8},
+    "results": [
+        {"control": control, "title": title, "theme": theme, "severity": severity,
+         "outcome": outcome, "fact": fact, "reason": reason,
+         "since": "2026-11-20T10:00:00.000000Z"}
+        for control, title, theme, severity, outcome, fact, reason in (
+            ("firewall_on", "Firewall on", "firewalls", "high", "pass",
+             "enabled=true (windows)", "the firewall is on"),
+            ("disk_encryption", "Fixed disks encrypted", "secure_configuration", "high",
+             "fail", "not encrypted: D:", "1 of 2 fixed volumes not encrypted"),
+            ("secure_boot", "Secure Boot on", "secure_configuration", "medium", "unknown",
+             "secure_boot=unknown", "[red]pwn[/red]\x1b[2J Confirm-SecureBootUEFI failed"),
+            ("updates_recent", "Updated within 14 days", "security_update_management",
+             "high", "fail", "last_success=2026-10-01T00:00:00",
+             "no update installed in the last 14 days"),
+        )],
+}
 
 
 def _detail() -> dict:
@@ -47,7 +70,7 @@ def _detail() -> dict:
             "status": "online", "first_seen": "2026-11-01T08:00:00.000000Z",
             "last_seen": "2026-11-27T09:00:00.000000Z", "enrolled_at": "2026-11-01",
             "clock_skew_s": 0.4, "identity_conflict": None, "report": report,
-            "packages": packages}
+            "packages": packages, "compliance": COMPLIANCE}
 
 
 class FixedHub(HubConnection):
@@ -106,6 +129,7 @@ async def _shoot(press: tuple[str, ...]) -> str:
     ("host_overview", ("home", "enter")),
     ("host_storage", ("home", "enter", "3")),
     ("host_probes", ("home", "enter", "5")),
+    ("host_compliance", ("home", "enter", "8")),
 ])
 def test_snapshot(name, press):
     svg = asyncio.run(_shoot(press))

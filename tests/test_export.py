@@ -661,3 +661,28 @@ def test_xlsx_memory_stays_flat_however_many_rows(tmp_path):
     finally:
         tracemalloc.stop()
     assert grown < 200_000, f"{grown} bytes more for 2,000 more rows"
+
+
+def test_xlsx_text_that_looks_like_rich_text_is_not_written_into_the_sheet_xml(tmp_path):
+    """xlsxwriter's constant-memory mode writes a string that starts with <r> and ends with
+    </r> into the sheet's XML as it is (rich text): a hostname could add cells of its own or
+    break the file. It is written quoted, as a formula is."""
+    import openpyxl
+
+    from estate.inventory.export._columns import Column
+    from estate.inventory.export._writers import XlsxWriter
+
+    evil = '<r><t>x</t></r><c r="Z9"><v>1</v></c><r><t>y</t></r>'
+    path = tmp_path / "rich.xlsx"
+    writer = XlsxWriter(path, "inventory", (Column("name", "Name", "text", "a text cell"),),
+                        {"generated_at": "2026-11-27T12:00:00Z"})
+    for text in (evil, "<r>", "<r></r>x"):
+        writer.row([text])
+    writer.close({"scope": evil})
+    book = openpyxl.load_workbook(path)
+    sheet = book.worksheets[0]
+    assert [r[0] for r in sheet.iter_rows(min_row=2, values_only=True)] == \
+        ["'" + evil, "<r>", "<r></r>x"]
+    assert sheet["Z9"].value is None
+    assert book["About"]["B1"].value == "'" + evil
+

@@ -157,7 +157,8 @@ def test_removed_operator_loses_open_api_channel_and_connection(env):
 
 
 def test_changed_role_closes_the_connection(env):
-    """No verb changes a role yet; a write by another process stands in for one."""
+    """No verb changes a role yet; a write by another process stands in for one, and moves
+    the access counter as such a verb must."""
     hub = env["hub"]
     _operator(env, "carol")
 
@@ -168,6 +169,7 @@ def test_changed_role_closes_the_connection(env):
             assert (await _ask(proc, {"id": 1, "op": "summary"}))["ok"] is True
             with hub.store() as store, store._transaction():  # a commit the hub notices
                 store.db.execute("UPDATE operators SET role = 'auditor' WHERE name = 'carol'")
+                store._access_changed()
             await asyncio.wait_for(conn.wait_closed(), WITHIN_S)
         finally:
             conn.close()

@@ -30,7 +30,8 @@ def test_agent_enrols_reports_and_shows_in_hosts(hub, tmp_path, live_report):
     with hub.store() as store:
         assert store.report_count() == 2
         actions = [r.action for r in reversed(store.audit_log())]
-    assert actions == ["token_create", "enrol"]
+    # A new store's first hub records the compliance policy it starts with.
+    assert actions == ["policy_changed", "token_create", "enrol"]
     table = hub.admin("hosts").stdout
     assert agent.agent_id in table and "Station 12 – Nord" in table
 

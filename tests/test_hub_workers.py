@@ -5,6 +5,7 @@ processes on loopback; every wait bounded."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import socket
@@ -165,6 +166,9 @@ def test_an_exported_host_key_makes_another_hub_the_same_hub_to_agents(tmp_path)
     again = a.admin("key", "export", "--out", str(out), check=False)
     assert again.returncode == Exit.FAIL and "--force" in again.stderr
     assert a.admin("key", "export", "--out", str(out), "--force").returncode == 0
+    exports = a.admin_json("audit", "--action", "key_export")
+    assert [(e["target"], json.loads(e["detail"])["file"]) for e in exports] == \
+        [(a.fingerprint, str(out))] * 2
     store = test_store_url(a.data) or f"sqlite://{a.data / 'estate.db'}"
     assert a.signal(signal.SIGTERM) == 0
 
@@ -172,6 +176,7 @@ def test_an_exported_host_key_makes_another_hub_the_same_hub_to_agents(tmp_path)
     b_data = tmp_path / "b"
     done = run(*HUB, "key", "import", str(out), "--data", str(b_data))
     assert a.fingerprint in done.stdout
+    assert "not audited" in done.stderr and "--store" in done.stderr  # a bare new folder
     b = HubProcess(b_data, ("--store", store)).start()
     try:
         assert b.fingerprint == a.fingerprint
@@ -189,7 +194,10 @@ def test_an_exported_host_key_makes_another_hub_the_same_hub_to_agents(tmp_path)
     refused = run(*HUB, "key", "import", str(other), "--data", str(b_data), check=False)
     assert refused.returncode == Exit.FAIL and "--replace" in refused.stderr
     assert _fingerprint(b_data / "host_key_ed25519") == a.fingerprint
-    run(*HUB, "key", "import", str(other), "--data", str(b_data), "--replace")
+    run(*HUB, "key", "import", str(other), "--data", str(b_data), "--replace", "--store", store)
+    imports = a.admin_json("audit", "--action", "key_import")  # A's store is B's
+    assert [(e["target"], json.loads(e["detail"])["replaced"]) for e in imports] == \
+        [(_fingerprint(other), a.fingerprint)]
     assert _fingerprint(b_data / "host_key_ed25519") == _fingerprint(other)
     assert _fingerprint(b_data / "host_key_ed25519.replaced") == a.fingerprint
     # Not a key, or not ed25519: exit 2, naming the file.

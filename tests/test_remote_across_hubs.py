@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import socket
 import subprocess
 
 import asyncssh
@@ -179,3 +181,56 @@ async def _link_login(hub: HubProcess, user: str, key: asyncssh.SSHKey,
             await conn.create_session(asyncssh.SSHClientSession, "estate-api v1")
         answers += await tcp_channel_answers(conn, channels)
     return answers
+
+
+def test_estate_ssh_through_a_workers_hub_crosses_between_its_workers(tmp_path):
+    """`serve --workers 2`: the operator's connection and the agent's land on workers the
+    kernel picks; a session works either way, and one that crosses goes over the link
+    between the two workers, audited once with both named."""
+    sshd = Sshd(tmp_path / "sshd").start()
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = int(s.getsockname()[1])
+    hub = HubProcess(tmp_path / "hub", ("--workers", "2"))
+    hub.port = port
+    hub.start(timeout=90)
+    service = None
+    try:
+        agent = Agent(hub, tmp_path / "agent")
+        offer = f'remote_access = true\nremote_access_target = "127.0.0.1:{sshd.port}"\n'
+        service = AgentService(agent, offer).start()
+        keygen(tmp_path / "alice")
+        hub.admin("operator", "add", "alice", "--key", str(tmp_path / "alice.pub"),
+                  "--role", "staff", "--agencies", "Council")
+        hub.admin("agent", "allow-remote", agent.agent_id)
+        wait_for(lambda: _remote_state(hub, agent.agent_id) == "ready", BOUND_S,
+                 what="the agent to offer remote access")
+        env = {"a": hub, "sshd": sshd, "base": tmp_path, "agent": agent,
+               "known_hosts": sshd.known_hosts(tmp_path / "known_hosts", agent.agent_id)}
+        crossed = sessions = 0
+        while not crossed and sessions < 12:  # each a new connection: 1 in 2 crosses
+            sessions += 1
+            done = _estate_ssh(env, "alice", COMMAND)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == OUTPUT
+            crossed = len(re.findall(r"via hub \S+/w\d", hub.log()))
+        assert crossed, "12 sessions and none crossed between the workers"
+
+        def all_ended() -> list[dict] | None:
+            rows = hub.admin_json("sessions")
+            return rows if len(rows) == sessions and all(r["ended_at"] for r in rows) else None
+
+        wait_for(all_ended, BOUND_S, what="every session ended")
+        starts = _audit(hub, "remote_session_start")
+        assert len(starts) == sessions  # once per session, crossing or not
+        across = [r for r in starts if r["detail"].get("agent_hub")]
+        assert len(across) == 1
+        assert across[0]["detail"]["hub"] != across[0]["detail"]["agent_hub"]
+        assert {across[0]["detail"]["hub"].rsplit("/", 1)[1],
+                across[0]["detail"]["agent_hub"].rsplit("/", 1)[1]} == {"w1", "w2"}
+        assert OUTPUT not in hub.log()  # relayed bytes are ciphertext to the hub
+    finally:
+        if service is not None:
+            service.kill()
+        hub.kill()
+        sshd.stop()
+

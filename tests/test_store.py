@@ -243,7 +243,8 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
         "status": "offline", "os": "Debian 12", "model": "M1", "serial": "S-1",
         "cpu": r["hardware"]["cpu"]["model"], "ram_bytes": r["hardware"]["memory"]["total_bytes"],
         "disk_percent": facts["disk_percent"],
-        "ip": (facts["ips"] or [None])[0], "last_seen": when, "remote": listed[13]}
+        "ip": (facts["ips"] or [None])[0], "last_seen": when, "remote": listed[13],
+        "compliance": None}  # a store without a policy evaluates nothing
 
     # A later report: everything follows it but first_seen; an unchanged list is kept.
     later = received + timedelta(minutes=15)
@@ -612,7 +613,7 @@ def test_host_detail_is_the_host_in_full_with_its_status_and_enrolment(tmp_path,
         "first_seen": iso(received), "last_seen": iso(received),
         "enrolled_at": enrolled[stale], "clock_skew_s": -3.0, "identity_conflict": None,
         "report": {**r, "software": {**r["software"], "packages": None}},
-        "packages": packages}
+        "packages": packages, "compliance": None}
     _sent(store, revoked, report, 1, utcnow().astimezone(timezone.utc),
           software__packages=None)
     store.set_presence(revoked, True, utcnow())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -17,17 +18,23 @@ import psutil
 from estate.agent import __version__
 from estate.agent.collect import _common
 from estate.agent.collect._common import Sample, package_hash, take_sample
+from estate.agent.collect._posture import SECTIONS as SECURITY_SECTIONS
+from estate.agent.collect._posture import empty as empty_security_section
 from estate.agent.collect._runner import Collector, Outcome, run_collectors
 from estate.inventory.report import SCHEMA, make_report_id
 
 if sys.platform.startswith("linux"):
     from estate.agent.collect import _linux as _platform
+    from estate.agent.collect import _posture_linux as _posture_platform
 elif sys.platform == "win32":
+    from estate.agent.collect import _posture_windows as _posture_platform
     from estate.agent.collect import _windows as _platform
 elif sys.platform == "darwin":
     from estate.agent.collect import _macos as _platform
+    from estate.agent.collect import _posture_macos as _posture_platform
 else:
     from estate.agent.collect import _other as _platform
+    from estate.agent.collect import _posture_other as _posture_platform
 
 __all__ = ["DEFAULT_TIMEOUT_S", "Sample", "collect_report", "collectors", "take_sample"]
 
@@ -39,8 +46,13 @@ _EMPTY_OS = {"family": None, "name": None, "version": None, "build": None, "kern
              "arch": None}
 
 
-def collectors() -> dict[str, Collector]:
-    """Every collector by name; the names appear in `report.errors`."""
+def collectors(cache_dir: Path | None = None) -> dict[str, Collector]:
+    """Every collector by name; the names appear in `report.errors`.
+
+    Args:
+        cache_dir: the agent's state folder, where slow facts (updates) are cached daily;
+            None caches them in memory only.
+    """
     return {
         "names": _common.names,
         "os": _platform.os_info,
@@ -59,6 +71,13 @@ def collectors() -> dict[str, Collector]:
         "default_gateway": _platform.default_gateway,
         "dns": _platform.dns_servers,
         "software": _platform.software,
+        # One collector per security sub-section: a hanging tool costs its own sub-section.
+        "security.encryption": lambda problems: _posture_platform.encryption(),
+        "security.firewall": lambda problems: _posture_platform.firewall(),
+        "security.malware": lambda problems: _posture_platform.malware(),
+        "security.updates": lambda problems: _posture_platform.updates(cache_dir),
+        "security.platform": lambda problems: _posture_platform.platform(),
+        "security.accounts": lambda problems: _posture_platform.accounts(),
     }
 
 
@@ -71,6 +90,7 @@ def collect_report(
     previous: Sample | None = None,
     extra_collectors: dict[str, Collector] | None = None,
     interval_s: float | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[dict[str, Any], Sample]:
     """Collect a full report.
 
@@ -83,12 +103,14 @@ def collect_report(
             between reports; without it they cover this collection.
         extra_collectors: more collectors (tests use this to add a hanging one).
         interval_s: the service's report interval, so the hub can tell when it is stale.
+        cache_dir: the agent's state folder, for facts cached between reports (updates,
+            refreshed daily); None keeps them in memory only.
 
     Returns:
         The report, and the sample to pass as `previous` next time.
     """
     first = previous or take_sample()
-    jobs = collectors()
+    jobs = collectors(cache_dir)
     if extra_collectors:
         jobs.update(extra_collectors)
     out = run_collectors(jobs, timeout_s)
@@ -135,6 +157,7 @@ def collect_report(
             "hash": package_hash(packages) if packages is not None else None,
             "packages": packages,
         },
+        "security": _security(out),
         "health": {},
         "errors": _errors(out),
     }
@@ -144,6 +167,16 @@ def collect_report(
     report["health"] = _common.health(first, last)
     report["connectivity"]["rates"] = _common.rates(first, last)
     return report, last
+
+
+def _security(outcomes: dict[str, Outcome]) -> dict[str, Any]:
+    """The security section; a sub-section whose collector failed is null with the reason."""
+    section = {}
+    for name in SECURITY_SECTIONS:
+        o = outcomes[f"security.{name}"]
+        section[name] = o.value if o.value is not None else empty_security_section(
+            name, "; ".join(o.problems) or "not collected")
+    return section
 
 
 def _errors(outcomes: dict[str, Outcome]) -> list[dict[str, str]]:

@@ -41,6 +41,15 @@ def clean(value: Any) -> str | None:
     return text
 
 
+def read_text(path: str) -> str | None:
+    """A small system file's text (/proc, /sys, /etc), or None when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def iso_utc(epoch_s: float | None) -> str | None:
     """RFC 3339 UTC with second precision, or None."""
     if epoch_s is None:
@@ -134,6 +143,11 @@ class Cached:
         self._fn, self._ttl_s, self._lock = fn, ttl_s, threading.Lock()
         self._at, self._value = -1e18, None
         self._error: Exception | None = None
+
+    def expire(self) -> None:
+        """Forget the kept result: the next get() runs the source again."""
+        with self._lock:
+            self._at = -1e18
 
     def get(self) -> Any:
         with self._lock:

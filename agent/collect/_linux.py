@@ -9,7 +9,13 @@ import socket
 import struct
 from typing import Any
 
-from estate.agent.collect._common import chassis_name, clean, hypervisor_name, run_tool
+from estate.agent.collect._common import (
+    chassis_name,
+    clean,
+    hypervisor_name,
+    read_text,
+    run_tool,
+)
 from estate.agent.collect._posix import dns_servers, timezone
 
 __all__ = ["DEFAULT_TIMEOUT_S", "cpu_model", "default_gateway", "disks", "dns_servers", "identity",
@@ -27,7 +33,7 @@ def os_info(problems: list[str]) -> dict[str, Any]:
     rel = parse_os_release(_read_first(OS_RELEASE) or "")
     version = rel.get("VERSION_ID")
     # Debian's point release (12.5) lives only in /etc/debian_version; auditors want it.
-    debian = (_read("/etc/debian_version") or "").strip()
+    debian = (read_text("/etc/debian_version") or "").strip()
     if rel.get("ID") == "debian" and version and debian.startswith(version + "."):
         version = debian
     return {
@@ -74,7 +80,8 @@ def _detect_virtualization(problems: list[str]) -> dict[str, Any]:
         if kind:
             vtype = "none" if kind == "none" else "container" if kind in _CONTAINERS else "vm"
             return {"kind": kind, "type": vtype, "source": "systemd-detect-virt"}
-    product = " ".join(filter(None, (_read(f"{DMI}/sys_vendor"), _read(f"{DMI}/product_name"))))
+    product = " ".join(filter(None, (read_text(f"{DMI}/sys_vendor"),
+                                     read_text(f"{DMI}/product_name"))))
     hypervisor = hypervisor_name(product)
     if hypervisor:
         return {"kind": hypervisor, "type": "vm", "source": "dmi"}
@@ -83,7 +90,7 @@ def _detect_virtualization(problems: list[str]) -> dict[str, Any]:
     # Last resort, and labelled as such: these files can be present for other reasons.
     if os.path.exists("/.dockerenv"):
         return {"kind": "docker", "type": "container", "source": "heuristic:/.dockerenv"}
-    cgroup = _read("/proc/1/cgroup") or ""
+    cgroup = read_text("/proc/1/cgroup") or ""
     for needle in ("docker", "kubepods", "lxc", "containerd"):
         if needle in cgroup:
             return {"kind": needle, "type": "container", "source": "heuristic:cgroup"}
@@ -121,17 +128,17 @@ def identity(problems: list[str]) -> dict[str, Any]:
 
 def _device_tree_identity() -> dict[str, Any]:
     """ARM boards (Raspberry Pi and the like) have a device tree instead of DMI."""
-    model = clean(_read("/proc/device-tree/model"))
+    model = clean(read_text("/proc/device-tree/model"))
     return {
         "vendor": None, "model": model,
-        "serial": clean(_read("/proc/device-tree/serial-number")),
+        "serial": clean(read_text("/proc/device-tree/serial-number")),
         "uuid": None, "chassis": None,
         "bios": {"vendor": None, "version": None, "date": None},
     }
 
 
 def cpu_model(problems: list[str]) -> str | None:
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
+    for line in (read_text("/proc/cpuinfo") or "").splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
             return clean(value)
@@ -150,13 +157,13 @@ def disks(problems: list[str]) -> list[dict[str, Any]]:
         base = f"{SYS_BLOCK}/{name}"
         if not os.path.exists(f"{base}/device"):
             continue
-        sectors = _read(f"{base}/size")
-        rotational = _read(f"{base}/queue/rotational")
+        sectors = read_text(f"{base}/size")
+        rotational = read_text(f"{base}/queue/rotational")
         result.append({
             "name": name,
-            "model": clean(_read(f"{base}/device/model")),
+            "model": clean(read_text(f"{base}/device/model")),
             # SCSI/SATA expose device/serial; virtio and NVMe expose serial on the disk itself.
-            "serial": clean(_read(f"{base}/device/serial") or _read(f"{base}/serial")),
+            "serial": clean(read_text(f"{base}/device/serial") or read_text(f"{base}/serial")),
             # /sys/block/*/size counts 512-byte sectors whatever the disk's sector size.
             "size_bytes": int(sectors) * 512 if sectors and sectors.strip().isdigit() else None,
             "rotational": rotational.strip() == "1" if rotational else None,
@@ -223,7 +230,7 @@ def parse_rpm(out: str) -> list[dict[str, Any]]:
 
 
 def default_gateway(problems: list[str]) -> dict[str, Any] | None:
-    return parse_proc_net_route(_read("/proc/net/route") or "")
+    return parse_proc_net_route(read_text("/proc/net/route") or "")
 
 
 def parse_proc_net_route(text: str) -> dict[str, Any] | None:
@@ -244,23 +251,17 @@ def parse_proc_net_route(text: str) -> dict[str, Any] | None:
 
 
 def _cpu_flags() -> str:
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
+    for line in (read_text("/proc/cpuinfo") or "").splitlines():
         if line.startswith("flags"):
             return line.partition(":")[2]
     return ""
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def _read_first(paths: tuple[str, ...]) -> str | None:
     for p in paths:
-        text = _read(p)
+        text = read_text(p)
         if text is not None:
             return text
     return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from estate.agent.collect._common import read_text
+
 RESOLV_CONF = "/etc/resolv.conf"
 # systemd-resolved's stub lists 127.0.0.53; the real upstream servers are in this file.
 RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"
@@ -19,9 +21,9 @@ def parse_resolv_conf(text: str) -> list[str]:
 
 
 def dns_servers(problems: list[str]) -> list[str]:
-    servers = parse_resolv_conf(_read(RESOLV_CONF) or "")
+    servers = parse_resolv_conf(read_text(RESOLV_CONF) or "")
     if servers == ["127.0.0.53"]:
-        servers = parse_resolv_conf(_read(RESOLVED_UPSTREAM) or "") or servers
+        servers = parse_resolv_conf(read_text(RESOLVED_UPSTREAM) or "") or servers
     return servers
 
 
@@ -40,13 +42,7 @@ def _zone_name() -> str | None:
         target = ""
     if "zoneinfo/" in target:
         return target.split("zoneinfo/", 1)[1]
-    name = (_read("/etc/timezone") or "").strip()
+    name = (read_text("/etc/timezone") or "").strip()
     return name or None
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None

@@ -126,7 +126,39 @@ RECONCILE = (
            "estate value, separated by '; '."),
 )
 
+def _count(key: str, title: str, description: str) -> Column:
+    return Column(key, title, "int", description + " Summary rows only.")
+
+
+# Per host and control, then a summary row per site and per agency (`level` tells which).
+COMPLIANCE = (
+    Column("level", "level", "text",
+           "host: one host's result for one control; site or agency: the summary of the "
+           "hosts of that site or agency."),
+    HOST_ID, AGENCY, SITE, HOSTNAME,
+    Column("control", "control", "text", "The control's id in the policy."),
+    Column("title", "control title", "text", "The control's title in the policy."),
+    Column("theme", "theme", "text",
+           "Cyber Essentials theme: firewalls, secure_configuration, user_access_control, "
+           "malware_protection or security_update_management."),
+    Column("severity", "severity", "text", "critical, high, medium or low."),
+    Column("outcome", "outcome", "text",
+           "pass, fail, or unknown (a fact the control reads was not reported)."),
+    Column("fact", "fact", "text", "The fact(s) the control read, as the host reported them."),
+    Column("reason", "reason", "text", "Why the control passed, failed or is unknown."),
+    Column("since", "since", "datetime",
+           "When the host's result for this control last changed to this outcome (hub clock, "
+           "UTC)."),
+    _count("hosts", "hosts", "Hosts evaluated."),
+    _count("compliant", "compliant hosts", "Hosts with no failed and no unknown control."),
+    _count("passed", "passed", "Results that pass, over every host and control."),
+    _count("failed", "failed", "Results that fail."),
+    _count("unknown", "unknown", "Results that are unknown."),
+    Column("share", "share passing", "float",
+           "passed / (passed + failed + unknown), in percent. Summary rows only.", "%"),
+)
+
 REPORTS: dict[str, tuple[Column, ...]] = {
     "inventory": INVENTORY, "changes": CHANGES, "stale": STALE, "unsupported": UNSUPPORTED,
-    "reconcile": RECONCILE,
+    "reconcile": RECONCILE, "compliance": COMPLIANCE,
 }

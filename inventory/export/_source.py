@@ -9,10 +9,11 @@ presence then, and whether it was revoked then.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from estate.inventory.compliance import FAIL, PASS, SEVERITIES, ComplianceSummary
 from estate.inventory.export._eos import support_of
 from estate.inventory.export._register import Entry, normal_mac
 from estate.inventory.filters import compile_filter
@@ -46,9 +47,40 @@ class Source:
         match = compile_filter(sel.filter) if sel.filter.strip() else None
         hosts = self.reader.hosts_as_of(sel.query, sel.as_of) if sel.as_of else \
             self.reader.hosts_now(sel.query, self.now)
+        # As of a date, a host's compliance is the results it had then (the filter's
+        # `fail:` and `compliance<N`), read only when the filter asks.
+        asks = "compliance" in sel.filter or "fail:" in sel.filter
+        then = self._compliance_as_of(sel) if match and sel.as_of and asks else None
         for host in hosts:
+            if then is not None:
+                host = replace(host, compliance=then.get(host.agent_id))
             if match is None or match(self._list_row(host)):
                 yield host
+
+    def _compliance_as_of(self, sel: Selection) -> dict[str, ComplianceSummary]:
+        """Each host's compliance summary at `sel.as_of`, from the results kept then."""
+        rows: dict[str, list[Any]] = {}
+        for r in self.reader.compliance_rows(sel.query, sel.as_of):
+            rows.setdefault(r.agent_id, []).append(r)
+        out = {}
+        for agent_id, results in rows.items():
+            counts = {PASS: 0, FAIL: 0}
+            failing: list[str] = []
+            worst: Any = None  # in policy order: the first of the worst severity
+            for r in results:
+                counts[r.outcome] = counts.get(r.outcome, 0) + 1
+                if r.outcome != FAIL:
+                    continue
+                failing += [w for w in (r.control, r.theme) if w not in failing]
+                if worst is None or SEVERITIES.index(r.severity) < SEVERITIES.index(
+                        worst.severity):
+                    worst = r
+            total = len(results)
+            out[agent_id] = ComplianceSummary(
+                round(100 * counts[PASS] / total, 1), counts[PASS], counts[FAIL],
+                total - counts[PASS] - counts[FAIL], worst.control if worst else None,
+                worst.title if worst else None, " ".join(failing))
+        return out
 
     def pruned_before(self, sel: Selection) -> int:
         """Hosts known at `as_of` whose reports from then are no longer kept (retention)."""
@@ -65,7 +97,7 @@ class Source:
         return HostRow(h.agent_id, h.hostname, h.agency, h.site, h.status,
                        " ".join(x for x in (f["os_name"], f["os_version"]) if x) or None,
                        f["model"], h.serial, f["cpu"], f["ram_bytes"], f["disk_percent"],
-                       ips[0] if ips else None, h.last_seen, h.remote)
+                       ips[0] if ips else None, h.last_seen, h.remote, h.compliance)
 
     # --- the reports ---------------------------------------------------------------------
 
@@ -124,6 +156,41 @@ class Source:
                        (day - support.end_of_support).days, support.source, h.last_seen,
                        h.status]
 
+    def compliance(self, sel: Selection) -> Iterator[list[Any]]:
+        """Each host's result per control (now, or as the store kept it at as-of), then a
+        summary row per site and per agency. The filter, if any, picks hosts as in lists."""
+        wanted = {h.agent_id for h in self.hosts(sel)} if sel.filter.strip() else None
+        sites: dict[tuple[str, str], dict[str, Any]] = {}
+        agencies: dict[str, dict[str, Any]] = {}
+        host: tuple[str, str, str, list[str]] | None = None
+
+        def finish() -> None:  # the last host's results into its site's and agency's counts
+            if host is None:
+                return
+            outcomes = host[3]
+            for counts in (sites.setdefault((host[1], host[2]), _counts()),
+                           agencies.setdefault(host[1], _counts())):
+                counts["hosts"] += 1
+                counts["compliant"] += all(o == "pass" for o in outcomes)
+                for o in outcomes:
+                    counts[o] += 1
+
+        for r in self.reader.compliance_rows(sel.query, sel.as_of):
+            if wanted is not None and r.agent_id not in wanted:
+                continue
+            if host is None or host[0] != r.agent_id:
+                finish()
+                host = (r.agent_id, r.agency, r.site, [])
+            host[3].append(r.outcome)
+            yield ["host", r.agent_id, r.agency, r.site, r.hostname, r.control, r.title,
+                   r.theme, r.severity, r.outcome, r.fact, r.reason, r.since,
+                   None, None, None, None, None, None]
+        finish()
+        for (agency, site), counts in sorted(sites.items()):
+            yield ["site", None, agency, site, *[None] * 9, *_summary_cells(counts)]
+        for agency, counts in sorted(agencies.items()):
+            yield ["agency", None, agency, *[None] * 10, *_summary_cells(counts)]
+
     def reconcile(self, sel: Selection, register: list[Entry],
                   days: int) -> Iterator[list[Any]]:
         hosts = list(self.hosts(sel))
@@ -159,6 +226,17 @@ class Source:
             if h.agent_id not in matched:
                 yield ["estate only", None, None, None, None, None, None, h.agent_id,
                        h.agency, h.site, h.hostname, h.serial, h.last_seen, None]
+
+
+def _counts() -> dict[str, int]:
+    return {"hosts": 0, "compliant": 0, "pass": 0, "fail": 0, "unknown": 0}
+
+
+def _summary_cells(c: dict[str, int]) -> list[Any]:
+    """hosts, compliant, passed, failed, unknown, share (percent, one decimal)."""
+    total = c["pass"] + c["fail"] + c["unknown"]
+    return [c["hosts"], c["compliant"], c["pass"], c["fail"], c["unknown"],
+            round(100 * c["pass"] / total, 1) if total else None]
 
 
 def _os_for_support(facts: dict[str, Any]) -> str | None:

@@ -76,6 +76,9 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
         source = Source(reader, now)
         total = _total(reader, request, sel, register)
         meta = _describe(request, producer, now, scope, horizon)
+        if request.report == "compliance":
+            # The policy the results were evaluated against (as of the date asked for).
+            meta["policy"] = reader.compliance_policy(request.as_of)
         if standby:
             meta["store"] = "standby"
         writer = WRITERS[request.format](out, request.report, REPORTS[request.report], meta)
@@ -111,6 +114,8 @@ def _rows(source: Source, request: ExportRequest, sel: Selection,
         return source.stale(sel, request.days)
     if request.report == "unsupported":
         return source.unsupported(sel)
+    if request.report == "compliance":
+        return source.compliance(sel)
     return source.reconcile(sel, register, request.days)
 
 
@@ -153,6 +158,12 @@ def _describe(request: ExportRequest, producer: Producer, now: datetime,
     return meta
 
 
+def _policy_text(policy: dict[str, str] | None) -> str:
+    if policy is None:
+        return "none: the hub has not evaluated any host"
+    return f"{policy['name']} version {policy['version']} (sha256 {policy['hash']})"
+
+
 def _iso(value: datetime | None) -> str | None:
     return iso(value)[:19] + "Z" if value else None
 
@@ -178,6 +189,7 @@ def _about(meta: dict[str, Any]) -> dict[str, Any]:
         "hub": meta["hub"]["fingerprint"],
         "Estate version": meta["estate_version"],
         "end-of-support table": meta["end_of_support_table"],
+        **({"policy": _policy_text(meta["policy"])} if "policy" in meta else {}),
         "integrity": "the hub signed a manifest of this file (FILE.manifest.json); check it "
                      "with: estate verify FILE",
     }

@@ -2,9 +2,11 @@
 operators are closed within about a second.
 
 `estate-hub agent revoke` and `estate-hub operator remove` run as other processes against the
-same store, so the hub cannot be told; it looks. Every `CHECK_INTERVAL_S` it asks SQLite
-whether another connection has committed anything (`Store.outside_writes`, a counter read, no
-table scan) and only then re-reads the records of the agents and operators it has connected.
+same store, so the hub cannot be told; it looks. Every `CHECK_INTERVAL_S` it reads the store's
+access counter (`Store.access_version`, one row, moved in the transaction of every such change)
+and only when it moved re-reads the records of the agents and operators it has connected. A
+counter of every commit would move with every other hub's report batch, and each hub would
+re-read every connected agent's record every second (half a hub's CPU during a login storm).
 A connection whose access is gone, or an operator whose role, agencies or key changed, is
 ended: its remote sessions end with the reason, an `access_ended` audit row is written, and
 the SSH connection is disconnected with the reason. A changed operator is closed rather than
@@ -26,14 +28,14 @@ from estate.inventory.hub._peer import Login
 from estate.inventory.hub._remote import RemoteAccess
 from estate.inventory.hub._store_thread import StoreThread
 from estate.inventory.hub._tasks import Tasks, log_failure
-from estate.inventory.store import Agent, StoreInterface
+from estate.inventory.store import StoreInterface
 
 log = logging.getLogger("estate.hub.access")
 
 CHECK_INTERVAL_S = 1.0
-# A backstop in case a change slips past the detector (e.g. a write on the hub's own
-# connection, which does not move data_version): re-read the records this often anyway.
-FULL_CHECK_S = 60.0
+# A backstop in case a change slips past the counter (a record edited by hand, a restored
+# backup): re-read the records this often anyway.
+FULL_CHECK_S = 600.0
 
 
 class AccessGuard:
@@ -46,8 +48,8 @@ class AccessGuard:
         self.connections: dict[str, set[Login]] = {}  # username -> open connections
         self.agents_held = 0  # agents with a connection open (`serve --max-agents`)
         self.ended: dict[Login, str] = {}  # being closed, and why
-        self.version = 0  # bumped whenever the records changed (for tests and metrics)
-        self._data_version: int | None = None
+        self.version = 0  # bumped whenever the store's access counter moved
+        self._access_version: int | None = None
 
     # --- the registry -------------------------------------------------------------------
 
@@ -58,9 +60,11 @@ class AccessGuard:
                 self.agents_held += 1
             self.connections.setdefault(conn.peer.name, set()).add(conn)
             if conn.access_version != self.version:
-                # The records changed while this login was being checked: look again now
-                # rather than trusting what validate_public_key read.
-                self.tasks.spawn(self.check())
+                # The records changed while this login was being checked: look at this one
+                # again now rather than trusting what validate_public_key read. Only this
+                # one: re-reading everyone's on each such login, in a login storm, made each
+                # check end after more logins, each starting another.
+                self.tasks.spawn(self.check({conn.peer.name: [conn]}))
 
     def discard(self, conn: Login) -> None:
         conns = self.connections.get(conn.peer.name)
@@ -86,6 +90,8 @@ class AccessGuard:
             await asyncio.sleep(CHECK_INTERVAL_S)
             try:
                 changed = await self.db(self._records_changed)
+                if changed:
+                    self.version += 1
                 if changed or loop.time() - last_full >= FULL_CHECK_S:
                     last_full = loop.time()
                     await self.check()
@@ -93,18 +99,18 @@ class AccessGuard:
                 log_failure(log, "checking access of open connections failed")
 
     def _records_changed(self) -> bool:
-        """On the store thread: has another process committed since the last look?"""
-        version = self.store.outside_writes()
-        changed = self._data_version is not None and version != self._data_version
-        self._data_version = version
+        """On the store thread: has anyone changed who may log in since the last look?"""
+        version = self.store.access_version()
+        changed = self._access_version is not None and version != self._access_version
+        self._access_version = version
         return changed
 
-    async def check(self) -> None:
-        """Re-read the records of everyone connected and end what lost its access."""
-        self.version += 1
-        if not self.connections:
+    async def check(self, only: dict[str, list[Login]] | None = None) -> None:
+        """Re-read the records of everyone connected (or `only` these) and end what lost
+        its access."""
+        snapshot = only or {name: list(conns) for name, conns in self.connections.items()}
+        if not snapshot:
             return
-        snapshot = {name: list(conns) for name, conns in self.connections.items()}
         verdicts = await self.db(self._verdicts, snapshot)
         for conn, reason in verdicts:
             self.end(conn, reason)
@@ -113,19 +119,18 @@ class AccessGuard:
         """On the store thread: (connection, reason) for each that lost its access."""
         store = self.store
         out: list[tuple[Login, str]] = []
-        agents: dict[str, Agent] | None = None
+        agents = store.agent_access([name for name, conns in snapshot.items()
+                                     if conns and conns[0].peer.role == "agent"])
         for name, conns in snapshot.items():
             for conn in conns:
                 fp = conn.peer.key.get_fingerprint("sha256")
                 if conn.peer.role == "agent":
-                    if agents is None:  # one query for all of them, only when needed
-                        agents = {a.id: a for a in store.agents()}
                     agent = agents.get(name)
                     if agent is None:
                         out.append((conn, "agent removed"))
-                    elif agent.revoked_at:
+                    elif agent[1]:
                         out.append((conn, "agent revoked"))
-                    elif agent.key_fingerprint != fp:
+                    elif agent[0] != fp:
                         out.append((conn, "agent key changed"))
                 elif conn.peer.role == "operator":
                     record = store.operator(name)

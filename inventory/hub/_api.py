@@ -145,7 +145,15 @@ class OperatorApi:
             raise ApiError("bad_filter", str(exc)) from None
         rows = [r for r in self.store.host_rows(self.scope) if match(r)]
         index = COLUMN_KEYS.index(sort)
-        rows.sort(key=lambda r: (r[index] is None, r[index] if r[index] is not None else 0),
+        if sort == "compliance":
+            # By the passing share alone: a summary's share is None when every control is
+            # disabled for its agency, and None does not compare with a number.
+            def value(r: Any) -> Any:
+                return r[index][0] if r[index] is not None else None
+        else:
+            def value(r: Any) -> Any:
+                return r[index]
+        rows.sort(key=lambda r: (value(r) is None, value(r) if value(r) is not None else 0),
                   reverse=reverse)
         return {"columns": list(COLUMN_KEYS), "total": len(rows),
                 "rows": rows[offset:offset + limit]}

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncssh
 
+from estate.inventory.compliance import load_policy
 from estate.inventory.hub import _known_sources, _metrics
 from estate.inventory.hub._access import AccessGuard
 from estate.inventory.hub._audit import AuditCoalescer, Row
@@ -32,6 +33,7 @@ from estate.inventory.hub._store_thread import StoreThread
 from estate.inventory.hub._tasks import Tasks, log_failure
 from estate.inventory.hub._watch import Watch
 from estate.inventory.hub._writer import Writer
+from estate.inventory.sanitise import quoted
 from estate.inventory.store import StoreInterface, open_store, utcnow
 
 log = logging.getLogger("estate.hub")
@@ -104,6 +106,7 @@ class Hub:
             log.info("%d known sources kept from the last run", n)
         self.tasks.spawn(_known_sources.keep(self.settings.data_dir, self.door,
                                              self.settings.worker))
+        await self._apply_policy()
         self._server = await listen(self.services)
         # Registered once the port is known (the default name has it). Store calls run in
         # the order made, so this runs before any agent's login is even checked.
@@ -117,6 +120,43 @@ class Hub:
                                   reachable_address(self.settings.host, link_port))
         self.remote.hub_id = self.remote.links.hub_id = self.settings.hub_id
         self.tasks.spawn(self.presence.run(self.watch.presence_changed))
+
+    async def _apply_policy(self) -> None:
+        """Evaluate reports against the policy from now on; hosts evaluated against another
+        (or none) are evaluated again from their stored snapshots, in batches, while the hub
+        serves."""
+        policy = self.settings.policy or load_policy()
+        changed = await self.db(self.store.apply_policy, policy, "hub")
+        pending = await self.db(self.store.hosts_to_reevaluate)
+        log.info("compliance policy %s version %s (sha256 %s)%s", quoted(policy.name, 128),
+                 quoted(policy.version, 64), policy.hash[:16],
+                 ": new to this store (audited)" if changed else "")
+        if changed:
+            # Hubs already running keep the policy they started with: hosts would flip
+            # between the two as their agents move between hubs.
+            others = [h.id for h in await self.db(self.store.hubs)
+                      if h.id != self.settings.hub_id]
+            if others:
+                log.warning("compliance: %d other hubs of this estate run (%s) and keep the "
+                            "policy they started with: restart each with this same --policy",
+                            len(others), ", ".join(quoted(h, 64) for h in others[:10]))
+        if pending:
+            self.tasks.spawn(self._reevaluate(pending))
+
+    async def _reevaluate(self, pending: int) -> None:
+        done = 0
+        log.info("compliance: evaluating %d hosts against the policy", pending)
+        while not self.tasks.stopping:
+            try:
+                n = await self.db(self.store.reevaluate)
+            except Exception:
+                log_failure(log, "evaluating hosts against the compliance policy failed")
+                return
+            if not n:
+                break
+            done += n
+            log.info("compliance: %d of %d hosts evaluated", done, pending)
+            await asyncio.sleep(0)  # reports queued meanwhile go in between batches
 
     @property
     def port(self) -> int:

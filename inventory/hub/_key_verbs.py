@@ -12,7 +12,7 @@ from typing import Any
 
 from estate.inventory.hub import _rotation_verbs
 from estate.inventory.hub._cli_args import group, verb
-from estate.inventory.hub._cli_shared import actor, data_dir, existing_store
+from estate.inventory.hub._cli_shared import actor, chosen_store, data_dir, existing_store
 from estate.inventory.protocol import Exit
 
 
@@ -75,6 +75,7 @@ def _cmd_key_export(args: argparse.Namespace) -> int:
           f"to the other hub over a trusted channel, `estate-hub key import` it there, then "
           f"delete it.", file=sys.stderr)
     print(f"wrote the host key {fingerprint(key)} to {args.out}")
+    _audit(args, "key_export", fingerprint(key), {"file": str(args.out)})
     return Exit.OK
 
 
@@ -113,7 +114,28 @@ def _cmd_key_import(args: argparse.Namespace) -> int:
     write_new_private_key(path, key, overwrite=True)
     replaced = f", replacing {old} (kept as {HOST_KEY_FILE}.replaced)" if old else ""
     print(f"installed the host key {new} in {data}{replaced}; restart the hub to present it")
+    _audit(args, "key_import", new, {"data": str(data), "replaced": old})
     return Exit.OK
+
+
+def _audit(args: argparse.Namespace, action: str, fingerprint: str,
+           detail: dict[str, Any]) -> None:
+    """An audit row in the estate's store, with the host the verb ran on. A hub being set up
+    has no store in its data folder until `--store` names the shared one: then the verb says
+    so rather than create a stray store to record it in."""
+    import socket
+
+    from estate.inventory.store import Store
+
+    if chosen_store(args) is None and not Store.exists(data_dir(args)):
+        print(f"estate-hub: not audited: no store in {data_dir(args)}; pass --store (the "
+              f"estate's) to record this in its audit log", file=sys.stderr)
+        return
+    store = existing_store(args)
+    try:
+        store.audit(actor(), action, fingerprint, {**detail, "host": socket.gethostname()})
+    finally:
+        store.close()
 
 
 def _cmd_key_rotation(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from estate.inventory.hub._budget import (
     MAX_ANSWER,
@@ -65,6 +66,9 @@ class HubSettings:
     # `serve --workers`: this worker's index from 1 (it listens with SO_REUSEPORT beside its
     # siblings); 0: the hub is one process.
     worker: int = 0
+    # `--policy FILE`, loaded and checked (`estate.inventory.compliance.Policy`); None: the
+    # policy shipped with Estate.
+    policy: Any = None
 
     def __post_init__(self) -> None:
         self.history = max(self.history, self.retention)

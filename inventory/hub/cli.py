@@ -22,6 +22,7 @@ from estate.inventory.hub import (  # each adds its verbs to the parser
     _admin_verbs,
     _key_verbs,
     _listing_verbs,
+    _policy_verbs,
     _simulate_verb,
     _store_verbs,
 )
@@ -188,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="a hub silent this long is taken for dead by the others, which "
                             "mark its agents offline: at least twice --heartbeat (default "
                             "30)")
+    serve.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                       help="the compliance policy (TOML; check it with `estate-hub policy "
+                            "check FILE`); default: the one shipped with Estate "
+                            "(docs/compliance.md)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
@@ -198,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     _admin_verbs.add_verbs(sub)  # token, agent, operator
     _listing_verbs.add_verbs(sub)  # hosts, hubs, changes, audit, sessions
     _simulate_verb.add_verbs(sub)
+    _policy_verbs.add_verbs(sub)  # policy check
 
     svc = sub.add_parser(
         "install-service", help="write a systemd unit for `estate-hub serve`",
@@ -331,6 +337,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"estate-hub: --workers {args.workers}: the workers share one port; give "
                   f"--listen a fixed one, not port 0", file=sys.stderr)
             return Exit.USAGE
+    # A bad policy refuses the start, naming each problem, before anything is written.
+    policy = _policy_verbs.load_or_report(args.policy)
+    if policy is None:
+        return Exit.USAGE
     # Refuse an open data folder before the host key or the store is written into it.
     private_dir(data_dir(args))
     _setup_logging(args.verbose, f"w{args.worker}" if args.worker else "")
@@ -369,7 +379,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            agent_bytes_per_day=args.agent_bytes_per_day * 1024 * 1024,
                            max_agents=args.max_agents, worker=args.worker,
                            hub_id=_hub_id(args, port), heartbeat_s=args.heartbeat,
-                           hub_timeout_s=args.hub_timeout)
+                           hub_timeout_s=args.hub_timeout, policy=policy)
     return asyncio.run(_serve(settings, args.workers))
 
 

@@ -32,6 +32,7 @@ own `Store` in their own process. WAL lets them read while the hub writes.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from estate.inventory.store._audit import audit_hash
@@ -50,6 +51,7 @@ from estate.inventory.store._records import (
     Change,
     ChangeEvent,
     ChangeNotice,
+    ComplianceRow,
     Enrolment,
     Event,
     EventPage,
@@ -87,6 +89,7 @@ __all__ = [
     "Change",
     "ChangeEvent",
     "ChangeNotice",
+    "ComplianceRow",
     "CopyProgress",
     "CopyResult",
     "EnrolError",
@@ -139,6 +142,13 @@ class Store(HostRecords, EnrolmentRecords, PresenceRecords, RemoteRecords):
     def reader(self) -> Reader:
         """A read-only handle for an export thread; open it on that thread."""
         return Reader(self.db.read_only())
+
+    def agent_connected(self, hub_id: str, agent_id: str, at: datetime) -> Held | None:
+        held = super().agent_connected(hub_id, agent_id, at)
+        # Between this agent's connections here it may have reported through another hub,
+        # which wrote its compliance results: those this process kept are no longer current.
+        self.forget_results(agent_id)
+        return held
 
 
 def open_store(url: StoreUrl | str | None, data_dir: Path | None = None, durable: bool = True,

@@ -54,11 +54,6 @@ class Connection:
     def schema_version(self) -> int:
         return self.db.schema_version()
 
-    def outside_writes(self) -> int:
-        """A counter that moves when another connection (an admin verb) commits; compare two
-        readings to learn whether records may have changed under this process."""
-        return self.db.outside_writes()
-
     def _transaction(self) -> Any:
         return self.db.transaction()
 

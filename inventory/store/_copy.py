@@ -31,7 +31,8 @@ BATCH_ROWS = 2000
 # Every table and its primary key (its columns), each after the tables its foreign keys
 # name. `audit` first: from the first batch on, a partial copy is known by its first audit
 # row. Not here:
-# `schema_version`, which migrating the destination writes (both stores must agree on it).
+# `schema_version`, which migrating the destination writes (both stores must agree on it);
+# `access_changes`, a counter that migrating writes too, read only for changes after the copy.
 TABLES: tuple[tuple[str, str], ...] = (
     ("audit", "id"),
     ("agencies", "id"),
@@ -50,6 +51,9 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("hubs", "id"),
     # Each hub's newest event at least (pruning keeps it): its next run numbers on from it.
     ("events", "hub_id, seq"),
+    # Compliance results and the policies hubs started with (`estate.inventory.compliance`).
+    ("compliance", "id"),
+    ("compliance_policies", "id"),
 )
 # Columns a backend keeps as JSON: PostgreSQL's JSONB takes some text SQLite kept (`json_text`).
 _JSON_COLUMNS = {"hosts": ("facts",)}

@@ -66,10 +66,6 @@ class Database(Protocol):
 
     def schema_version(self) -> int: ...
 
-    def outside_writes(self) -> int:
-        """A counter that moves when another connection commits."""
-        ...
-
     def read_only(self) -> Database:
         """A new read-only connection to the same store, for an export thread."""
         ...

@@ -78,6 +78,8 @@ class EnrolmentRecords(AuditLog):
                                   "AND revoked_at IS NULL", (iso(utcnow()), key))
             if cur.rowcount:
                 self._audit(actor, action, key)
+                if table == "agents":
+                    self._access_changed()
         return cur.rowcount > 0
 
     # --- agents -------------------------------------------------------------------------
@@ -139,6 +141,26 @@ class EnrolmentRecords(AuditLog):
                               "AND revoked_at IS NULL", (agent_id,)).fetchone()
         return row[0] if row else None
 
+    def access_version(self) -> int:
+        """A counter that moves with every change of who may log in (an agent revoked, an
+        operator added or removed), made by any process: a hub re-checks its connections
+        when it moves."""
+        return int(self.db.execute("SELECT version FROM access_changes").fetchone()[0])
+
+    def _access_changed(self) -> None:
+        self.db.execute("UPDATE access_changes SET version = version + 1")
+
+    def agent_access(self, agent_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Key fingerprint and revocation time of each of these agents that exists."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for i in range(0, len(agent_ids), 500):
+            chunk = agent_ids[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self.db.execute("SELECT id, key_fingerprint, revoked_at FROM agents "  # noqa: S608 - placeholders only
+                                   f"WHERE id IN ({marks})", chunk)
+            out.update((r[0], (r[1], r[2])) for r in rows)
+        return out
+
     def agents(self) -> list[Agent]:
         rows = self.db.execute(
             "SELECT g.id, a.name AS agency, s.name AS site, g.key_fingerprint, g.enrolled_at, "
@@ -169,6 +191,7 @@ class EnrolmentRecords(AuditLog):
                     (name, public_key, fingerprint, role, scope, iso(utcnow())))
                 self._audit(actor, "operator_add", name,
                             {"role": role, "agencies": agencies or "all", "key": fingerprint})
+                self._access_changed()
         except self.db.IntegrityError:
             raise ValueError(f"operator {name!r} or key {fingerprint} is already "
                              f"registered") from None
@@ -192,6 +215,7 @@ class EnrolmentRecords(AuditLog):
             cur = self.db.execute("DELETE FROM operators WHERE name = ?", (name,))
             if cur.rowcount:
                 self._audit(actor, "operator_remove", name)
+                self._access_changed()
         return cur.rowcount > 0
 
 

@@ -13,6 +13,12 @@ from typing import Any
 from estate.inventory.changes import bounded, software_changes, state_changes, state_digest
 from estate.inventory.facts import facts_of
 from estate.inventory.store._common import _scoped, iso, parse_time, utcnow
+from estate.inventory.store._compliance import (
+    ComplianceRecords,
+    add_to_counts,
+    empty_counts,
+    summary_of,
+)
 from estate.inventory.store._database import Database
 from estate.inventory.store._events import HOST, Announced
 from estate.inventory.store._records import (
@@ -25,7 +31,7 @@ from estate.inventory.store._records import (
     Summary,
 )
 from estate.inventory.store._remote import remote_state
-from estate.inventory.store._samples import SampleRecords, compact_probes
+from estate.inventory.store._samples import compact_probes
 
 # Pruning, a chunk at a time (SQLite): the oldest kept bodies, by the index on their time.
 _EXPIRED_FULL = ("SELECT report_id FROM reports WHERE received_at < ? "
@@ -62,7 +68,7 @@ class _Last:
     full_day: str | None  # the UTC day (YYYY-MM-DD) of the host's last full body, if known
 
 
-class HostRecords(SampleRecords):
+class HostRecords(ComplianceRecords):
     def __init__(self, db: Database) -> None:
         # Per host, what the last committed report showed; saves reading the table back.
         self._last: dict[str, _Last] = {}
@@ -89,6 +95,7 @@ class HostRecords(SampleRecords):
             self.db.history.ensure("changes", received_days)
             self.db.history.ensure("samples", received_days)
         self._stored = []
+        self._pending_results = {}
         try:
             with self._transaction():
                 results = [self._store_one(item) for item in batch]
@@ -97,9 +104,11 @@ class HostRecords(SampleRecords):
                 self._announce(HOST, self._stored)
         except BaseException:
             self._pending = {}
+            self._commit_results(False)
             raise
         self._last.update(self._pending)  # only what the commit made true
         self._pending = {}
+        self._commit_results(True)
         return results
 
     def _previous(self, agent_id: str) -> _Last | None:
@@ -165,18 +174,23 @@ class HostRecords(SampleRecords):
             self._insert_changes(ChangeEvent(received, item.agent_id, c.kind, c.subject,
                                              c.old_text(), c.new_text(), report["report_id"])
                                  for c in changes)
-        self._upsert_host(item, digest, skew, software_changed, collected)
+        # Compliance, in the same transaction: its change events count with the report's.
+        compliance, compliance_events = self._evaluate(item.agent_id, report,
+                                                       item.received_at, report_id)
+        self._upsert_host(item, digest, skew, software_changed, collected, compliance)
         identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
         if prev is None or prev.identity != identity:
             self._refresh_identity_conflicts(item.agent_id, prev.identity if prev else
                                              (None, None))
         # Today's first report kept a body (`full`), so this is the day of the last one kept.
         self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity, day)
-        self._stored.append((item.agent_id, received, report_id, len(changes)))
+        self._stored.append((item.agent_id, received, report_id,
+                             len(changes) + compliance_events))
         return "stored"
 
     def _upsert_host(self, item: Incoming, digest: str, skew: float,
-                     software_changed: bool, collected_at: str) -> None:
+                     software_changed: bool, collected_at: str,
+                     compliance: str | None = None) -> None:
         r = item.report
         system, hardware = r["system"], r["hardware"]
         facts = facts_of(r)
@@ -202,6 +216,9 @@ class HostRecords(SampleRecords):
             "facts": self.db.json_text(json.dumps(facts, ensure_ascii=False,
                                                   separators=(",", ":"))),
         }
+        if self.policy is not None:  # evaluated: its summary line, against this policy
+            values["compliance"] = compliance
+            values["compliance_policy"] = self.policy.hash
         if software_changed:
             # Unchanged lists are not resent, and not rewritten either. A changed hash with
             # no list leaves the list unknown (NULL) rather than stale.
@@ -295,7 +312,7 @@ class HostRecords(SampleRecords):
         sql = ("SELECT h.agent_id, h.hostname, a.name, s.name, g.connected, g.revoked_at, "
                "h.last_seen, h.interval_s, h.os_name, h.os_version, h.model, h.serial, "
                "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses, "
-               "g.remote_access, g.remote_offered "
+               "g.remote_access, g.remote_offered, h.compliance "
                "FROM hosts h JOIN agents g ON g.id = h.agent_id "
                "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
                "WHERE 1 = 1")
@@ -319,7 +336,8 @@ class HostRecords(SampleRecords):
             os_text = " ".join(x for x in (r[8], r[9]) if x) or None
             ip = (r[15] or "").split(" ", 1)[0] or None
             rows.append(HostRow(r[0], r[1], r[2], r[3], status, os_text, r[10], r[11], r[12],
-                                r[13], r[14], ip, r[6], remote_state(r[16], r[17], r[4], r[5])))
+                                r[13], r[14], ip, r[6], remote_state(r[16], r[17], r[4], r[5]),
+                                summary_of(r[18])))
         return rows
 
     def host_count(self, scope: list[str] | None) -> int:
@@ -328,10 +346,12 @@ class HostRecords(SampleRecords):
         return int(self.db.execute(sql, args).fetchone()[0])
 
     def summary(self, scope: list[str] | None) -> Summary:
-        """Counts per agency and site: total, online, offline, stale (and revoked)."""
+        """Counts per agency and site: total, online, offline, stale (and revoked); and
+        compliance per agency and site (`Summary.compliance`)."""
         totals: dict[str, int] = {"total": 0, "online": 0, "offline": 0, "stale": 0,
                                   "revoked": 0}
         agencies: dict[str, Any] = {}
+        compliance: dict[str, Any] = {"totals": empty_counts(), "agencies": {}}
         for row in self.host_rows(scope):
             agency, site, status = row.agency, row.site, row.status
             a = agencies.setdefault(agency, {"counts": dict.fromkeys(totals, 0), "sites": {}})
@@ -339,7 +359,12 @@ class HostRecords(SampleRecords):
             for counts in (totals, a["counts"], site_counts):
                 counts["total"] += 1
                 counts[status] += 1
-        return Summary(totals, agencies)
+            ca = compliance["agencies"].setdefault(agency, {"counts": empty_counts(),
+                                                            "sites": {}})
+            site_compliance = ca["sites"].setdefault(site, empty_counts())
+            for counts in (compliance["totals"], ca["counts"], site_compliance):
+                add_to_counts(counts, row.compliance)
+        return Summary(totals, agencies, compliance)
 
     def host_detail(self, agent_id: str, scope: list[str] | None) -> HostDetail | None:
         sql = ("SELECT h.*, a.name AS agency, s.name AS site, g.connected, g.revoked_at, "
@@ -360,6 +385,7 @@ class HostRecords(SampleRecords):
             identity_conflict=self._conflicts_in_scope(d["identity_conflict"], scope),
             report=json.loads(d["snapshot"]),
             packages=json.loads(d["packages"]) if d["packages"] else None,
+            compliance=self.host_compliance(agent_id),
         )
 
     def _conflicts_in_scope(self, conflict: str | None,
@@ -461,7 +487,7 @@ class _StatusClock:
         return "online" if connected else "offline"
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _host_upsert_sql(columns: tuple[str, ...]) -> str:
     """INSERT ... ON CONFLICT DO UPDATE for these columns, plus the agency and site of the
     agent (the last parameter); first_seen is set once."""

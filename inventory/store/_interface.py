@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from estate.inventory.store._records import (
     Agent,
@@ -39,6 +39,7 @@ from estate.inventory.store._records import (
     Change,
     ChangeEvent,
     ChangeNotice,
+    ComplianceRow,
     Enrolment,
     EventPage,
     Held,
@@ -62,6 +63,9 @@ from estate.inventory.store._records import (
     Sweep,
     Token,
 )
+
+if TYPE_CHECKING:
+    from estate.inventory.compliance import Policy
 
 
 class ReaderInterface(Protocol):
@@ -100,6 +104,16 @@ class ReaderInterface(Protocol):
 
     def change_count(self, scope: list[str] | None) -> int: ...
 
+    def compliance_rows(self, query: HostQuery, as_of: datetime | None
+                        ) -> Iterator[ComplianceRow]:
+        """Each host's result per control, now or as of a moment, by agency, site, hostname
+        and the policy's order."""
+        ...
+
+    def compliance_policy(self, as_of: datetime | None = None) -> dict[str, str] | None:
+        """The policy the store had (now, or at `as_of`): name, version, hash."""
+        ...
+
 
 class StoreInterface(Protocol):
     """Everything the hub, the API, watchers, exports and the admin verbs ask of a store."""
@@ -110,10 +124,6 @@ class StoreInterface(Protocol):
 
     def schema_version(self) -> int: ...
 
-    def outside_writes(self) -> int:
-        """A counter that moves when another process commits (an admin verb): compare two
-        readings to learn whether records may have changed under this one."""
-        ...
 
     def reader(self) -> ReaderInterface:
         """A read-only handle of its own, for an export thread (see the module docstring)."""
@@ -132,6 +142,21 @@ class StoreInterface(Protocol):
         before `full_before`; the rows deleted. The caller calls again while it gets `chunk`,
         each call its own job, so ingest goes on in between."""
         ...
+
+    # --- compliance (`_compliance.py`) ----------------------------------------------------
+
+    def apply_policy(self, policy: Policy, actor: str = "hub") -> bool:
+        """Evaluate reports against `policy` from now on; True (audited) when it is new to
+        the store."""
+
+    def current_policy(self) -> dict[str, str] | None: ...
+
+    def hosts_to_reevaluate(self) -> int: ...
+
+    def reevaluate(self, batch: int = ...) -> int:
+        """Evaluate a batch of hosts not yet evaluated against the current policy."""
+
+    def host_compliance(self, agent_id: str) -> dict[str, Any] | None: ...
 
     def host_rows(self, scope: list[str] | None, agent_ids: list[str] | None = None,
                   page: tuple[str, int] | None = None) -> list[HostRow]:
@@ -196,6 +221,14 @@ class StoreInterface(Protocol):
         ...
 
     def agent_fingerprint(self, agent_id: str) -> str | None: ...
+
+    def access_version(self) -> int:
+        """A counter that moves with every change of who may log in, by any process."""
+        ...
+
+    def agent_access(self, agent_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """(key fingerprint, revoked_at) of each of these agents that exists."""
+        ...
 
     def agents(self) -> list[Agent]: ...
 

@@ -271,6 +271,53 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX events_at ON events (at)",
         "ALTER TABLE hubs ADD COLUMN events_from INTEGER NOT NULL DEFAULT 1",
     ),
+    # 11: compliance (`estate.inventory.compliance`). Each host's result per control, kept as
+    # periods: a row holds from `since` until `ended` (NULL: still holds), so `--as-of` reads
+    # history rather than evaluating again; the control's title, theme and severity are kept
+    # as they were then. `hosts.compliance` is the host's summary line (`ComplianceSummary`)
+    # for lists. `compliance_policies` records each policy a hub started with: a new hash
+    # makes the hub evaluate every host again, once.
+    (
+        """CREATE TABLE compliance (
+            id INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents(id),
+            control TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            title TEXT NOT NULL,
+            theme TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            fact TEXT,
+            reason TEXT,
+            since TEXT NOT NULL,
+            ended TEXT,
+            policy_hash TEXT NOT NULL
+        )""",
+        "CREATE INDEX compliance_host ON compliance (agent_id, since)",
+        "CREATE INDEX compliance_current ON compliance (agent_id) WHERE ended IS NULL",
+        "CREATE INDEX compliance_ended ON compliance (ended)",
+        "ALTER TABLE hosts ADD COLUMN compliance TEXT",
+        "ALTER TABLE hosts ADD COLUMN compliance_policy TEXT",
+        """CREATE TABLE compliance_policies (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            loaded_at TEXT NOT NULL,
+            hub_id TEXT
+        )""",
+    ),
+    # 12: a counter of access changes (an agent revoked, an operator added or removed),
+    # moved in the transaction that makes the change. Every hub reads it each second to learn
+    # whether to re-check its connections; a counter of all commits moved with every other
+    # hub's report batch, so each hub re-read every agent's record once a second.
+    (
+        """CREATE TABLE access_changes (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL
+        )""",
+        "INSERT INTO access_changes (id, version) VALUES (1, 0)",
+    ),
 )
 
 

@@ -8,13 +8,12 @@ collation so that every order (hostnames, agent ids, ISO times) is byte order, a
 What SQL does not share lives here: a write transaction takes an advisory lock, so writers in
 every process are serialised as SQLite's BEGIN IMMEDIATE serialises them (the audit chain reads
 its last row and appends to it); migrations run under another advisory lock, so two hubs
-starting at once do not both migrate; a sequence counts commits, so a hub learns that an admin
-verb changed something (`outside_writes`); a transaction that writes watch events NOTIFYs, and
+starting at once do not both migrate; a transaction that writes watch events NOTIFYs, and
 each hub LISTENs on one connection of its own (`wait_for_events`), so every hub's watchers hear
 of every hub's events without polling fast.
 
 A write transaction runs in pipeline mode: statements whose results nobody reads (BEGIN, the
-lock, a host's upsert, COMMIT and the commit counter) travel with the next one whose answer is
+lock, a host's upsert, COMMIT) travel with the next one whose answer is
 read, so a batch of reports waits on the server only where the store reads an answer (once per
 unchanged report: its sample's insert, which says whether it was a resend) rather than once
 per statement. When the server restarts, the statement that finds out fails (its batch is told
@@ -77,7 +76,6 @@ class PostgresDatabase:
         self.IntegrityError: type[Exception] = psycopg.IntegrityError
         self.Error: type[Exception] = psycopg.Error
         self._read_only = read_only
-        self._own_commits = 0
         self._pipeline: Any = None  # psycopg's Pipeline while a write transaction runs
         self._listener: Any = None  # the connection `wait_for_events` listens on
         self.conn = self._connect()
@@ -165,17 +163,8 @@ class PostgresDatabase:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
                     yield
-                # After COMMIT, in the same round trip: a reader of the counter finds the
-                # commit visible. The server skips it if COMMIT failed.
-                self.conn.execute("SELECT nextval('estate_commits')")
             finally:
                 self._pipeline = outer
-        self._own_commits += 1
-
-    def outside_writes(self) -> int:
-        row: Any = self.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
-                                "FROM estate_commits").fetchone()
-        return int(row[0]) - self._own_commits
 
     def migrate(self) -> int:
         """Apply what is missing in one transaction, under a lock that a second hub starting
@@ -187,7 +176,6 @@ class PostgresDatabase:
                 self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
                 self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                                   "(version BIGINT NOT NULL)")
-                self.conn.execute("CREATE SEQUENCE IF NOT EXISTS estate_commits")
                 current = self.schema_version()
                 apply_migrations(self, current, self._run_ddl)
                 if current < len(MIGRATIONS) or not self._has_audit_guard():

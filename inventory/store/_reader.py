@@ -15,9 +15,16 @@ from typing import Any
 
 from estate.inventory.facts import facts_of
 from estate.inventory.store._common import _scoped, from_us, iso, to_us
+from estate.inventory.store._compliance import summary_of
 from estate.inventory.store._database import Database
 from estate.inventory.store._hosts import _StatusClock
-from estate.inventory.store._records import ChangeEvent, HostFacts, HostName, HostQuery
+from estate.inventory.store._records import (
+    ChangeEvent,
+    ComplianceRow,
+    HostFacts,
+    HostName,
+    HostQuery,
+)
 from estate.inventory.store._remote import remote_state
 
 _ORDER = " ORDER BY a.name, s.name, h.hostname, h.agent_id"
@@ -55,7 +62,7 @@ class Reader:
             "SELECT h.agent_id, a.name, s.name, h.first_seen, h.last_seen, h.interval_s, "
             "g.connected, g.revoked_at, g.remote_access, g.remote_offered, h.facts, "
             # Hosts last stored before facts were kept: their whole snapshot, once.
-            "CASE WHEN h.facts IS NULL THEN h.snapshot END "
+            "CASE WHEN h.facts IS NULL THEN h.snapshot END, h.compliance "
             "FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "WHERE 1 = 1"), [])
@@ -65,7 +72,7 @@ class Reader:
         for r in cursor.execute(sql + _ORDER, args):
             facts = json.loads(r[10]) if r[10] else facts_of(json.loads(r[11]))
             yield HostFacts(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
-                            facts, remote_state(r[8], r[9], r[6], r[7]))
+                            facts, remote_state(r[8], r[9], r[6], r[7]), summary_of(r[12]))
 
     def hosts_as_of(self, query: HostQuery, as_of: datetime) -> Iterator[HostFacts]:
         """The hosts as the hub knew them at `as_of`: each one's last report received by
@@ -158,3 +165,31 @@ class Reader:
                             "ON h.agent_id = c.agent_id JOIN agencies a "
                             "ON a.id = h.agency_id WHERE 1 = 1", [], scope)
         return int(self.db.execute(sql, args).fetchone()[0])
+
+    def compliance_rows(self, query: HostQuery, as_of: datetime | None
+                        ) -> Iterator[ComplianceRow]:
+        """Each host's result per control, as the store keeps them (`_compliance.py`): now,
+        or the period holding at `as_of`; by agency, site, hostname and the policy's order.
+        History is read, never evaluated again."""
+        sql = ("SELECT h.agent_id, a.name, s.name, h.hostname, c.control, c.title, c.theme, "
+               "c.severity, c.outcome, c.fact, c.reason, c.since FROM compliance c "
+               "JOIN hosts h ON h.agent_id = c.agent_id "
+               "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id ")
+        if as_of is None:
+            sql, args = sql + "WHERE c.ended IS NULL", []
+        else:
+            at = iso(as_of)
+            sql, args = sql + "WHERE c.since <= ? AND (c.ended IS NULL OR c.ended > ?)", [at, at]
+        sql, args = self._where(query, sql, args)
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        return map(ComplianceRow._make, cursor.execute(sql + _ORDER + ", c.position, c.control",
+                                                       args))
+
+    def compliance_policy(self, as_of: datetime | None = None) -> dict[str, str] | None:
+        """The policy the store had (now, or at `as_of`): name, version, hash."""
+        sql, args = "SELECT name, version, hash FROM compliance_policies", []
+        if as_of is not None:
+            sql, args = sql + " WHERE loaded_at <= ?", [iso(as_of)]
+        row = self.db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return {"name": row[0], "version": row[1], "hash": row[2]} if row else None

@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+if TYPE_CHECKING:
+    from estate.inventory.compliance import ComplianceSummary
 
 
 class Record(Mapping[str, Any]):
@@ -69,6 +72,9 @@ class HostRow(NamedTuple):
     ip: str | None
     last_seen: str
     remote: str  # ready, allowed, asked or off (`remote_state`)
+    # pass/fail/unknown counts and the worst failure (`estate.inventory.compliance`); None:
+    # not evaluated
+    compliance: ComplianceSummary | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +115,9 @@ class HostDetail(Record):
     identity_conflict: str | None  # only the hosts the reader may see
     report: dict[str, Any]  # the last report, without its package list
     packages: list[Any] | None  # the package list, None when unknown
+    # policy and current results per control (`ComplianceRecords.host_compliance`); None:
+    # not evaluated
+    compliance: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +126,9 @@ class Summary(Record):
 
     totals: dict[str, int]
     agencies: dict[str, Any]  # agency -> {"counts": {...}, "sites": {site: {...}}}
+    # {"totals": C, "agencies": {agency: {"counts": C, "sites": {site: C}}}}, C the counts of
+    # `estate.inventory.store._compliance.empty_counts`
+    compliance: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -384,6 +396,7 @@ class HostFacts:
     status: str
     facts: dict[str, Any]  # `estate.inventory.facts.facts_of` the report of the moment described
     remote: str = "off"
+    compliance: ComplianceSummary | None = None  # now: the stored summary; as of: None
 
     @property
     def hostname(self) -> str | None:
@@ -398,6 +411,23 @@ class HostFacts:
 
     def macs(self) -> list[str]:
         return list(self.facts["macs"])
+
+
+class ComplianceRow(NamedTuple):
+    """A host's result for one control, as the compliance export lists it."""
+
+    agent_id: str
+    agency: str
+    site: str
+    hostname: str | None
+    control: str
+    title: str
+    theme: str
+    severity: str
+    outcome: str  # pass, fail or unknown
+    fact: str | None
+    reason: str | None
+    since: str  # when this outcome began (hub clock)
 
 
 class HostName(NamedTuple):

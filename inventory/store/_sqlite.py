@@ -82,10 +82,6 @@ class SqliteDatabase:
             return 0
         return int(row[0] or 0)
 
-    def outside_writes(self) -> int:
-        # data_version moves when another connection commits, never for this one's commits.
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
-
     def read_only(self) -> SqliteDatabase:
         return SqliteDatabase(self.path, read_only=True)
 
