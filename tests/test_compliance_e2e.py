@@ -10,12 +10,11 @@ import json
 import time
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from estate.console._client import ApiFailure, HubConnection
 from estate.inventory.compliance import DEFAULT_POLICY, load_policy
-from tests.harness import Agent, HubProcess, make_report, run, wait_for
+from tests.harness import Agent, HubProcess, add_operator, make_report, run, wait_for
 from tests.test_compliance import security
 
 
@@ -58,14 +57,8 @@ def estate(tmp_path_factory, live_report):
     keys = {}
     for name, agencies, role in (("fire.auditor", "Fire & Rescue", "auditor"),
                                  ("chief", "all", "admin")):
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        path = base / name
-        path.write_bytes(key.export_private_key())
-        path.chmod(0o600)
-        key.write_public_key(str(path) + ".pub")
-        hub.admin("operator", "add", name, "--key", f"{path}.pub", "--role", role,
-                  "--agencies", agencies)
-        keys[name] = path
+        add_operator(hub, base, name, role, agencies)
+        keys[name] = base / name
     yield {"base": base, "hub": hub, "fire": fire, "health": health, "before": before,
            "after": after, "keys": keys, "policy": policy}
     hub.kill()

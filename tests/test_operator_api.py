@@ -6,11 +6,10 @@ import asyncio
 import json
 import sqlite3
 
-import asyncssh
 import pytest
 
 from estate.console._client import ApiFailure, HubConnection, HubUnreachable
-from tests.harness import Agent, make_report
+from tests.harness import Agent, add_operator, make_report
 from tests.stores import open_test_store
 
 
@@ -35,14 +34,8 @@ def estate(module_hub, tmp_path_factory, live_report):
     for name, agencies, role in (("alice", "Fire & Rescue", "staff"),
                                  ("root.admin", "all", "admin"),
                                  ("audrey", "Fire & Rescue", "auditor")):
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        path = folder / name
-        path.write_bytes(key.export_private_key())
-        path.chmod(0o600)
-        key.write_public_key(str(path) + ".pub")
-        module_hub.admin("operator", "add", name, "--key", f"{path}.pub", "--role", role,
-                         "--agencies", agencies)
-        keys[name] = path
+        add_operator(module_hub, folder, name, role, agencies)
+        keys[name] = folder / name
     return {"fire": fire, "fire2": fire2, "health": health, "health2": health2, "keys": keys}
 
 
