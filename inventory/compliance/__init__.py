@@ -15,6 +15,7 @@ from estate.inventory.compliance._evaluate import (
     Result,
     evaluate,
     summarise,
+    summarise_outcomes,
 )
 from estate.inventory.compliance._policy import (
     DEFAULT_POLICY,
@@ -30,4 +31,5 @@ from estate.inventory.compliance._policy import (
 
 __all__ = ["DEFAULT_POLICY", "FAIL", "KINDS", "OUTCOMES", "PASS", "SEVERITIES", "THEMES",
            "UNKNOWN", "ComplianceSummary", "Control", "Policy", "PolicyError", "Result",
-           "evaluate", "load_policy", "parse_policy", "summarise"]
+           "evaluate", "load_policy", "parse_policy", "summarise",
+           "summarise_outcomes"]

@@ -84,27 +84,33 @@ def _compiled(controls: Iterable[Control]) -> list[tuple[Control, Check]]:
 
 
 def summarise(results: list[Result]) -> ComplianceSummary:
+    return summarise_outcomes((r.outcome, r.control.id, r.control.theme, r.control.severity,
+                               r.control.title) for r in results)
+
+
+def summarise_outcomes(results: Iterable[tuple[str, str, str, str, str]]) -> ComplianceSummary:
+    """A host's summary line from its results, in the policy's order: (outcome, control id,
+    theme, severity, title) each. The worst failure is the first of the worst severity."""
     passed = failed = unknown = 0
-    worst: Control | None = None
+    worst: tuple[int, str, str] | None = None  # (severity rank, id, title)
     failing: list[str] = []
-    for r in results:
-        if r.outcome == PASS:
+    for outcome, control, theme, severity, title in results:
+        if outcome == PASS:
             passed += 1
-        elif r.outcome == FAIL:
+        elif outcome == FAIL:
             failed += 1
-            c = r.control
-            for word in (c.id, c.theme):
+            for word in (control, theme):
                 if word not in failing:
                     failing.append(word)
-            if worst is None or (SEVERITIES.index(c.severity), c.position) < \
-                    (SEVERITIES.index(worst.severity), worst.position):
-                worst = c
+            rank = SEVERITIES.index(severity)
+            if worst is None or rank < worst[0]:
+                worst = (rank, control, title)
         else:
             unknown += 1
     total = passed + failed + unknown
     return ComplianceSummary(round(100 * passed / total, 1) if total else None, passed,
-                             failed, unknown, worst.id if worst else None,
-                             worst.title if worst else None, " ".join(failing))
+                             failed, unknown, worst[1] if worst else None,
+                             worst[2] if worst else None, " ".join(failing))
 
 
 def _bounded(text: str | None) -> str | None:

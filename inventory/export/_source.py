@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from estate.inventory.compliance import FAIL, PASS, SEVERITIES, ComplianceSummary
+from estate.inventory.compliance import ComplianceSummary, summarise_outcomes
 from estate.inventory.export._eos import support_of
 from estate.inventory.export._register import Entry, normal_mac
 from estate.inventory.filters import compile_filter
@@ -59,28 +59,11 @@ class Source:
 
     def _compliance_as_of(self, sel: Selection) -> dict[str, ComplianceSummary]:
         """Each host's compliance summary at `sel.as_of`, from the results kept then."""
-        rows: dict[str, list[Any]] = {}
+        rows: dict[str, list[tuple[str, str, str, str, str]]] = {}
         for r in self.reader.compliance_rows(sel.query, sel.as_of):
-            rows.setdefault(r.agent_id, []).append(r)
-        out = {}
-        for agent_id, results in rows.items():
-            counts = {PASS: 0, FAIL: 0}
-            failing: list[str] = []
-            worst: Any = None  # in policy order: the first of the worst severity
-            for r in results:
-                counts[r.outcome] = counts.get(r.outcome, 0) + 1
-                if r.outcome != FAIL:
-                    continue
-                failing += [w for w in (r.control, r.theme) if w not in failing]
-                if worst is None or SEVERITIES.index(r.severity) < SEVERITIES.index(
-                        worst.severity):
-                    worst = r
-            total = len(results)
-            out[agent_id] = ComplianceSummary(
-                round(100 * counts[PASS] / total, 1), counts[PASS], counts[FAIL],
-                total - counts[PASS] - counts[FAIL], worst.control if worst else None,
-                worst.title if worst else None, " ".join(failing))
-        return out
+            rows.setdefault(r.agent_id, []).append(
+                (r.outcome, r.control, r.theme, r.severity, r.title))
+        return {agent_id: summarise_outcomes(results) for agent_id, results in rows.items()}
 
     def pruned_before(self, sel: Selection) -> int:
         """Hosts known at `as_of` whose reports from then are no longer kept (retention)."""

@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from estate.inventory.hub._budget import (
     MAX_ANSWER,
@@ -17,6 +17,9 @@ from estate.inventory.hub._budget import (
 from estate.inventory.hub._door import DoorLimits
 from estate.inventory.hub._presence import HEARTBEAT_S, HUB_TIMEOUT_S
 from estate.inventory.store import StoreUrl
+
+if TYPE_CHECKING:
+    from estate.inventory.compliance import Policy
 from estate.inventory.tcp_keepalive import TcpKeepalive
 
 
@@ -68,7 +71,7 @@ class HubSettings:
     worker: int = 0
     # `--policy FILE`, loaded and checked (`estate.inventory.compliance.Policy`); None: the
     # policy shipped with Estate.
-    policy: Any = None
+    policy: Policy | None = None
 
     def __post_init__(self) -> None:
         self.history = max(self.history, self.retention)
