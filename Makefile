@@ -23,7 +23,9 @@ POSTGRES_PASS := tests/test_store.py tests/test_changes.py tests/test_audit_log.
 	tests/test_hub_attacks.py tests/test_hub_workers.py tests/test_store_presence.py \
 	tests/test_many_hubs.py tests/test_haproxy.py tests/test_remote_across_hubs.py \
 	tests/test_store_events.py tests/test_watch_across_hubs.py tests/test_multihub_attacks.py \
-	tests/test_compliance.py tests/test_compliance_e2e.py
+	tests/test_compliance.py tests/test_compliance_e2e.py tests/test_incidents.py \
+	tests/test_incidents_e2e.py tests/test_alerts_dispatch.py tests/test_alerts_e2e.py \
+	tests/test_store_overview.py
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--section", choices=_sections(),
                          help="print only this section of the report")
     collect.add_argument("--no-probes", action="store_true",
-                         help="skip the connectivity probes configured in the config file")
+                         help="skip the connectivity probes (the built-in ones and those of "
+                              "the config file)")
     collect.set_defaults(func=_cmd_collect)
 
     check = sub.add_parser(
@@ -184,9 +185,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from estate.inventory.report import ReportError, validate
 
     cfg = _load_config(args.config, must_exist=args.config is not None)
-    from estate.agent.probes import prober
-
-    probes = None if args.no_probes else prober(cfg.probes)
+    probes = None if args.no_probes else _one_shot_prober(cfg)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
     report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, cache_dir=_cache_dir(cfg),
                                **kwargs)
@@ -205,6 +204,14 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return Exit.OK
+
+
+def _one_shot_prober(cfg: Any) -> Any:
+    """The built-in probes (no `hub`: only the service holds a connection to time) and the
+    config's; the hub's policy is the service's alone."""
+    from estate.agent.probes import builtin_probes, merge_probes, prober
+
+    return prober(merge_probes(builtin_probes(cfg.hub, hub_rtt=False), cfg.probes, ()))
 
 
 def _cache_dir(cfg: Any) -> Path | None:
@@ -285,9 +292,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"estate-agent: {cfg.path}: not enrolled (run estate-agent enrol first)",
               file=sys.stderr)
         return Exit.USAGE
-    from estate.agent.probes import prober
-
-    probes = prober(cfg.probes)
+    probes = _one_shot_prober(cfg)
     kwargs = {"timeout_s": cfg.collector_timeout_s} if cfg.collector_timeout_s else {}
     report, _ = collect_report(agent_id=cfg.agent_id, probes=probes, cache_dir=_cache_dir(cfg),
                                **kwargs)

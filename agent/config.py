@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from estate.inventory.errors import EstateError
+from estate.inventory.probe_spec import ProbeSpec, ProbeSpecError, parse_hostport, parse_probes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,7 +20,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "SpoolConfig", "default_path",
            "is_fingerprint", "load", "parse_hostport"]
 
-PROBE_KINDS = ("tcp", "dns", "gateway")
 # An OpenSSH SHA256 fingerprint of a key, as the hub announces its next key.
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
@@ -32,12 +32,8 @@ class ConfigError(EstateError, ValueError):
         self.file, self.key, self.problem = file, key, problem
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
-    name: str
-    kind: str
-    target: str | None
-    timeout_s: float
+# A probe of agent.toml: the shared spec (inventory/probe_spec.py), by its older name.
+ProbeConfig = ProbeSpec
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,9 @@ class AgentConfig:
     backlog_rate: float = 2.0
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     probes: tuple[ProbeConfig, ...] = field(default_factory=tuple)
+    # Probes an admin sets on the hub for an agency or site (in the ack); the endpoint owner
+    # may refuse them.
+    accept_hub_probes: bool = True
     # Off by default: offering this machine's sshd through the hub is the endpoint owner's call.
     remote_access: bool = False
     remote_access_target: tuple[str, int] = ("127.0.0.1", 22)
@@ -141,7 +140,7 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
     r = _Reader(doc, name, "")
     r.only("agent_id", "hub", "hub_key", "hub_key_next", "key_file", "interval",
            "collector_timeout", "start_delay", "reconnect_max", "backlog_rate", "spool",
-           "probes", "remote_access", "remote_access_target")
+           "probes", "accept_hub_probes", "remote_access", "remote_access_target")
     hub = r.text("hub", max_len=300)
     if hub is not None:
         try:
@@ -166,18 +165,10 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
         remote_target = parse_hostport(target)
     except ValueError as exc:
         raise ConfigError(name, "remote_access_target", str(exc)) from None
-    probes = []
-    raw_probes = doc.get("probes", [])
-    if not isinstance(raw_probes, list) or not all(isinstance(p, dict) for p in raw_probes):
-        raise ConfigError(name, "probes", "expected a list of tables ([[probes]])")
-    for i, p in enumerate(raw_probes):
-        probes.append(_probe(_Reader(p, name, f"probes[{i}]")))
-    names = [p.name for p in probes]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise ConfigError(name, f"probes[{i}].name", f"duplicate probe name {n!r}")
-    if len(probes) > 64:
-        raise ConfigError(name, "probes", f"{len(probes)} probes, over the limit of 64")
+    try:
+        probes = parse_probes(doc.get("probes", []), "probes", hub=False)
+    except ProbeSpecError as exc:
+        raise ConfigError(name, exc.path, exc.problem) from None
     return AgentConfig(
         path=path,
         agent_id=r.text("agent_id", max_len=64, pattern_ok=_is_agent_id,
@@ -194,6 +185,7 @@ def from_dict(doc: dict[str, Any], name: str = "agent.toml",
         or 2.0,
         spool=_spool(doc.get("spool", {}), name, path),
         probes=tuple(probes),
+        accept_hub_probes=r.flag("accept_hub_probes", default=True),
         remote_access=r.flag("remote_access"),
         remote_access_target=remote_target,
     )
@@ -219,38 +211,6 @@ def _spool(table: Any, name: str, path: Path | None) -> SpoolConfig:
                                unit="bytes") or default.max_bytes),
         max_age_s=r.number("max_age", default.max_age_s, 60, 365 * 86400) or default.max_age_s,
     )
-
-
-def _probe(r: _Reader) -> ProbeConfig:
-    r.only("name", "kind", "target", "timeout")
-    name = r.text("name", max_len=64, required=True)
-    kind = r.text("kind", required=True)
-    if kind not in PROBE_KINDS:
-        raise r.error("kind", f"expected one of {', '.join(PROBE_KINDS)}, got {kind!r}")
-    target = r.text("target", max_len=255)
-    if kind in ("tcp", "dns") and not target:
-        raise r.error("target", f"required for a {kind} probe")
-    if kind == "tcp":
-        try:
-            parse_hostport(target or "")
-        except ValueError as exc:
-            raise r.error("target", str(exc)) from None
-    assert name is not None and kind is not None
-    return ProbeConfig(name, kind, target, r.number("timeout", 2.0, 0.1, 60) or 2.0)
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """Split "host:port" or "[v6addr]:port".
-
-    Raises:
-        ValueError: with a message that shows the expected form.
-    """
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}")
-    return host, int(port)
 
 
 def is_fingerprint(value: object) -> bool:
@@ -291,8 +251,8 @@ class _Reader:
             raise self.error(key, f"expected {pattern_help}, got {value!r}")
         return value
 
-    def flag(self, key: str) -> bool:
-        value = self.table.get(key, False)
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self.table.get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
         return value

@@ -21,6 +21,7 @@ from typing import Any
 
 from estate.agent import pins
 from estate.agent.config import AgentConfig, ConfigError, load
+from estate.agent.probe_policy import ProbePolicy
 from estate.agent.remote import RemoteRelay
 from estate.agent.spool import Spool, Spooled, SpoolFull, SpoolLimits
 from estate.agent.transport import (
@@ -70,6 +71,7 @@ class Service:
         # Raises OpenDataDir: the key, spool and status must not sit where others can read.
         private_dir(config.state_dir())
         self.spool = self._open_spool()
+        self.probe_policy = ProbePolicy(config.state_dir(), config.accept_hub_probes)
         self.unspooled: bytes | None = None  # the latest report when the spool cannot keep it
         # Acked by the hub, but still in the spool because it could not delete them (disk
         # full): never sent again, deleted once the spool takes writes again.
@@ -103,13 +105,15 @@ class Service:
         while not self.stop.is_set():
             if self.reload.is_set():
                 self._reload()
+            # Connected first: the report times its round trip to the hub on the connection
+            # that sends it.
+            self._keep_connected()
             now = time.monotonic()
             if now >= self.next_report_at:
                 self._collect()
                 self._offer_remote()  # again each interval, in case an admin allowed it
                 self.next_report_at = now + self.cfg.interval_s * random.uniform(0.9, 1.1)  # noqa: S311
                 _release_memory()
-            self._keep_connected()
             if self._pending() and self.client and time.monotonic() >= self.next_send_at:
                 self._send_one()
             self._write_state()
@@ -168,6 +172,8 @@ class Service:
             self.relay = RemoteRelay(new.agent_id or "", new.remote_access_target) \
                 if new.remote_access else None
             self.state["remote_access"] = "on" if new.remote_access else "off"
+        if new.accept_hub_probes != self.cfg.accept_hub_probes:
+            self.probe_policy = ProbePolicy(new.state_dir(), new.accept_hub_probes)
         self.cfg = new
         self.backoff.cap_s = new.reconnect_max_s
         if hub_changed and self.client:
@@ -191,14 +197,16 @@ class Service:
 
     def _collect(self) -> None:
         from estate.agent.collect import DEFAULT_TIMEOUT_S, collect_report
-        from estate.agent.probes import prober
 
-        probes = prober(self.cfg.probes)
+        probes = self.probe_policy.prober(self.cfg.hub, self.cfg.probes, self.cfg.interval_s,
+                                          self._hub_round_trip)
         seq = self.spool.next_sequence() if self.spool else time.time_ns() // 1_000_000
         report, self.sample = collect_report(
             agent_id=self.cfg.agent_id, sequence=seq, probes=probes, previous=self.sample,
             interval_s=self.cfg.interval_s, cache_dir=self.cfg.state_dir(),
             timeout_s=self.cfg.collector_timeout_s or DEFAULT_TIMEOUT_S)
+        if self.probe_policy.reported_hash is not None:
+            report["agent"]["probe_policy"] = self.probe_policy.reported_hash
         body = gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
         self._delete_acked()
         if self.spool:
@@ -212,6 +220,17 @@ class Service:
         else:
             self.unspooled = body
         self.next_send_at = time.monotonic()  # the newest report goes out first, now
+
+    def _hub_round_trip(self, timeout_s: float) -> float | None:
+        """The `hub` probe: the round trip over the connection the report goes out on."""
+        from estate.agent.probes import ProbeUnavailable
+
+        client = self.client
+        if client is None:
+            if self.state["last_error"] is None:  # in the start delay: nothing tried yet
+                raise ProbeUnavailable("not connected to the hub yet")
+            raise HubError(f"not connected: {self.state['last_error']}")
+        return client.round_trip_ms(timeout_s)
 
     def _pending(self) -> bool:
         return self.unspooled is not None or self._depth()[0] > len(self.acked_in_spool)
@@ -298,6 +317,8 @@ class Service:
 
     def _acked(self, item: Spooled, doc: dict[str, Any], drops: int) -> None:
         self._repin(pins.after_ack(self.cfg, doc))
+        if "probe_policy" in doc:
+            self.probe_policy.receive(doc["probe_policy"])
         self._forget(item)
         if self.spool and drops:
             try:

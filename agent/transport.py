@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,10 @@ class HubBusy(HubError):
         self.retry_after = retry_after
 
 
+# The global request timed as the round trip to the hub (the `hub` probe): OpenSSH's keepalive,
+# which any SSH server answers (with a failure when it does not know it).
+ROUND_TRIP_REQUEST = "keepalive@openssh.com"
+
 # A hub's `retry_after`, however large it says, is capped: a hub that comes back sooner than
 # it thought must not wait for agents gone for hours.
 MAX_BUSY_WAIT_S = 900.0
@@ -82,6 +88,31 @@ class _Transport(paramiko.Transport):
         code = m.get_int()
         self.disconnect_reason = m.get_text()
         self._log(logging.INFO, f"Disconnect (code {code}): {self.disconnect_reason}")
+
+    def round_trip_ms(self, timeout_s: float) -> float | None:
+        """Time one global request the hub answers: its round trip in ms, None without an
+        answer within `timeout_s` (or when the connection ends meanwhile).
+
+        `keepalive@openssh.com` asks for a reply and nothing else: the hub (asyncssh) answers
+        any request it does not know with a failure, from its event loop, logging it at debug
+        level only. paramiko's own `global_request` waits for the answer without a limit, so
+        this sends the same message and waits on its own event, bounded. The event is the one
+        paramiko sets on a key exchange's end too: a rekey at that moment makes one short
+        reading, no worse.
+        """
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+        message.add_string(ROUND_TRIP_REQUEST)
+        message.add_boolean(True)  # want reply
+        done = threading.Event()
+        self.completion_event = done
+        start = time.perf_counter()
+        self._send_user_message(message)
+        deadline = start + timeout_s
+        while not done.wait(min(0.1, max(0.0, deadline - time.perf_counter()))):
+            if not self.active or time.perf_counter() >= deadline:
+                return None
+        return (time.perf_counter() - start) * 1000
 
 
 def _sent_away(hub: str, reason: str) -> HubError | None:
@@ -201,6 +232,17 @@ class HubClient:
         except ValueError:
             raise HubError(f"the hub answered {bytes(out[:200])!r}, not JSON") from None
         return CommandResult(status, doc)
+
+    def round_trip_ms(self, timeout_s: float) -> float | None:
+        """The round trip to the hub over this connection, in ms (`_Transport.round_trip_ms`).
+
+        Raises:
+            HubError: not connected.
+        """
+        transport = self.transport
+        if not isinstance(transport, _Transport) or not transport.is_active():
+            raise HubError(f"not connected to the hub at {self.hub}")
+        return transport.round_trip_ms(timeout_s)
 
     def close(self) -> None:
         if self.transport:

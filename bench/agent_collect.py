@@ -4,6 +4,8 @@ Prints, over --runs runs (default 20):
 - in-process collection without probes (packages included): median and p95;
 - what the security-posture collectors add in-process, with a warm updates cache: the six
   run at once as a report runs them (target <= 20 ms), and each alone;
+- what the built-in connectivity probes (gateway, hub-dns, link, and hub timed against a
+  stand-in that answers at once) add in-process: collection wall and CPU with and without;
 - the whole `estate-agent collect` process: wall, CPU (user+sys) and peak RSS, median and p95;
 - the same for `facter --json` when facter is installed, for scale.
 
@@ -80,6 +82,28 @@ def security_added(runs: int) -> tuple[list[float], dict[str, list[float]]]:
     return together, alone
 
 
+def builtins_added(runs: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU ms (this process, every thread) of collect_report() without probes and
+    with the built-in ones, alternating so both see the same machine. The hub's round trip
+    is a stand-in answering at once: on a real connection it waits on the network, not on
+    the agent's CPU."""
+    from estate.agent.collect import collect_report
+    from estate.agent.probes import builtin_probes, prober
+
+    with_builtins = prober(builtin_probes("localhost:2222", hub_rtt=True), lambda t: 0.0)
+    collect_report(probes=with_builtins)  # warm
+    walls: dict[str, list[float]] = {"without": [], "with": []}
+    cpus: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(runs):
+        for label, probes in (("without", None), ("with", with_builtins)):
+            start, cpu = time.perf_counter(), time.process_time()
+            report, _ = collect_report(probes=probes)
+            walls[label].append((time.perf_counter() - start) * 1000)
+            cpus[label].append((time.process_time() - cpu) * 1000)
+        assert len(report["connectivity"]["probes"]) == 4, report["connectivity"]
+    return walls, cpus
+
+
 def whole_process(argv: list[str], runs: int, must_succeed: bool = True,
                   ) -> tuple[list[float], list[float], list[float]]:
     """Wall ms, CPU ms and peak RSS MB of a child process (and the tools it ran), via wait4."""
@@ -117,9 +141,15 @@ def main() -> None:
     print(line("six sub-sections at once", together, "ms"))
     for name, values in alone.items():
         print(line(f"{name} alone", values, "ms"))
+    walls, cpus = builtins_added(runs)
+    print(f"built-in probes added in-process ({runs} runs each, alternating):")
+    for label in ("without", "with"):
+        print(line(f"wall, {label} built-ins", walls[label], "ms"))
+        print(line(f"CPU, {label} built-ins", cpus[label], "ms"))
 
     agent = shutil.which("estate-agent", path=os.path.dirname(sys.executable)) or "estate-agent"
-    os.environ.setdefault("ESTATE_AGENT_CONFIG", os.devnull + ".absent")  # no probes
+    # No config: no hub, so of the built-in probes only gateway and link run.
+    os.environ.setdefault("ESTATE_AGENT_CONFIG", os.devnull + ".absent")
     walls, cpus, rss = whole_process([agent, "collect"], runs)
     print(f"whole process `estate-agent collect` ({runs} runs):")
     print(line("wall", walls, "ms"))

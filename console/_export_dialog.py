@@ -1,7 +1,8 @@
 """The console's export dialog (`ctrl+s`, `:export`): what the current view shows, exported.
 
-It asks for the report (inventory, compliance, ...), format, file and an optional as-of date;
-the current filter goes with the request. The export is `estate export`'s own code path
+It asks for the report (inventory, compliance, availability, ...), format, file, an optional
+as-of date (availability: the window's end) and since (changes, availability); the current
+filter goes with the request. The export is `estate export`'s own code path
 (`estate.console.export.fetch`): the hub produces the file in the operator's scope and signs
 its manifest, and both are written next to each other.
 """
@@ -33,6 +34,8 @@ class ExportDialog(ModalScreen[ExportOptions | None]):
     #export { width: 80; height: auto; padding: 1 2; background: $panel; }
     #export Label { margin-top: 1; }
     #buttons { height: auto; margin-top: 1; }
+    #dates { height: auto; }
+    #dates Input { width: 1fr; }
     """
 
     def __init__(self, filter_text: str) -> None:
@@ -50,9 +53,11 @@ class ExportDialog(ModalScreen[ExportOptions | None]):
                          id="format")
             yield Label("File (a manifest is written beside it)")
             yield Input(str(_default_path("inventory", "xlsx")), id="output")
-            yield Label("As of (optional): the estate as the hub knew it then, e.g. "
-                        "2026-03-31 (UTC)")
-            yield Input("", placeholder="now", id="as-of")
+            yield Label("As of, e.g. 2026-03-31 (availability: the window's end), and since "
+                        "(UTC)")
+            with Horizontal(id="dates"):
+                yield Input("", placeholder="as of: now", id="as-of")
+                yield Input("", placeholder="since (availability: 30 days back)", id="since")
             yield Label("Asset register (reconcile only): a CSV file")
             yield Input("", placeholder="register.csv", id="register")
             with Horizontal(id="buttons"):
@@ -73,13 +78,19 @@ class ExportDialog(ModalScreen[ExportOptions | None]):
     @on(Input.Submitted)
     def _go(self) -> None:
         register = self.query_one("#register", Input).value.strip()
-        as_of = self.query_one("#as-of", Input).value.strip()
+        as_of = self.query_one("#as-of", Input).value.strip() or None
+        since = self.query_one("#since", Input).value.strip() or None
+        report = str(self.query_one("#report", Select).value)
+        # Availability covers a window: the as-of date is its end.
+        until, as_of = (as_of, None) if report == "availability" else (None, as_of)
         self.dismiss(ExportOptions(
-            report=str(self.query_one("#report", Select).value),
+            report=report,
             format=str(self.query_one("#format", Select).value),
             output=Path(self.query_one("#output", Input).value).expanduser(),
             filter=self.filter_text,
-            as_of=as_of or None,
+            as_of=as_of,
+            since=since,
+            until=until,
             register=Path(register).expanduser() if register else None))
 
 

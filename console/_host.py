@@ -181,14 +181,20 @@ class HostScreen(Screen[None]):
             [p.get("name"), p.get("kind"), p.get("target"), p.get("ok"),
              f"{p['latency_ms']:.1f} ms" if p.get("latency_ms") is not None else None,
              p.get("error")] for p in probes]) if probes else
-            Text("No probes configured on this agent.", style="dim"))
+            Text("No probe results in this report (an agent older than built-in probes).",
+                 style="dim"))
         box = self.query_one("#sparklines", VerticalScroll)
         box.remove_children()
         history: dict[str, list[float]] = {}
+        timed: set[str] = set()  # probes with a latency at least once (not `link`)
         for rep in reversed(reports):
             for p in rep.get("probes", []):
                 history.setdefault(p["name"], []).append(p.get("latency_ms") or 0.0)
+                if p.get("latency_ms") is not None:
+                    timed.add(p["name"])
         for name, values in history.items():
+            if name not in timed:
+                continue
             box.mount(Static(Text(f"{plain(name)} latency, last {len(values)} reports")))
             box.mount(Sparkline(values))
 

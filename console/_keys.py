@@ -44,6 +44,8 @@ ESTATE = (
     Key("estate.shell", "x", "shell", "open a shell on the host (estate ssh)", "Shell", True),
     Key("estate.export", "ctrl+s", "export", "export this view: CSV, XLSX or JSON, signed "
                                              "(also :export)"),
+    Key("estate.incidents", "i", "incidents", "incidents: open first, then recent"),
+    Key("estate.overview", "o", "overview", "estate overview per agency and site"),
     Key("estate.help", "question_mark", "help", "this help", "Help", True),
     Key("estate.palette", "colon", "app.command_palette", "command palette (also ctrl+p)"),
     Key("estate.quit", "q", "app.quit", "quit", "Quit", True),
@@ -63,7 +65,15 @@ HOST = (
     Key("host.next_tab", "right", "tab(1)", "next tab"),
     Key("host.shell", "x", "shell", "open a shell on this host (estate ssh)", "Shell", True),
 )
-ALL = {k.id: k for k in (*ESTATE, *TABLE, *HOST)}
+# The incidents list, an incident, and the overview.
+BACK = Key("screen.back", "escape,q", "back", "incidents, overview: back", "Back", True)
+INCIDENTS = (
+    BACK,
+    Key("incidents.ack", "a", "ack", "incidents: acknowledge (staff, admin)", "Ack", True),
+    Key("incidents.silence", "S", "silence", "incidents: silence for a while (staff, admin)",
+        "Silence", True),
+)
+ALL = {k.id: k for k in (*ESTATE, *TABLE, *HOST, *INCIDENTS)}
 
 
 def bindings(keys: tuple[Key, ...]) -> list[BindingType]:

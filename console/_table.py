@@ -21,13 +21,15 @@ from estate.console._model import KEY_INDEX, HostModel, compliance_counts, compl
 from estate.console._safe import plain
 from estate.inventory.hostlist import HOST_COLUMNS
 
-WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "os": 24,
+WIDTHS = {"agent_id": 15, "hostname": 22, "agency": 17, "site": 18, "status": 8, "net": 22,
+          "os": 24,
           "model": 20, "serial": 14, "cpu": 26, "ram_bytes": 7, "disk_percent": 6, "ip": 15,
           "last_seen": 19, "remote": 7, "compliance": 21}
-# Remote access sits beside status, where staff look before pressing the ssh key; compliance
-# next, so a failing control shows without scrolling sideways.
-_SHOWN_ORDER = ("hostname", "agency", "site", "status", "remote", "compliance", "os", "model",
-                "serial", "cpu", "ram_bytes", "disk_percent", "ip", "last_seen")
+# Connectivity beside status: together they say whether the host is reachable and how well.
+# Remote access next, where staff look before pressing the ssh key; compliance next, so a
+# failing control shows without scrolling sideways.
+_SHOWN_ORDER = ("hostname", "agency", "site", "status", "net", "remote", "compliance", "os",
+                "model", "serial", "cpu", "ram_bytes", "disk_percent", "ip", "last_seen")
 SHOWN = [next(c for c in HOST_COLUMNS if c.key == key) for key in _SHOWN_ORDER]
 # Numbers line up on the right; compliance mixes a share with a control's name, so it reads
 # from the left.
@@ -36,6 +38,8 @@ STATUS_STYLE = {"online": Style(color="green"), "offline": Style(color="red", bo
                 "stale": Style(color="yellow"), "revoked": Style(color="magenta")}
 COMPLIANCE_STYLE = {"fail": Style(color="red", bold=True), "unknown": Style(color="yellow"),
                     "pass": Style(color="green")}
+NET_STYLE = {"ok": Style(color="green"), "degraded": Style(color="yellow"),
+             "down": Style(color="red", bold=True)}
 HEADER = Style(bold=True, reverse=True)
 CURSOR = Style(reverse=True)
 
@@ -43,6 +47,8 @@ CURSOR = Style(reverse=True)
 def cell_text(key: str, value: Any) -> str:
     if key == "compliance":
         return compliance_cell(value)[0]
+    if key == "net":
+        return net_cell(value)[0]
     if value is None:
         return "-"
     if key == "ram_bytes":
@@ -71,6 +77,20 @@ def compliance_cell(summary: Any) -> tuple[str, str | None]:
         return plain(worst, 64) + more, "fail"
     # Rounded down: 99.6% with an unknown control must not read as 100%.
     return f"{int(share)}%", ("unknown" if unknown else "pass")
+
+
+def net_cell(net: Any) -> tuple[str, str | None]:
+    """The net column's text and its state: "ok 23ms", "degraded gateway 812ms", "down link";
+    "-" and None when unknown. The state is in words, so the colour only repeats it."""
+    if not isinstance(net, (list, tuple)) or len(net) < 3 or net[0] not in NET_STYLE:
+        return "-", None
+    state, rtt, worst = net[0], net[1], net[2]
+    parts = [state]
+    if state != "ok" and isinstance(worst, str):
+        parts.append(plain(worst, 64))  # a probe's name: the agent's text
+    if isinstance(rtt, (int, float)) and not isinstance(rtt, bool):
+        parts.append(f"{rtt:.0f}ms")
+    return " ".join(parts), state
 
 
 class HostTable(ScrollView, can_focus=True):
@@ -140,6 +160,10 @@ class HostTable(ScrollView, can_focus=True):
                 shown, kind = compliance_cell(value)
                 text = _fit(shown, WIDTHS[c.key])
                 style = COMPLIANCE_STYLE.get(kind) if kind else None
+            elif c.key == "net":
+                shown, state = net_cell(value)
+                text = _fit(shown, WIDTHS[c.key])
+                style = NET_STYLE.get(state) if state else None
             else:
                 text = _fit(cell_text(c.key, value), WIDTHS[c.key], c.key in RIGHT)
                 style = STATUS_STYLE.get(value) if c.key == "status" else None

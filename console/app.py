@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static, Tree
 
@@ -20,8 +20,10 @@ from estate.console import _keys as keys
 from estate.console._client import ApiFailure, HubConnection, HubUnreachable
 from estate.console._export_dialog import ExportDialog
 from estate.console._host import TABS, HostScreen
+from estate.console._incidents import IncidentScreen, IncidentsScreen
 from estate.console._keys import bindings
 from estate.console._model import HostModel
+from estate.console._overview import OverviewScreen
 from estate.console._safe import plain
 from estate.console._settings import PinnedHub
 from estate.console._table import SHOWN, HostTable
@@ -32,6 +34,12 @@ from estate.inventory.hostlist import COLUMN_KEYS
 
 RECONNECT_MAX_S = 30.0
 PAGE_ROWS = 2500
+INCIDENT_LIMIT = 1000  # open incidents the console follows (the hub's most per request)
+# A site's health in the tree: down while the hub has a site outage open there; attention
+# with any other open incident, or a host offline or stale; else ok. The mark reads without
+# colour (NO_COLOR).
+HEALTH_MARKS = {"ok": ("✓", "green"), "attention": ("!", "yellow"), "down": ("✗", "bold red")}
+HEALTH_ORDER = ("ok", "attention", "down")
 
 
 class HelpScreen(ModalScreen[None]):
@@ -47,10 +55,14 @@ class HelpScreen(ModalScreen[None]):
             text.append(f"  {combo:<18}", style="bold")
             text.append(f"{what}\n")
         text.append(f"\n  {f'1-{len(TABS)}':<18}host: switch tabs\n")
+        text.append("\nTree: ✓ ok, ! attention (an incident open, a host offline or stale), "
+                    "✗ down (a site outage open); N inc: open incidents there.\n")
         text.append("\nFilter: free text, field:value (status:offline, os:windows, "
                     "agency:fire), comparisons (disk>90, ram>=16), failing controls "
                     "(fail:encryption, fail:firewall), compliance<80, -word negates.\n")
-        yield Static(text, id="help")
+        # Scrolls (arrows, page keys) when the terminal is shorter than the help.
+        with VerticalScroll(id="help-scroll"):
+            yield Static(text, id="help")
 
 
 class EstateScreen(Screen[None]):
@@ -60,6 +72,7 @@ class EstateScreen(Screen[None]):
         super().__init__()
         self.model = model
         self._shown_summary: dict[str, Any] | None = None
+        self._shown_tree: tuple[Any, Any] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="banner")
@@ -87,7 +100,8 @@ class EstateScreen(Screen[None]):
         counts = self.model.counts()
         line = Text()
         line.append("Estate ", style="bold")
-        ok = counts["offline"] == 0 and counts["stale"] == 0
+        incidents = self.app.open_incident_count  # type: ignore[attr-defined]
+        ok = counts["offline"] == 0 and counts["stale"] == 0 and not incidents
         line.append("OK" if ok else "ATTENTION", style="bold green" if ok else "bold red")
         line.append(f"   {counts['total']} hosts   ")
         line.append(f"{counts['online']} online", style="green")
@@ -102,6 +116,11 @@ class EstateScreen(Screen[None]):
             line.append(f"   {self.app.loading}…", style="italic")  # type: ignore[attr-defined]
         if self.app.readonly:  # type: ignore[attr-defined]
             line.append("   read-only", style="italic")
+        # After what the view shows: an 80-column terminal must still say "showing N".
+        if incidents is not None:  # None: the hub keeps no incidents (an older hub)
+            line.append("   ")
+            line.append(f"{incidents} open incident{'' if incidents == 1 else 's'}",
+                        style="bold red" if incidents else "")
         # Last: on a narrow terminal what the view shows and the hub's state come first.
         share = self._compliance_share
         if share is not None:
@@ -118,19 +137,30 @@ class EstateScreen(Screen[None]):
     def _tree(self, summary: dict[str, Any]) -> None:
         # show() runs on every live repaint; rebuilding an unchanged tree would also reset
         # what the operator expanded or selected in it.
-        if summary == self._shown_summary:
+        places = self.app.incident_places()  # type: ignore[attr-defined]
+        if (summary, places) == self._shown_tree:
             return
-        self._shown_summary = summary
+        self._shown_summary, self._shown_tree = summary, (summary, places)
         tree = self.query_one(Tree)
         tree.clear()
         tree.root.expand()
         compliance = summary.get("compliance", {}).get("agencies", {})
         for agency, info in sorted(summary.get("agencies", {}).items()):
             shares = compliance.get(agency, {})
-            node = tree.root.add(_count_label(agency, info["counts"], shares.get("counts")),
-                                 data=("agency", agency), expand=True)
+            sites = []
             for site, counts in sorted(info["sites"].items()):
-                node.add_leaf(_count_label(site, counts, shares.get("sites", {}).get(site)),
+                open_here, outage = places.get((agency, site), (0, False))
+                sites.append((site, counts, open_here, _health(counts, open_here, outage)))
+            agency_open = sum(n for (a, _), (n, _) in places.items() if a == agency)
+            worst = max((h for *_, h in sites), key=HEALTH_ORDER.index, default="ok")
+            if agency_open and worst == "ok":  # an incident of the agency's, no site's
+                worst = "attention"
+            node = tree.root.add(_count_label(agency, info["counts"], shares.get("counts"),
+                                              agency_open, worst),
+                                 data=("agency", agency), expand=True)
+            for site, counts, open_here, health in sites:
+                node.add_leaf(_count_label(site, counts, shares.get("sites", {}).get(site),
+                                           open_here, health),
                               data=("site", agency, site))
 
     def banner(self, text: str | None) -> None:
@@ -165,6 +195,12 @@ class EstateScreen(Screen[None]):
 
     def action_export(self) -> None:
         self.app.open_export()  # type: ignore[attr-defined]
+
+    def action_incidents(self) -> None:
+        self.app.open_incidents()  # type: ignore[attr-defined]
+
+    def action_overview(self) -> None:
+        self.app.open_overview()  # type: ignore[attr-defined]
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(keys.help_lines(self.app.keymap_overrides)))  # type: ignore[attr-defined]
@@ -211,11 +247,27 @@ def _word(name: str) -> str:
     return max(name.lower().split(), key=len)
 
 
+def _health(counts: dict[str, int], open_incidents: int, outage: bool) -> str:
+    if outage:
+        return "down"
+    if open_incidents or counts.get("offline") or counts.get("stale"):
+        return "attention"
+    return "ok"
+
+
 def _count_label(name: str, counts: dict[str, int],
-                 compliance: dict[str, Any] | None = None) -> Text:
-    label = Text(plain(name))
+                 compliance: dict[str, Any] | None = None, open_incidents: int = 0,
+                 health: str | None = None) -> Text:
+    label = Text()
+    if health is not None:
+        mark, style = HEALTH_MARKS[health]
+        label.append(f"{mark} ", style=style)
+    label.append(plain(name))
     label.append(f"  {counts['total']}", style="bold")
-    # The share before the counts of trouble: a narrow tree cuts the end of the label.
+    # Open incidents, then the share, before the counts of trouble: a narrow tree cuts the
+    # end of the label.
+    if open_incidents:
+        label.append(f" {open_incidents} inc", style="bold red")
     share = (compliance or {}).get("share")
     if isinstance(share, (int, float)):  # None: no host there is evaluated
         label.append(f" {int(share)}%", style=_share_style(share))
@@ -256,10 +308,13 @@ class EstateApp(App[None]):
     #filter { height: 3; }
     #hosts { height: 1fr; }
     #help { padding: 1 2; width: 90; height: auto; background: $panel; }
+    #help-scroll { width: 92; height: auto; max-height: 100%; }
     #title { height: 1; padding: 0 1; }
     HostScreen #tabs { height: 1fr; }
     HostScreen TabPane { height: 1fr; padding: 0; }
     HelpScreen { align: center middle; }
+    #incident-list, #overview-table { height: 1fr; }
+    #legend { height: auto; padding: 0 1; }
     """
 
     def __init__(self, hub: HubConnection, readonly: bool = False,
@@ -274,6 +329,9 @@ class EstateApp(App[None]):
         self.usable = asyncio.Event()  # the first page is on screen
         self.loading: str | None = None
         self.last_export: Path | None = None
+        # The open incidents in scope, by id, from the hub and then its watch; None while
+        # unknown, or when the hub keeps no incidents (an older hub).
+        self.incidents: dict[int, dict[str, Any]] | None = None
         self._dirty = False
 
     def on_mount(self) -> None:
@@ -307,6 +365,45 @@ class EstateApp(App[None]):
         except SuspendNotSupported:
             self.notify(f"this terminal cannot hand over to ssh; run: {command_line(command)}",
                         severity="warning", timeout=15)
+
+    @property
+    def open_incident_count(self) -> int | None:
+        return None if self.incidents is None else len(self.incidents)
+
+    def incident_places(self) -> dict[tuple[str, str], tuple[int, bool]]:
+        """Per (agency, site): open incidents there, and whether one is a site outage."""
+        places: dict[tuple[str, str], tuple[int, bool]] = {}
+        for i in (self.incidents or {}).values():
+            key = (str(i.get("agency")), str(i.get("site") or ""))
+            n, outage = places.get(key, (0, False))
+            places[key] = (n + 1, outage or i.get("kind") == "site_outage")
+        return places
+
+    def incident_changed(self, incident: dict[str, Any]) -> None:
+        """An incident as the hub has it now (from the watch, or an action's answer)."""
+        if self.incidents is None or not isinstance(incident.get("id"), int):
+            return
+        if incident.get("state") == "open":
+            self.incidents[incident["id"]] = incident
+        else:
+            self.incidents.pop(incident["id"], None)
+        self._dirty = True
+
+    def open_incidents(self) -> None:
+        self.push_screen(IncidentsScreen(self.hub))
+
+    def open_overview(self) -> None:
+        self.push_screen(OverviewScreen(self.hub))
+
+    def show_place(self, agency: str, site: str | None) -> None:
+        """Back to the host list, filtered to an agency or a site (the tree's filter)."""
+        while len(self.screen_stack) > 1 and self.screen is not self.estate:
+            self.pop_screen()
+        word = f"agency:{_word(agency)}"
+        if site is not None:
+            word += f" site:{_word(site)}"
+        self._filter_from_palette(word)
+        self.estate.query_one(HostTable).focus()
 
     def open_export(self) -> None:
         """The export dialog; the export runs in the background with progress in the header."""
@@ -349,6 +446,11 @@ class EstateApp(App[None]):
         for c in SHOWN:
             yield SystemCommand(f"Sort by {c.title}", c.description,
                                 lambda k=c.key: self._sort_from_palette(k))
+        yield SystemCommand("Incidents", "open incidents first, then recent ones; "
+                                         "acknowledge or silence (i)", self.open_incidents)
+        yield SystemCommand("Overview", "the estate per agency and site: online share, "
+                                        "incidents, stale, unsupported OS, full disks (o)",
+                            self.open_overview)
         yield SystemCommand("Help", "every key binding", self.estate.action_help)
 
     def _filter_from_palette(self, word: str) -> None:
@@ -403,19 +505,34 @@ class EstateApp(App[None]):
             if count >= page["total"]:
                 break
             await asyncio.sleep(0)  # let the first page paint before the next arrives
+        await self._load_incidents()
         self.loading = None
         self.estate.show(self.model.summary())
         self.usable.set()
         self.loaded.set()
+
+    async def _load_incidents(self) -> None:
+        try:
+            answer = await self.hub.request("incidents", state="open", limit=INCIDENT_LIMIT)
+        except ApiFailure as exc:
+            if exc.code != "unknown_op":
+                raise
+            self.incidents = None  # a hub from before incidents: the header says nothing
+            return
+        self.incidents = {i["id"]: i for i in answer
+                          if isinstance(i, dict) and isinstance(i.get("id"), int)
+                          and i.get("state") == "open"}
 
     async def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind in ("host", "presence") and event.get("row"):
             self.model.upsert(event["row"])
             self._dirty = True
+        elif kind == "incident" and isinstance(event.get("incident"), dict):
+            self.incident_changed(event["incident"])
         elif kind == "resync":
             await self._load()
-        if isinstance(self.screen, HostScreen):
+        if isinstance(self.screen, (HostScreen, IncidentsScreen, IncidentScreen)):
             self.screen.hub_event(event)
 
     def _repaint(self) -> None:

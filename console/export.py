@@ -50,6 +50,7 @@ class ExportOptions:
     site: str | None = None
     as_of: str | None = None
     since: str | None = None
+    until: str | None = None  # availability: the window's end (default now)
     days: int = 30
     register: Path | None = None
     force: bool = False
@@ -62,8 +63,11 @@ def define_export(parser: argparse.ArgumentParser) -> None:
                           "check it with estate verify FILE).")
     parser.epilog = ("reports: inventory (one row per host), changes (change events; --since), "
                      "stale (not seen for --days), unsupported (OS past its vendor's end of "
-                     "support), reconcile (--register FILE.csv against the estate). Dates are "
-                     "UTC: 2026-03-31 or 2026-03-31T17:00:00Z.")
+                     "support), reconcile (--register FILE.csv against the estate), "
+                     "compliance (results per host and control), availability (online share "
+                     "and outages per host and site from --since, default 30 days back, to "
+                     "--until, default now). Dates are UTC: 2026-03-31 or "
+                     "2026-03-31T17:00:00Z.")
     add_connection_options(parser)
     parser.add_argument("--report", required=True, choices=tuple(REPORTS),
                         help="which report (see below)")
@@ -77,7 +81,10 @@ def define_export(parser: argparse.ArgumentParser) -> None:
                                                      "'status:offline os:windows'")
     parser.add_argument("--as-of", metavar="DATE",
                         help="the estate as the hub knew it then (end of day for a date)")
-    parser.add_argument("--since", metavar="DATE", help="changes: from this date")
+    parser.add_argument("--since", metavar="DATE",
+                        help="changes and availability: from this date")
+    parser.add_argument("--until", metavar="DATE",
+                        help="availability: to this date (the end of that day; default now)")
     parser.add_argument("--days", type=int, default=30,
                         help="stale and reconcile: not seen for this many days (default 30)")
     parser.add_argument("--register", type=Path, metavar="FILE.csv",
@@ -95,7 +102,7 @@ def export_main(args: argparse.Namespace) -> int:
     options = ExportOptions(
         report=args.report, output=args.output, format=args.format, filter=args.filter,
         agency=args.agency, site=args.site, as_of=args.as_of, since=args.since,
-        days=args.days, register=args.register, force=args.force)
+        until=args.until, days=args.days, register=args.register, force=args.force)
     try:
         request, output = build_request(options)
     except ValueError as exc:
@@ -120,7 +127,7 @@ def build_request(options: ExportOptions) -> tuple[dict[str, Any], Path]:
     if fmt is None:
         suffix = options.output.suffix.lower().lstrip(".") if options.output else ""
         fmt = suffix if suffix in FORMATS else "csv"
-    when = (options.as_of or time.strftime("%Y-%m-%d")).replace(":", "")
+    when = (options.as_of or options.until or time.strftime("%Y-%m-%d")).replace(":", "")
     output = options.output or Path(f"estate-{options.report}-{when}.{fmt}")
     for target in (output, manifest_path(output)):
         # Someone who can write to the folder could point a link at a file of yours.
@@ -133,7 +140,7 @@ def build_request(options: ExportOptions) -> tuple[dict[str, Any], Path]:
         raise ValueError(f"-o: folder {output.parent} does not exist")
     request: dict[str, Any] = {"report": options.report, "format": fmt, "file_name": output.name,
                                "filter": options.filter, "days": options.days}
-    for key in ("agency", "site", "as_of", "since"):
+    for key in ("agency", "site", "as_of", "since", "until"):
         if getattr(options, key):
             request[key] = getattr(options, key)
     if options.report == "reconcile":

@@ -85,6 +85,9 @@ FIELDS: tuple[Field, ...] = (
        "after two intervals without one.", unit="s", minimum=1, maximum=86400),
     _f("agent.dropped_reports", "int", "Reports the agent's spool dropped (full or too old) "
        "since it last told the hub.", minimum=0),
+    _f("agent.probe_policy", "str", "SHA-256 (hex) of the hub's probe policy the agent holds, "
+       "empty when none; absent when the agent does not take probes from the hub "
+       "(accept_hub_probes = false) or predates them.", max_len=64, optional=True),
     # --- system -------------------------------------------------------------------------
     _f("system", "object", "Operating system and session facts.", nullable=False),
     _f("system.hostname", "str", "Short host name.", exported=True, max_len=255),
@@ -208,20 +211,29 @@ FIELDS: tuple[Field, ...] = (
     _f("network.dns_servers[]", "str", "A resolver address.", nullable=False, max_len=64),
     # --- connectivity -------------------------------------------------------------------
     _f("connectivity", "object", "Probe results and traffic rates.", nullable=False),
-    _f("connectivity.probes", "list", "Configured probes and their results.", nullable=False,
-       max_items=64),
+    # 4 built-in + 64 local + 16 from the hub, with room to spare.
+    _f("connectivity.probes", "list", "Probe results: the built-in ones, then the agent "
+       "config's, then the hub policy's.", nullable=False, max_items=96),
     _f("connectivity.probes[]", "object", "One probe result.", nullable=False),
-    _f("connectivity.probes[].name", "str", "Probe name from the agent config.",
+    _f("connectivity.probes[].name", "str", "Probe name: hub, gateway, hub-dns or link for "
+       "the built-in probes, else from the agent config or the hub policy.",
        nullable=False, max_len=64),
-    _f("connectivity.probes[].kind", "str", "Probe kind.", nullable=False,
-       choices=("tcp", "dns", "gateway")),
+    _f("connectivity.probes[].kind", "str", "Probe kind: hub is the round trip to the hub "
+       "over the agent's own connection, link the default-route interface's link state.",
+       nullable=False, choices=("tcp", "dns", "gateway", "icmp", "hub", "link")),
     _f("connectivity.probes[].target", "str", "What was probed.", max_len=255),
-    _f("connectivity.probes[].ok", "bool", "Whether the probe succeeded.", nullable=False),
+    _f("connectivity.probes[].ok", "bool", "Whether the probe succeeded; null when it could "
+       "not run here (e.g. ICMP not permitted for the agent's user), with the reason in "
+       "error."),
     _f("connectivity.probes[].latency_ms", "float", "Round trip or resolution time.",
        unit="ms", minimum=0, maximum=3_600_000),
     _f("connectivity.probes[].answers", "list", "DNS answers.", nullable=False, max_items=64),
     _f("connectivity.probes[].answers[]", "str", "An address.", nullable=False, max_len=64),
-    _f("connectivity.probes[].error", "str", "Why the probe failed.", max_len=512),
+    _f("connectivity.probes[].error", "str", "Why the probe failed or could not run.",
+       max_len=512),
+    _f("connectivity.probes[].source", "str", "Where the probe comes from: built into the "
+       "agent, its config (local) or the hub's policy.", choices=("builtin", "local", "hub"),
+       max_len=16, optional=True),
     _f("connectivity.rates", "list", "Interface traffic rates between two samples.",
        nullable=False, max_items=256),
     _f("connectivity.rates[]", "object", "Rates of one interface.", nullable=False),

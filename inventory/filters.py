@@ -8,6 +8,8 @@ Words separated by spaces, all of which must match:
 - compliance: `fail:WORD`, a failing control whose id or theme contains WORD
   (`fail:encryption`, `fail:firewall`, `fail:malware`); `compliance<80`, `compliance>=N`, the
   share of the host's controls that pass, in percent (hosts not evaluated never match);
+- connectivity: `net:ok`, `net:degraded`, `net:down`; `rtt>200`, `rtt<=50`, the round trip
+  to the hub in ms (hosts with no round trip measured never match);
 - a leading `-` negates a word: `-status:online`, `-fail:firewall`.
 """
 
@@ -28,7 +30,7 @@ FIELDS = {
     "name": "hostname", "agency": "agency", "site": "site", "status": "status", "os": "os",
     "model": "model", "serial": "serial", "cpu": "cpu", "ram": "ram_bytes",
     "disk": "disk_percent", "ip": "ip", "seen": "last_seen", "remote": "remote",
-    "compliance": "compliance", "fail": "compliance",
+    "compliance": "compliance", "fail": "compliance", "net": "net", "rtt": "net",
 }
 _SCALE = {"ram_bytes": 2**30}  # ram is typed in GiB
 _TEXT = [i for i, c in enumerate(HOST_COLUMNS) if not c.numeric]
@@ -41,13 +43,19 @@ _WORD = re.compile(r"^(-?)([a-z_]+)(:|>=|<=|>|<|=)(.*)$")
 
 _COMPLIANCE = COLUMN_KEYS.index("compliance")
 _NOT_EVALUATED = float("nan")  # every comparison with NaN is false: such hosts never match
+# The net column holds (state, rtt_ms, worst); its state is its text (free text, `net:`,
+# the console's sort), its round trip the number `rtt` compares.
+_NET = COLUMN_KEYS.index("net")
+_NET_TEXT = _TEXT.index(_NET)
+NET_STATES = ("ok", "degraded", "down")
 
 Row = Sequence[Any]
-Prepared = tuple[Sequence[Any], list[str], str, float, str]
+Prepared = tuple[Sequence[Any], list[str], str, float, str, float]
 """A row made ready for filtering: the row, its text columns lower-cased (in `TEXT_COLUMNS`
-order, "" for unknown), all of them in one string, its compliance share (NaN when not
-evaluated or not a number) and its failing controls and themes ("" when none or unknown). The
-console prepares each row once, so a keystroke is one pass of `in` checks and comparisons."""
+order, "" for unknown; the net column's state), all of them in one string, its compliance
+share (NaN when not evaluated or not a number), its failing controls and themes ("" when none
+or unknown) and its hub round trip in ms (NaN when unknown). The console prepares each row
+once, so a keystroke is one pass of `in` checks and comparisons."""
 Matcher = Callable[[Row], bool]
 PreparedMatcher = Callable[[Prepared], bool]
 
@@ -57,8 +65,18 @@ class FilterError(EstateError, ValueError):
 
 
 def prepare(row: Row) -> Prepared:
+    texts = [v if isinstance(v := row[i], str) else "" for i in _TEXT]
+    # A hostile or foreign net value (not a list, a state that is not text, a round trip that
+    # is not a number) reads as unknown.
+    rtt = _NOT_EVALUATED
+    net = row[_NET]
+    if isinstance(net, (list, tuple)) and len(net) > 1:
+        if isinstance(state := net[0], str):
+            texts[_NET_TEXT] = state
+        if isinstance(got := net[1], (int, float)) and not isinstance(got, bool):
+            rtt = got
     # One lower() over the joined text is several times cheaper than one per column.
-    hay = "\x00".join([v if isinstance(v := row[i], str) else "" for i in _TEXT]).lower()
+    hay = "\x00".join(texts).lower()
     # The compliance summary is checked here, once per row, rather than by each filter word
     # on every keystroke. A hostile or foreign value (not a list, a share that is a bool, a
     # failing list that is not text) reads as not evaluated / nothing failing.
@@ -74,7 +92,7 @@ def prepare(row: Row) -> Prepared:
         if len(summary) > COMPLIANCE_FAILING \
                 and isinstance(got := summary[COMPLIANCE_FAILING], str):
             failing = got
-    return row, hay.split("\x00"), hay, share, failing
+    return row, hay.split("\x00"), hay, share, failing, rtt
 
 
 def compile_filter(text: str) -> Matcher:
@@ -122,6 +140,8 @@ def _word(word: str) -> PreparedMatcher:
     index = COLUMN_KEYS.index(column)
     if column == "compliance":
         return _compliance(word, negate, name, op, value)
+    if column == "net":
+        return _net(word, negate, name, op, value)
     if op == ":":
         if index in TEXT_POSITION:
             pos = TEXT_POSITION[index]
@@ -182,3 +202,32 @@ def _compliance(word: str, negate: bool, name: str, op: str,
                  ">=": lambda row: row[3] >= number, "<=": lambda row: row[3] <= number,
                  "=": lambda row: row[3] == number}
     return tests[op]
+
+
+def _net(word: str, negate: bool, name: str, op: str, value: str) -> PreparedMatcher:
+    """`net:STATE` (exactly one of NET_STATES) and `rtt<N` / `rtt>N` (ms)."""
+    if name == "net":
+        if op != ":" or value not in NET_STATES:
+            raise FilterError(f"{word!r}: net takes a state after a colon: "
+                              f"{', '.join(f'net:{s}' for s in NET_STATES)} (for the round "
+                              f"trip to the hub: rtt>200)")
+        if negate:
+            return lambda row: row[1][_NET_TEXT] != value
+        return lambda row: row[1][_NET_TEXT] == value
+    if op == ":":
+        raise FilterError(f"{word!r}: rtt is the round trip to the hub in ms, to compare, "
+                          f"e.g. rtt>200")
+    try:
+        number = float(value)
+    except ValueError:
+        raise FilterError(f"{word!r}: {op} needs a number, got {value!r}") from None
+    if not 0 <= number <= 3_600_000:  # also refuses nan
+        raise FilterError(f"{word!r}: rtt is milliseconds, 0 to 3600000")
+    # NaN (no round trip measured) compares false: such hosts match no comparison and every
+    # negated one, as compliance does.
+    compare: Callable[[float], bool] = {
+        ">": lambda x: x > number, "<": lambda x: x < number, ">=": lambda x: x >= number,
+        "<=": lambda x: x <= number, "=": lambda x: x == number}[op]
+    if negate:
+        return lambda row: not compare(row[5])
+    return lambda row: compare(row[5])

@@ -31,6 +31,10 @@ HOST_COLUMNS: tuple[Column, ...] = (
     Column("site", "site", "Site, from enrolment."),
     Column("status", "status", "online, offline, stale (no report for two intervals) or "
                                "revoked."),
+    Column("net", "net", "Connectivity from the host's probes: ok, degraded (a probe failing, "
+                         "or the round trip to the hub over 500 ms) or down (its link, or "
+                         "every probe, failing); the worst failing probe and the hub round "
+                         "trip in ms."),
     Column("os", "OS", "Operating system name and version."),
     _from_field("model", "hardware.model"),
     _from_field("serial", "hardware.serial"),

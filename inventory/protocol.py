@@ -89,6 +89,7 @@ ERROR_CODES: dict[str, ChannelExit] = {
 API_ERROR_CODES = frozenset({
     "bad_json", "bad_request", "unknown_op", "bad_filter", "line_too_long", "not_found",
     "ambiguous", "too_large", "busy", "internal",
+    "forbidden",  # an auditor acknowledging or silencing an incident
 })
 
 # Codes a connection or channel is refused with before any command runs, at the start of the

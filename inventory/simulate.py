@@ -4,6 +4,11 @@ Each simulated agent is enrolled for real (token flow, its own ed25519 key), pin
 host key, holds one SSH connection, and sends varied, schema-valid reports every interval
 (±10%), keeping unacknowledged reports and backing off like the real agent. Identities are kept
 in the hub's data folder (`simulated.json`) so a second run reuses them.
+
+For the estate-health tests and benchmarks, a simulator can take chosen agents off the air (a
+site's link going down: `take_down`, `bring_up`) and make chosen probes fail on chosen agents
+(`fail_probes`); its agents report the built-in probes every real agent runs (hub, gateway,
+link) and a file-server probe, all passing unless told.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +98,14 @@ class SimStats:
 
 
 def fake_report(ident: Identity, seq: int, interval_s: float,
-                rng: random.Random | None = None) -> dict[str, Any]:
-    """A varied, schema-valid report for one simulated machine (stable per identity)."""
+                rng: random.Random | None = None,
+                failing: Collection[str] | None = None) -> dict[str, Any]:
+    """A varied, schema-valid report for one simulated machine (stable per identity).
+
+    `failing`: report the built-in probes (`probes`) with these names failing and the rest
+    passing; None keeps the one file-server probe that fails at random (what the golden
+    files and snapshots were made from).
+    """
     r = random.Random(ident.index)  # noqa: S311 - variety, not security
     vendor, model, chassis, cpu, mem_gib = r.choice(HARDWARE)
     family, os_name, version, build, kernel, manager = r.choice(SYSTEMS)
@@ -159,7 +171,8 @@ def fake_report(ident: Identity, seq: int, interval_s: float,
         "connectivity": {
             "probes": [{"name": "file-server", "kind": "tcp", "target": "fs01:445",
                         "ok": live.random() > 0.03, "latency_ms": round(live.uniform(1, 40), 2),
-                        "answers": [], "error": None}],
+                        "answers": [], "error": None}] if failing is None else
+            probes(failing, live),
             "rates": [],
         },
         "software": {"manager": manager, "count": len(pkgs), "hash": sw_hash,
@@ -169,6 +182,23 @@ def fake_report(ident: Identity, seq: int, interval_s: float,
                    "memory_percent": round(live.uniform(20, 90), 1), "swap_percent": 0.0},
         "errors": [],
     }
+
+
+# The probes a simulated agent runs when told which fail: name, kind, target.
+PROBES = (("hub", "hub", "hub.estate.local"), ("gateway", "gateway", "10.0.0.1"),
+          ("link", "link", "eth0"), ("file-server", "tcp", "fs01:445"))
+
+
+def probes(failing: Collection[str], live: random.Random) -> list[dict[str, Any]]:
+    """`PROBES` as a report's results: those named in `failing` failed, the others passed."""
+    out = []
+    for name, kind, target in PROBES:
+        ok = name not in failing
+        out.append({"name": name, "kind": kind, "target": target, "ok": ok,
+                    "latency_ms": round(live.uniform(1, 40), 2) if ok else None,
+                    "answers": [], "error": None if ok else "simulated failure",
+                    "source": "builtin" if kind != "tcp" else "local"})
+    return out
 
 
 class Simulator:
@@ -196,6 +226,32 @@ class Simulator:
         self.stats = SimStats()
         self.stop = asyncio.Event()
         self.sent_software: set[str] = set()
+        # Agents taken off the air (`take_down`) and the probes failing on each agent
+        # (`fail_probes`); an agent's kick wakes it to act on a change at once.
+        self.down: set[str] = set()
+        self.failing: dict[str, set[str]] = {}
+        self._kicks: dict[str, asyncio.Event] = {}
+
+    def take_down(self, agent_ids: Iterable[str]) -> None:
+        """These agents drop their connections and stay off until `bring_up`."""
+        for agent_id in agent_ids:
+            self.down.add(agent_id)
+            self._kick(agent_id)
+
+    def bring_up(self, agent_ids: Iterable[str]) -> None:
+        for agent_id in agent_ids:
+            self.down.discard(agent_id)
+            self._kick(agent_id)
+
+    def fail_probes(self, agent_ids: Iterable[str], names: Collection[str]) -> None:
+        """From their next report (sent at once), these agents' probes `names` fail and
+        their others pass; `names` empty: all pass again."""
+        for agent_id in agent_ids:
+            self.failing[agent_id] = set(names)
+            self._kick(agent_id)
+
+    def _kick(self, agent_id: str) -> None:
+        self._kicks.setdefault(agent_id, asyncio.Event()).set()
 
     def _connect(self, user: str, key: asyncssh.SSHKey) -> Any:
         return asyncssh.connect(self.host, self.port, username=user, client_keys=[key],
@@ -243,13 +299,24 @@ class Simulator:
         unacked: list[tuple[int, bytes]] = []
         acked = 0
         next_report = time.monotonic() + first_report_s
+        kick = self._kicks.setdefault(ident.agent_id, asyncio.Event())
         while not self.stop.is_set() and (reports is None or acked < reports):
+            if ident.agent_id in self.down:
+                kick.clear()
+                await self._until(kick)
+                next_report = time.monotonic()  # back on the air: report at once
+                continue
             try:
                 async with await self._open(ident.agent_id, ident.key) as conn:
                     self.stats.connected += 1
                     failures = 0
                     try:
                         while not self.stop.is_set() and (reports is None or acked < reports):
+                            if ident.agent_id in self.down:
+                                break  # its link went down: the connection goes with it
+                            if kick.is_set():
+                                kick.clear()
+                                next_report = time.monotonic()  # its probes changed
                             if time.monotonic() >= next_report:
                                 seq += 1
                                 unacked.append((seq, self._body(ident, seq, rng)))
@@ -272,7 +339,8 @@ class Simulator:
                                 else:
                                     self.stats.errors += 1
                                     unacked.pop()
-                            await self._idle(conn, max(0.0, next_report - time.monotonic()))
+                            await self._idle(conn, max(0.0, next_report - time.monotonic()),
+                                             kick)
                             if conn.is_closed():
                                 raise asyncssh.ConnectionLost("the hub went away")
                     finally:
@@ -286,7 +354,8 @@ class Simulator:
     def _body(self, ident: Identity, seq: int, rng: random.Random) -> bytes:
         # Back to back (an interval under a second, for load tests) still claims the least
         # interval a report may.
-        report = fake_report(ident, seq, max(1.0, self.interval_s), rng)
+        report = fake_report(ident, seq, max(1.0, self.interval_s), rng,
+                             failing=self.failing.get(ident.agent_id, set()))
         # Like the real agent: the package list only when the hub has not seen it.
         if ident.agent_id in self.sent_software:
             report["software"]["packages"] = None
@@ -294,12 +363,25 @@ class Simulator:
             self.sent_software.add(ident.agent_id)
         return json.dumps(report, separators=(",", ":")).encode()
 
-    async def _idle(self, conn: asyncssh.SSHClientConnection, seconds: float) -> None:
-        """Wait for the next report, but notice at once when the hub drops the connection."""
+    async def _idle(self, conn: asyncssh.SSHClientConnection, seconds: float,
+                    kick: asyncio.Event | None = None) -> None:
+        """Wait for the next report, but notice at once when the hub drops the connection
+        (or the agent is kicked: taken down, or its probes changed)."""
         waits = [asyncio.ensure_future(self.stop.wait()),
                  asyncio.ensure_future(conn.wait_closed())]
+        if kick is not None:
+            waits.append(asyncio.ensure_future(kick.wait()))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _until(self, kick: asyncio.Event) -> None:
+        """Wait for a kick or the stop."""
+        waits = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(kick.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
@@ -326,6 +408,11 @@ def save_identities(path: Path, identities: list[Identity]) -> None:
     tmp.write_text(json.dumps(doc))
     tmp.chmod(0o600)
     tmp.replace(path)
+
+
+def placed_at(n: int, sites: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Agency and site of each of n simulated agents, in turn over `sites`."""
+    return [sites[i % len(sites)] for i in range(n)]
 
 
 def placements(n: int) -> list[tuple[str, str]]:

@@ -350,6 +350,126 @@ def test_sighup_reloads_the_config(hub, enrolled, service):
     assert svc.stop() == 0
 
 
+# --- connectivity: the built-in probes and the hub's probe policy ---------------------------
+
+def _last_report(hub: HubProcess, agent_id: str) -> dict:
+    with hub.store() as store:
+        detail = store.host_detail(agent_id, None)
+    return detail.report if detail else {}
+
+
+def _probes_of(hub: HubProcess, agent_id: str, *names: str) -> dict | None:
+    """The last report's probes by name, once it has all of `names` and the hub one ran."""
+    probes = {p["name"]: p for p in _last_report(hub, agent_id).get("connectivity", {})
+              .get("probes", [])}
+    if not set(names) <= set(probes) or probes["hub"]["ok"] is None:
+        return None  # the first report may come before the connection (start delay)
+    return probes
+
+
+def test_with_no_configuration_the_agent_reports_hub_gateway_dns_and_link(
+        hub, enrolled, service):
+    """The hub by name, so its name is resolved too; the round trip is timed on the agent's
+    own connection, which the hub answers without logging anything for it."""
+    text = enrolled.config.read_text()
+    enrolled.config.write_text(text.replace(f'hub = "{hub.address}"',
+                                            f'hub = "localhost:{hub.port}"'))
+    svc = service().start()
+    probes = wait_for(lambda: _probes_of(hub, enrolled.agent_id, "hub", "gateway", "hub-dns",
+                                         "link"), timeout=60, what="the built-in probes")
+    assert svc.stop() == 0
+    rtt = probes["hub"]
+    assert (rtt["kind"], rtt["target"], rtt["ok"], rtt["error"], rtt["source"]) == \
+        ("hub", f"localhost:{hub.port}", True, None, "builtin")
+    assert rtt["latency_ms"] > 0
+    dns = probes["hub-dns"]
+    assert (dns["kind"], dns["target"], dns["ok"]) == ("dns", "localhost", True)
+    assert "127.0.0.1" in dns["answers"]
+    gateway, link = probes["gateway"], probes["link"]
+    assert gateway["kind"] == "gateway" and (gateway["ok"] is not None or gateway["error"])
+    assert link["kind"] == "link" and (link["ok"] is not None or link["error"])
+    report = _last_report(hub, enrolled.agent_id)
+    assert report["agent"]["probe_policy"] == "", "no hub policy held yet"
+    assert [p["source"] for p in report["connectivity"]["probes"]] == ["builtin"] * 4
+    assert "keepalive" not in hub.log() and "refus" not in hub.log().lower(), hub.log()
+
+
+def test_a_saved_hub_policy_runs_after_a_restart_unless_hub_probes_are_refused(
+        hub, enrolled, service):
+    """The policy the agent took from an ack (kept in its folder) runs with the built-in and
+    local probes after a restart, marked `hub`; `accept_hub_probes = false` runs none of it
+    and reports no policy hash, so the hub sends none."""
+    from estate.agent.probe_policy import POLICY_FILE, ProbePolicy
+
+    policy = {"hash": "cd" * 32, "probes": [
+        {"name": "dns-local", "kind": "dns", "target": "localhost"},
+        {"name": "hub-port", "kind": "tcp", "target": hub.address}]}
+    ProbePolicy(enrolled.config.parent, enabled=True).receive(policy)
+    assert (enrolled.config.parent / POLICY_FILE).exists()
+    svc = service(extra_config='\n[[probes]]\nname = "own"\nkind = "tcp"\n'
+                               f'target = "{hub.address}"\n').start()
+
+    def with_policy() -> dict | None:
+        report = _last_report(hub, enrolled.agent_id)
+        probes = report.get("connectivity", {}).get("probes", [])
+        return report if any(p["source"] == "hub" for p in probes) else None
+
+    report = wait_for(with_policy, timeout=60, what="a report with the hub's probes")
+    assert svc.stop() == 0
+    assert report["agent"]["probe_policy"] == "cd" * 32
+    got = [(p["name"], p["source"], p["ok"]) for p in report["connectivity"]["probes"]]
+    assert got[-3:] == [("own", "local", True), ("dns-local", "hub", True),
+                        ("hub-port", "hub", True)], got
+
+    text = enrolled.config.read_text()
+    enrolled.config.write_text(text.replace("[[probes]]", "accept_hub_probes = false\n\n"
+                                                          "[[probes]]", 1))
+    seen = len(stored_sequences(hub, enrolled.agent_id))
+    svc.start()  # the same service, its config edited
+    wait_for(lambda: len(stored_sequences(hub, enrolled.agent_id)) > seen + 1,
+             timeout=60, what="reports with hub probes refused")
+    assert svc.stop() == 0
+    report = _last_report(hub, enrolled.agent_id)
+    assert "probe_policy" not in report["agent"]
+    assert {p["source"] for p in report["connectivity"]["probes"]} == {"builtin", "local"}
+
+
+def test_a_policy_set_on_the_hub_reaches_the_agent_within_the_limits(
+        hub, enrolled, service, tmp_path):
+    """`estate-hub probes set` for the agent's agency: the next ack carries it, the agent
+    keeps it in its folder and runs it (marked `hub`), and reports the hash it holds;
+    clearing it on the hub clears it on the agent."""
+    from estate.agent.probe_policy import POLICY_FILE
+
+    policy_file = tmp_path / "probes.toml"
+    policy_file.write_text(f'[[probes]]\nname = "hub-port"\nkind = "tcp"\n'
+                           f'target = "{hub.address}"\n\n'
+                           '[[probes]]\nname = "resolver"\nkind = "dns"\n'
+                           'target = "localhost"\ninterval = 3600\n')
+    hub.admin("probes", "set", "--agency", "Schools", str(policy_file))
+    svc = service().start()
+
+    def hub_probes() -> list | None:
+        report = _last_report(hub, enrolled.agent_id)
+        got = [(p["name"], p["ok"]) for p in report.get("connectivity", {}).get("probes", [])
+               if p.get("source") == "hub"]
+        return got if got and report["agent"].get("probe_policy") else None
+
+    assert wait_for(hub_probes, timeout=60, what="the hub's probes in a report") == [
+        ("hub-port", True), ("resolver", True)]
+    saved = json.loads((enrolled.config.parent / POLICY_FILE).read_text())
+    held = _last_report(hub, enrolled.agent_id)["agent"]["probe_policy"]
+    assert saved["hash"] == held and len(held) == 64
+    assert [p["name"] for p in saved["probes"]] == ["hub-port", "resolver"]
+
+    hub.admin("probes", "clear", "--agency", "Schools")
+    wait_for(lambda: _last_report(hub, enrolled.agent_id)["agent"].get("probe_policy") == ""
+             and hub_probes() is None, timeout=60, what="the cleared policy on the agent")
+    assert svc.stop() == 0
+    assert json.loads((enrolled.config.parent / POLICY_FILE).read_text()) == \
+        {"hash": "", "probes": []}
+
+
 # --- the spool itself, in-process (fast enough for `make mutate`) ----------------------------
 
 def test_the_spool_keeps_reports_newest_first_until_acked_and_bounds_itself(tmp_path,

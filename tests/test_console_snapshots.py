@@ -19,16 +19,18 @@ from estate.console.app import EstateApp
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 ROWS = [
     ["ag-000000000001", "fire-lt-0412", "Fire & Rescue", "Station 12", "online",
-     "Windows 11 Pro 23H2", "20XWCTO1WW", "PF2ABCDE", "11th Gen Intel(R) Core(TM) i5",
-     16 * 2**30, 41.0, "10.20.4.17", "2026-11-27T09:00:00.000000Z", "ready",
+     ["ok", 23.4, None], "Windows 11 Pro 23H2", "20XWCTO1WW", "PF2ABCDE",
+     "11th Gen Intel(R) Core(TM) i5", 16 * 2**30, 41.0, "10.20.4.17",
+     "2026-11-27T09:00:00.000000Z", "ready",
      [62.5, 5, 2, 1, "disk_encryption", "Fixed disks encrypted",
       "disk_encryption secure_configuration updates_recent security_update_management"]],
     ["ag-000000000002", "school-pc-07", "Schools", "École Nord", "offline",
-     "Ubuntu 22.04", "OptiPlex 7090", "SN0007", "Intel(R) Core(TM) i5-10505", 8 * 2**30,
-     96.5, "10.30.1.7", "2026-11-27T08:15:00.000000Z", "allowed",
+     ["degraded", 812.0, "gateway"], "Ubuntu 22.04", "OptiPlex 7090", "SN0007",
+     "Intel(R) Core(TM) i5-10505", 8 * 2**30, 96.5, "10.30.1.7",
+     "2026-11-27T08:15:00.000000Z", "allowed",
      [100.0, 8, 0, 0, None, None, ""]],
     ["ag-000000000003", "[red]evil[/red]\x1b[2J", "Schools", "École Nord", "stale",
-     "Debian GNU/Linux 12.5", None, None, None, None, None, None,
+     ["down", None, "link"], "Debian GNU/Linux 12.5", None, None, None, None, None, None,
      "2026-11-26T23:59:00.000000Z", "off", None],  # not evaluated
 ]
 # A host's results as the hub's `host` answer carries them; the reasons quote agent text.
@@ -50,6 +52,74 @@ COMPLIANCE = {
              "high", "fail", "last_success=2026-10-01T00:00:00",
              "no update installed in the last 14 days"),
         )],
+}
+
+
+# Incidents as the hub's `incidents` answer has them: open first; titles quote site names.
+INCIDENTS = [
+    {"id": 7, "kind": "site_outage", "subject": "site:Fire & Rescue/Station 12",
+     "title": "Site outage at Station 12", "agency": "Fire & Rescue", "site": "Station 12",
+     "agent_id": None, "probe": None, "state": "open",
+     "opened_at": "2026-11-27T08:52:10.000000Z", "updated_at": "2026-11-27T08:58:00.000000Z",
+     "resolved_at": None, "hosts": 14, "acked_by": "operator:duty", "acked_at":
+     "2026-11-27T08:55:00.000000Z", "silenced_until": None, "silenced_by": None},
+    {"id": 5, "kind": "shared_service", "subject": "service:Schools/École Nord/hub-dns",
+     "title": "hub-dns (dns estate-hub.example) failing at École Nord", "agency": "Schools",
+     "site": "École Nord", "agent_id": None, "probe": "hub-dns", "state": "open",
+     "opened_at": "2026-11-27T07:10:00.000000Z", "updated_at": "2026-11-27T07:40:00.000000Z",
+     "resolved_at": None, "hosts": 3, "acked_by": None, "acked_at": None,
+     "silenced_until": "2026-11-27T11:40:00.000000Z", "silenced_by": "operator:duty"},
+    {"id": 3, "kind": "host_offline", "subject": "host:ag-000000000003",
+     "title": "[red]evil[/red]\x1b[2J offline", "agency": "Schools", "site": "École Nord",
+     "agent_id": "ag-000000000003", "probe": None, "state": "resolved",
+     "opened_at": "2026-11-26T22:00:00.000000Z", "updated_at": "2026-11-26T23:30:00.000000Z",
+     "resolved_at": "2026-11-26T23:30:00.000000Z", "hosts": 1, "acked_by": None,
+     "acked_at": None, "silenced_until": None, "silenced_by": None},
+]
+INCIDENT_DETAIL = {
+    **INCIDENTS[0],
+    "hosts": [{"agent_id": f"ag-0000000001{i:02d}", "hostname": f"fire-st12-{i:02d}",
+               "since": "2026-11-27T08:51:00.000000Z",
+               "until": "2026-11-27T08:58:00.000000Z" if i == 3 else None}
+              for i in range(1, 5)],
+    "timeline": [
+        {"at": "2026-11-27T08:52:10.000000Z", "event": "opened", "actor": None,
+         "detail": {"count": 4, "hosts": ["ag-000000000101", "ag-000000000102"]}},
+        {"at": "2026-11-27T08:55:00.000000Z", "event": "acknowledged",
+         "actor": "operator:duty", "detail": None},
+        {"at": "2026-11-27T08:58:00.000000Z", "event": "hosts_changed", "actor": None,
+         "detail": {"added": [], "count": 3, "recovered": ["ag-000000000103"]}},
+    ],
+}
+
+
+def _figures(hosts: int, online: int, dip: int, **more: object) -> dict:
+    """An overview row: 24 hourly shares, all online but a dip `dip` hours ago."""
+    spark = [1.0] * 24
+    if dip:
+        spark[24 - dip] = 0.25
+    return {"hosts": hosts, "online": online, "online_share": round(online / hosts, 3),
+            "sparkline": spark, "open_incidents": 0, "stale": 0, "unsupported_os": 0,
+            "disks_over_90": 0, "worst_net": "ok", **more}
+
+
+OVERVIEW = {
+    "agencies": [
+        {"agency": "Fire & Rescue", **_figures(40, 26, 1, open_incidents=1,
+                                               worst_net="degraded"),
+         "sites": [{"site": "Station 12", **_figures(14, 0, 1, open_incidents=1,
+                                                     worst_net=None)},
+                   {"site": "Station 3", **_figures(26, 26, 0, worst_net="degraded")}]},
+        {"agency": "Schools", **_figures(120, 101, 0, open_incidents=1, stale=4,
+                                         unsupported_os=2, disks_over_90=3),
+         "sites": [{"site": "École Nord", **_figures(60, 49, 0, open_incidents=1, stale=4,
+                                                     unsupported_os=2, disks_over_90=3)},
+                   {"site": "[red]Sud[/red]", **{**_figures(60, 52, 0),
+                                                 "sparkline": [None] * 20 + [1.0] * 4}}]},
+    ],
+    "estate": _figures(160, 127, 1, open_incidents=2, stale=4, unsupported_os=2,
+                       disks_over_90=3, worst_net="degraded"),
+    "generated_at": "2026-11-27T09:00:00.000000Z",
 }
 
 
@@ -90,6 +160,12 @@ class FixedHub(HubConnection):
                      "clock_skew_s": 0, "probes": [{"name": "file-server", "ok": True,
                                                     "latency_ms": float(5 + i % 7)}]}
                     for i in range(20)]
+        if op == "incidents":
+            return INCIDENTS
+        if op == "incident":
+            return INCIDENT_DETAIL
+        if op == "overview":
+            return OVERVIEW
         raise AssertionError(op)
 
 
@@ -101,6 +177,7 @@ class FixedApp(EstateApp):
 
     def _fixed(self) -> None:
         self.model.load(ROWS)
+        self.incidents = {i["id"]: i for i in INCIDENTS if i["state"] == "open"}
         self.estate.show(self.model.summary())
         self.loaded.set()
 
@@ -130,6 +207,9 @@ async def _shoot(press: tuple[str, ...]) -> str:
     ("host_storage", ("home", "enter", "3")),
     ("host_probes", ("home", "enter", "5")),
     ("host_compliance", ("home", "enter", "8")),
+    ("incidents", ("i",)),
+    ("incident", ("i", "enter")),
+    ("overview", ("o",)),
 ])
 def test_snapshot(name, press):
     svg = asyncio.run(_shoot(press))

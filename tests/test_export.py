@@ -357,6 +357,36 @@ def test_a_manifest_signs_the_file_and_verify_names_each_break(tmp_path):
         verify(path)
 
 
+def test_json_rows_are_the_text_json_dumps_writes_for_each_rows_dict():
+    """JSON rows are written from a template of their keys, each value encoded on its own
+    (no dict nor encoder a row): the very text `json.dumps` writes for the row's dict, for
+    every kind of value, odd ones included."""
+    from enum import IntEnum
+
+    from estate.inventory.export._columns import Column
+    from estate.inventory.export._writers import _json, _JsonRows, _time_text
+
+    class Level(IntEnum):
+        HIGH = 3
+
+    kinds = ("text", "int", "float", "bool", "datetime", "text", "text")
+    columns = tuple(Column(key, key, kind, "") for key, kind in
+                    zip(("host", "n", "x", "ok", "at", '"odd" %s', "é"), kinds, strict=True))
+    texts = ['a "quoted" \\ path', "tab\tbell\x07\u2028", "漢字 🙂 \ud800", "", None]
+    numbers = [0, -1, 2**70, Level.HIGH, True, None]
+    floats = [51.5, -0.0, 1e-7, 1e300, float("nan"), float("inf"), None, 3]
+    others = [["a", 1], {"k": None}, 2.5, None]
+    encode = _JsonRows(columns).encode
+    for i in range(8):
+        row = [texts[i % 5], numbers[i % 6], floats[i], i % 3 == 0 if i % 4 else None,
+               None if i == 7 else "2026-11-27T09:00:00.123456Z", others[i % 4], texts[-i % 5]]
+        cells = [_time_text(v) if c.type == "datetime" and v is not None else v
+                 for c, v in zip(columns, row, strict=True)]
+        assert encode(row) == _json(dict(zip((c.key for c in columns), cells, strict=True)))
+    with pytest.raises(ValueError):
+        encode([None] * 6)
+
+
 def test_every_writer_types_its_cells_and_describes_its_columns(tmp_path):
     """One row of every column type through each writer: what a spreadsheet or a program
     reading the file sees, cell by cell, sheet by sheet."""

@@ -24,8 +24,8 @@ NO_RESULTS = ComplianceSummary(None, 0, 0, 0, None, None, "")
 
 
 def _row(agent_id: str, compliance: ComplianceSummary | None) -> HostRow:
-    return HostRow(agent_id, f"pc-{agent_id}", "Schools", "Nord", "online", "Windows 11", None,
-                   None, None, 8 * 2**30, 40.0, None, "2026-01-01T00:00:00Z", "off",
+    return HostRow(agent_id, f"pc-{agent_id}", "Schools", "Nord", "online", None, "Windows 11",
+                   None, None, None, 8 * 2**30, 40.0, None, "2026-01-01T00:00:00Z", "off",
                    compliance=compliance)
 
 
@@ -95,7 +95,8 @@ def test_bad_compliance_words_are_refused_with_what_is_wrong(text, message):
 
 def test_a_hostile_summary_never_breaks_a_filter():
     """A row whose compliance slot holds anything (a fuzzed or foreign row) matches nothing."""
-    odd = ["x", None, "a", "s", "online", None, None, None, None, None, None, None, "t", "off"]
+    odd = ["x", None, "a", "s", "online", None, None, None, None, None, None, None, None, "t",
+           "off"]
     for value in (None, "fail:disk", 80, [], ["80"], [True, 1, 1, 1, None, None, 7],
                   ["50", 1, 1, 0, "x", "x", 7], {"share": 10}):
         row = [*odd, value]

@@ -81,7 +81,9 @@ def test_agents_follow_the_hub_to_its_next_key_and_one_that_never_heard_refuses_
     absent_svc = AgentService(absent).start()
     services.append(absent_svc)
     wait_for(lambda: "pinned" in absent_svc.log(), what="the refusal")
-    assert f"presented host key {new}" in (absent_svc.status().get("last_error") or "")
+    # The status file is written once the loop's turn ends (after that turn's collection).
+    wait_for(lambda: f"presented host key {new}" in (absent_svc.status().get("last_error")
+                                                      or ""), what="the refusal's status")
     assert not stored_sequences(hub, absent.agent_id)
     assert _pins(absent) == (old, None)
 

@@ -496,6 +496,17 @@ def test_every_parameter_refusal_names_its_bound_in_process(tmp_path, report):
     assert message("reports") == "agent_id: required for reports"
     assert message("resolve", host=text) == "host: expected a string of at most 255"
     assert message("resolve") == "host: required for resolve"
+    assert message("incidents", state="closed") == \
+        "state: expected one of open, recent, all"
+    assert message("incidents", limit=1001) == "limit: expected a whole number from 1 to 1000"
+    assert message("incidents", site=text) == "site: expected a string of at most 255"
+    assert message("incident") == "incident_id: required (an incident's id)"
+    assert message("incident", incident_id="1") == \
+        f"incident_id: expected a whole number from 1 to {2**63 - 1}"
+    assert message("incident_silence", incident_id=1, minutes=10081) == \
+        "minutes: expected a whole number from 1 to 10080"
+    assert message("incident_silence", incident_id=1) == \
+        "minutes: required for incident_silence (1 to 10080)"
     for op in ("columns", "summary"):
         assert message(op, extra=1) == f"unknown parameter 'extra' for {op}"
     # The bounds themselves are allowed.
@@ -518,7 +529,8 @@ def test_every_parameter_refusal_names_its_bound_in_process(tmp_path, report):
     assert refusal(json.dumps({"id": 10**64, "op": "x"}).encode())[:2] == (None, "bad_request")
     assert refusal(b'{"id": 2}') == (
         2, "unknown_op", "op: expected one of columns, summary, hosts, host, changes, "
-                         "reports, resolve")
+                         "reports, resolve, overview, incidents, incident, incident_ack, "
+                         "incident_silence")
     small = OperatorApi(store, {"name": "alice", "role": "staff",
                                 "agencies": ["Fire & Rescue"]}, max_answer=200)
     data = small.answer(b'{"id": "big", "op": "hosts"}')[0]

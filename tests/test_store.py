@@ -207,6 +207,11 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
     r["system"].update(hostname="pc-1", fqdn="pc-1.example")
     r["system"]["os"].update(family="linux", name="Debian", version="12")
     r["hardware"].update(vendor="Acme", model="M1", serial="S-1", uuid="U-1")
+    r["connectivity"]["probes"] = [
+        {"name": "hub", "kind": "hub", "target": "hub.example", "ok": True, "latency_ms": 23.5,
+         "error": None, "source": "builtin"},
+        {"name": "gateway", "kind": "gateway", "target": "10.0.0.1", "ok": False,
+         "latency_ms": None, "error": "timed out", "source": "builtin"}]
     body = json.dumps(r).encode()
     assert store.store_reports([Incoming(agent_id, copy.deepcopy(r), body, received)]) == \
         ["stored"]
@@ -223,9 +228,13 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
         "ip_addresses": " ".join(facts["ips"]) or None, "first_seen": when, "last_seen": when,
         "last_report_id": f"{agent_id}:1:1", "collected_at": r["collected_at"],
         "clock_skew_s": -3.0, "software_hash": r["software"]["hash"], "interval_s": 900,
-        "identity_conflict": None,
+        "identity_conflict": None, "net_at": when,
     }
     assert {k: host[k] for k in expected} == expected
+    assert json.loads(host["net"]) == {
+        "state": "degraded", "rtt_ms": 23.5, "worst": "gateway", "at": r["collected_at"],
+        "failing": [{"name": "gateway", "kind": "gateway", "target": "10.0.0.1",
+                     "error": "timed out"}]}
     assert json.loads(host["snapshot"]) == {**r, "software": {**r["software"],
                                                               "packages": None}}
     assert json.loads(host["facts"]) == json.loads(json.dumps(facts))
@@ -240,10 +249,12 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
     (listed,) = store.host_rows(None)
     assert dict(zip(COLUMN_KEYS, listed, strict=True)) == {
         "agent_id": agent_id, "hostname": "pc-1", "agency": "Schools", "site": "St Mary's",
-        "status": "offline", "os": "Debian 12", "model": "M1", "serial": "S-1",
+        "status": "offline", "net": ("degraded", 23.5, "gateway"), "os": "Debian 12",
+        "model": "M1", "serial": "S-1",
         "cpu": r["hardware"]["cpu"]["model"], "ram_bytes": r["hardware"]["memory"]["total_bytes"],
         "disk_percent": facts["disk_percent"],
-        "ip": (facts["ips"] or [None])[0], "last_seen": when, "remote": listed[13],
+        "ip": (facts["ips"] or [None])[0], "last_seen": when,
+        "remote": listed[COLUMN_KEYS.index("remote")],
         "compliance": None}  # a store without a policy evaluates nothing
 
     # A later report: everything follows it but first_seen; an unchanged list is kept.
@@ -258,7 +269,52 @@ def test_a_stored_report_fills_every_host_column_and_its_list_row(tmp_path, repo
     assert (host["first_seen"], host["last_seen"], host["os_version"], host["clock_skew_s"]) \
         == (when, later.strftime("%Y-%m-%dT%H:%M:%S.000000Z"), "13", 0.0)
     assert json.loads(host["packages"]) == r["software"]["packages"]
-    assert store.host_rows(None)[0][5] == "13"  # the OS: whichever parts there are
+    assert store.host_rows(None)[0].os == "13"  # the OS: whichever parts there are
+    store.close()
+
+
+def test_the_connectivity_time_moves_when_the_state_or_failing_set_does(tmp_path, report):
+    """`hosts.net_at` follows the state and the failing probes (name, kind, target), read back
+    from the table by a new store object too; a round trip or an error's text does not move
+    it, and a report without probes that ran makes the verdict unknown."""
+    from datetime import datetime, timezone
+
+    store = open_test_store(tmp_path)
+    agent_id = _enrolled(store)
+    start = datetime(2026, 12, 2, 8, 0, tzinfo=timezone.utc)
+    seq = 0
+
+    def send(at_minute, *probes):
+        nonlocal seq
+        seq += 1
+        r = copy.deepcopy(report)
+        at = start + timedelta(minutes=at_minute)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["collected_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        r["connectivity"]["probes"] = [
+            {"name": name, "kind": kind, "target": target, "ok": ok, "latency_ms": rtt,
+             "error": None if ok else f"failed at {at_minute}"}
+            for name, kind, target, ok, rtt in probes]
+        assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(), at)]) == \
+            ["stored"]
+        row = store.db.execute("SELECT net, net_at FROM hosts").fetchone()
+        return (json.loads(row[0])["state"] if row[0] else None,
+                row[1][11:16] if row[1] else None)
+
+    hub = ("hub", "hub", "hub.example", True, 20.0)
+    dns = ("dns-ext", "dns", "example.org", False, None)
+    assert send(0) == (None, None)  # nothing to judge by yet
+    assert send(1, hub) == ("ok", "08:01")
+    assert send(2, ("hub", "hub", "hub.example", True, 40.0)) == ("ok", "08:01")
+    assert send(3, hub, dns) == ("degraded", "08:03")
+    assert send(4, hub, dns) == ("degraded", "08:03")  # another error text, same failure
+    store.close()
+    store = open_test_store(tmp_path)  # the last verdict read back from the table
+    assert send(5, hub, dns) == ("degraded", "08:03")
+    assert send(6, hub, ("dns-ext", "dns", "example.net", False, None)) == ("degraded", "08:06")
+    assert send(7, ("hub", "hub", "hub.example", True, 900.0)) == ("degraded", "08:07")
+    assert send(8, ("link", "link", "eth0", False, None), hub) == ("down", "08:08")
+    assert send(9, ("gateway", "icmp", "10.0.0.1", None, None)) == (None, "08:09")
     store.close()
 
 
@@ -392,7 +448,7 @@ def test_the_host_list_shows_the_os_parts_there_are_and_the_first_address(tmp_pa
         store.db.execute("UPDATE hosts SET os_name = ?, os_version = ?, ip_addresses = ?",
                          (os_name, os_version, ips))
         (row,) = store.host_rows(None)
-        shown.append((row[5], row[11]))
+        shown.append((row.os, row.ip))
     assert shown == [("Debian 12", "10.0.0.1"), ("Debian", "10.0.0.3"), ("12", None),
                      (None, None)]
     store.close()
@@ -569,7 +625,7 @@ def test_a_hosts_remote_state_follows_the_hub_the_agent_and_its_connection(tmp_p
 
     def remote():
         (row,) = store.host_rows(None)
-        return row[13]
+        return row.remote
 
     seen = [remote()]
     store.set_presence(agent_id, True, now)

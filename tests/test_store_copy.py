@@ -16,6 +16,8 @@ import pytest
 
 from estate.inventory.compliance import load_policy
 from estate.inventory.errors import StoreCopyRefused
+from estate.inventory.health._correlate import Open
+from estate.inventory.probe_spec import ProbeSpec
 from estate.inventory.store import (
     ChangeEvent,
     CopyProgress,
@@ -87,6 +89,18 @@ def _seed(store: Store, report: dict) -> None:
     store.session_started("olive", agents[0], "192.0.2.1:50001", T0 + timedelta(minutes=4))
     store.revoke_agent(agents[2], admin)
     store.audit(admin, "note", "x", {"text": 'ünïcode, "quotes", =1+1'})
+    # Estate health: a probe policy; an incident with its hosts and timeline, acknowledged;
+    # the correlator's lease; the alert queue, a read position and a firing host condition.
+    store.set_probe_policy("Council", "", [ProbeSpec("dns-ext", "dns", "example.org",
+                                                     interval_s=300, source="hub")], admin)
+    assert store.take_lease("correlator", "hub-1", 30, T0)
+    [incident] = store.apply_health([Open(
+        "site_outage", "site:Écoles/Saint-Jean", "Écoles", "Saint-Jean", None, None,
+        "Saint-Jean down", [(agents[0], iso(T0))], {"hosts": [agents[0]], "count": 1})],
+        "hub-1", T0)
+    store.ack_incident(incident, "operator:olive", None, T0 + timedelta(minutes=1))
+    store.queue_alerts([("mail", "outages", f"incident:{incident}", '{"subject": "down"}')],
+                       {"incident_events": 1}, [("disk", agents[1], "disk")], [], T0)
 
 
 def _answers(store: Store) -> dict:
@@ -103,6 +117,10 @@ def _answers(store: Store) -> dict:
         "agents": store.agents(),
         "operators": store.operators(),
         "summary": store.summary(None),
+        "probe_policies": store.probe_policies(),
+        "incidents": [store.incident(i.id, None) for i in store.incidents(None, "all")],
+        "notifications": store.notifications(["pending"]),
+        "alert_cursors": store.alert_cursors(),
     }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +13,7 @@ from typing import Any
 
 from estate.inventory.errors import EstateError
 from estate.inventory.fields import BY_PATH
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from estate.inventory.toml_file import TomlFileProblem, parse_toml, read_bounded
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
 
@@ -130,10 +125,9 @@ def load_policy(path: Path | None = None) -> Policy:
     path = path or DEFAULT_POLICY
     source = str(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise PolicyError(source, [f"cannot read ({exc.strerror})"]) from None
+        data = read_bounded(path, MAX_POLICY_BYTES)
+    except TomlFileProblem as exc:
+        raise PolicyError(source, [str(exc)]) from None
     return parse_policy(data, source)
 
 
@@ -143,16 +137,10 @@ def parse_policy(data: bytes, source: str = "policy") -> Policy:
     Raises:
         PolicyError: not UTF-8 TOML, or listing every problem found.
     """
-    if len(data) > MAX_POLICY_BYTES:
-        raise PolicyError(source, [f"over {MAX_POLICY_BYTES} bytes"])
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise PolicyError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(source, [f"not valid TOML ({exc})"]) from None
-    except RecursionError:  # tomllib parses nested arrays and tables recursively
-        raise PolicyError(source, ["not valid TOML (nested too deeply)"]) from None
+        doc = parse_toml(data, MAX_POLICY_BYTES)
+    except TomlFileProblem as exc:
+        raise PolicyError(source, [str(exc)]) from None
     problems: list[str] = []
     policy = _Checker(problems).policy(doc, hashlib.sha256(data).hexdigest())
     if problems or policy is None:

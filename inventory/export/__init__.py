@@ -1,5 +1,6 @@
 """Audit exports: the estate (now or as of a date), its changes, stale and unsupported hosts,
-and a reconciliation with an asset register, as CSV, XLSX or JSON with a signed manifest.
+a reconciliation with an asset register, compliance and availability (online share and
+outages in a window), as CSV, XLSX or JSON with a signed manifest.
 
 The hub produces the file (so the hash it signs is of the bytes it produced) in the
 operator's scope, with `estate.inventory.export.produce`; `estate export` receives and writes it.
@@ -21,9 +22,11 @@ from estate.inventory.filters import FilterError, compile_filter
 from estate.inventory.params import Params, RequestError
 from estate.inventory.times import parse_time, utcnow
 
-__all__ = ["DEFAULT_STALE_DAYS", "FORMATS", "REPORTS", "ExportError", "ExportRequest"]
+__all__ = ["DEFAULT_AVAILABILITY_DAYS", "DEFAULT_STALE_DAYS", "FORMATS", "REPORTS",
+           "ExportError", "ExportRequest"]
 
 DEFAULT_STALE_DAYS = 30
+DEFAULT_AVAILABILITY_DAYS = 30  # the availability window without `since`: these days to `until`
 
 
 ExportError = RequestError  # a request that cannot be exported; the message names the field
@@ -42,6 +45,7 @@ class ExportRequest:
     days: int = DEFAULT_STALE_DAYS
     register: bytes | None = None
     register_name: str | None = None
+    until: datetime | None = None  # availability: the window's end (None: now)
 
     @classmethod
     def parse(cls, doc: Any) -> ExportRequest:
@@ -71,13 +75,22 @@ class ExportRequest:
                 register = base64.b64decode(encoded, validate=True)
             except ValueError:
                 raise ExportError("bad_request", "register: expected base64") from None
-        since = _time(p, "since")
-        if since is not None and report != "changes":
-            raise ExportError("bad_request", "since: only for the changes report")
+        since, until, as_of = _time(p, "since"), _time(p, "until"), _time(p, "as_of")
+        if since is not None and report not in ("changes", "availability"):
+            raise ExportError("bad_request", "since: only for the changes and availability "
+                                             "reports")
+        if until is not None and report != "availability":
+            raise ExportError("bad_request", "until: only for the availability report")
+        if as_of is not None and report == "availability":
+            raise ExportError("bad_request", "as_of: not for the availability report (its "
+                                             "window is since to until)")
+        if since is not None and report == "availability" and since >= (until or utcnow()):
+            raise ExportError("bad_request", "since: must be before until (the window's end; "
+                                             "default now)")
         file_name = _file_name(p.text("file_name", max_len=255), f"estate-{report}.{fmt}")
         request = cls(report, fmt, file_name, p.text("agency", max_len=128),
-                      p.text("site", max_len=128), text_filter, _time(p, "as_of"), since,
-                      days, register, p.text("register_name", max_len=255))
+                      p.text("site", max_len=128), text_filter, as_of, since,
+                      days, register, p.text("register_name", max_len=255), until)
         p.done()
         return request
 
@@ -104,6 +117,6 @@ def _time(p: Params, key: str) -> datetime | None:
     now = utcnow()
     if value > now:
         raise ExportError("bad_request", f"{key}: {text} is in the future")
-    if len(text.strip()) == 10 and key == "as_of":  # a date: the whole of that day (so far)
+    if len(text.strip()) == 10 and key in ("as_of", "until"):  # a date: all that day (so far)
         value = min(value.replace(hour=23, minute=59, second=59, microsecond=999999), now)
     return value

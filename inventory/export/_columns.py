@@ -158,7 +158,72 @@ COMPLIANCE = (
            "passed / (passed + failed + unknown), in percent. Summary rows only.", "%"),
 )
 
+def _share(key: str, title: str, description: str) -> Column:
+    return Column(key, title, "float", description + " In percent, two decimals; empty when "
+                                                      "no time was counted.", "%")
+
+
+def _seconds(key: str, title: str, description: str) -> Column:
+    return Column(key, title, "int", description + " Whole seconds.", "s")
+
+
+_COUNTED = ("Counted from the window's start, or the host's enrolment if later, to the "
+            "window's end, or its revocation if sooner (hub clock, UTC).")
+
+# Availability in a window [since, until] from presence history: online while the agent's SSH
+# connection to a hub was up. Three tables: hosts (the report's own rows, and the CSV), sites
+# and outages.
+AVAILABILITY = (
+    AGENCY, SITE, HOSTNAME, HOST_ID,
+    Column("counted_from", "counted from", "datetime", _COUNTED),
+    Column("counted_until", "counted until", "datetime", _COUNTED),
+    _share("online_share", "online share", "Share of the counted time the host was online."),
+    _seconds("offline_s", "time offline", "Counted time the host was offline."),
+    Column("outages", "outages", "int", "Outages in the counted time (see the outages table)."),
+    _seconds("longest_outage_s", "longest outage", "The longest of them; 0 when none."),
+    Column("revoked", "revoked", "bool",
+           "Whether the host's key was revoked by the window's end: it is counted until then."),
+)
+
+AVAILABILITY_SITES = (
+    AGENCY, SITE,
+    Column("hosts", "hosts", "int", "Hosts of the site counted in the window."),
+    _share("average_share", "average online share", "The mean of its hosts' online shares."),
+    _share("worst_share", "worst online share", "The lowest of its hosts' online shares."),
+    Column("worst_host", "worst host", "text", "The hostname (else host id) with the lowest "
+                                               "share; the first by name on a tie."),
+    Column("outages", "outages", "int", "Outages of its hosts in the window."),
+)
+
+AVAILABILITY_OUTAGES = (
+    AGENCY, SITE, HOSTNAME, HOST_ID,
+    Column("start", "start", "datetime",
+           "When the host went offline, or the start of its counted time if it was offline "
+           "then (hub clock, UTC)."),
+    Column("end", "end", "datetime",
+           "When it came back online, or the end of its counted time if it had not (hub "
+           "clock, UTC)."),
+    _seconds("duration_s", "duration", "end - start."),
+    Column("ongoing", "ongoing", "bool",
+           "Whether the host was still offline at the window's end (not revoked)."),
+)
+
 REPORTS: dict[str, tuple[Column, ...]] = {
     "inventory": INVENTORY, "changes": CHANGES, "stale": STALE, "unsupported": UNSUPPORTED,
-    "reconcile": RECONCILE, "compliance": COMPLIANCE,
+    "reconcile": RECONCILE, "compliance": COMPLIANCE, "availability": AVAILABILITY,
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # its XLSX sheet and JSON member
+    columns: tuple[Column, ...]
+
+
+# Reports of more than one table: the name of their own rows' table (REPORTS; its XLSX sheet),
+# then their further tables. XLSX writes each table on a sheet of its own and JSON each in a
+# member of its own; CSV holds one table, the report's own rows.
+TABLES: dict[str, tuple[str, tuple[Table, ...]]] = {
+    "availability": ("hosts", (Table("sites", AVAILABILITY_SITES),
+                               Table("outages", AVAILABILITY_OUTAGES))),
 }

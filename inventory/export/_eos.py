@@ -37,6 +37,13 @@ def table() -> tuple[str, tuple[_Entry, ...]]:
     return doc["version"], entries
 
 
+def os_for_support(os_product: str | None, os_name: str | None) -> str | None:
+    """The name the table matches: the English product the agent identified from the OS's
+    numbers where it did, else the display name, which a localised Windows writes in its own
+    language ("Windows 11 Entreprise")."""
+    return os_product or os_name
+
+
 @lru_cache(maxsize=4096)
 def support_of(os_name: str | None, os_version: str | None) -> Support | None:
     """The table's entry for this OS, or None when the table does not know it."""

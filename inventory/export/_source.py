@@ -8,16 +8,22 @@ presence then, and whether it was revoked then.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from estate.inventory.compliance import ComplianceSummary, summarise_outcomes
-from estate.inventory.export._eos import support_of
+from estate.inventory.export._eos import os_for_support, support_of
 from estate.inventory.export._register import Entry, normal_mac
 from estate.inventory.filters import compile_filter
-from estate.inventory.store import HostFacts, HostQuery, HostRow, ReaderInterface
+from estate.inventory.store import (
+    AvailabilityHost,
+    HostFacts,
+    HostQuery,
+    HostRow,
+    ReaderInterface,
+)
 from estate.inventory.times import iso, parse_time
 
 
@@ -77,7 +83,9 @@ class Source:
         syntax."""
         f = h.facts
         ips = f["ips"]
-        return HostRow(h.agent_id, h.hostname, h.agency, h.site, h.status,
+        # Connectivity as the host list has it (`net:` and `rtt` filters): now, the hub's
+        # verdict; as of a moment, None (no verdict history), which no `net:` filter matches.
+        return HostRow(h.agent_id, h.hostname, h.agency, h.site, h.status, h.net,
                        " ".join(x for x in (f["os_name"], f["os_version"]) if x) or None,
                        f["model"], h.serial, f["cpu"], f["ram_bytes"], f["disk_percent"],
                        ips[0] if ips else None, h.last_seen, h.remote, h.compliance)
@@ -211,6 +219,178 @@ class Source:
                        h.agency, h.site, h.hostname, h.serial, h.last_seen, None]
 
 
+    def availability(self, sel: Selection, since: datetime, until: datetime,
+                     table_row: Callable[[str, list[Any]], None] | None
+                     ) -> Iterator[list[Any]]:
+        """Each host's online share and outages in [since, until], from presence history.
+
+        The hosts counted (agency, site, hostname order), each with its state at `since`,
+        then their presence rows inside the window a chunk of hosts at a time (index seeks
+        for a few hundred hosts, held while that chunk is walked). A host's outages and, when
+        its site ends, the site's summary go to `table_row` ("outages", "sites"); the host's
+        own row is yielded. `table_row` None: a file of the hosts table only (CSV), so no
+        row of the other tables is built.
+        """
+        wanted = {h.agent_id for h in self.hosts(sel)} if sel.filter.strip() else None
+        hosts = [h for h in self.reader.availability_hosts(sel.query, since, until)
+                 if wanted is None or h.agent_id in wanted]
+        window = _Window(iso(since), iso(until), _micros_of(since), _micros_of(until))
+        site: _SiteTally | None = None
+        for first in range(0, len(hosts), PRESENCE_CHUNK):
+            chunk = hosts[first:first + PRESENCE_CHUNK]
+            changes: dict[str, list[tuple[str, str, str]]] = {}
+            for change in self.reader.presence_changes([h.agent_id for h in chunk], since,
+                                                       until):
+                rows = changes.get(change[0])
+                if rows is None:
+                    changes[change[0]] = [change]
+                else:
+                    rows.append(change)
+            for host in chunk:
+                if site is None or (site.agency, site.site) != (host.agency, host.site):
+                    if site is not None and table_row is not None:
+                        table_row("sites", site.row())
+                    site = _SiteTally(host.agency, host.site)
+                who = [host.agency, host.site, host.hostname, host.agent_id]
+                counted = _host_availability(host, window, changes.get(host.agent_id, ()),
+                                             who if table_row is not None else None,
+                                             table_row)
+                site.add(host, counted)
+                yield [*who, counted.start, counted.end, counted.share,
+                       round(counted.offline_us / 1e6), counted.outages,
+                       counted.longest_s, counted.revoked]
+        if site is not None and table_row is not None:
+            table_row("sites", site.row())
+
+
+PRESENCE_CHUNK = 500  # hosts whose presence rows are read (and held) at a time
+_US_A_SECOND = 1_000_000
+
+
+@dataclass(frozen=True)
+class _Window:
+    """[since, until] as store text (fixed width: text order is time order) and as whole
+    microseconds since the epoch (exact: every duration and share is whole-number arithmetic
+    until its last rounding)."""
+
+    since: str
+    until: str
+    since_us: int
+    until_us: int
+
+
+@dataclass(frozen=True)
+class _Counted:
+    """One host's counted time: from, until (store text), microseconds counted and
+    offline, its outages (how many, the longest in whole seconds)."""
+
+    start: str
+    end: str
+    counted_us: int
+    offline_us: int
+    outages: int
+    longest_s: int
+    revoked: bool
+
+    @property
+    def share(self) -> float | None:
+        """Percent online, two decimals; None when no time was counted."""
+        if self.counted_us <= 0:
+            return None
+        return round(100 * (self.counted_us - self.offline_us) / self.counted_us, 2)
+
+
+def _host_availability(host: AvailabilityHost, window: _Window,
+                       changes: Iterable[tuple[str, str, str]], who: list[Any] | None,
+                       table_row: Callable[[str, list[Any]], None] | None) -> _Counted:
+    """Walk one host's presence rows (agent id, time, state; by time) over its counted time:
+    from `since` or its enrolment, to `until` or its revocation. Offline before its first
+    presence row. Each outage goes to `table_row` as an "outages" row after `who` (when
+    given): this runs for every presence row of the window, so it builds nothing else."""
+    start_text, start = window.since, window.since_us
+    if host.enrolled_at > start_text:
+        start_text, start = host.enrolled_at, _micros(host.enrolled_at)
+    revoked = host.revoked_at is not None and host.revoked_at <= window.until
+    end_text, end = window.until, window.until_us
+    if revoked and host.revoked_at is not None:
+        end_text, end = host.revoked_at, _micros(host.revoked_at)
+    online = host.state_at_start == "online"
+    down_text, down = start_text, start  # when the host went offline (if it is)
+    offline = outages = longest = 0
+    for _, at_text, state in changes:
+        if at_text >= end_text:
+            break
+        now_online = state == "online"
+        if at_text <= start_text:  # before the host's counted time (enrolled since)
+            online, down_text, down = now_online, start_text, start
+        elif now_online:
+            if not online:  # came back
+                at = _micros(at_text)
+                offline += at - down
+                outages += 1
+                seconds = round((at - down) / _US_A_SECOND)
+                longest = max(longest, seconds)
+                if who is not None and table_row is not None:
+                    table_row("outages", [*who, down_text, at_text, seconds, False])
+                online = True
+        elif online:  # went offline
+            down_text, down, online = at_text, _micros(at_text), False
+    if not online:  # offline at the end: the outage ends there
+        offline += end - down
+        outages += 1
+        seconds = round((end - down) / _US_A_SECOND)
+        longest = max(longest, seconds)
+        if who is not None and table_row is not None:
+            table_row("outages", [*who, down_text, end_text, seconds, not revoked])
+    return _Counted(start_text, end_text, end - start, offline, outages, longest, revoked)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_A_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros_of(t: datetime) -> int:
+    """Whole microseconds since the epoch (UTC; a naive time is taken as UTC)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return (t - _EPOCH) // _A_MICROSECOND
+
+
+def _micros(text: str) -> int:
+    """A store time ("2026-11-01T09:30:00.123456Z") in whole microseconds since the epoch:
+    parsed in C, a few hundred thousand of them an export."""
+    t = datetime.fromisoformat(text)
+    try:
+        return (t - _EPOCH) // _A_MICROSECOND
+    except TypeError:  # no time zone: not the store's own text
+        return _micros_of(t)
+
+
+@dataclass
+class _SiteTally:
+    agency: str
+    site: str
+    shares: list[float] = field(default_factory=list)
+    hosts: int = 0
+    outages: int = 0
+    worst: tuple[float, str] | None = None  # (share, host)
+
+    def add(self, host: AvailabilityHost, counted: _Counted) -> None:
+        self.hosts += 1
+        self.outages += counted.outages
+        share = counted.share
+        if share is not None:
+            self.shares.append(share)
+            if self.worst is None or share < self.worst[0]:
+                self.worst = (share, host.hostname or host.agent_id)
+
+    def row(self) -> list[Any]:
+        average = round(sum(self.shares) / len(self.shares), 2) if self.shares else None
+        return [self.agency, self.site, self.hosts, average,
+                self.worst[0] if self.worst else None, self.worst[1] if self.worst else None,
+                self.outages]
+
+
 def _counts() -> dict[str, int]:
     return {"hosts": 0, "compliant": 0, "pass": 0, "fail": 0, "unknown": 0}
 
@@ -223,10 +403,8 @@ def _summary_cells(c: dict[str, int]) -> list[Any]:
 
 
 def _os_for_support(facts: dict[str, Any]) -> str | None:
-    """The name the end-of-support table matches: the English product the agent identified
-    from the OS's numbers where it did, else the display name, which a localised Windows
-    writes in its own language ("Windows 11 Entreprise")."""
-    return facts.get("os_product") or facts["os_name"]
+    """The name the end-of-support table matches (`_eos.os_for_support`)."""
+    return os_for_support(facts.get("os_product"), facts["os_name"])
 
 
 def _mac_text(mac: str | None) -> str | None:

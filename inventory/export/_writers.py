@@ -1,5 +1,9 @@
 """Export files: CSV, JSON and XLSX, written a row at a time (memory stays flat).
 
+A report of several tables (`_columns.TABLES`) writes its further tables' rows as they come,
+interleaved with its own: XLSX on a sheet each, JSON in a member each (spilled to a temporary
+file until the document's own rows are done); CSV holds the report's own rows only.
+
 Every text cell that a spreadsheet could take for a formula (it begins with `=`, `+`, `-`, `@`,
 a tab or a carriage return) is written with a leading apostrophe: agent-supplied text must never
 run as a formula on an auditor's machine. Numbers, dates and booleans are typed values.
@@ -9,13 +13,17 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+import shutil
+import tempfile
+import zipfile
 from abc import ABC, abstractmethod
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from estate.inventory.export._columns import Column
+from estate.inventory.export._columns import Column, Table
 
 FORMATS = ("csv", "xlsx", "json")
 _FORMULA_START = frozenset("=+-@\t\r")
@@ -43,14 +51,34 @@ def _parse_time(value: str) -> datetime:
 class ExportWriter(ABC):
     """One file: header, rows in column order, then `close(about)`."""
 
+    holds_tables = True  # whether the file holds further tables (CSV: one table only)
+
     def __init__(self, path: Path, report: str, columns: tuple[Column, ...],
-                 meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any], tables: tuple[Table, ...] = (),
+                 sheet: str | None = None) -> None:
+        """`tables`: the report's further tables; `sheet`: its own rows' sheet name in
+        XLSX (default: the report's name)."""
         self.path, self.report, self.columns, self.meta = path, report, columns, meta
+        self.sheet_name = sheet or report
         self.rows = 0
+        self.tables = {t.name: t for t in tables}
+        self.table_rows = {t.name: 0 for t in tables}
 
     @abstractmethod
     def row(self, values: list[Any]) -> None:
         """Write one row: values in column order, typed as the columns say."""
+
+    def table_row(self, name: str, values: list[Any]) -> None:
+        """Write one row of the further table `name`: values in its columns' order."""
+        columns = self.tables[name].columns
+        if len(values) != len(columns):
+            raise ValueError(f"{len(values)} values for {len(columns)} columns of {name}")
+        self.table_rows[name] += 1
+        self._table_row(name, values)
+
+    @abstractmethod
+    def _table_row(self, name: str, values: list[Any]) -> None:
+        """Write one row of a further table, checked and counted."""
 
     @abstractmethod
     def close(self, about: dict[str, Any]) -> None:
@@ -59,10 +87,12 @@ class ExportWriter(ABC):
 
 class CsvWriter(ExportWriter):
     """UTF-8 with a byte-order mark (so spreadsheets read accents right), CRLF lines, one
-    header row of column titles."""
+    header row of column titles. One table: the report's own rows."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    holds_tables = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.file = open(self.path, "w", encoding="utf-8-sig", newline="")  # closed in close()
         self.csv = csv.writer(self.file, lineterminator="\r\n")
         self.csv.writerow([neutralise(c.title) for c in self.columns])
@@ -89,52 +119,112 @@ class CsvWriter(ExportWriter):
                 out[i] = "true" if out[i] else "false"
         self.csv.writerow(out)
 
+    def _table_row(self, name: str, values: list[Any]) -> None:
+        """Not written: a CSV file is one table (the report's own rows)."""
+
     def close(self, about: dict[str, Any]) -> None:
         self.file.close()
 
 
 class JsonWriter(ExportWriter):
     """One document: `manifest` (what the export is), `columns` (the data dictionary) and
-    `rows` (objects keyed by column). Dates are ISO 8601 text, sizes numbers."""
+    `rows` (objects keyed by column), then each further table as a member of its own
+    (`{"columns": [...], "rows": [...]}`), then `about`. Dates are ISO 8601 text, sizes
+    numbers."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.file = open(self.path, "w", encoding="utf-8", newline="\n")  # closed in close()
-        columns = [{"key": c.key, "title": c.title, "type": c.type, "unit": c.unit,
-                    "description": c.description} for c in self.columns]
-        self.file.write('{"manifest": ' + _json(self.meta) + ',\n"columns": ' + _json(columns)
-                        + ',\n"rows": [')
-        self.keys = [c.key for c in self.columns]
+        self.file.write('{"manifest": ' + _json(self.meta) + ',\n"columns": '
+                        + _json(_described(self.columns)) + ',\n"rows": [')
+        self.encode = _JsonRows(self.columns).encode
+        self.table_encode = {t.name: _JsonRows(t.columns).encode for t in self.tables.values()}
+        # Further tables' rows until the report's own are done: temporary files beside the
+        # export (the hub's private folder), gone when closed.
+        self.spills = {name: tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n",
+                                                    dir=self.path.parent)
+                       for name in self.tables}
 
     def row(self, values: list[Any]) -> None:
-        self.file.write(("\n" if self.rows == 0 else ",\n") + _json(dict(zip(
-            self.keys, [_json_cell(c, v) for c, v in zip(self.columns, values, strict=True)],
-            strict=True))))
+        self.file.write(("\n" if self.rows == 0 else ",\n") + self.encode(values))
         self.rows += 1
 
+    def _table_row(self, name: str, values: list[Any]) -> None:
+        self.spills[name].write(("\n" if self.table_rows[name] == 1 else ",\n")
+                                + self.table_encode[name](values))
+
     def close(self, about: dict[str, Any]) -> None:
-        self.file.write('\n],\n"about": ' + _json(about) + "}\n")
+        self.file.write("\n]")
+        for name, spill in self.spills.items():
+            self.file.write(",\n" + _json(name) + ': {"columns": '
+                            + _json(_described(self.tables[name].columns)) + ', "rows": [')
+            spill.seek(0)
+            shutil.copyfileobj(spill, self.file)
+            spill.close()
+            self.file.write("\n]}")
+        self.file.write(',\n"about": ' + _json(about) + "}\n")
         self.file.close()
+
+
+def _described(columns: tuple[Column, ...]) -> list[dict[str, Any]]:
+    return [{"key": c.key, "title": c.title, "type": c.type, "unit": c.unit,
+             "description": c.description} for c in columns]
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_cell(column: Column, value: Any) -> Any:
-    if value is not None and column.type == "datetime":
-        return _time_text(value)
-    return value
+class _JsonRows:
+    """A table's rows as JSON objects keyed by column: the very text `_json` writes for the
+    row's dict, written from a template of the keys with each value encoded on its own (no
+    dict and no encoder set up for each of a few hundred thousand rows)."""
+
+    def __init__(self, columns: tuple[Column, ...]) -> None:
+        self.template = "{" + ",".join(_json(c.key).replace("%", "%%") + ":%s"
+                                       for c in columns) + "}"
+        self.times = [i for i, c in enumerate(columns) if c.type == "datetime"]
+        self.width = len(columns)
+
+    def encode(self, values: list[Any]) -> str:
+        if len(values) != self.width:
+            raise ValueError(f"{len(values)} values for {self.width} columns")
+        cells = [_json_value(v) for v in values]
+        for i in self.times:
+            if values[i] is not None:
+                cells[i] = _json_string(_time_text(values[i]))
+        return self.template % tuple(cells)
+
+
+_json_string = json.encoder.encode_basestring  # what `_json` writes for a str (in C)
+
+
+def _json_value(value: Any) -> str:
+    """`_json(value)`, the common cases first: text, None, booleans, numbers."""
+    kind = value.__class__
+    if kind is str:
+        return _json_string(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _json(value)
 
 
 class XlsxWriter(ExportWriter):
     """A workbook in constant-memory mode: the report's sheet (frozen, filterable header;
-    typed cells), a "Fields" sheet (the data dictionary) and an "About" sheet."""
+    typed cells), a sheet per further table, a "Fields" sheet (the data dictionary) and an
+    "About" sheet."""
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         import xlsxwriter
+        import xlsxwriter.workbook
 
-        super().__init__(*args)
+        super().__init__(*args, **kwargs)
         self.book = xlsxwriter.Workbook(str(self.path), {
             "constant_memory": True, "strings_to_formulas": False, "strings_to_urls": False,
             "strings_to_numbers": False})
@@ -147,55 +237,54 @@ class XlsxWriter(ExportWriter):
             "date": self.book.add_format({"num_format": "yyyy-mm-dd"}),
             "bytes": self.book.add_format({"num_format": "#,##0"}),
         }
-        self.sheet = self.book.add_worksheet(self.report)
-        for i, c in enumerate(self.columns):
-            self.sheet.write_string(0, i, c.title, self.header)
-            self.sheet.set_column(i, i, _width(c))
-        self.sheet.freeze_panes(1, 0)
-
-        self.cell = [self._cell_writer(c) for c in self.columns]
         # Reports of many rows write them straight as the sheet's XML (`_FastRows`).
-        self.fast = _FastRows(self.sheet, self.columns, self.formats) \
-            if self.report in FAST_XLSX_REPORTS else None
+        self.main = self._sheet(self.sheet_name, self.columns,
+                                self.report in FAST_XLSX_REPORTS)
+        # In constant-memory mode each sheet streams to a file of its own: rows of several
+        # sheets may come interleaved, each sheet's in order.
+        self.more = {t.name: self._sheet(t.name, t.columns,
+                                         (self.report, t.name) in FAST_XLSX_TABLES)
+                     for t in self.tables.values()}
+        # The zip file xlsxwriter makes when the book closes (`Workbook._store_workbook` names
+        # its class by this module global), deflated quickly: see `_QuickZipFile`.
+        xlsxwriter.workbook.ZipFile = _QuickZipFile
 
-    def _cell_writer(self, column: Column) -> Any:
-        """How a column's cells are written (typed), chosen once per column."""
-        sheet, kind = self.sheet, column.type
-        if kind == "datetime":
-            fmt = self.formats["datetime"]
-            return lambda r, i, v: sheet.write_datetime(
-                r, i, _parse_time(v).replace(tzinfo=None), fmt)
-        if kind == "date":
-            fmt = self.formats["date"]
-            return lambda r, i, v: sheet.write_datetime(
-                r, i, datetime.combine(date.fromisoformat(v), datetime.min.time()), fmt)
-        if kind == "bool":
-            return lambda r, i, v: sheet.write_boolean(r, i, bool(v))
-        if kind in ("int", "float", "bytes"):
-            fmt = self.formats.get(kind)
-            return lambda r, i, v: sheet.write_number(r, i, v, fmt)
-        return lambda r, i, v: sheet.write_string(r, i, neutralise(str(v)))
+    def _sheet(self, name: str, columns: tuple[Column, ...], fast: bool) -> _Sheet:
+        sheet = self.book.add_worksheet(name)
+        for i, c in enumerate(columns):
+            sheet.write_string(0, i, c.title, self.header)
+            sheet.set_column(i, i, _width(c))
+        sheet.freeze_panes(1, 0)
+        return _Sheet(sheet, columns, [_cell_writer(sheet, self.formats, c) for c in columns],
+                      _FastRows(sheet, columns, self.formats) if fast else None)
 
     def row(self, values: list[Any]) -> None:
         self.rows += 1
-        r = self.rows
-        if self.fast is not None:
-            self.fast.write(r, values)
-            return
-        for i, (write, v) in enumerate(zip(self.cell, values, strict=True)):
-            if v is not None:
-                write(r, i, v)
+        self.main.write(self.rows, values)
+
+    def _table_row(self, name: str, values: list[Any]) -> None:
+        self.more[name].write(self.table_rows[name], values)
 
     def close(self, about: dict[str, Any]) -> None:
-        self.sheet.autofilter(0, 0, max(self.rows, 1), len(self.columns) - 1)
+        self.main.finish(self.rows)
+        for name, more in self.more.items():
+            more.finish(self.table_rows[name])
         fields = self.book.add_worksheet("Fields")
-        for i, title in enumerate(("column", "key", "type", "unit", "description")):
+        # A report of several tables says which sheet each column is on.
+        described = [(self.sheet_name, c) for c in self.columns] + \
+            [(t.name, c) for t in self.tables.values() for c in t.columns]
+        sheet_column = ("sheet",) if self.tables else ()
+        for i, title in enumerate((*sheet_column, "column", "key", "type", "unit",
+                                   "description")):
             fields.write_string(0, i, title, self.header)
-        for r, c in enumerate(self.columns, start=1):
-            for i, v in enumerate((c.title, c.key, c.type, c.unit or "", c.description)):
+        for r, (where, c) in enumerate(described, start=1):
+            cells = (where,) if self.tables else ()
+            for i, v in enumerate((*cells, c.title, c.key, c.type, c.unit or "",
+                                   c.description)):
                 fields.write_string(r, i, neutralise(v))
-        fields.set_column(0, 1, 22)
-        fields.set_column(4, 4, 100)
+        skip = len(sheet_column)
+        fields.set_column(0, 1 + skip, 22)
+        fields.set_column(4 + skip, 4 + skip, 100)
         fields.freeze_panes(1, 0)
         sheet = self.book.add_worksheet("About")
         sheet.set_column(0, 0, 22)
@@ -207,24 +296,89 @@ class XlsxWriter(ExportWriter):
         self.book.close()
 
 
+class _QuickZipFile(zipfile.ZipFile):
+    """A zip file deflated at zlib's level 1 unless told otherwise (zipfile's default is 6).
+    A big export's sheets are tens of MB of repetitive XML: level 1 deflates them in a third
+    of the time, into a file some 15% larger; the cells are the same."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("compresslevel", 1)
+        super().__init__(*args, **kwargs)
+
+
+class _Sheet:
+    """One table's sheet: its columns' typed cell writers, or `_FastRows`."""
+
+    def __init__(self, sheet: Any, columns: tuple[Column, ...], cell: list[Any],
+                 fast: _FastRows | None) -> None:
+        self.sheet, self.columns, self.cell, self.fast = sheet, columns, cell, fast
+
+    def write(self, r: int, values: list[Any]) -> None:
+        """Row `r` (1: the first under the header)."""
+        if self.fast is not None:
+            self.fast.write(r, values)
+            return
+        for i, (write, v) in enumerate(zip(self.cell, values, strict=True)):
+            if v is not None:
+                write(r, i, v)
+
+    def finish(self, rows: int) -> None:
+        if self.fast is not None:
+            self.fast.flush()
+        self.sheet.autofilter(0, 0, max(rows, 1), len(self.columns) - 1)
+
+
+def _cell_writer(sheet: Any, formats: dict[str, Any], column: Column) -> Any:
+    """How a column's cells are written (typed), chosen once per column."""
+    kind = column.type
+    if kind == "datetime":
+        fmt = formats["datetime"]
+        return lambda r, i, v: sheet.write_datetime(
+            r, i, _parse_time(v).replace(tzinfo=None), fmt)
+    if kind == "date":
+        fmt = formats["date"]
+        return lambda r, i, v: sheet.write_datetime(
+            r, i, datetime.combine(date.fromisoformat(v), datetime.min.time()), fmt)
+    if kind == "bool":
+        return lambda r, i, v: sheet.write_boolean(r, i, bool(v))
+    if kind in ("int", "float", "bytes"):
+        fmt = formats.get(kind)
+        return lambda r, i, v: sheet.write_number(r, i, v, fmt)
+    return lambda r, i, v: sheet.write_string(r, i, neutralise(str(v)))
+
+
 # Reports whose XLSX rows go through `_FastRows`: the compliance report has a row per host and
 # control (160,000 for 20,000 hosts), which xlsxwriter's per-cell path writes at ~4x the cost.
-FAST_XLSX_REPORTS = frozenset({"compliance"})
-# A string xlsxwriter would write with care (escapes, control characters, its `_xHHHH_`
-# escape, preserved spaces, rich text, the length limit): such a cell takes its own path.
-# U+FFFE and U+FFFF are no XML characters: written raw, they make the sheet unreadable.
-_CAREFUL = re.compile(r"[&<>\x00-\x08\x0b-\x1f\ufffe\uffff]|_x[0-9a-fA-F]{4}_|^\s|\s$|"
+FAST_XLSX_REPORTS = frozenset({"compliance", "availability"})
+# Further tables (report, table) written the same way: availability's outages (a few a month
+# for each of 20,000 hosts).
+FAST_XLSX_TABLES = frozenset({("availability", "outages")})
+# A string xlsxwriter would write with care (control characters, its `_xHHHH_` escape,
+# preserved spaces, rich text, the length limit): such a cell takes its own path. `&`, `<` and
+# `>` are escaped here as xlsxwriter escapes them. U+FFFE and U+FFFF are no XML characters:
+# written raw, they make the sheet unreadable.
+_CAREFUL = re.compile(r"[\x00-\x08\x0b-\x1f\ufffe\uffff]|_x[0-9a-fA-F]{4}_|^\s|\s$|"
                       r"[\ud800-\udfff]")
+_XML_ESCAPES = re.compile("[&<>]")
 
 
 _UNSEEN: Any = object()
+_EXCEL_EPOCH = date(1899, 12, 31).toordinal()  # xlsxwriter's (not 1904) epoch
 _REMEMBERED = 100_000  # distinct values remembered per column kind (a few MB at most)
+_BUFFERED_ROWS = 1000  # rows of sheet XML held before they are written to the sheet's file
 
 
 class _FastRows:
     """Rows written as the XML xlsxwriter writes for them in constant-memory mode, byte for
-    byte (tests/test_compliance.py compares the two), without its per-cell bookkeeping. Cells
-    with anything to escape are handed to xlsxwriter's own cell writer."""
+    byte (tests/test_compliance.py and tests/test_export_availability.py compare the two),
+    without its per-cell bookkeeping. Cells with anything to escape beyond `&<>` are handed
+    to xlsxwriter's own cell writer.
+
+    Rows are held (`_BUFFERED_ROWS`) and written to the sheet's file together; the sheet's
+    row count and dimensions are brought up to date whenever they are (`flush`), which
+    must happen before anything else writes to that file (xlsxwriter's cell writer, the
+    workbook's close).
+    """
 
     def __init__(self, sheet: Any, columns: tuple[Column, ...],
                  formats: dict[str, Any]) -> None:
@@ -233,66 +387,107 @@ class _FastRows:
 
         self.sheet, self.string_cell = sheet, CellStringTuple
         self.kinds = [c.type for c in columns]
-        if not set(self.kinds) <= {"text", "int", "float", "datetime"}:
-            raise ValueError("_FastRows writes text, int, float and datetime columns only")
-        self.letters = [xl_col_to_name(i) for i in range(len(columns))]
+        if not set(self.kinds) <= {"text", "int", "float", "datetime", "bool"}:
+            raise ValueError("_FastRows writes text, int, float, datetime and bool columns "
+                             "only")
+        # Each cell's XML up to its row number: '<c r="B'.
+        self.heads = [f'<c r="{xl_col_to_name(i)}' for i in range(len(columns))]
         # Style indexes are numbered in order of first use: taken when first written, as
         # xlsxwriter takes them.
         self.datetime_format = formats["datetime"]
-        self.datetime_style: int | None = None
+        self.datetime_tail: str | None = None  # '" s="2"><v>'
         self.started = False
+        self.held: list[str] = []
+        self.last = 0  # the last row held
         # Most text repeats from row to row (agency, site, control, title, outcome, reason)
         # and a host's results share their times: each distinct value is checked and
         # converted once. Bounded: past the limit new values are just not remembered.
-        self.texts: dict[str, str | None] = {}  # value -> its cell's text, None: careful
-        self.times: dict[str, float] = {}
+        self.texts: dict[str, str | None] = {}  # value -> its cell after the row number
+        self.times: dict[str, str] = {}  # value -> its serial number's text
+
+    def _excel_time(self, text: str) -> float:
+        """The serial number xlsxwriter writes for a time: for the store's own text
+        ("2026-11-01T09:30:00.123456Z", after 1900) by its parts with xlsxwriter's very
+        arithmetic (so the same bits); else through xlsxwriter."""
+        if len(text) != 27 or text[10] != "T" or text[26] != "Z" or text < "1901":
+            return float(self.sheet._convert_date_time(_parse_time(text).replace(tzinfo=None)))
+        t = _FROM_ISO(text)  # parsed in C: a few hundred thousand of them an export
+        # xlsxwriter: days + (seconds + microseconds / 1e6) / 86400, then + 1 past 1900-02-28
+        # (Excel's 1900 leap year).
+        return (t.toordinal() - _EXCEL_EPOCH) + (
+            float(t.hour * 3600 + t.minute * 60 + t.second)
+            + float(t.microsecond) / 1e6) / (60 * 60 * 24) + 1
+
+    def _text_tail(self, value: str) -> str | None:
+        """A text cell's XML after its row number, None when xlsxwriter must write it."""
+        text = neutralise(value)
+        if _CAREFUL.search(text) or len(text) > 16_000:
+            return None
+        if _XML_ESCAPES.search(text):
+            text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return f'" t="inlineStr"><is><t>{text}</t></is></c>'
 
     def write(self, r: int, values: list[Any]) -> None:
-        if len(values) != len(self.kinds):
-            raise ValueError(f"{len(values)} values for {len(self.kinds)} columns")
-        sheet = self.sheet
+        kinds = self.kinds
+        if len(values) != len(kinds):
+            raise ValueError(f"{len(values)} values for {len(kinds)} columns")
         if not self.started:  # the header row, which xlsxwriter holds until the next row
-            sheet._write_single_row(r)
+            self.sheet._write_single_row(r)
             self.started = True
-        n = r + 1
-        parts = [f'<row r="{n}">']
+        n = str(r + 1)
+        heads, texts, times = self.heads, self.texts, self.times
+        parts = ['<row r="', n, '">']
         for i, v in enumerate(values):
             if v is None:
                 continue
-            kind = self.kinds[i]
+            kind = kinds[i]
             if kind == "text":
-                value = str(v)
-                text = self.texts.get(value, _UNSEEN)
-                if text is _UNSEEN:
-                    text = neutralise(value)
-                    if _CAREFUL.search(text) or len(text) > 16_000:
-                        text = None
-                    if len(self.texts) < _REMEMBERED:
-                        self.texts[value] = text
-                if text is None:
+                value = v if v.__class__ is str else str(v)
+                tail = texts.get(value, _UNSEEN)
+                if tail is _UNSEEN:
+                    tail = self._text_tail(value)
+                    if len(texts) < _REMEMBERED:
+                        texts[value] = tail
+                if tail is None:
                     # xlsxwriter's own cell writer, into the same file, in order.
-                    sheet.fh.write("".join(parts))
+                    self.held.append("".join(parts))
                     parts = []
-                    sheet._write_cell(r, i, self.string_cell(neutralise(value), None))
-                else:
-                    parts.append(f'<c r="{self.letters[i]}{n}" t="inlineStr"><is><t>{text}'
-                                 f'</t></is></c>')
+                    self.flush(r)
+                    self.sheet._write_cell(r, i, self.string_cell(neutralise(value), None))
+                    continue
+                parts += (heads[i], n, tail)
             elif kind == "datetime":
-                if self.datetime_style is None:
-                    self.datetime_style = self.datetime_format._get_xf_index()
-                number = self.times.get(v)
+                if self.datetime_tail is None:
+                    self.datetime_tail = f'" s="{self.datetime_format._get_xf_index()}"><v>'
+                number = times.get(v)
                 if number is None:
-                    number = sheet._convert_date_time(_parse_time(v).replace(tzinfo=None))
-                    if len(self.times) < _REMEMBERED:
-                        self.times[v] = number
-                parts.append(f'<c r="{self.letters[i]}{n}" s="{self.datetime_style}">'
-                             f'<v>{number:.16G}</v></c>')
+                    number = f"{self._excel_time(v):.16G}"
+                    if len(times) < _REMEMBERED:
+                        times[v] = number
+                parts += (heads[i], n, self.datetime_tail, number, "</v></c>")
+            elif kind == "bool":
+                parts += (heads[i], n, '" t="b"><v>1</v></c>' if v else
+                          '" t="b"><v>0</v></c>')
             else:
-                parts.append(f'<c r="{self.letters[i]}{n}"><v>{v:.16G}</v></c>')
+                parts += (heads[i], n, f'"><v>{v:.16G}</v></c>')
         parts.append("</row>")
-        sheet.fh.write("".join(parts))
-        sheet._check_dimensions(r, 0)
-        sheet.previous_row = r
+        self.held.append("".join(parts))
+        self.last = r
+        if len(self.held) >= _BUFFERED_ROWS:
+            self.flush(r)
+
+    def flush(self, r: int | None = None) -> None:
+        """Write the rows held, up to row `r` (default: the last held)."""
+        r = self.last if r is None else r
+        if self.held:
+            self.sheet.fh.write("".join(self.held))
+            self.held = []
+        if self.started:
+            self.sheet._check_dimensions(r, 0)
+            self.sheet.previous_row = r
+
+
+_FROM_ISO = datetime.fromisoformat
 
 
 def _width(column: Column) -> float:

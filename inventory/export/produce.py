@@ -6,12 +6,18 @@ alone runs this (it needs the store); the console imports only the rest of the p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from estate.inventory.export import REPORTS, ExportError, ExportRequest
+from estate.inventory.export import (
+    DEFAULT_AVAILABILITY_DAYS,
+    REPORTS,
+    ExportError,
+    ExportRequest,
+)
+from estate.inventory.export._columns import TABLES
 from estate.inventory.export._eos import table
 from estate.inventory.export._register import RegisterError, parse_register
 from estate.inventory.export._source import Selection, Source
@@ -25,6 +31,13 @@ if TYPE_CHECKING:
 __all__ = ["PROGRESS_EVERY", "Horizon", "Producer", "run_export"]
 
 PROGRESS_EVERY = 2000  # rows between progress messages
+
+AVAILABILITY_COUNTING = (
+    "a host is online while its agent's connection to a hub is up (the hub's presence "
+    "history, kept for good); it is counted from the window's start, or its enrolment if "
+    "later, to the window's end, or the revocation of its key if sooner; a host with no "
+    "presence history by then counts as offline until it first connects; an outage still "
+    "open at the window's end ends there and is marked ongoing")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,10 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
         StoreUnavailable: the store the reader is on cannot be reached (or cancelled the read).
     """
     now = now or utcnow()
+    if request.report == "availability":  # the window, as the manifest states it
+        until = request.until or now
+        request = replace(request, until=until, since=request.since or
+                          until - timedelta(days=DEFAULT_AVAILABILITY_DAYS))
     register = None
     if request.report == "reconcile":
         assert request.register is not None
@@ -81,14 +98,20 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
             meta["policy"] = reader.compliance_policy(request.as_of)
         if standby:
             meta["store"] = "standby"
-        writer = WRITERS[request.format](out, request.report, REPORTS[request.report], meta)
-        for row in _rows(source, request, sel, register):
+        sheet, tables = TABLES.get(request.report, (None, ()))
+        writer = WRITERS[request.format](out, request.report, REPORTS[request.report], meta,
+                                         tables, sheet)
+        # A file of one table (CSV) is not handed the others' rows: none are built.
+        further = writer.table_row if writer.holds_tables else None
+        for row in _rows(source, request, sel, register, further):
             writer.row(row)
             if progress and writer.rows % PROGRESS_EVERY == 0:
                 progress(writer.rows, total)
         pruned = source.pruned_before(sel)
         unreadable = reader.skipped_unreadable
     about = {**_about(meta), "rows": str(writer.rows)}
+    held = writer.table_rows if writer.holds_tables else {}
+    about.update((f"{name} rows", str(count)) for name, count in held.items())
     if pruned:
         about["note"] = (f"{pruned} host(s) known at the as-of date are missing: their reports "
                          f"from then are older than the hub's history (--history-days)")
@@ -100,12 +123,14 @@ def run_export(store: StoreInterface, request: ExportRequest, producer: Producer
         progress(writer.rows, max(total, writer.rows))
     manifest = {**meta, "sha256": sha256_of(out), "bytes": out.stat().st_size,
                 "rows": writer.rows, "hosts_missing_history": pruned,
-                "skipped_unreadable": unreadable}
+                "skipped_unreadable": unreadable, **({"tables": held} if held else {})}
     return sign(manifest, producer.host_key)
 
 
-def _rows(source: Source, request: ExportRequest, sel: Selection,
-          register: Any) -> Iterator[list[Any]]:
+def _rows(source: Source, request: ExportRequest, sel: Selection, register: Any,
+          table_row: Callable[[str, list[Any]], None] | None) -> Iterator[list[Any]]:
+    """The report's own rows; a report of several tables hands the others to `table_row`
+    (None: the file holds the report's own rows only)."""
     if request.report == "inventory":
         return source.inventory(sel)
     if request.report == "changes":
@@ -116,6 +141,9 @@ def _rows(source: Source, request: ExportRequest, sel: Selection,
         return source.unsupported(sel)
     if request.report == "compliance":
         return source.compliance(sel)
+    if request.report == "availability":
+        assert request.since is not None and request.until is not None
+        return source.availability(sel, request.since, request.until, table_row)
     return source.reconcile(sel, register, request.days)
 
 
@@ -145,7 +173,9 @@ def _describe(request: ExportRequest, producer: Producer, now: datetime,
         "filters": {"agency": request.agency, "site": request.site,
                     "filter": request.filter or None, "since": _iso(request.since),
                     "days": request.days if request.report in ("stale", "reconcile") else None,
-                    "register": request.register_name if request.register else None},
+                    "register": request.register_name if request.register else None,
+                    **({"until": _iso(request.until)} if request.report == "availability"
+                       else {})},
         "as_of": _iso(request.as_of),
         "generated_at": _iso(now),
         "estate_version": producer.version,
@@ -178,7 +208,10 @@ def _about(meta: dict[str, Any]) -> dict[str, Any]:
         "scope": f"operator {scope['operator']} ({scope['role']}), agencies: "
                  f"{agencies if isinstance(agencies, str) else ', '.join(agencies)}",
         "filters": ", ".join(f"{k}={v}" for k, v in filters.items()) or "none",
-        "as of": meta["as_of"] or f"now ({meta['generated_at']})",
+        **({"window": f"{meta['filters']['since']} to {meta['filters']['until']}",
+            "counting": AVAILABILITY_COUNTING}
+           if meta["report"] == "availability" else
+           {"as of": meta["as_of"] or f"now ({meta['generated_at']})"}),
         **({"store": "a standby of the hub's store: it shows the estate as the standby had "
                      "replayed it, which may trail the hub by its replication delay"}
            if meta.get("store") == "standby" else {}),

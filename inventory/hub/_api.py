@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from estate.inventory.changes import TooLarge
@@ -21,11 +22,14 @@ from estate.inventory.params import Params as _Params
 from estate.inventory.params import RequestError as ApiError
 from estate.inventory.params import is_unicode
 from estate.inventory.sanitise import quoted
-from estate.inventory.store import StoreInterface, parse_time
+from estate.inventory.store import StoreInterface, parse_time, utcnow
 
 log = logging.getLogger("estate.hub")
 
-OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve")
+OPS = ("columns", "summary", "hosts", "host", "changes", "reports", "resolve", "overview",
+       "incidents", "incident", "incident_ack", "incident_silence")
+# Who may acknowledge or silence an incident: auditors read, they do not act.
+INCIDENT_ACTORS = ("admin", "staff")
 
 
 class OperatorApi:
@@ -35,6 +39,7 @@ class OperatorApi:
         self.store = store
         self.name = operator["name"]
         self.scope: list[str] | None = operator["agencies"]
+        self.role: str | None = operator.get("role")
         self.audit, self.source = audit, source  # where probes out of scope are recorded
         self.max_answer = max_answer
 
@@ -145,9 +150,10 @@ class OperatorApi:
             raise ApiError("bad_filter", str(exc)) from None
         rows = [r for r in self.store.host_rows(self.scope) if match(r)]
         index = COLUMN_KEYS.index(sort)
-        if sort == "compliance":
+        if sort in ("compliance", "net"):
             # By the passing share alone: a summary's share is None when every control is
-            # disabled for its agency, and None does not compare with a number.
+            # disabled for its agency, and None does not compare with a number. Net: by its
+            # state, as the console sorts it (its round trip may be None).
             def value(r: Any) -> Any:
                 return r[index][0] if r[index] is not None else None
         else:
@@ -190,6 +196,77 @@ class OperatorApi:
             raise self._not_found("reports", agent_id)
         return [r.as_dict() for r in reports]
 
+
+    def _overview(self, p: _Params) -> Any:
+        """Per agency and site: is it OK (`estate.inventory.store._overview`)."""
+        p.done()
+        return self.store.overview(self.scope)
+
+    # --- incidents (`estate.inventory.store._incidents`) ---------------------------------
+
+    def _incidents(self, p: _Params) -> Any:
+        state = p.text("state", default="open", choices=("open", "recent", "all"))
+        agency = p.text("agency", default=None, max_len=255)
+        site = p.text("site", default=None, max_len=255)
+        limit = p.integer("limit", default=1000, low=1, high=1000)
+        p.done()
+        return [i.as_dict() for i in self.store.incidents(self.scope, state, agency, site,
+                                                           limit, utcnow())]
+
+    def _incident(self, p: _Params) -> Any:
+        incident_id = p.integer("incident_id", default=0, low=1, high=2**63 - 1)
+        p.done()
+        found = self.store.incident(self._required_id(incident_id), self.scope)
+        if found is None:
+            raise self._incident_not_found("incident", incident_id)
+        return found
+
+    def _incident_ack(self, p: _Params) -> Any:
+        incident_id = self._required_id(p.integer("incident_id", default=0, low=1, high=2**63 - 1))
+        p.done()
+        self._may_act("incident_ack", incident_id)
+        done = self.store.ack_incident(incident_id, f"operator:{self.name}", self.scope,
+                                       utcnow())
+        if done is None:
+            raise self._incident_not_found("incident_ack", incident_id)
+        return done.as_dict()
+
+    def _incident_silence(self, p: _Params) -> Any:
+        incident_id = self._required_id(p.integer("incident_id", default=0, low=1, high=2**63 - 1))
+        minutes = p.integer("minutes", default=0, low=1, high=10080)
+        p.done()
+        if not minutes:
+            raise ApiError("bad_request", "minutes: required for incident_silence (1 to "
+                                          "10080)")
+        self._may_act("incident_silence", incident_id)
+        now = utcnow()
+        done = self.store.silence_incident(incident_id, f"operator:{self.name}",
+                                           now + timedelta(minutes=minutes), self.scope, now)
+        if done is None:
+            raise self._incident_not_found("incident_silence", incident_id)
+        return done.as_dict()
+
+    def _required_id(self, incident_id: int) -> int:
+        if not incident_id:
+            raise ApiError("bad_request", "incident_id: required (an incident's id)")
+        return incident_id
+
+    def _may_act(self, op: str, incident_id: int) -> None:
+        """Refuse (and audit, as every refusal is) a role that only reads."""
+        if self.role not in INCIDENT_ACTORS:
+            if self.audit is not None:
+                self.audit.record(self.source, f"operator:{self.name}", "role_denied",
+                                  f"incident:{incident_id}", {"op": op})
+            raise ApiError("forbidden", f"{op}: role {self.role!r} may not acknowledge or "
+                                        f"silence incidents (admin or staff only)")
+
+    def _incident_not_found(self, op: str, incident_id: int) -> ApiError:
+        """Out of scope or unknown, told alike; the audit row says which (as for hosts)."""
+        if self.audit is not None:
+            self.audit.record(self.source, f"operator:{self.name}",
+                              "scope_denied" if self.store.incident_exists(incident_id)
+                              else "not_found", f"incident:{incident_id}", {"op": op})
+        return ApiError("not_found", f"no incident {incident_id} in your agencies")
 
     def _resolve(self, p: _Params) -> Any:
         """A host id or hostname to the one host it names, with its remote-access state."""

@@ -14,6 +14,7 @@ from estate.inventory.hub._budget import Budget, ExportSlots
 from estate.inventory.hub._door import Door
 from estate.inventory.hub._ingest import Ingest
 from estate.inventory.hub._peer import Peer
+from estate.inventory.hub._probe_policy import ProbePolicies
 from estate.inventory.hub._remote import RemoteAccess
 from estate.inventory.hub._rotation import NextKeyAnnouncer
 from estate.inventory.hub._settings import HubSettings
@@ -52,6 +53,7 @@ class Context:
     host_key: asyncssh.SSHKey  # signs export manifests
     fingerprint: str  # the host key's; enrolment tokens name it
     next_key: NextKeyAnnouncer  # told to agents in report acks during a rotation
+    probe_policies: ProbePolicies  # handed to agents in report acks
     access_ended: Callable[[], str | None]  # why this peer's access ended, or None
 
 
@@ -75,6 +77,7 @@ class Services:
     host_key: asyncssh.SSHKey
     fingerprint: str
     next_key: NextKeyAnnouncer
+    probe_policies: ProbePolicies
 
     def context(self, peer: Peer, access_ended: Callable[[], str | None]) -> Context:
         """What a command handler serving `peer` gets (no access guard, no relay)."""

@@ -12,6 +12,7 @@ import asyncssh
 from estate.inventory.compliance import load_policy
 from estate.inventory.hub import _known_sources, _metrics
 from estate.inventory.hub._access import AccessGuard
+from estate.inventory.hub._alerts import Alerts, describe
 from estate.inventory.hub._audit import AuditCoalescer, Row
 from estate.inventory.hub._budget import (
     EXPORT_REQUESTS_PER_HOLDER,
@@ -21,10 +22,12 @@ from estate.inventory.hub._budget import (
 )
 from estate.inventory.hub._context import Budgets, Services
 from estate.inventory.hub._door import Door
+from estate.inventory.hub._health import IncidentTask
 from estate.inventory.hub._ingest import Ingest, ReportRate
 from estate.inventory.hub._keys import fingerprint, load_or_create_host_key
 from estate.inventory.hub._links import Links, reachable_address
 from estate.inventory.hub._presence import Presence
+from estate.inventory.hub._probe_policy import ProbePolicies
 from estate.inventory.hub._remote import Limits, RemoteAccess
 from estate.inventory.hub._rotation import NextKeyAnnouncer
 from estate.inventory.hub._server import listen
@@ -62,6 +65,12 @@ class Hub:
         self.presence = Presence(self.db, self.store, settings.heartbeat_s,
                                  settings.hub_timeout_s)
         self.watch = Watch(self.db, self.store, self.tasks, self.presence)
+        # The incident correlator, run while this hub holds its lease; woken by presence
+        # events the watch reads (every hub's), never per report. None: `--no-incidents`.
+        self.incidents = None if settings.incidents is None else IncidentTask(
+            self.db, self.store, self.tasks, settings.incidents, on_change=self.watch.wake)
+        if self.incidents is not None:
+            self.watch.on_presence = self.incidents.wake
         self.writer = Writer(self.db, self.store, on_commit=self._committed)
         # Each report body is charged to its agent before it is parsed, and parsed off the loop.
         self.ingest = Ingest(ReportRate(settings.report_burst, settings.reports_per_interval,
@@ -80,6 +89,10 @@ class Hub:
                           answer=Budget(settings.max_answer_bytes))
         # Ends open connections whose access was withdrawn.
         self.access = AccessGuard(self.db, self.store, self.tasks, self.remote)
+        # `--alerts FILE`: rules routed to channels, dispatched and sent while this hub
+        # holds the "alerts" lease (one hub of the store at a time).
+        self.alerts = None if settings.alerts is None else Alerts(
+            self.db, self.store, self.tasks, self.audit, settings.alerts)
         self.door = Door(replace(settings.door, full=settings.max_unauthenticated))
         self.services = Services(
             settings=settings, store=self.store, db=self.db, tasks=self.tasks,
@@ -87,7 +100,8 @@ class Hub:
             watch=self.watch, budgets=budgets, ingest=self.ingest, writer=self.writer,
             exports=ExportSlots(),  # exports queued or running, per operator and in all
             host_key=self.host_key, fingerprint=self.fingerprint,
-            next_key=NextKeyAnnouncer(settings.data_dir, self.host_key))
+            next_key=NextKeyAnnouncer(settings.data_dir, self.host_key),
+            probe_policies=ProbePolicies(self.db, self.store))
         self._server: asyncssh.SSHAcceptor | None = None
         # `serve --workers`: this worker's own port, which other hubs' links reach it at (on
         # the shared one the kernel would hand a link to any worker, maybe not the agent's).
@@ -102,6 +116,7 @@ class Hub:
         self.tasks.spawn(self.remote.supervise())
         self.tasks.spawn(self.audit.run())
         self.tasks.spawn(self.access.run())
+        self.tasks.spawn(self.services.probe_policies.run())
         if n := _known_sources.load(self.settings.data_dir, self.door, self.settings.worker):
             log.info("%d known sources kept from the last run", n)
         self.tasks.spawn(_known_sources.keep(self.settings.data_dir, self.door,
@@ -120,6 +135,11 @@ class Hub:
                                   reachable_address(self.settings.host, link_port))
         self.remote.hub_id = self.remote.links.hub_id = self.settings.hub_id
         self.tasks.spawn(self.presence.run(self.watch.presence_changed))
+        if self.incidents is not None:
+            self.tasks.spawn(self.incidents.run(self.settings.hub_id))
+        if self.alerts is not None:
+            log.info("%s", describe(self.alerts.rules))
+            self.tasks.spawn(self.alerts.run(self.settings.hub_id))
 
     async def _apply_policy(self) -> None:
         """Evaluate reports against the policy from now on; hosts evaluated against another
@@ -177,6 +197,10 @@ class Hub:
         await self.writer.stop()
         self.ingest.close()
         self.tasks.cancel_all()
+        if self.incidents is not None:
+            await self.incidents.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
         await self.watch.stop()
         await self.audit.close()
         try:
@@ -206,6 +230,12 @@ class Hub:
                                   _cutoff(utcnow(), self.settings.history))
                 if n:
                     log.info("pruned %d change events older than %s", n,
+                             self.settings.history)
+                # Incidents are history, kept as long as changes (resolved ones only).
+                n = await self.db(self.store.prune_incidents,
+                                  _cutoff(utcnow(), self.settings.history))
+                if n:
+                    log.info("pruned %d incidents resolved before %s ago", n,
                              self.settings.history)
                 # Watch events are a wake-up's worth of news, not history (`_watch.py`).
                 await self.db(self.store.prune_events, utcnow() - WATCH_EVENTS_KEPT)

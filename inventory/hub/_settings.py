@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from estate.inventory.health._correlate import Thresholds
 from estate.inventory.hub._budget import (
     MAX_ANSWER,
     MAX_ANSWER_BYTES,
@@ -20,6 +21,7 @@ from estate.inventory.store import StoreUrl
 
 if TYPE_CHECKING:
     from estate.inventory.compliance import Policy
+    from estate.inventory.health.alerts import Rules
 from estate.inventory.tcp_keepalive import TcpKeepalive
 
 
@@ -72,6 +74,13 @@ class HubSettings:
     # `--policy FILE`, loaded and checked (`estate.inventory.compliance.Policy`); None: the
     # policy shipped with Estate.
     policy: Policy | None = None
+    # The incident correlator's thresholds (`--outage-window` and the flags beside it);
+    # None: `--no-incidents`, this hub never runs it (another hub of the store may).
+    incidents: Thresholds | None = field(default_factory=Thresholds)
+
+    # `--alerts FILE`, loaded and checked (`estate.inventory.health.alerts.Rules`); None: no
+    # alerts from this hub.
+    alerts: Rules | None = None
 
     def __post_init__(self) -> None:
         self.history = max(self.history, self.retention)

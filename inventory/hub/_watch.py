@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from estate.inventory.hub._presence import Presence
@@ -86,6 +87,9 @@ class Watch:
         self._db, self._store, self._tasks, self._presence = db, store, tasks, presence
         self.watchers: set[Watcher] = set()
         self.cursors: dict[str, int] = {}  # hub id -> the seq of its last event read
+        # Told when an agent of any hub went online or offline (the incident correlator:
+        # presence is what it watches, and these events already come here).
+        self.on_presence: Callable[[], None] | None = None
         self._wake: asyncio.Event | None = None
         self._listener: threading.Thread | None = None
         self._stop_listening = threading.Event()
@@ -148,9 +152,16 @@ class Watch:
         if self.watchers and page.events:
             await self._publish_events(page.events)
         self.cursors = page.cursors
+        if self.on_presence is not None and any(e.kind in ("online", "offline")
+                                                for e in page.events):
+            self.on_presence()
         return page.more
 
     async def _publish_events(self, events: list[Event]) -> None:
+        incidents = [e for e in events if e.kind == "incident"]
+        if incidents:
+            await self._publish_incidents(incidents)
+            events = [e for e in events if e.kind != "incident"]
         for start in range(0, len(events), ROWS_AT_ONCE):
             part = events[start:start + ROWS_AT_ONCE]
             # Host rows as they are now, a store call per part: other store work runs
@@ -162,6 +173,16 @@ class Watch:
             changes = await self._db(self._store.report_changes, wanted) if wanted else {}
             for event in part:
                 self._publish_event(event, rows.get(event.agent_id), changes)
+
+    async def _publish_incidents(self, events: list[Event]) -> None:
+        """Each incident as it is now, once per read however many of its events came, to
+        the watchers whose scope has its agency."""
+        ids = sorted({int(e.report_id) for e in events if e.report_id})
+        for start in range(0, len(ids), ROWS_AT_ONCE):
+            for incident in await self._db(self._store.incidents_by_ids,
+                                           ids[start:start + ROWS_AT_ONCE]):
+                self.publish({"type": "incident", "incident": incident.as_dict()},
+                             incident.agency)
 
     def _publish_event(self, event: Event, row: HostRow | None,
                        changes: dict[tuple[str, str], list[ChangeNotice]]) -> None:

@@ -20,13 +20,22 @@ from typing import Any
 
 from estate.inventory.hub import (  # each adds its verbs to the parser
     _admin_verbs,
+    _alert_verbs,
     _key_verbs,
     _listing_verbs,
     _policy_verbs,
+    _probe_verbs,
     _simulate_verb,
     _store_verbs,
 )
-from estate.inventory.hub._cli_args import _positive_int, _seconds, _store_url, parse_listen, verb
+from estate.inventory.hub._cli_args import (
+    _positive_int,
+    _seconds,
+    _share,
+    _store_url,
+    parse_listen,
+    verb,
+)
 from estate.inventory.hub._cli_shared import chosen_store, data_dir, on_stop_signals
 from estate.inventory.protocol import Exit
 
@@ -193,6 +202,34 @@ def _parser() -> argparse.ArgumentParser:
                        help="the compliance policy (TOML; check it with `estate-hub policy "
                             "check FILE`); default: the one shipped with Estate "
                             "(docs/compliance.md)")
+    # Incidents (docs/configuration.md "Incidents and thresholds"): one hub of the store at a
+    # time correlates presence and probe failures into site, service and host incidents.
+    serve.add_argument("--outage-window", type=_seconds, default=120.0, metavar="SECONDS",
+                       help="a site outage is hosts going offline within this long of each "
+                            "other (default 120)")
+    serve.add_argument("--outage-share", type=_share, default=0.5, metavar="SHARE",
+                       help="...at least this share of the site's hosts (default 0.5)")
+    serve.add_argument("--outage-min-hosts", type=_positive_int, default=3, metavar="N",
+                       help="...and at least N of them (default 3)")
+    serve.add_argument("--host-offline-grace", type=_seconds, default=None, metavar="SECONDS",
+                       help="a host offline this long outside a site outage opens a host "
+                            "incident (default: --outage-window)")
+    serve.add_argument("--resolve-hold", type=_seconds, default=300.0, metavar="SECONDS",
+                       help="an incident resolves once clear this long; a recurrence within "
+                            "it keeps (or reopens) the same incident (default 300)")
+    serve.add_argument("--shared-min-hosts", type=_positive_int, default=3, metavar="N",
+                       help="online hosts of one site failing the same probe that make a "
+                            "shared-service incident (default 3)")
+    serve.add_argument("--shared-max-per-site", type=_positive_int, default=8, metavar="N",
+                       help="shared-service incidents open at once per site; past it no more "
+                            "open there (logged and audited once) (default 8)")
+    serve.add_argument("--no-incidents", action="store_true",
+                       help="never run the incident correlator on this hub (another hub of "
+                            "the same store may)")
+    serve.add_argument("--alerts", type=Path, default=None, metavar="FILE",
+                       help="alert rules and channels (TOML; check it with `estate-hub alerts "
+                            "check FILE`): incidents and host conditions sent by e-mail, "
+                            "webhook or syslog (docs/configuration.md); default: no alerts")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="also log asyncssh's own protocol messages")
     serve.set_defaults(func=_cmd_serve)
@@ -204,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     _listing_verbs.add_verbs(sub)  # hosts, hubs, changes, audit, sessions
     _simulate_verb.add_verbs(sub)
     _policy_verbs.add_verbs(sub)  # policy check
+    _probe_verbs.add_verbs(sub)  # probes set|list|clear
+    _alert_verbs.add_verbs(sub)  # alerts check|test|queue
 
     svc = sub.add_parser(
         "install-service", help="write a systemd unit for `estate-hub serve`",
@@ -341,6 +380,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     policy = _policy_verbs.load_or_report(args.policy)
     if policy is None:
         return Exit.USAGE
+    # So do bad alert rules: a hub must not run believing it alerts when it cannot.
+    alerts = _alert_verbs.load_or_report(args.alerts) if args.alerts else None
+    if args.alerts and alerts is None:
+        return Exit.USAGE
     # Refuse an open data folder before the host key or the store is written into it.
     private_dir(data_dir(args))
     _setup_logging(args.verbose, f"w{args.worker}" if args.worker else "")
@@ -379,8 +422,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            agent_bytes_per_day=args.agent_bytes_per_day * 1024 * 1024,
                            max_agents=args.max_agents, worker=args.worker,
                            hub_id=_hub_id(args, port), heartbeat_s=args.heartbeat,
-                           hub_timeout_s=args.hub_timeout, policy=policy)
+                           hub_timeout_s=args.hub_timeout, policy=policy,
+                           incidents=_thresholds(args), alerts=alerts)
     return asyncio.run(_serve(settings, args.workers))
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    """The correlator's thresholds from serve's flags; None with --no-incidents."""
+    from estate.inventory.health._correlate import Thresholds
+
+    if args.no_incidents:
+        return None
+    return Thresholds(window_s=args.outage_window, share=args.outage_share,
+                      min_hosts=args.outage_min_hosts, grace_s=args.host_offline_grace,
+                      hold_s=args.resolve_hold, shared_min_hosts=args.shared_min_hosts,
+                      shared_max_per_site=args.shared_max_per_site)
 
 
 def _hub_id(args: argparse.Namespace, port: int) -> str:

@@ -21,6 +21,11 @@ URL (`_url.py`). Its parts, one per concern on one connection:
 - `_remote.py`: remote access and relayed sessions;
 - `_events.py`: the watch's events, every hub's, written with what they announce;
 - `_audit.py`: the hash-chained audit log;
+- `_probes.py`: the probe policies the hub hands its agents, per agency and site;
+- `_incidents.py`: incidents (the correlator's reads and writes, operators' acks) and leases;
+- `_overview.py`: the estate overview's figures per agency and site;
+- `_notifications.py`: the alert dispatcher's reads, cursors and firing conditions, and the
+  queue of notifications to send;
 - `_reader.py`: the read-only handle export threads read through.
 
 Beside them, `_copy.py` copies a whole store into another (`estate-hub store copy`).
@@ -41,13 +46,26 @@ from estate.inventory.store._common import iso, parse_time, utcnow
 from estate.inventory.store._copy import CopyProgress, CopyResult, TableCount, copy_store
 from estate.inventory.store._enrolment import EnrolError, EnrolmentRecords
 from estate.inventory.store._hosts import DEFAULT_INTERVAL_S, HostRecords
+from estate.inventory.store._incidents import Incident, IncidentEvent, IncidentRecords
 from estate.inventory.store._interface import ReaderInterface, StoreInterface
+from estate.inventory.store._notifications import (
+    MAX_PENDING_PER_CHANNEL,
+    NotificationRecords,
+    Queueing,
+    queue_full_episodes,
+)
+from estate.inventory.store._overview import OverviewRecords
 from estate.inventory.store._presence import PresenceRecords
+from estate.inventory.store._probes import ProbePolicyTooLarge, ProbeRecords
 from estate.inventory.store._reader import Reader
 from estate.inventory.store._records import (
     Agent,
+    AlertHost,
+    AlertIncidentEvent,
+    AlertSession,
     AuditCheck,
     AuditRow,
+    AvailabilityHost,
     Change,
     ChangeEvent,
     ChangeNotice,
@@ -65,8 +83,11 @@ from estate.inventory.store._records import (
     HubRow,
     Incoming,
     NewToken,
+    Notification,
+    OffHost,
     Operator,
     OperatorRow,
+    ProbePolicy,
     RecentReport,
     Record,
     Released,
@@ -83,9 +104,14 @@ from estate.inventory.store._url import ENV_VAR, StoreUnavailable, StoreUrl, Sto
 __all__ = [
     "DEFAULT_INTERVAL_S",
     "ENV_VAR",
+    "MAX_PENDING_PER_CHANNEL",
     "Agent",
+    "AlertHost",
+    "AlertIncidentEvent",
+    "AlertSession",
     "AuditCheck",
     "AuditRow",
+    "AvailabilityHost",
     "Change",
     "ChangeEvent",
     "ChangeNotice",
@@ -104,10 +130,17 @@ __all__ = [
     "HostRow",
     "HostStatus",
     "HubRow",
+    "Incident",
+    "IncidentEvent",
     "Incoming",
     "NewToken",
+    "Notification",
+    "OffHost",
     "Operator",
     "OperatorRow",
+    "ProbePolicy",
+    "ProbePolicyTooLarge",
+    "Queueing",
     "Reader",
     "ReaderInterface",
     "RecentReport",
@@ -131,12 +164,14 @@ __all__ = [
     "migrate_store",
     "open_store",
     "parse_time",
+    "queue_full_episodes",
     "remote_state",
     "utcnow",
 ]
 
 
-class Store(HostRecords, EnrolmentRecords, PresenceRecords, RemoteRecords):
+class Store(HostRecords, EnrolmentRecords, PresenceRecords, RemoteRecords, OverviewRecords,
+            IncidentRecords, NotificationRecords, ProbeRecords):
     """The store: every part of `StoreInterface` on one connection (SQLite or PostgreSQL)."""
 
     def reader(self) -> Reader:

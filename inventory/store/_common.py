@@ -30,10 +30,12 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-def _scoped(sql: str, args: list[Any], scope: list[str] | None) -> tuple[str, list[Any]]:
-    """Limit a query joined with `agencies a` to the operator's agencies (None: all)."""
+def _scoped(sql: str, args: list[Any], scope: list[str] | None,
+            agency: str = "a.name") -> tuple[str, list[Any]]:
+    """Limit a query to the operator's agencies (None: all); `agency` is the column naming a
+    row's agency (by default that of a join with `agencies a`)."""
     if scope is None:
         return sql, args
     if not scope:
         return sql + " AND 1 = 0", args
-    return sql + f" AND a.name IN ({', '.join('?' for _ in scope)})", [*args, *scope]
+    return sql + f" AND {agency} IN ({', '.join('?' for _ in scope)})", [*args, *scope]

@@ -54,6 +54,16 @@ TABLES: tuple[tuple[str, str], ...] = (
     # Compliance results and the policies hubs started with (`estate.inventory.compliance`).
     ("compliance", "id"),
     ("compliance_policies", "id"),
+    # Estate health: probe policies, incidents and their timelines, the alert queue and the
+    # dispatcher's positions. Leases name the hub holding them; they lapse within seconds.
+    ("probe_policies", "agency, site"),
+    ("incidents", "id"),
+    ("incident_hosts", "incident_id, agent_id"),
+    ("incident_events", "id"),
+    ("notifications", "id"),
+    ("alert_cursors", "name"),
+    ("alert_firing", "rule, agent_id, condition"),
+    ("leases", "name"),
 )
 # Columns a backend keeps as JSON: PostgreSQL's JSONB takes some text SQLite kept (`json_text`).
 _JSON_COLUMNS = {"hosts": ("facts",)}

@@ -11,6 +11,10 @@ A rolled-back transaction leaves a gap, which readers step over.
 Change events ride on these too: a report's host event counts the changes it recorded, and a
 reader loads them by (agent, report), so changes need no cursor of their own.
 
+Incidents ride on them as well (`_incidents.py`): kind `incident`, the incident's id in
+`report_id`, no agent (""), written in the transaction that changes the incident, so every
+hub's watchers hear of it in order with no cursor of its own.
+
 A hub's seq goes on from the newest event its name left (pruning always keeps each hub's
 newest), so a cursor stays valid across a restart; `hubs.events_from` is where its current run
 begins, for readers that find the hub registered after they started. Events are ephemeral:

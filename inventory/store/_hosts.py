@@ -12,6 +12,13 @@ from typing import Any
 
 from estate.inventory.changes import bounded, software_changes, state_changes, state_digest
 from estate.inventory.facts import facts_of
+from estate.inventory.health.net import (
+    from_text,
+    net_verdict,
+    row_of_text,
+    to_text,
+    transition_key,
+)
 from estate.inventory.store._common import _scoped, iso, parse_time, utcnow
 from estate.inventory.store._compliance import (
     ComplianceRecords,
@@ -66,6 +73,9 @@ class _Last:
     software_hash: str | None
     identity: tuple[str | None, str | None]
     full_day: str | None  # the UTC day (YYYY-MM-DD) of the host's last full body, if known
+    # Its connectivity verdict's `transition_key` and when that last changed (`hosts.net_at`).
+    net_key: int = transition_key(None)
+    net_at: str | None = None
 
 
 class HostRecords(ComplianceRecords):
@@ -117,11 +127,13 @@ class HostRecords(ComplianceRecords):
         if last:
             return last
         row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid, "
-                              "full_day FROM hosts WHERE agent_id = ?", (agent_id,)).fetchone()
+                              "full_day, net, net_at FROM hosts WHERE agent_id = ?",
+                              (agent_id,)).fetchone()
         if row is None:
             return None
         # A far-future time stored before times were bounded would freeze the host for good.
-        return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]), row[5])
+        return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]), row[5],
+                     transition_key(from_text(row[6])), row[7])
 
     def _store_one(self, item: Incoming) -> str:
         report = item.report
@@ -177,20 +189,28 @@ class HostRecords(ComplianceRecords):
         # Compliance, in the same transaction: its change events count with the report's.
         compliance, compliance_events = self._evaluate(item.agent_id, report,
                                                        item.received_at, report_id)
-        self._upsert_host(item, digest, skew, software_changed, collected, compliance)
+        # Connectivity: its time moves only when the state or the failing set does.
+        net = net_verdict(report)
+        net_key = transition_key(net)
+        net_at = prev.net_at if prev is not None and prev.net_key == net_key else \
+            received if net is not None or prev is not None else None
+        self._upsert_host(item, digest, skew, software_changed, collected, compliance,
+                          (net, net_at))
         identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
         if prev is None or prev.identity != identity:
             self._refresh_identity_conflicts(item.agent_id, prev.identity if prev else
                                              (None, None))
         # Today's first report kept a body (`full`), so this is the day of the last one kept.
-        self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity, day)
+        self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity, day,
+                                             net_key, net_at)
         self._stored.append((item.agent_id, received, report_id,
                              len(changes) + compliance_events))
         return "stored"
 
     def _upsert_host(self, item: Incoming, digest: str, skew: float,
                      software_changed: bool, collected_at: str,
-                     compliance: str | None = None) -> None:
+                     compliance: str | None = None,
+                     net: tuple[dict[str, Any] | None, str | None] = (None, None)) -> None:
         r = item.report
         system, hardware = r["system"], r["hardware"]
         facts = facts_of(r)
@@ -215,6 +235,7 @@ class HostRecords(ComplianceRecords):
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
             "facts": self.db.json_text(json.dumps(facts, ensure_ascii=False,
                                                   separators=(",", ":"))),
+            "net": to_text(net[0]), "net_at": net[1],
         }
         if self.policy is not None:  # evaluated: its summary line, against this policy
             values["compliance"] = compliance
@@ -312,7 +333,7 @@ class HostRecords(ComplianceRecords):
         sql = ("SELECT h.agent_id, h.hostname, a.name, s.name, g.connected, g.revoked_at, "
                "h.last_seen, h.interval_s, h.os_name, h.os_version, h.model, h.serial, "
                "h.cpu_model, h.memory_bytes, h.fullest_volume_percent, h.ip_addresses, "
-               "g.remote_access, g.remote_offered, h.compliance "
+               "g.remote_access, g.remote_offered, h.compliance, h.net "
                "FROM hosts h JOIN agents g ON g.id = h.agent_id "
                "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
                "WHERE 1 = 1")
@@ -335,9 +356,9 @@ class HostRecords(ComplianceRecords):
             status = status_of(r[5], r[6], r[4], r[7])
             os_text = " ".join(x for x in (r[8], r[9]) if x) or None
             ip = (r[15] or "").split(" ", 1)[0] or None
-            rows.append(HostRow(r[0], r[1], r[2], r[3], status, os_text, r[10], r[11], r[12],
-                                r[13], r[14], ip, r[6], remote_state(r[16], r[17], r[4], r[5]),
-                                summary_of(r[18])))
+            rows.append(HostRow(r[0], r[1], r[2], r[3], status, row_of_text(r[19]), os_text,
+                                r[10], r[11], r[12], r[13], r[14], ip, r[6],
+                                remote_state(r[16], r[17], r[4], r[5]), summary_of(r[18])))
         return rows
 
     def host_count(self, scope: list[str] | None) -> int:

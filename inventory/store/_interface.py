@@ -28,14 +28,18 @@ no caller sees SQL, a connection or a row. What a backend must keep:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from estate.inventory.store._records import (
     Agent,
+    AlertHost,
+    AlertIncidentEvent,
+    AlertSession,
     AuditCheck,
     AuditRow,
+    AvailabilityHost,
     Change,
     ChangeEvent,
     ChangeNotice,
@@ -52,8 +56,11 @@ from estate.inventory.store._records import (
     HubRow,
     Incoming,
     NewToken,
+    Notification,
+    OffHost,
     Operator,
     OperatorRow,
+    ProbePolicy,
     RecentReport,
     Released,
     RemoteTarget,
@@ -66,6 +73,10 @@ from estate.inventory.store._records import (
 
 if TYPE_CHECKING:
     from estate.inventory.compliance import Policy
+    from estate.inventory.health._correlate import Capped, HealthInputs, Open, Resolve, Update
+    from estate.inventory.probe_spec import ProbeSpec
+    from estate.inventory.store._incidents import Incident, IncidentEvent
+    from estate.inventory.store._notifications import Queueing
 
 
 class ReaderInterface(Protocol):
@@ -112,6 +123,18 @@ class ReaderInterface(Protocol):
 
     def compliance_policy(self, as_of: datetime | None = None) -> dict[str, str] | None:
         """The policy the store had (now, or at `as_of`): name, version, hash."""
+        ...
+
+    def availability_hosts(self, query: HostQuery, since: datetime,
+                           until: datetime) -> list[AvailabilityHost]:
+        """Hosts enrolled before `until` and not revoked by `since`, by agency, site,
+        hostname, agent id; each with its presence state at `since`."""
+        ...
+
+    def presence_changes(self, agent_ids: list[str], since: datetime,
+                         until: datetime) -> Iterator[tuple[str, str, str]]:
+        """These agents' presence rows (agent id, time, state) strictly inside (since,
+        until), by agent id, then time (a chunk of a few hundred agents at a time)."""
         ...
 
 
@@ -182,6 +205,13 @@ class StoreInterface(Protocol):
 
     def hosts(self) -> list[HostStatus]:
         """Every host (all agencies) by agency, site, hostname: the admin's list."""
+        ...
+
+    def overview(self, scope: list[str] | None,
+                 now: datetime | None = None) -> dict[str, Any]:
+        """The estate overview (`_overview.py`): per agency and site, hosts, online share
+        and its 24-hour sparkline, open incidents, stale, unsupported OS, full disks, worst
+        connectivity; the `overview` API op's answer."""
         ...
 
     # --- changes ------------------------------------------------------------------------
@@ -310,6 +340,121 @@ class StoreInterface(Protocol):
         """Block until another hub may have written events (True) or `timeout_s` passed.
         The one call made from another thread than the store's: the hub's listener thread,
         on a connection of its own."""
+        ...
+
+    # --- incidents and leases (`_incidents.py`) -------------------------------------------
+
+    def take_lease(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
+        """Take or renew the lease `name` for `ttl_s`: True when `holder` holds it."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    def health_inputs(self, net_after: str | None, hold: timedelta,
+                      now: datetime) -> HealthInputs:
+        """What one correlator pass reads (hosts per site, offline, net changes, incidents)."""
+        ...
+
+    def apply_health(self, actions: Iterable[Open | Update | Resolve | Capped], holder: str,
+                     now: datetime) -> list[int]:
+        """A correlator's plan, in one transaction while `holder` holds "correlator"."""
+        ...
+
+    def incidents(self, scope: list[str] | None, state: str = "open",
+                  agency: str | None = None, site: str | None = None, limit: int = 1000,
+                  now: datetime | None = None) -> list[Incident]: ...
+
+    def incidents_by_ids(self, ids: list[int]) -> list[Incident]: ...
+
+    def incident_exists(self, incident_id: int) -> bool: ...
+
+    def incident(self, incident_id: int, scope: list[str] | None) -> dict[str, Any] | None:
+        """An incident in scope with its hosts and timeline; None when not in scope."""
+        ...
+
+    def open_incident_counts(self, scope: list[str] | None) -> dict[tuple[str, str], int]: ...
+
+    def ack_incident(self, incident_id: int, actor: str, scope: list[str] | None,
+                     at: datetime) -> Incident | None: ...
+
+    def silence_incident(self, incident_id: int, actor: str, until: datetime,
+                         scope: list[str] | None, at: datetime) -> Incident | None: ...
+
+    def last_incident_event_id(self) -> int: ...
+
+    def incident_events_after(self, after_id: int,
+                              limit: int = 1000) -> list[IncidentEvent]: ...
+
+    def prune_incidents(self, older_than: datetime, chunk: int = 10_000) -> int: ...
+
+    # --- alerts (`_notifications.py`) -----------------------------------------------------
+
+    def alert_cursors(self) -> dict[str, int]:
+        """The alert dispatcher's read positions by name."""
+        ...
+
+    def alert_heads(self) -> dict[str, int]:
+        """Where a dispatcher that never ran starts: the newest incident event and remote
+        session."""
+        ...
+
+    def alert_incident_events(self, after_id: int,
+                              limit: int = 500) -> list[AlertIncidentEvent]: ...
+
+    def alert_offline_hosts(self, opened_before: datetime, rule: str,
+                            limit: int = 1000) -> list[OffHost]:
+        """Open host incidents opened before then that `rule` has not told yet."""
+        ...
+
+    def alert_sessions(self, after_id: int, started_by: datetime,
+                       limit: int = 1000) -> list[AlertSession]: ...
+
+    def alert_hosts(self, agent_ids: list[str]) -> list[AlertHost]: ...
+
+    def alert_firing(self, rule: str, condition: str, agent_ids: list[str]) -> set[str]: ...
+
+    def queue_alerts(self, notifications: list[tuple[str, str, str, str]],
+                     cursors: dict[str, int], fire: list[tuple[str, str, str]],
+                     clear: list[tuple[str, str, str]], at: datetime,
+                     max_pending: int = ...) -> Queueing:
+        """A dispatcher pass's notifications, cursors and firing changes, in one
+        transaction; none queued for a channel with `max_pending` pending."""
+        ...
+
+    def forget_alerts(self, rules: list[str], cursors: list[str]) -> None: ...
+
+    def due_notifications(self, now: datetime, limit: int = 200,
+                          skip: Sequence[str] = ()) -> list[Notification]: ...
+
+    def notifications(self, states: list[str], limit: int = 1000) -> list[Notification]: ...
+
+    def notification_sent(self, notification_id: int, at: datetime) -> None: ...
+
+    def notification_retry(self, notification_id: int, error: str,
+                           next_at: datetime) -> None: ...
+
+    def notification_failed(self, notification_id: int, error: str, at: datetime) -> bool:
+        """Give a notification up (audited); False when it was not pending."""
+        ...
+
+    # --- probe policies (`_probes.py`) ---------------------------------------------------
+
+    def set_probe_policy(self, agency: str, site: str, probes: Sequence[ProbeSpec],
+                         actor: str) -> str:
+        """Set an agency's (site "") or a site's policy, audited; its hash. Raises
+        `ProbePolicyTooLarge` when some (agency, site) would have over 16 probes."""
+        ...
+
+    def clear_probe_policy(self, agency: str, site: str, actor: str) -> bool: ...
+
+    def probe_policies(self, agency: str | None = None) -> list[ProbePolicy]: ...
+
+    def effective_probe_policies(self) -> dict[tuple[str, str], tuple[str, list[ProbeSpec]]]:
+        """(hash, probes) of each (agency, site) with a policy and each (agency, "")."""
+        ...
+
+    def agent_place(self, agent_id: str) -> tuple[str, str] | None:
+        """The agency and site of an agent."""
         ...
 
     # --- remote access ------------------------------------------------------------------

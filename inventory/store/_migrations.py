@@ -318,6 +318,93 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         )""",
         "INSERT INTO access_changes (id, version) VALUES (1, 0)",
     ),
+    # 13: estate health. Probe policies the hub hands its agents (per agency, or per site of
+    # one); each host's connectivity verdict; incidents correlated from presence and probe
+    # results, with the hosts each one covers and its timeline; the alert notifications
+    # queued for sending; the dispatcher's read positions and firing host conditions; and
+    # leases, so one hub of several runs the estate-wide correlator and sender at a time.
+    (
+        """CREATE TABLE probe_policies (
+            agency TEXT NOT NULL,
+            site TEXT NOT NULL,
+            probes TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (agency, site)
+        )""",
+        "ALTER TABLE hosts ADD COLUMN net TEXT",
+        "ALTER TABLE hosts ADD COLUMN net_at TEXT",
+        "CREATE INDEX hosts_net_at ON hosts (net_at)",
+        """CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            agency TEXT NOT NULL,
+            site TEXT NOT NULL,
+            agent_id TEXT,
+            probe TEXT,
+            title TEXT NOT NULL,
+            state TEXT NOT NULL,
+            opened_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            resolved_at TEXT,
+            hosts INTEGER NOT NULL DEFAULT 0,
+            acked_by TEXT,
+            acked_at TEXT,
+            silenced_until TEXT,
+            silenced_by TEXT
+        )""",
+        "CREATE UNIQUE INDEX incidents_open ON incidents (subject) WHERE state = 'open'",
+        "CREATE INDEX incidents_scope ON incidents (agency, site, opened_at)",
+        "CREATE INDEX incidents_state ON incidents (state, updated_at)",
+        """CREATE TABLE incident_hosts (
+            incident_id INTEGER NOT NULL REFERENCES incidents(id),
+            agent_id TEXT NOT NULL,
+            since TEXT NOT NULL,
+            until TEXT,
+            PRIMARY KEY (incident_id, agent_id)
+        )""",
+        """CREATE TABLE incident_events (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id),
+            at TEXT NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX incident_events_incident ON incident_events (incident_id, id)",
+        """CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at TEXT NOT NULL,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT
+        )""",
+        "CREATE INDEX notifications_due ON notifications (state, next_at)",
+        """CREATE TABLE alert_cursors (
+            name TEXT PRIMARY KEY,
+            position INTEGER NOT NULL
+        )""",
+        """CREATE TABLE alert_firing (
+            rule TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            condition TEXT NOT NULL,
+            since TEXT NOT NULL,
+            PRIMARY KEY (rule, agent_id, condition)
+        )""",
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until TEXT NOT NULL
+        )""",
+    ),
 )
 
 

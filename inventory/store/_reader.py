@@ -1,5 +1,5 @@
-"""A read-only handle on the store for export threads: hosts (now or as of a moment) and the
-change history, streamed in the order exports write them.
+"""A read-only handle on the store for export threads: hosts (now or as of a moment), the
+change history and presence history, streamed in the order exports write them.
 
 It has a connection of its own, opened read-only on the thread that uses it: WAL lets an
 export read while the hub writes, and nothing an export does can write.
@@ -14,11 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from estate.inventory.facts import facts_of
+from estate.inventory.health.net import row_of_text
 from estate.inventory.store._common import _scoped, from_us, iso, to_us
 from estate.inventory.store._compliance import summary_of
 from estate.inventory.store._database import Database
 from estate.inventory.store._hosts import _StatusClock
 from estate.inventory.store._records import (
+    AvailabilityHost,
     ChangeEvent,
     ComplianceRow,
     HostFacts,
@@ -57,12 +59,13 @@ class Reader:
         return sql, args
 
     def hosts_now(self, query: HostQuery, now: datetime) -> Iterator[HostFacts]:
-        """The hosts as the hub knows them now, by agency, site and hostname."""
+        """The hosts as the hub knows them now, by agency, site and hostname, with their
+        connectivity verdict (`hosts.net`)."""
         sql, args = self._where(query, (
             "SELECT h.agent_id, a.name, s.name, h.first_seen, h.last_seen, h.interval_s, "
             "g.connected, g.revoked_at, g.remote_access, g.remote_offered, h.facts, "
             # Hosts last stored before facts were kept: their whole snapshot, once.
-            "CASE WHEN h.facts IS NULL THEN h.snapshot END, h.compliance "
+            "CASE WHEN h.facts IS NULL THEN h.snapshot END, h.compliance, h.net "
             "FROM hosts h JOIN agents g ON g.id = h.agent_id "
             "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id "
             "WHERE 1 = 1"), [])
@@ -72,7 +75,8 @@ class Reader:
         for r in cursor.execute(sql + _ORDER, args):
             facts = json.loads(r[10]) if r[10] else facts_of(json.loads(r[11]))
             yield HostFacts(r[0], r[1], r[2], r[3], r[4], status_of(r[7], r[4], r[6], r[5]),
-                            facts, remote_state(r[8], r[9], r[6], r[7]), summary_of(r[12]))
+                            facts, remote_state(r[8], r[9], r[6], r[7]), summary_of(r[12]),
+                            row_of_text(r[13]))
 
     def hosts_as_of(self, query: HostQuery, as_of: datetime) -> Iterator[HostFacts]:
         """The hosts as the hub knew them at `as_of`: each one's last report received by
@@ -81,7 +85,8 @@ class Reader:
 
         The state is the last kept body by then: a report that changed nothing kept only a
         sample, so the state is unchanged since that body. When it was last seen is its
-        newest sample by then (kept `--retention-days`), else that body's time.
+        newest sample by then (kept `--retention-days`), else that body's time. Their
+        connectivity is unknown (None): the verdict (`hosts.net`) is kept for now only.
         """
         at = iso(as_of)
         # Per host three index seeks, driven from the hosts: a join on reports let the
@@ -193,3 +198,43 @@ class Reader:
             sql, args = sql + " WHERE loaded_at <= ?", [iso(as_of)]
         row = self.db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return {"name": row[0], "version": row[1], "hash": row[2]} if row else None
+
+    # --- presence history (the availability export) ---------------------------------------
+
+    def _counted(self, query: HostQuery, sql: str, args: list[Any], since: datetime,
+                 until: datetime) -> tuple[str, list[Any]]:
+        """Hosts the availability of [since, until] counts: enrolled before `until`, not
+        revoked by `since`; in the query's scope, agency and site."""
+        sql += " WHERE g.enrolled_at < ? AND (g.revoked_at IS NULL OR g.revoked_at > ?)"
+        return self._where(query, sql, [*args, iso(until), iso(since)])
+
+    def availability_hosts(self, query: HostQuery, since: datetime,
+                           until: datetime) -> list[AvailabilityHost]:
+        """The hosts counted in [since, until], by agency, site, hostname and agent id, each
+        with its presence at `since` (its last presence row at or before then).
+
+        One query: the state at `since` is an index seek per host inside it (presence is
+        indexed by agent and time), never a query per host from here.
+        """
+        sql, args = self._counted(query, (
+            "SELECT h.agent_id, a.name, s.name, h.hostname, g.enrolled_at, g.revoked_at, "
+            "(SELECT p.state FROM presence p WHERE p.agent_id = h.agent_id AND p.at <= ? "
+            "ORDER BY p.at DESC, p.id DESC LIMIT 1) "
+            "FROM hosts h JOIN agents g ON g.id = h.agent_id "
+            "JOIN agencies a ON a.id = h.agency_id JOIN sites s ON s.id = h.site_id"),
+            [iso(since)], since, until)
+        return [AvailabilityHost._make(r) for r in self.db.execute(sql + _ORDER, args)]
+
+    def presence_changes(self, agent_ids: list[str], since: datetime,
+                         until: datetime) -> Iterator[tuple[str, str, str]]:
+        """The presence rows (agent id, time, state) strictly inside (since, until) of these
+        agents (a chunk of the hosts `availability_hosts` returned, a few hundred), by agent
+        id, then time: index seeks, no sort. Plain tuples: a few hundred thousand rows an
+        export, no object made for each."""
+        marks = ", ".join("?" for _ in agent_ids)
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        return iter(cursor.execute(
+            f"SELECT agent_id, at, state FROM presence WHERE agent_id IN ({marks}) "  # noqa: S608 - placeholders only
+            "AND at > ? AND at < ? ORDER BY agent_id, at, id",
+            [*agent_ids, iso(since), iso(until)]))

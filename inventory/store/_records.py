@@ -63,6 +63,9 @@ class HostRow(NamedTuple):
     agency: str
     site: str
     status: str  # online, offline, stale or revoked
+    # Connectivity (`estate.inventory.health.net`): (state, hub RTT in ms, worst probe); None
+    # until a report with probe results came
+    net: tuple[str, float | None, str | None] | None
     os: str | None
     model: str | None
     serial: str | None
@@ -75,6 +78,19 @@ class HostRow(NamedTuple):
     # pass/fail/unknown counts and the worst failure (`estate.inventory.compliance`); None:
     # not evaluated
     compliance: ComplianceSummary | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ProbePolicy(Record):
+    """The probes an agency (site "") or one site of it asks its agents to run
+    (`estate-hub probes set`): `probes` are `[[probes]]` tables, `hash` their canonical hash."""
+
+    agency: str
+    site: str
+    probes: list[dict[str, Any]]
+    hash: str
+    set_by: str
+    set_at: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,6 +413,9 @@ class HostFacts:
     facts: dict[str, Any]  # `estate.inventory.facts.facts_of` the report of the moment described
     remote: str = "off"
     compliance: ComplianceSummary | None = None  # now: the stored summary; as of: None
+    # Connectivity now (`estate.inventory.health.net.row_value`: state, hub RTT, worst probe);
+    # None when unknown, and always as of a moment: the verdict keeps no history.
+    net: tuple[str, float | None, str | None] | None = None
 
     @property
     def hostname(self) -> str | None:
@@ -436,3 +455,91 @@ class HostName(NamedTuple):
     agent_id: str
     hostname: str | None
     agency: str
+
+
+class AvailabilityHost(NamedTuple):
+    """A host as the availability export counts it: where it is, when it was enrolled and
+    revoked, and its presence at the window's start (its last presence row by then)."""
+
+    agent_id: str
+    agency: str
+    site: str
+    hostname: str | None
+    enrolled_at: str
+    revoked_at: str | None
+    state_at_start: str | None  # online or offline; None: no presence row by then
+
+
+# --- alerts (`_notifications.py`) ---------------------------------------------------------
+
+class AlertIncidentEvent(NamedTuple):
+    """One incident event as the alert dispatcher reads it, with its incident."""
+
+    id: int  # the event's
+    incident_id: int
+    at: str
+    event: str  # opened, hosts_changed, resolved, reopened, acknowledged, silenced
+    detail: str | None  # JSON text
+    kind: str  # site_outage, shared_service, host_offline
+    subject: str
+    title: str
+    agency: str
+    site: str
+    agent_id: str | None
+    probe: str | None
+    state: str
+    opened_at: str
+    resolved_at: str | None
+    hosts: int
+    silenced_until: str | None
+    hostnames: tuple[str, ...]  # of the hosts it covers now (a few, for the message)
+
+
+class AlertHost(NamedTuple):
+    """A host's facts the host conditions read, and its host-list row for `hosts` filters."""
+
+    row: HostRow
+    os_product: str | None
+    os_name: str | None
+    os_version: str | None
+    disk_percent: float | None
+    clock_skew_s: float | None
+    dropped_reports: int | None
+
+
+class AlertSession(NamedTuple):
+    """A remote session that started, as the remote_session condition reads it."""
+
+    id: int
+    operator: str
+    agent_id: str
+    hostname: str | None
+    agency: str
+    site: str
+    peer: str | None
+    started_at: str
+
+
+class OffHost(NamedTuple):
+    """An open host_offline incident, for the host_offline condition."""
+
+    incident_id: int
+    agent_id: str
+    opened_at: str
+    title: str
+
+
+class Notification(NamedTuple):
+    """One alert to send through one channel (`payload`: the message as JSON text)."""
+
+    id: int
+    channel: str
+    rule: str
+    thread: str
+    payload: str
+    state: str  # pending, sent or failed
+    attempts: int
+    next_at: str
+    last_error: str | None
+    created_at: str
+    sent_at: str | None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from estate.inventory.hub import _metrics
 from estate.inventory.hub._commands.base import BodyCommand, Channel
 from estate.inventory.hub._context import Context
 from estate.inventory.hub._ingest import OverBudget
+from estate.inventory.hub._tasks import log_failure
 from estate.inventory.hub._writer import Busy, StoreUnavailable
 from estate.inventory.protocol import REPORT_COMMAND, ChannelExit
 from estate.inventory.report import ReportError
@@ -64,8 +66,23 @@ class ReportCommand(BodyCommand):
             budgets.stored(agent_id, report["agent"].get("interval_s"))
         # Debug only: at 200 reports/s an info line per report would swamp the log.
         log.debug("report %s from %s %s", report["report_id"], agent_id, status)
-        _metrics.report_acked(status, received_at)  # counted before the agent can see it
         # During a rotation of the hub key, the ack names the next key: the agent pins it,
         # told over the connection it already pinned (docs/protocol.md, "Reports").
-        self.channel.finish(ChannelExit.OK, {"status": status, "report_id": report["report_id"],
-                                             **ctx.next_key.announcement()})
+        ack = {"status": status, "report_id": report["report_id"],
+               **ctx.next_key.announcement()}
+        # An agent saying which probe policy it holds is told the one it should, if another.
+        if "probe_policy" in report["agent"]:
+            policy = await self._probe_policy(agent_id, report["agent"]["probe_policy"])
+            if policy is not None:
+                ack["probe_policy"] = policy
+        _metrics.report_acked(status, received_at)  # counted before the agent can see it
+        self.channel.finish(ChannelExit.OK, ack)
+
+    async def _probe_policy(self, agent_id: str, held: object) -> dict[str, Any] | None:
+        """The ack's `probe_policy`, or None; a store that fails here costs the agent its
+        policy until a later report, never the ack of this one (it is stored)."""
+        try:
+            return await self.ctx.probe_policies.ack(agent_id, held)
+        except Exception:
+            log_failure(log, "probe policy for %s not read", agent_id)
+            return None

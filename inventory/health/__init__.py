@@ -1,0 +1,1 @@
+"""Estate health: connectivity verdicts, incidents correlated per site, and alerts."""
