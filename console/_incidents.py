@@ -119,12 +119,14 @@ class _IncidentActions(Screen[None]):
         super().__init__()
         self.hub = hub
 
+    # Hooks each screen overrides: the list acts on its highlighted row, the detail on the
+    # incident it shows.
     def selected(self) -> dict[str, Any] | None:
-        raise NotImplementedError
+        """The incident `a` and `S` act on; None: none (nothing is done)."""
+        return None
 
     def updated(self, incident: dict[str, Any]) -> None:
-        """The hub's answer to an action: the incident as it is now."""
-        raise NotImplementedError
+        """The hub's answer to an action: the incident as it is now, to show."""
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -184,12 +184,7 @@ def _compliance(word: str, negate: bool, name: str, op: str,
     if op == ":":
         raise FilterError(f"{word!r}: compliance is a percentage to compare, e.g. "
                           f"compliance<80 (for failing controls: fail:WORD)")
-    try:
-        number = float(value)
-    except ValueError:
-        raise FilterError(f"{word!r}: {op} needs a number, got {value!r}") from None
-    if not 0 <= number <= 100:  # also refuses nan
-        raise FilterError(f"{word!r}: compliance is a percentage, 0 to 100")
+    number = _bounded(word, op, value, 100, "compliance is a percentage, 0 to 100")
     # One closure per operator: the share is NaN when not evaluated, which compares false,
     # so those hosts match no comparison and every negated one.
     tests: dict[str, PreparedMatcher]
@@ -202,6 +197,17 @@ def _compliance(word: str, negate: bool, name: str, op: str,
                  ">=": lambda row: row[3] >= number, "<=": lambda row: row[3] <= number,
                  "=": lambda row: row[3] == number}
     return tests[op]
+
+
+def _bounded(word: str, op: str, value: str, high: float, meaning: str) -> float:
+    """The number a comparison names, from 0 to `high`; `meaning` says the range when not."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise FilterError(f"{word!r}: {op} needs a number, got {value!r}") from None
+    if not 0 <= number <= high:  # also refuses nan
+        raise FilterError(f"{word!r}: {meaning}")
+    return number
 
 
 def _net(word: str, negate: bool, name: str, op: str, value: str) -> PreparedMatcher:
@@ -217,12 +223,7 @@ def _net(word: str, negate: bool, name: str, op: str, value: str) -> PreparedMat
     if op == ":":
         raise FilterError(f"{word!r}: rtt is the round trip to the hub in ms, to compare, "
                           f"e.g. rtt>200")
-    try:
-        number = float(value)
-    except ValueError:
-        raise FilterError(f"{word!r}: {op} needs a number, got {value!r}") from None
-    if not 0 <= number <= 3_600_000:  # also refuses nan
-        raise FilterError(f"{word!r}: rtt is milliseconds, 0 to 3600000")
+    number = _bounded(word, op, value, 3_600_000, "rtt is milliseconds, 0 to 3600000")
     # NaN (no round trip measured) compares false: such hosts match no comparison and every
     # negated one, as compliance does.
     compare: Callable[[float], bool] = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from estate.inventory.errors import EstateError
-from estate.inventory.sanitise import dumps, is_unsafe
+from estate.inventory.sanitise import dumps, escaped
 
 __all__ = ["BUILTIN_NAMES", "HUB_KINDS", "HUB_MAX_TIMEOUT_S", "HUB_MIN_INTERVAL_S", "LOCAL_KINDS",
            "MAX_HUB_PROBES", "MAX_LOCAL_PROBES", "SOURCES", "ProbeSpec", "ProbeSpecError",
@@ -60,11 +60,11 @@ class ProbeSpecError(EstateError, ValueError):
     def __init__(self, path: str, problem: str, probe: str | None = None) -> None:
         # Names and keys come from files and from the hub: escaped, so that no control or
         # bidi character reaches the log or terminal this message is written to.
-        where = _escaped(path)
+        where = escaped(path)
         head, dot, key = where.rpartition(".")
         if probe is not None and dot and head.endswith("]"):
             where = f"{head} ({dumps(probe)}).{key}"
-        super().__init__(f"{where}: {_escaped(problem)}")
+        super().__init__(f"{where}: {escaped(problem)}")
         self.path, self.problem, self.probe = path, problem, probe
 
 
@@ -292,10 +292,3 @@ def _number(r: _Table, key: str, low: float, high: float) -> float | None:
         raise r.error(key, f"expected a number of seconds from {low:g} to {high:g}, "
                            f"got {value!r}")
     return float(value)
-
-
-def _escaped(text: str) -> str:
-    """`text` with each control, bidi or other format character as a `\\uXXXX` escape."""
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(f"\\u{ord(c):04x}" if is_unsafe(c) else c for c in text)

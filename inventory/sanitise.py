@@ -21,7 +21,7 @@ import re
 import unicodedata
 from typing import Any
 
-__all__ = ["MAX_CELL", "REPLACEMENT", "dumps", "is_unsafe", "plain", "quoted"]
+__all__ = ["MAX_CELL", "REPLACEMENT", "dumps", "escaped", "is_unsafe", "plain", "quoted"]
 
 REPLACEMENT = "\ufffd"
 MAX_CELL = 512
@@ -45,6 +45,15 @@ def plain(value: Any, limit: int = MAX_CELL) -> str:
     if text.isascii() and text.isprintable():
         return text  # the common case, fast
     return "".join(REPLACEMENT if is_unsafe(c) else c for c in text)
+
+
+def escaped(text: str) -> str:
+    """`text` with each unsafe character written as the `\\u` escape of its code point
+    (`\\u001b`, `\\u202e`) and nothing else changed: for messages that quote their parts
+    themselves (a probe's key path, a problem naming a value)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(f"\\u{ord(c):04x}" if is_unsafe(c) else c for c in text)
 
 
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
