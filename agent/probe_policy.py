@@ -10,6 +10,7 @@ same policy again with every ack.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -84,7 +85,8 @@ class ProbePolicy:
         """What `collect_report(probes=...)` takes: the built-in, local and hub probes of one
         report. A hub probe with an interval longer than the report interval runs on the first
         report after its interval has passed; the reports in between repeat its last result
-        (the hub's verdict would otherwise see it vanish and come back)."""
+        (the hub's verdict would otherwise see it vanish and come back). No probe waits longer
+        than half the report interval."""
         # Late: the probes load the collectors (psutil), which `estate-agent status` needs not.
         from estate.agent.probes import builtin_probes, merge_probes, run_probes
 
@@ -92,7 +94,8 @@ class ProbePolicy:
         effective = merge_probes(builtin_probes(hub, hub_rtt=hub_round_trip is not None),
                                  local, self.probes if self.enabled else ())
         due = [p.source != "hub" or self._due(p, now, report_interval_s) for p in effective]
-        to_run = tuple(p for p, run in zip(effective, due, strict=True) if run)
+        to_run = tuple(_within(p, report_interval_s / 2)
+                       for p, run in zip(effective, due, strict=True) if run)
 
         def run(network: dict[str, Any]) -> list[dict[str, Any]]:
             fresh = iter(run_probes(to_run, network, hub_round_trip))
@@ -153,3 +156,10 @@ class ProbePolicy:
             write_private(self.path, json.dumps(doc, indent=1).encode())
         except OSError as exc:  # it still runs; after a restart the hub sends it again
             log.warning("cannot save the probe policy to %s: %s", self.path, exc)
+
+
+def _within(p: ProbeSpec, longest_s: float) -> ProbeSpec:
+    """`p` with its timeout cut to `longest_s`. The report waits for its probes: an agent
+    reporting every second whose gateway drops pings (2 s timeout) would report every 2-3 s,
+    and the hub shows a host stale after two missed intervals."""
+    return p if p.timeout_s <= longest_s else dataclasses.replace(p, timeout_s=longest_s)

@@ -19,6 +19,7 @@ from estate.agent import probes as probes_module
 from estate.agent.config import ProbeConfig
 from estate.agent.probe_policy import POLICY_FILE, ProbePolicy
 from estate.agent.probes import (
+    BUILTIN_TIMEOUTS_S,
     ICMP_NOT_PERMITTED,
     builtin_probes,
     merge_probes,
@@ -473,3 +474,18 @@ def test_a_hub_probe_with_an_interval_runs_once_per_interval(tmp_path):
     # dc (every report) ran again; daily repeats its last result until a day has passed.
     assert later["dc"]["error"] != "marker" and later["daily"]["error"] == "marker"
     assert report(1000.0 + 86400)["daily"]["error"] is None
+
+
+def test_no_probe_waits_longer_than_half_the_report_interval(tmp_path):
+    tmp_path.chmod(0o700)
+    asked: list[float] = []
+
+    def round_trip(timeout_s: float) -> float:
+        asked.append(timeout_s)
+        return 1.0
+
+    policy = ProbePolicy(tmp_path, enabled=True)
+    policy.prober("127.0.0.1:2222", (), 1.0, round_trip)({})
+    policy.prober("127.0.0.1:2222", (), 300.0, round_trip)({})
+    # The hub probe's own 5 s timeout, cut to 0.5 s for an agent reporting every second.
+    assert asked == [0.5, BUILTIN_TIMEOUTS_S["hub"]]
