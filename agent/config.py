@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from estate.inventory.errors import EstateError
 from estate.inventory.probe_spec import ProbeSpec, ProbeSpecError, parse_hostport, parse_probes
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 __all__ = ["AgentConfig", "ConfigError", "ProbeConfig", "SpoolConfig", "default_path",
            "is_fingerprint", "load", "parse_hostport"]
@@ -36,16 +30,16 @@ class ConfigError(EstateError, ValueError):
 ProbeConfig = ProbeSpec
 
 
-@dataclass(frozen=True)
-class SpoolConfig:
+# NamedTuples, not dataclasses: `estate-agent collect` reads the config, and `dataclasses`
+# imports `inspect` (tests/test_cli.py). A changed copy is `cfg._replace(...)`.
+class SpoolConfig(NamedTuple):
     path: Path | None = None  # default: spool.db next to the config
     max_reports: int = 1000
     max_bytes: int = 50 * 1024 * 1024
     max_age_s: float = 7 * 86400
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(NamedTuple):
     """Validated settings; defaults describe an agent that is not enrolled yet."""
 
     path: Path | None = None
@@ -60,8 +54,8 @@ class AgentConfig:
     start_delay_s: float = 60.0
     reconnect_max_s: float = 300.0
     backlog_rate: float = 2.0
-    spool: SpoolConfig = field(default_factory=SpoolConfig)
-    probes: tuple[ProbeConfig, ...] = field(default_factory=tuple)
+    spool: SpoolConfig = SpoolConfig()
+    probes: tuple[ProbeConfig, ...] = ()
     # Probes an admin sets on the hub for an agency or site (in the ack); the endpoint owner
     # may refuse them.
     accept_hub_probes: bool = True
@@ -122,6 +116,11 @@ def load(path: Path) -> AgentConfig:
     Raises:
         ConfigError: unreadable, not TOML, an unknown key, a wrong type or a bad value.
     """
+    if sys.version_info >= (3, 11):
+        import tomllib  # here, not at the top: without a config file it is not needed
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
+
     name = str(path)
     try:
         with open(path, "rb") as f:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import replace
 from typing import Any
 
 from estate.agent.config import AgentConfig, is_fingerprint
@@ -30,7 +29,7 @@ def after_connect(cfg: AgentConfig, presented: str | None) -> AgentConfig | None
     if cfg.hub_key_next and presented == cfg.hub_key_next:
         log.info("the hub presents its next host key %s: pinned alone now, %s dropped",
                  presented, cfg.hub_key)
-        return replace(cfg, hub_key=presented, hub_key_next=None)
+        return cfg._replace(hub_key=presented, hub_key_next=None)
     return None
 
 
@@ -50,7 +49,7 @@ def after_ack(cfg: AgentConfig, ack: dict[str, Any]) -> AgentConfig | None:
         return None
     log.info("the hub announced its next host key %s: pinned beside %s until the hub "
              "presents it", announced, cfg.hub_key)
-    return replace(cfg, hub_key_next=announced)
+    return cfg._replace(hub_key_next=announced)
 
 
 def save(cfg: AgentConfig) -> None:

@@ -10,7 +10,6 @@ same policy again with every ack.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -162,4 +161,4 @@ def _within(p: ProbeSpec, longest_s: float) -> ProbeSpec:
     """`p` with its timeout cut to `longest_s`. The report waits for its probes: an agent
     reporting every second whose gateway drops pings (2 s timeout) would report every 2-3 s,
     and the hub shows a host stale after two missed intervals."""
-    return p if p.timeout_s <= longest_s else dataclasses.replace(p, timeout_s=longest_s)
+    return p if p.timeout_s <= longest_s else p._replace(timeout_s=longest_s)

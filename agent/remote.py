@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 import paramiko
+from paramiko.buffered_pipe import BufferedPipe
 
 log = logging.getLogger("estate.agent.remote")
 
@@ -23,6 +24,9 @@ SSH_PORT = 22  # the port name the hub relays; the real target is the configured
 MAX_RELAYS = 8  # concurrent sessions; the hub has its own, lower, per-host limit
 CONNECT_TIMEOUT_S = 10.0
 CHUNK = 64 * 1024
+# Writing to sshd from paramiko's own thread without ever blocking it needs a non-blocking
+# send on a blocking socket: not on Windows, which keeps the hand-off to the session thread.
+_SEND_NOW = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class RemoteRelay:
@@ -76,10 +80,12 @@ class RemoteRelay:
                 chan.close()
                 return
             self.active += 1
-        threading.Thread(target=self._relay, args=(chan,), name="remote-session",
+        # Before the channel's first data is read (this runs on paramiko's thread).
+        to_sshd = _ToSshd(chan) if _SEND_NOW else None
+        threading.Thread(target=self._relay, args=(chan, to_sshd), name="remote-session",
                          daemon=True).start()
 
-    def _relay(self, chan: paramiko.Channel) -> None:
+    def _relay(self, chan: paramiko.Channel, to_sshd: _ToSshd | None) -> None:
         try:
             try:
                 sock = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT_S)
@@ -90,7 +96,9 @@ class RemoteRelay:
             log.info("remote session opened to %s:%d", *self.target)
             try:
                 sock.settimeout(None)
-                _copy_both_ways(chan, sock)
+                if to_sshd is not None:
+                    to_sshd.sock = sock
+                _copy_both_ways(chan, sock, to_sshd)
             finally:
                 sock.close()
             log.info("remote session closed")
@@ -100,8 +108,61 @@ class RemoteRelay:
                 self.active -= 1
 
 
-def _copy_both_ways(chan: paramiko.Channel, sock: socket.socket) -> None:
+class _ToSshd(BufferedPipe):  # type: ignore[misc]
+    """The session channel's incoming buffer, which writes to sshd itself when it can.
+
+    paramiko's thread feeds each packet into the channel's buffer and the session thread is
+    woken to copy it to sshd: a pipe write and read, two thread switches and three copies
+    per packet. When nothing is queued, no session thread is writing and
+    sshd's socket takes the data at once, paramiko's thread sends it there directly (never
+    waiting: a slow sshd must not stall the agent's connection) and acknowledges the window
+    itself; anything else goes through the buffer as before, so the order is kept.
+    """
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        super().__init__()
+        self.chan = chan
+        self.sock: socket.socket | None = None  # once the session thread has connected
+        # Held by whichever thread writes to sshd: the order of bytes is the order they
+        # took it in.
+        self.writing = threading.Lock()
+        chan.in_buffer = self
+
+    def feed(self, data: bytes) -> None:
+        sock, transport = self.sock, self.chan.transport
+        # A window adjust may go out from paramiko's thread only outside a key exchange
+        # (which only this thread starts): else the buffer, whose reader sends it later.
+        if sock is None or transport is None or not transport.clear_to_send.is_set() or \
+                not self.writing.acquire(blocking=False):
+            super().feed(data)
+            return
+        try:
+            if len(self._buffer):  # queued bytes go first: the session thread's turn
+                super().feed(data)
+                return
+            try:
+                sent = sock.send(data, _SEND_NOW)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # sshd is gone: the session thread finds out and ends
+                super().feed(data)
+                return
+            if sent < len(data):
+                super().feed(data[sent:])
+        finally:
+            self.writing.release()
+        if sent and (ack := self.chan._check_add_window(sent)):
+            message = paramiko.Message()
+            message.add_byte(paramiko.common.cMSG_CHANNEL_WINDOW_ADJUST)
+            message.add_int(self.chan.remote_chanid)
+            message.add_int(ack)
+            transport._send_message(message)
+
+
+def _copy_both_ways(chan: paramiko.Channel, sock: socket.socket,
+                    to_sshd: _ToSshd | None = None) -> None:
     """Until both directions reach end of file, or either side closes."""
+    writing = to_sshd.writing if to_sshd is not None else threading.Lock()
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
         sel.register(chan, selectors.EVENT_READ)
@@ -109,16 +170,19 @@ def _copy_both_ways(chan: paramiko.Channel, sock: socket.socket) -> None:
         while ends and not chan.closed:
             for key, _ in sel.select(timeout=5.0):
                 try:
-                    data = key.fileobj.recv(CHUNK)  # type: ignore[union-attr]
                     if key.fileobj is sock:
+                        data = sock.recv(CHUNK)
                         if data:
                             chan.sendall(data)
                         else:
                             chan.shutdown_write()
-                    elif data:
-                        sock.sendall(data)
                     else:
-                        sock.shutdown(socket.SHUT_WR)
+                        with writing:
+                            data = chan.recv(CHUNK)
+                            if data:
+                                sock.sendall(data)
+                            else:
+                                sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     return  # either side is gone
                 if not data:

@@ -1,9 +1,12 @@
 """`estate-agent run`: the agent as a service.
 
-One SSH connection to the hub, a report every `interval` (±10%) on a new channel of it. Every
-report goes to the spool before it is sent and leaves it only after the hub's ack; the newest
-goes first, the backlog follows at `backlog_rate`. Reconnects back off exponentially with full
-jitter; a refused login or a changed hub key is logged loudly and retried only at the cap.
+One SSH connection to the hub, a report every `interval` (±10%) over the connection's report
+stream (`estate-report v2`; v1 against a hub that does not know it). Every report goes to the
+spool before it is sent and leaves it only after the hub's ack; the newest goes first, the
+backlog follows at `backlog_rate`. A package list the hub acked last time goes by hash only;
+the hub asks for the whole report (`need_full`) when it holds another. Reconnects back off
+exponentially with full jitter; a refused login or a changed hub key is logged loudly and
+retried only at the cap.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -30,10 +34,12 @@ from estate.agent.transport import (
     HubBusy,
     HubClient,
     HubError,
+    StreamEnded,
     load_key,
 )
 from estate.inventory.private_files import OpenDataDir, private_dir, write_private
-from estate.inventory.protocol import REPORT_COMMAND, ChannelExit, Exit
+from estate.inventory.protocol import ChannelExit, Exit
+from estate.inventory.sanitise import plain
 
 log = logging.getLogger("estate.agent")
 
@@ -76,6 +82,11 @@ class Service:
         # Acked by the hub, but still in the spool because it could not delete them (disk
         # full): never sent again, deleted once the spool takes writes again.
         self.acked_in_spool: set[int] = set()
+        # The package list hash of the newest report the hub acked (kept in the spool across
+        # restarts): a report with the same list sends it by hash only. A wrong guess costs
+        # one `need_full` round trip, no more.
+        self.acked_software = self._saved_acked_software()
+        self.acked_software_seq = -1  # whose ack set it: a backlog's older acks do not
         self.sample: Any = None
         now = time.monotonic()
         self.next_report_at = now
@@ -207,19 +218,52 @@ class Service:
             timeout_s=self.cfg.collector_timeout_s or DEFAULT_TIMEOUT_S)
         if self.probe_policy.reported_hash is not None:
             report["agent"]["probe_policy"] = self.probe_policy.reported_hash
-        body = gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
         self._delete_acked()
         if self.spool:
             try:
-                self.spool.put(report["report_id"], body)
+                self._spool(report)
                 self.unspooled = None
             except SpoolFull as exc:
                 self._error(f"spool cannot store reports ({exc}): sending directly, "
                             "unspooled; a report that fails to send now is lost")
-                self.unspooled = body
+                self.unspooled = _body(report)
         else:
-            self.unspooled = body
-        self.next_send_at = time.monotonic()  # the newest report goes out first, now
+            self.unspooled = _body(report)
+        # The newest report goes out first, now; but not before a busy hub said to come back.
+        self.next_send_at = max(time.monotonic(), self.not_before)
+
+    def _spool(self, report: dict[str, Any]) -> None:
+        """Put the report in the spool: its package list by hash only when the hub acked
+        that list last, and the list beside it (once per list) for a `need_full`.
+
+        Raises:
+            SpoolFull: the spool cannot take it.
+        """
+        assert self.spool is not None
+        software = report["software"]
+        packages, software_hash = software["packages"], software["hash"]
+        if packages is None or software_hash is None:
+            self.spool.put(report["report_id"], _body(report))
+            return
+        by_hash = software_hash == self.acked_software
+        try:
+            kept = self.spool.has_packages(software_hash)
+        except sqlite3.Error as exc:
+            raise SpoolFull(str(exc)) from None
+        # Compressed only when the list changed: the common report costs no work on it.
+        listed = None if kept else \
+            gzip.compress(json.dumps(packages, separators=(",", ":")).encode(), 1)
+        if by_hash:
+            software["packages"] = None
+        body = _body(report)
+        software["packages"] = packages
+        self.spool.put(report["report_id"], body, software_hash, by_hash, listed)
+
+    def _saved_acked_software(self) -> str | None:
+        try:
+            return self.spool.acked_software() if self.spool else None
+        except sqlite3.Error:
+            return None
 
     def _hub_round_trip(self, timeout_s: float) -> float | None:
         """The `hub` probe: the round trip over the connection the report goes out on."""
@@ -250,9 +294,21 @@ class Service:
         try:
             client = self._connected()
             drops = self.spool.unreported_drops() if self.spool else 0
-            result = client.run(REPORT_COMMAND, _with_drops(item.body, drops))
+            result = client.report(_with_drops(item.body, drops))
+            if result.doc.get("code") == "need_full" and item.by_hash:
+                # The hub holds another package list than the one last acked (or none): the
+                # same report again, at once, with its list.
+                self._forget_acked_software()
+                full = self._in_full(item)
+                if full is not None:
+                    result = client.report(_with_drops(full, drops))
         except HostKeyMismatch as exc:
             self._give_up_for_now(str(exc))
+            return
+        except StreamEnded as exc:
+            delay = self.backoff.next_delay()
+            self._error(f"{exc}; sending report {item.report_id} again in {delay:.1f} s")
+            self.next_send_at = time.monotonic() + delay
             return
         except HubError as exc:
             self._disconnected(exc)
@@ -260,18 +316,51 @@ class Service:
         doc = result.doc
         if result.exit_status == ChannelExit.OK:
             self._acked(item, doc, drops)
+        elif doc.get("code") == "need_full":
+            # Sent in full and still refused, or its list is not in the spool to send.
+            self._forget_acked_software()
+            self._error(f"hub asked for report {item.report_id} in full, which the agent "
+                        f"cannot send; dropped it")
+            self._forget(item)
+            self.next_send_at = time.monotonic()
         elif result.exit_status == ChannelExit.DATA:
             # The hub will never take this report as it is; keeping it would block the rest.
-            self._error(f"hub rejected report {item.report_id}: {doc.get('message')} "
-                        f"(field {doc.get('path') or '-'}); dropped it")
+            # The hub's words are plain text here: no terminal controls reach the log.
+            self._error(f"hub rejected report {item.report_id}: {plain(doc.get('message'))} "
+                        f"(field {plain(doc.get('path') or '-')}); dropped it")
             self._forget(item)
             self.next_send_at = time.monotonic()
         elif result.exit_status == ChannelExit.TEMPFAIL:
             wait = max(_retry_after(doc.get("retry_after")), self.backoff.next_delay())
-            self._error(f"hub busy ({doc.get('code')}): retrying in {wait:.0f} s")
-            self.not_before = time.monotonic() + wait
+            self._error(f"hub busy ({plain(doc.get('code'), 40)}): retrying in {wait:.0f} s")
+            # Connected or not, nothing is sent before then (not_before gates reconnects).
+            self.not_before = self.next_send_at = time.monotonic() + wait
         else:
-            self._give_up_for_now(f"hub refused: {doc.get('message')} ({doc.get('code')})")
+            self._give_up_for_now(f"hub refused: {plain(doc.get('message'))} "
+                                  f"({plain(doc.get('code'), 40)})")
+
+    def _in_full(self, item: Spooled) -> bytes | None:
+        """A report spooled by hash only, with its package list; None if the list is gone."""
+        try:
+            listed = self.spool.package_list(item.software_hash) \
+                if self.spool and item.software_hash else None
+            if listed is None:
+                return None
+            report = json.loads(gzip.decompress(item.body))
+            report["software"]["packages"] = json.loads(gzip.decompress(listed))
+        except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
+            self._error(f"cannot rebuild report {item.report_id} in full: {exc}")
+            return None
+        return _body(report)
+
+    def _forget_acked_software(self) -> None:
+        """The hub does not hold the list last acked: send lists in full until an ack."""
+        self.acked_software = None
+        if self.spool:
+            try:
+                self.spool.save_acked_software(None)
+            except sqlite3.Error:
+                pass  # a wrong guess after a restart costs one more `need_full`, no more
 
     def _next_item(self) -> Spooled | None:
         if self.unspooled is not None:
@@ -319,6 +408,16 @@ class Service:
         self._repin(pins.after_ack(self.cfg, doc))
         if "probe_policy" in doc:
             self.probe_policy.receive(doc["probe_policy"])
+        sequence = _sequence(item.report_id)
+        if item.software_hash is not None and sequence > self.acked_software_seq:
+            # The hub shows the newest report's list; a backlog's older ones do not change it.
+            self.acked_software_seq = sequence
+            if item.software_hash != self.acked_software:
+                self.acked_software = item.software_hash
+                try:
+                    self.spool.save_acked_software(item.software_hash)  # type: ignore[union-attr]
+                except sqlite3.Error:
+                    pass  # a wrong guess after a restart costs one `need_full`, no more
         self._forget(item)
         if self.spool and drops:
             try:
@@ -406,7 +505,21 @@ def _retry_after(value: object) -> float:
     not a number (or NaN) counts as 0, so the backoff decides; it never parks the agent."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return 0.0
-    return min(MAX_BUSY_WAIT_S, max(0.0, float(value)))
+    # Bounded before it becomes a float: a 400-digit int is valid JSON and would overflow.
+    return float(min(MAX_BUSY_WAIT_S, max(0.0, value)))
+
+
+def _sequence(report_id: str) -> int:
+    """A report's sequence number (the last part of its id): the order the agent made it."""
+    try:
+        return int(report_id.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _body(report: dict[str, Any]) -> bytes:
+    """A report as the hub takes it: compact JSON, gzip'd."""
+    return gzip.compress(json.dumps(report, separators=(",", ":")).encode(), 6)
 
 
 def _with_drops(body: bytes, drops: int) -> bytes:

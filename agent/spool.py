@@ -3,6 +3,10 @@
 SQLite in WAL mode, bounded by count, bytes and age; when a bound is hit the oldest reports go
 first and the count of dropped reports is kept, so the next report sent can tell the hub. A
 spool that is corrupt is moved aside and a fresh one started: never a crash loop.
+
+A report whose package list the hub already holds is kept as sent, by hash only
+(`software.packages` null); the list itself is kept once per hash beside the outbox, so the
+report can be rebuilt in full when the hub asks for it (`need_full`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Spooled:
     seq: int
     report_id: str
     body: bytes
+    software_hash: str | None = None  # the hash of the report's package list, if it has one
+    by_hash: bool = False  # the body carries its package list by hash only
 
 
 class Spool:
@@ -79,6 +85,15 @@ class Spool:
                        "body BLOB NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, "
                        "value INTEGER NOT NULL)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            if "software_hash" not in columns:  # a spool from before reports by hash
+                db.execute("ALTER TABLE outbox ADD COLUMN software_hash TEXT")
+                db.execute("ALTER TABLE outbox ADD COLUMN by_hash INTEGER NOT NULL DEFAULT 0")
+            # Package lists by their hash (JSON, gzip'd), for the reports sent by hash only.
+            db.execute("CREATE TABLE IF NOT EXISTS package_lists (hash TEXT PRIMARY KEY, "
+                       "packages BLOB NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, "
+                       "value TEXT NOT NULL)")
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -122,18 +137,32 @@ class Spool:
 
     # --- the outbox ---------------------------------------------------------------------
 
-    def put(self, report_id: str, body: bytes) -> None:
+    def put(self, report_id: str, body: bytes, software_hash: str | None = None,
+            by_hash: bool = False, packages: bytes | None = None) -> None:
         """Keep a report until it is acked; enforce the bounds by dropping the oldest.
+
+        Args:
+            software_hash: the hash of the report's package list, None when it has none.
+            by_hash: `body` carries the package list by hash only.
+            packages: the package list (`package_list` gives it back) when the spool does
+                not hold it yet (`has_packages`); the spool keeps the list of this report and
+                those of the reports waiting by hash only, no other.
 
         Raises:
             SpoolFull: the disk is full or read-only; the report was not kept.
         """
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO outbox (report_id, created_at, body) VALUES (?, ?, ?) "
-                            "ON CONFLICT (report_id) DO NOTHING",
-                            (report_id, time.time(), body))
+            self.db.execute("INSERT INTO outbox (report_id, created_at, body, software_hash, "
+                            "by_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (report_id) DO NOTHING",
+                            (report_id, time.time(), body, software_hash, int(by_hash)))
+            if packages is not None and software_hash is not None:
+                self.db.execute("INSERT INTO package_lists (hash, packages) VALUES (?, ?) "
+                                "ON CONFLICT (hash) DO NOTHING", (software_hash, packages))
             dropped = self._enforce_bounds()
+            self.db.execute("DELETE FROM package_lists WHERE hash IS NOT ? AND hash NOT IN "
+                            "(SELECT software_hash FROM outbox WHERE by_hash = 1 "
+                            "AND software_hash IS NOT NULL)", (software_hash,))
             if dropped:
                 self._add("dropped", dropped)
             self.db.execute("COMMIT")
@@ -161,10 +190,34 @@ class Spool:
     def newest(self, excluding: Collection[int] = ()) -> Spooled | None:
         """The newest waiting report, but for those in `excluding`: after an outage the
         current state goes first."""
-        row = self.db.execute("SELECT seq, report_id, body FROM outbox WHERE seq NOT IN "
-                              "(SELECT value FROM json_each(?)) ORDER BY seq DESC LIMIT 1",
+        row = self.db.execute("SELECT seq, report_id, body, software_hash, by_hash FROM outbox "
+                              "WHERE seq NOT IN (SELECT value FROM json_each(?)) "
+                              "ORDER BY seq DESC LIMIT 1",
                               (json.dumps(sorted(excluding)),)).fetchone()
-        return Spooled(row[0], row[1], row[2]) if row else None
+        return Spooled(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    def has_packages(self, software_hash: str) -> bool:
+        return self.db.execute("SELECT 1 FROM package_lists WHERE hash = ?",
+                               (software_hash,)).fetchone() is not None
+
+    def package_list(self, software_hash: str) -> bytes | None:
+        """A package list kept for reports waiting by hash only, as `put` was given it."""
+        row = self.db.execute("SELECT packages FROM package_lists WHERE hash = ?",
+                              (software_hash,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def acked_software(self) -> str | None:
+        """The package list hash of the newest report the hub acked, as last saved."""
+        row = self.db.execute("SELECT value FROM notes WHERE key = 'acked_software'").fetchone()
+        return str(row[0]) if row else None
+
+    def save_acked_software(self, software_hash: str | None) -> None:
+        if software_hash is None:
+            self.db.execute("DELETE FROM notes WHERE key = 'acked_software'")
+        else:
+            self.db.execute("INSERT INTO notes (key, value) VALUES ('acked_software', ?) "
+                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            (software_hash,))
 
     def ack(self, seq: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))

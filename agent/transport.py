@@ -2,7 +2,8 @@
 
 The host key is checked against the pinned fingerprint (or, during a rotation of the hub's
 key, the two pinned ones) before authenticating; there is no known_hosts file and no
-auto-accept.
+auto-accept. Reports go over one `estate-report v2` channel per connection (`report`), or
+`estate-report v1` on a channel each against a hub that does not know v2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +24,19 @@ import paramiko
 
 from estate.agent.config import parse_hostport
 from estate.inventory.errors import EstateError
-from estate.inventory.protocol import busy_retry_after
+from estate.inventory.protocol import (
+    ERROR_CODES,
+    REPORT_COMMAND,
+    REPORT_STREAM_COMMAND,
+    ChannelExit,
+    busy_retry_after,
+)
 from estate.inventory.tcp_keepalive import TcpKeepalive, keep_alive
 
 __all__ = ["CommandResult", "HostKeyMismatch", "HubBusy", "HubClient", "HubError",
-           "fingerprint_of"]
+           "StreamEnded", "fingerprint_of"]
+
+log = logging.getLogger("estate.agent")
 
 # The hub offers modern algorithms only; the agent refuses the legacy ones too.
 _DISABLED = {
@@ -64,6 +74,17 @@ class HubBusy(HubError):
         self.retry_after = retry_after
 
 
+class StreamEnded(HubError):
+    """The hub ended the connection's report stream without answering the report sent; the
+    connection itself is alive. The report is unanswered (not stored as far as the agent
+    knows): send it again, on a new stream, which the next `report` opens."""
+
+
+# A report stream's answers that leave it open (docs/protocol.md, "Report stream"); any other
+# error answer ends it, and the next report opens a new one.
+STREAM_KEEPS = frozenset({"invalid_report", "need_full", "busy", "store_unavailable"})
+MAX_ANSWER_BYTES = 1024 * 1024
+
 # The global request timed as the round trip to the hub (the `hub` probe): OpenSSH's keepalive,
 # which any SSH server answers (with a failure when it does not know it).
 ROUND_TRIP_REQUEST = "keepalive@openssh.com"
@@ -83,6 +104,10 @@ class _Transport(paramiko.Transport):
     """
 
     disconnect_reason = ""
+    # AES-GCM first (the hub offers it): one AEAD call per packet, where aes-ctr adds an
+    # HMAC-SHA256 of every byte, in the agent and the hub: a remote session's MBs pay it.
+    _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                          "aes128-ctr", "aes192-ctr", "aes256-ctr")
 
     def _parse_disconnect(self, m: paramiko.Message) -> None:
         code = m.get_int()
@@ -149,6 +174,11 @@ class HubClient:
         self.timeout_s = timeout_s
         self.transport: paramiko.Transport | None = None
         self.presented_key: str | None = None  # the pinned key the hub presented
+        # The connection's report stream (`estate-report v2`), opened by the first report.
+        self.stream: paramiko.Channel | None = None
+        self._answers = bytearray()  # what the stream sent past the last answer's newline
+        # The hub answered v2 with `unknown_command`: v1 for the rest of this connection.
+        self.v1_only = False
 
     def connect(self) -> None:
         """Connect, check the host key, log in.
@@ -199,6 +229,7 @@ class HubClient:
         keep_alive(sock, TcpKeepalive())
         self.transport = transport
         self.presented_key = got
+        self.stream, self.v1_only = None, False  # a new connection tries v2 again
 
     def run(self, command: str, payload: bytes) -> CommandResult:
         """Run `command` on a new channel with `payload` as its input.
@@ -229,9 +260,122 @@ class HubClient:
             raise HubError(f"the hub connection failed: {exc}") from None
         try:
             doc = json.loads(out.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: not JSON either
             raise HubError(f"the hub answered {bytes(out[:200])!r}, not JSON") from None
         return CommandResult(status, doc)
+
+    def report(self, body: bytes) -> CommandResult:
+        """Send one report (a body as v1 takes it) and return the hub's answer.
+
+        Over the connection's report stream, stop-and-wait: one frame, then its one-line
+        answer, mapped to the exit status v1 would have given (ack 0, else the error code's).
+        A hub that answers the stream with `unknown_command` gets this report, and the rest
+        on this connection, over v1.
+
+        Raises:
+            StreamEnded: the stream ended without an answer; the connection is alive.
+            HubError: the connection failed or the answer was not JSON.
+        """
+        if self.transport is None or not self.transport.is_active():
+            self.connect()
+        if self.v1_only:
+            return self.run(REPORT_COMMAND, body)
+        result = self._send_frame(body)
+        if result.doc.get("code") == "unknown_command":  # only ever about the exec
+            # An older hub: it knows v1 only. Said once a connection; v2 is tried again on
+            # the next one, which may be to an upgraded hub.
+            log.info("the hub at %s does not know %s: reports go over %s on this "
+                     "connection", self.hub, REPORT_STREAM_COMMAND, REPORT_COMMAND)
+            self.v1_only = True
+            return self.run(REPORT_COMMAND, body)
+        return result
+
+    def _send_frame(self, body: bytes) -> CommandResult:
+        chan = self._open_stream()
+        try:
+            try:
+                chan.sendall(struct.pack(">I", len(body)) + body)
+            except OSError:
+                pass  # the hub answered early (refused, ended): read why below
+            line = self._read_answer(chan)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._close_stream()
+            raise HubError(f"the hub connection failed: {exc}") from None
+        except HubError:
+            self._close_stream()
+            raise
+        if line is None:
+            self._close_stream()
+            # A channel closed under us with no exit status is a connection going down
+            # (paramiko closes its channels before it marks the transport inactive).
+            if chan.exit_status_ready() and self.transport and self.transport.is_active():
+                raise StreamEnded(f"the hub ended the report stream (exit status "
+                                  f"{chan.recv_exit_status()}) without an answer")
+            raise HubError("the hub connection failed: the report stream closed "
+                           "without an answer")
+        try:
+            doc = json.loads(line.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except (ValueError, RecursionError):  # nested past the parser's depth: not JSON either
+            self._close_stream()
+            raise HubError(f"the hub answered {bytes(line[:200])!r}, not a JSON "
+                           f"object") from None
+        if doc.get("status") != "error":
+            return CommandResult(ChannelExit.OK, doc)
+        code = doc.get("code")
+        if not isinstance(code, str):  # a list would not even hash: a bad answer
+            self._close_stream()
+            raise HubError(f"the hub answered {bytes(line[:200])!r}, an error without a "
+                           f"code")
+        if code in STREAM_KEEPS:
+            return CommandResult(ERROR_CODES[code], doc)
+        # The hub ends the stream after this answer: its exit status, as v1 would see it.
+        status = ERROR_CODES.get(code)
+        if status is None:
+            chan.status_event.wait(self.timeout_s)
+            status = chan.exit_status if chan.exit_status_ready() else ChannelExit.TEMPFAIL
+        self._close_stream()
+        return CommandResult(status, doc)
+
+    def _open_stream(self) -> paramiko.Channel:
+        """The connection's report stream; a new one when there is none or it has ended
+        (what an ended stream sent, if anything, belongs to no report of ours)."""
+        chan = self.stream
+        if chan is not None and not (chan.closed or chan.eof_received
+                                     or chan.exit_status_ready() or self._answers
+                                     or chan.recv_ready()):
+            return chan
+        self._close_stream()
+        assert self.transport is not None
+        try:
+            chan = self.transport.open_session(timeout=self.timeout_s)
+            chan.settimeout(max(self.timeout_s, 60.0))
+            chan.exec_command(REPORT_STREAM_COMMAND)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HubError(f"the hub connection failed: {exc}") from None
+        self.stream = chan
+        return chan
+
+    def _read_answer(self, chan: paramiko.Channel) -> bytes | None:
+        """One answer line from the stream, without its newline; None when the stream ended
+        first."""
+        while (end := self._answers.find(b"\n")) < 0:
+            chunk = chan.recv(65536)
+            if not chunk:
+                return None
+            self._answers += chunk
+            if len(self._answers) > MAX_ANSWER_BYTES:
+                raise HubError("the hub's answer is unreasonably large")
+        line = bytes(self._answers[:end])
+        del self._answers[:end + 1]
+        return line
+
+    def _close_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        self._answers.clear()
 
     def round_trip_ms(self, timeout_s: float) -> float | None:
         """The round trip to the hub over this connection, in ms (`_Transport.round_trip_ms`).
@@ -245,6 +389,7 @@ class HubClient:
         return transport.round_trip_ms(timeout_s)
 
     def close(self) -> None:
+        self._close_stream()
         if self.transport:
             self.transport.close()
             self.transport = None

@@ -7,9 +7,10 @@ Prints, over --runs runs (default 20):
 - what the built-in connectivity probes (gateway, hub-dns, link, and hub timed against a
   stand-in that answers at once) add in-process: collection wall and CPU with and without;
 - the whole `estate-agent collect` process: wall, CPU (user+sys) and peak RSS, median and p95;
-- the same for `facter --json` when facter is installed, for scale.
+- the same for `facter --json` when facter is installed, run alternately with the agent so
+  both see the same machine, and the ratio of their median walls (target <= 0.3).
 
-Usage: python bench/agent_collect.py [--runs N]
+Usage: python bench/agent_collect.py [--runs N] [--process-only]
 """
 
 from __future__ import annotations
@@ -104,21 +105,32 @@ def builtins_added(runs: int) -> tuple[dict[str, list[float]], dict[str, list[fl
     return walls, cpus
 
 
-def whole_process(argv: list[str], runs: int, must_succeed: bool = True,
-                  ) -> tuple[list[float], list[float], list[float]]:
-    """Wall ms, CPU ms and peak RSS MB of a child process (and the tools it ran), via wait4."""
-    walls, cpus, rss = [], [], []
+Figures = tuple[list[float], list[float], list[float]]
+
+
+def whole_processes(commands: list[tuple[list[str], bool]], runs: int) -> list[Figures]:
+    """Wall ms, CPU ms and peak RSS MB of each (argv, must_succeed) child process (with the
+    tools it ran), via wait4; the commands take turns run by run, so that a change in the
+    machine's load falls on all of them alike."""
+    # An installed agent has its bytecode compiled (pip does it): one untimed run writes the
+    # cache, which PYTHONDONTWRITEBYTECODE in the caller's environment would otherwise forbid,
+    # timing the compiler at every run for each module changed since the last write.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for argv, _ in commands:
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    out: list[Figures] = [([], [], []) for _ in commands]
     for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append((time.perf_counter() - start) * 1000)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if must_succeed and proc.returncode != 0:
-            raise SystemExit(f"{argv[0]} exited {proc.returncode}")
-        cpus.append((usage.ru_utime + usage.ru_stime) * 1000)
-        rss.append(usage.ru_maxrss / 1024)  # KiB on Linux
-    return walls, cpus, rss
+        for (argv, must_succeed), (walls, cpus, rss) in zip(commands, out, strict=True):
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            walls.append((time.perf_counter() - start) * 1000)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if must_succeed and proc.returncode != 0:
+                raise SystemExit(f"{argv[0]} exited {proc.returncode}")
+            cpus.append((usage.ru_utime + usage.ru_stime) * 1000)
+            rss.append(usage.ru_maxrss / 1024)  # KiB on Linux
+    return out
 
 
 def line(label: str, values: list[float], unit: str) -> str:
@@ -129,11 +141,21 @@ def line(label: str, values: list[float], unit: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--process-only", action="store_true",
+                        help="time only the whole processes (agent and facter), not the "
+                             "in-process figures")
     args = parser.parse_args()
     runs = max(20, args.runs)
 
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if not args.process_only:
+        in_process_figures(runs)
+    process_figures(runs)
+
+
+def in_process_figures(runs: int) -> None:
     print(f"in-process collection, no probes, packages included ({runs} runs):")
     print(line("collect_report()", in_process(runs), "ms"))
     together, alone = security_added(runs)
@@ -147,24 +169,27 @@ def main() -> None:
         print(line(f"wall, {label} built-ins", walls[label], "ms"))
         print(line(f"CPU, {label} built-ins", cpus[label], "ms"))
 
+
+def process_figures(runs: int) -> None:
     agent = shutil.which("estate-agent", path=os.path.dirname(sys.executable)) or "estate-agent"
     # No config: no hub, so of the built-in probes only gateway and link run.
     os.environ.setdefault("ESTATE_AGENT_CONFIG", os.devnull + ".absent")
-    walls, cpus, rss = whole_process([agent, "collect"], runs)
-    print(f"whole process `estate-agent collect` ({runs} runs):")
-    print(line("wall", walls, "ms"))
-    print(line("CPU (user+sys)", cpus, "ms"))
-    print(line("peak RSS", rss, "MB"))
-
+    commands = [([agent, "collect"], True)]
     facter = shutil.which("facter")
     if facter:
         # facter exits 1 in a container when it cannot read /proc/1/environ, yet prints
         # its facts; it is timed all the same.
-        walls, cpus, rss = whole_process([facter, "--json"], runs, must_succeed=False)
-        print(f"for scale, `facter --json` ({runs} runs):")
+        commands.append(([facter, "--json"], False))
+    figures = whole_processes(commands, runs)
+    labels = ["whole process `estate-agent collect`", "for scale, `facter --json`"]
+    for label, (walls, cpus, rss) in zip(labels[:len(figures)], figures, strict=True):
+        print(f"{label} ({runs} runs{', alternating' if facter else ''}):")
         print(line("wall", walls, "ms"))
         print(line("CPU (user+sys)", cpus, "ms"))
         print(line("peak RSS", rss, "MB"))
+    if facter:
+        ratio = statistics.median(figures[0][0]) / statistics.median(figures[1][0])
+        print(f"agent / facter, median wall: {ratio:.2f}x (target <= 0.3)")
     else:
         print("facter is not installed: no comparison (apt-get install facter to add it)")
 

@@ -5,6 +5,10 @@ and, after a warm-up, measures over --window seconds (default 300, five reports)
 RSS (its own process), and its CPU seconds scaled to an hour, including the children it runs
 (dpkg-query, systemd-detect-virt).
 
+The daily update check (`apt-get --simulate dist-upgrade` and the like, seconds of CPU once a
+day) starts with the service: the window opens only once it has written its cache, and its cost
+is printed apart, as started and as averaged over the day.
+
 Usage: python bench/agent_service.py [--window 300] [--interval 60]
 """
 
@@ -21,6 +25,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from estate.agent.collect._posture import CACHE_FILE
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -63,8 +69,14 @@ def main() -> None:
                                       str(config)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
             ps = psutil.Process(agent.pid)
+            started = time.monotonic()
             time.sleep(15)  # started, connected, first report sent
-            cpu0, t0 = cpu_seconds(ps), time.monotonic()
+            cache = agent_dir / CACHE_FILE
+            while not cache.exists() and time.monotonic() - started < 600:
+                time.sleep(1)  # the daily update check, begun at start, still running
+            time.sleep(2)  # its tool reaped: its CPU counted among the children
+            startup_cpu = cpu_seconds(ps)
+            cpu0, t0 = startup_cpu, time.monotonic()
             rss_peak = 0.0
             while time.monotonic() - t0 < args.window:
                 time.sleep(1)
@@ -80,7 +92,9 @@ def main() -> None:
     print(f"estate-agent run, interval {args.interval:g} s, measured over {args.window:g} s:")
     print(f"  idle RSS {rss_idle:.1f} MB (peak {rss_peak:.1f} MB while collecting; "
           f"target <= 45 MB)")
-    print(f"  CPU {per_hour:.1f} s per hour (target <= 10)")
+    print(f"  CPU {per_hour:.1f} s per hour (target <= 9.4), the daily update check apart")
+    print(f"  start, first report and the daily update check: {startup_cpu:.1f} s CPU "
+          f"({startup_cpu / 24:.2f} s per hour over a day)")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@ in the same run:
 - time to the first shell prompt (a pty, until the prompt appears): direct `ssh` versus
   `estate ssh HOST` (ssh with `estate tunnel` as ProxyCommand, through hub and agent), once
   the hub's key is kept (`ssh -W` relay) and as a console's very first session (Python relay);
-- a 100 MB copy (`cat > /dev/null` on the endpoint, fed from here): direct versus through.
+- a 100 MB copy (`cat > /dev/null` on the endpoint, fed from here): direct versus through,
+  with each process's CPU per MB copied: the operator's side (`ssh`, and through the hub the
+  `estate ssh` / `estate tunnel` start and the `ssh -W` relay: every process this benchmark
+  waited for), the hub, the agent, and sshd (with the session processes it waited for).
 Prints each median and the ratio. Needs sshd (apt-get install openssh-server).
 
-Usage: python bench/remote_access.py [--runs 5] [--megabytes 100]
+Usage: python bench/remote_access.py [--runs 5] [--megabytes 100] [--copies 3] [--no-prompt]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import os
 import platform
 import pty
+import resource
 import select
 import statistics
 import subprocess
@@ -39,6 +43,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--copies", type=int, default=3, help="copies each way (median)")
+    parser.add_argument("--no-prompt", action="store_true",
+                        help="only the copy (e.g. while profiling the relay)")
     args = parser.parse_args()
     if MISSING:
         print(f"remote_access: {MISSING}", file=sys.stderr)
@@ -64,6 +71,8 @@ def main() -> int:
             hub.admin("operator", "add", "op", "--key", str(base / "op.pub"), "--role", "staff",
                       "--agencies", "all")
             wait_for(lambda: "offers remote access" in hub.log(), 60, what="the agent's offer")
+            # The operator's session needs the host's row, which its first report writes.
+            wait_for(lambda: hub.admin_json("hosts"), 60, what="the agent's first report")
             known = sshd.known_hosts(base / "known_hosts", agent.agent_id, "127.0.0.1",
                                      f"[127.0.0.1]:{sshd.port}")
             options = sshd.client_options(known)
@@ -79,21 +88,32 @@ def main() -> int:
                 known_hubs.unlink(missing_ok=True)
                 return prompt(through)
 
-            d = [prompt(direct) for _ in range(args.runs)]
-            first = [python_relay() for _ in range(args.runs)]
-            t = [prompt(through) for _ in range(args.runs)]
-            dm, fm, tm = statistics.median(d), statistics.median(first), statistics.median(t)
-            print(f"first prompt: direct {dm * 1000:.0f} ms, through the hub {tm * 1000:.0f} ms,"
-                  f" ratio {tm / dm:.2f}x (target <= 1.5x); median of {args.runs}")
-            print(f"  (a console's very first session, Python relay: {fm * 1000:.0f} ms, "
-                  f"{fm / dm:.2f}x)")
+            if not args.no_prompt:
+                d = [prompt(direct) for _ in range(args.runs)]
+                first = [python_relay() for _ in range(args.runs)]
+                t = [prompt(through) for _ in range(args.runs)]
+                dm, fm, tm = statistics.median(d), statistics.median(first), statistics.median(t)
+                print(f"first prompt: direct {dm * 1000:.0f} ms, through the hub "
+                      f"{tm * 1000:.0f} ms, ratio {tm / dm:.2f}x (target <= 1.5x); "
+                      f"median of {args.runs}")
+                print(f"  (a console's very first session, Python relay: {fm * 1000:.0f} ms, "
+                      f"{fm / dm:.2f}x)")
             size = args.megabytes * 2**20
-            dc = [copy(direct, size) for _ in range(3)]
-            tc = [copy(through, size) for _ in range(3)]
-            dr = size / statistics.median(dc) / 2**20
-            tr = size / statistics.median(tc) / 2**20
+            assert hub.proc is not None and service.proc is not None and sshd.proc is not None
+            pids = {"hub": hub.proc.pid, "agent": service.proc.pid, "sshd": sshd.proc.pid}
+            dc = [copy(direct, size, pids) for _ in range(args.copies)]
+            tc = [copy(through, size, pids) for _ in range(args.copies)]
+            dt = statistics.median(c.seconds for c in dc)
+            tt = statistics.median(c.seconds for c in tc)
+            dr, tr = size / dt / 2**20, size / tt / 2**20
             print(f"{args.megabytes} MB copy: direct {dr:.0f} MB/s, through the hub "
-                  f"{tr:.0f} MB/s, ratio {tr / dr:.2f}x (target >= 0.5x); median of 3")
+                  f"{tr:.0f} MB/s, ratio {tr / dr:.2f}x (target >= 0.5x); "
+                  f"median of {args.copies}")
+            print("  CPU ms per MB copied (median), direct / through the hub:")
+            for name in ("operator", "hub", "agent", "sshd"):
+                dm_, tm_ = (statistics.median(c.cpu[name] for c in cs) * 1000 / args.megabytes
+                            for cs in (dc, tc))
+                print(f"    {name:9} {dm_:6.2f} / {tm_:6.2f}")
             sessions = hub.admin_json("sessions", "--limit", "1")
             print(f"last session recorded: {sessions[0]['bytes_to_host']} bytes to the host, "
                   f"ended: {sessions[0]['end_reason']}")
@@ -134,9 +154,29 @@ def prompt(command: list[str]) -> float:
         os.close(master)
 
 
-def copy(command: list[str], size: int) -> float:
-    """Seconds to send `size` bytes to `cat > /dev/null` on the endpoint."""
+class Copied:
+    """One copy: its wall time, and the CPU seconds each process spent meanwhile."""
+
+    def __init__(self, seconds: float, cpu: dict[str, float]) -> None:
+        self.seconds, self.cpu = seconds, cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, all its threads and the children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def copy(command: list[str], size: int, pids: dict[str, int]) -> Copied:
+    """Send `size` bytes to `cat > /dev/null` on the endpoint."""
     block = os.urandom(1 << 20)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before["operator"] = children_cpu()
     started = time.perf_counter()
     proc = subprocess.Popen([*command, "cat > /dev/null"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -148,9 +188,14 @@ def copy(command: list[str], size: int) -> float:
     proc.stdin.close()
     if proc.wait(timeout=600) != 0:
         raise RuntimeError(f"copy failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    seconds = time.perf_counter() - started
     if proc.stderr:
         proc.stderr.close()
-    return time.perf_counter() - started
+    # The session's sshd process is waited for by sshd shortly after the copy ends.
+    time.sleep(0.3)
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    cpu["operator"] = children_cpu() - before["operator"]
+    return Copied(seconds, cpu)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The console's in-memory host list: rows from the hub, filtered and sorted locally.
 
-20,000 rows fit easily; filtering is a pass over precomputed lower-case text, so a keystroke
+100,000 rows fit; filtering is a pass over precomputed lower-case text, so a keystroke
 costs milliseconds, not a round trip.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from itertools import compress, repeat
+from operator import contains, itemgetter
 from typing import Any
 
 from estate.inventory.filters import (
@@ -15,6 +17,7 @@ from estate.inventory.filters import (
     TEXT_POSITION,
     Prepared,
     compile_prepared,
+    one_text_word,
     prepare,
 )
 from estate.inventory.hostlist import COLUMN_KEYS, HOST_COLUMNS
@@ -53,6 +56,16 @@ def _share_of(c: dict[str, Any]) -> float | None:
 # results being (compliant, passed, failed, unknown), or None when the host is not evaluated.
 Tally = tuple[Any, Any, Any, tuple[int, int, int, int] | None]
 _A, _S, _ST, _C = (KEY_INDEX[k] for k in ("agency", "site", "status", "compliance"))
+_ROW, _TEXTS, _HAY, _STATUS = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(_ST)
+# Columns whose values thousands of rows repeat, kept once (`HostModel._share`); the same
+# columns' lower-cased text in a prepared row.
+_SHARED_COLUMNS = tuple(KEY_INDEX[k] for k in ("agency", "site", "status", "os", "model",
+                                                "cpu", "remote"))
+# ...and their lower-cased text, with the net state's, in a prepared row.
+_SHARED_TEXTS = tuple(TEXT_POSITION[KEY_INDEX[k]] for k in ("agency", "site", "status", "net",
+                                                            "os", "model", "cpu", "remote"))
+_MAX_SHARED = 100_000  # values kept once at most (until the next load)
+_LAST_NUMBER, _LAST_TEXT = float("inf"), "\U0010ffff"
 
 
 def tally(row: Sequence[Any]) -> Tally:
@@ -71,17 +84,35 @@ def tally(row: Sequence[Any]) -> Tally:
 
 
 class HostModel:
+    """Rows by agent id, each prepared once; the view is the rows the filter lets through,
+    in the sort's order.
+
+    100,000 rows fit: rows are kept by position (arrival order), a sort orders positions by
+    a list of keys kept beside them, and a page that arrives while loading is merged into
+    that order rather than re-sorted with everything (the load would grow with the square of
+    the host count). The many values that thousands of rows share (agency, site, status, OS,
+    model, CPU) are kept once.
+    """
+
     def __init__(self) -> None:
         self.rows: dict[str, list[Any]] = {}  # by agent id
-        self.prepared: dict[str, Prepared] = {}  # the same rows, ready for filtering
         self.tallies: dict[str, Tally] = {}  # the same rows, ready for the tree's counts
         # Thousands of hosts share a tally (place, status, results): keeping one tuple of each
         # saves 20,000 long-lived objects, which the garbage collector would walk on a load.
         self._tally_of: dict[Tally, Tally] = {}
-        self.order: list[str] = []  # every id, sorted by the current sort key
+        self._shared: dict[Any, Any] = {}  # one copy of each value many rows repeat
+        self._slot: dict[str, int] = {}  # agent id -> position in `_prepared` and `_keys`
+        self._prepared: list[Prepared] = []  # by position, ready for filtering
+        self._keys: list[Any] = []  # by position: the current sort's key
+        self._order: list[int] = []  # positions, sorted by the current sort key
+        self._arrived: list[int] = []  # positions added since the order was made
+        self._sorted: list[Prepared] | None = None  # `_prepared` in `_order`, while valid
         self.view: list[list[Any]] = []  # filtered and sorted
         self.filter_text = ""
         self._match = compile_prepared("")
+        self._match_all = True
+        self._text_word: tuple[int | None, str] | None = None
+        self._columns: dict[str | int | None, list[Any]] = {}
         self.sort_key = "hostname"
         self.reverse = False
         self._order_stale = True
@@ -89,76 +120,135 @@ class HostModel:
     def extend(self, rows: Sequence[Sequence[Any]]) -> None:
         """Add a page of rows while loading (the list is usable from the first page)."""
         for r in rows:
-            self.rows[r[0]] = list(r)
-            self.prepared[r[0]] = prepare(r)
-            self.tallies[r[0]] = self._tally(r)
-        self._order_stale = True
+            self._put(r)
         self.refresh()
 
     def load(self, rows: Sequence[Sequence[Any]]) -> None:
         # Agent text is neutralised where it is drawn (`_table.cell_text`), not here: a
-        # load touches 20,000 rows, a repaint only the visible ones.
-        self.rows = {r[0]: list(r) for r in rows}
-        self.prepared = {k: prepare(r) for k, r in self.rows.items()}
-        self._tally_of = {}
-        self.tallies = {k: self._tally(r) for k, r in self.rows.items()}
+        # load touches every row, a repaint only the visible ones.
+        self.rows, self.tallies, self._tally_of, self._shared = {}, {}, {}, {}
+        self._slot, self._prepared, self._keys = {}, [], []
+        self._order, self._arrived, self._sorted = [], [], None
+        for r in rows:
+            self._put(r)
         self._order_stale = True
         self.refresh()
 
     def upsert(self, row: Sequence[Any]) -> None:
         """Take a live update; `refresh()` (called once per repaint) shows it."""
-        self.rows[row[0]] = list(row)
-        self.prepared[row[0]] = prepare(row)
-        self.tallies[row[0]] = self._tally(row)
-        self._order_stale = True
+        self._put(row)
+
+    def _put(self, r: Sequence[Any]) -> None:
+        row = self._share(list(r))
+        agent_id = row[0]
+        prepared = prepare(row)
+        texts = prepared[1]
+        keep = self._shared.setdefault if len(self._shared) < _MAX_SHARED else self._shared.get
+        for pos in _SHARED_TEXTS:  # lower-cased text of the shared columns, once each
+            texts[pos] = keep(texts[pos], texts[pos])
+        self.rows[agent_id] = row
+        self.tallies[agent_id] = self._tally(row)
+        key = self._key_of(prepared)
+        slot = self._slot.get(agent_id)
+        if slot is None:
+            self._slot[agent_id] = len(self._prepared)
+            self._arrived.append(len(self._prepared))
+            self._prepared.append(prepared)
+            self._keys.append(key)
+        else:
+            self._prepared[slot] = prepared
+            if self._keys[slot] != key:
+                self._keys[slot] = key
+                self._order_stale = True
+        self._sorted = None
+
+    def _share(self, row: list[Any]) -> list[Any]:
+        """The row with the text thousands of rows repeat replaced by one shared copy."""
+        # Bounded: agents that report a new model name every time must not grow it forever.
+        keep = self._shared.setdefault if len(self._shared) < _MAX_SHARED else self._shared.get
+        for i in _SHARED_COLUMNS:
+            if isinstance(v := row[i], str):
+                row[i] = keep(v, v)
+        return row
 
     def _tally(self, row: Sequence[Any]) -> Tally:
         t = tally(row)
         return self._tally_of.setdefault(t, t)
 
+    def _key_of(self, p: Prepared) -> Any:
+        """The current sort's key for a prepared row: text case-insensitively, unknown
+        last; compliance by share, the least compliant first."""
+        key = self.sort_key
+        if key == "compliance":
+            # The share `prepare` checked; NaN (not evaluated) sorts last, like unknowns.
+            return v if (v := p[3]) == v else _LAST_NUMBER
+        if key in NUMERIC:
+            return v if (v := p[0][KEY_INDEX[key]]) is not None else _LAST_NUMBER
+        return p[1][TEXT_POSITION[KEY_INDEX[key]]] or _LAST_TEXT
+
     def set_filter(self, text: str) -> None:
         """Raises FilterError (and keeps the old filter) when `text` is not understood."""
         self._match = compile_prepared(text)
+        self._match_all = not text.split()
+        self._text_word = one_text_word(text)
         self.filter_text = text
         self.refresh()
 
     def sort_by(self, key: str, reverse: bool | None = None) -> None:
-        self.sort_key = key
+        if key != self.sort_key:
+            self.sort_key = key
+            self._keys = [self._key_of(p) for p in self._prepared]
         if reverse is not None:
             self.reverse = reverse
         self._order_stale = True
         self.refresh()
 
     def refresh(self) -> None:
-        # Sorting happens only when the key or the rows change; a filter keystroke is one
-        # pass over the ids in their sorted order.
+        # Sorting happens only when the key or a row's key changes; rows that arrived since
+        # are merged in (the order and the new rows are two runs for Timsort); a filter
+        # keystroke is one pass over the prepared rows in their sorted order. Ties keep
+        # arrival order either way, so a merge orders exactly as a full sort would.
+        keys = self._keys
         if self._order_stale:
-            index = KEY_INDEX[self.sort_key]
-            ids = list(self.prepared)
-            col: list[Any]
-            if self.sort_key == "compliance":  # by share, the least compliant first
-                # The share `prepare` checked; NaN (not evaluated) sorts last, like unknowns.
-                inf = float("inf")
-                col = [v if (v := p[3]) == v else inf for p in self.prepared.values()]
-            elif self.sort_key in NUMERIC:
-                rows = self.rows
-                col = [rows[k][index] for k in ids]
-                col = [v if v is not None else float("inf") for v in col]
-            else:  # text sorts case-insensitively, unknown last
-                pos = TEXT_POSITION[index]
-                col = [p[1][pos] or "\U0010ffff" for p in self.prepared.values()]
-            # Sorting positions by a list lookup is cheaper than by a dict lookup.
-            positions = sorted(range(len(ids)), key=col.__getitem__, reverse=self.reverse)
-            self.order = [ids[i] for i in positions]
-            self._order_stale = False
-        match, prepared, rows = self._match, self.prepared, self.rows
-        self.view = [rows[k] for k in self.order if match(prepared[k])]
+            self._order = sorted(range(len(keys)), key=keys.__getitem__, reverse=self.reverse)
+            self._order_stale, self._arrived, self._sorted = False, [], None
+        elif self._arrived:
+            self._order = sorted(self._order + self._arrived, key=keys.__getitem__,
+                                 reverse=self.reverse)
+            self._arrived, self._sorted = [], None
+        if self._sorted is None:
+            self._sorted = list(map(self._prepared.__getitem__, self._order))
+            self._columns = {}
+        if self._match_all:
+            self.view = self._column("rows")[:]
+        elif self._text_word is not None:
+            # One word looking for text (most keystrokes): `in` over a column at C speed.
+            position, needle = self._text_word
+            found = map(contains, self._column(position), repeat(needle))
+            self.view = list(compress(self._column("rows"), found))
+        else:
+            self.view = list(map(_ROW, filter(self._match, self._sorted)))
+
+    def _column(self, which: str | int | None) -> list[Any]:
+        """A column of the prepared rows in the view's order, kept until the order or a row
+        changes: "rows", the rows; None, the text of every column; a text position, that
+        column's text."""
+        column = self._columns.get(which)
+        if column is None:
+            assert self._sorted is not None
+            if which == "rows":
+                column = list(map(_ROW, self._sorted))
+            elif which is None:
+                column = list(map(_HAY, self._sorted))
+            else:
+                column = list(map(itemgetter(which), map(_TEXTS, self._sorted)))
+            self._columns[which] = column
+        return column
 
     def counts(self) -> dict[str, int]:
         out = {"total": len(self.rows), "online": 0, "offline": 0, "stale": 0, "revoked": 0}
-        i = KEY_INDEX["status"]
-        for r in self.rows.values():
-            out[r[i]] = out.get(r[i], 0) + 1
+        for status, n in Counter(map(_STATUS, self.rows.values())).items():
+            out[status] = out.get(status, 0) + n
         return out
 
 

@@ -97,6 +97,11 @@ class EstateScreen(Screen[None]):
         table.reload()
         if summary is not None:
             self._tree(summary)
+        self.show_counts()
+
+    def show_counts(self) -> None:
+        """The header line alone (counts, loading progress): cheap, unlike laying out the
+        table and the tree again."""
         counts = self.model.counts()
         line = Text()
         line.append("Estate ", style="bold")
@@ -490,26 +495,47 @@ class EstateApp(App[None]):
         # Pages keep every answer well under the SSH window (2 MiB); the list is shown and
         # usable from the first page, and fills in while the rest arrive.
         self.model.load([])
-        last, count = "", 0
-        while True:
-            page = await self.hub.request("hosts", after=last, limit=PAGE_ROWS,
-                                          sort="agent_id")
-            if not page["rows"]:
-                break
-            self.model.extend(page["rows"])
-            last, count = page["rows"][-1][0], count + len(page["rows"])
-            self.loading = f"loading {count} of {page['total']}" if count < page["total"] \
-                else None
-            self.estate.show(self.model.summary())
-            self.usable.set()
-            if count >= page["total"]:
-                break
-            await asyncio.sleep(0)  # let the first page paint before the next arrives
+        count, shown_at = 0, 0
+        # The next page is asked for as soon as a page arrives, before this one is taken
+        # in: the hub reads it while the console works (two processes, two cores), instead
+        # of each waiting for the other at every page.
+        asking = asyncio.ensure_future(self._page(""))
+        try:
+            while True:
+                page = await asking
+                if not page["rows"]:
+                    break
+                count += len(page["rows"])
+                if count < page["total"]:
+                    asking = asyncio.ensure_future(self._page(page["rows"][-1][0]))
+                self.model.extend(page["rows"])
+                self.loading = f"loading {count} of {page['total']}" \
+                    if count < page["total"] else None
+                if count >= page["total"]:
+                    break
+                # The table and the tree are laid out again for the first page and then
+                # each time the rows have doubled (at 100,000 hosts, showing every page
+                # cost more than taking the pages in); the header's progress every page.
+                if count >= shown_at * 2:
+                    self.estate.show(self.model.summary())
+                    self.usable.set()
+                    shown_at = count
+                else:
+                    self.estate.show_counts()
+                await asyncio.sleep(0)  # let the first page paint before the next arrives
+        finally:
+            # A page asked for when the load failed or was cancelled: cancelled, or its
+            # outcome taken so that asyncio does not report it as never retrieved.
+            if not asking.cancel() and not asking.cancelled():
+                asking.exception()
         await self._load_incidents()
         self.loading = None
         self.estate.show(self.model.summary())
         self.usable.set()
         self.loaded.set()
+
+    async def _page(self, after: str) -> Any:
+        return await self.hub.request("hosts", after=after, limit=PAGE_ROWS, sort="agent_id")
 
     async def _load_incidents(self) -> None:
         try:

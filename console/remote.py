@@ -137,6 +137,13 @@ def tunnel_main(args: argparse.Namespace) -> int:
         return Exit.FAIL
 
 
+# OpenSSH's default ciphers, AES-GCM first: the hub (asyncssh) decrypts this leg in Python,
+# one AEAD call per packet with GCM against three for chacha20-poly1305. The session inside is
+# end to end with the host's sshd and keeps ssh's own choice.
+HUB_LEG_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                   "aes128-ctr,aes192-ctr,aes256-ctr")
+
+
 def _openssh_tunnel(hub: PinnedHub, host: str) -> int | None:
     """Hand over to `ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's
     full key is known (`_known_hubs`); it relays in C and checks the hub's key itself.
@@ -153,7 +160,7 @@ def _openssh_tunnel(hub: PinnedHub, host: str) -> int | None:
                "-o", f"GlobalKnownHostsFile={_no_file()}",
                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
-               "-o", "ServerAliveInterval=30"]
+               "-o", "ServerAliveInterval=30", "-o", f"Ciphers={HUB_LEG_CIPHERS}"]
     if hub.key:
         command += ["-i", str(hub.key), "-o", "IdentitiesOnly=yes"]
     return hand_over_to_ssh(ssh, [*command, hub_host.strip("[]")])

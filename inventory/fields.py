@@ -9,7 +9,7 @@ Stdlib only: the agent imports this through `estate.inventory.report`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ALL = ("linux", "windows", "macos")
 LINUX = ("linux",)
@@ -21,9 +21,9 @@ MACOS = ("macos",)
 KINDS = ("str", "int", "float", "bool", "datetime", "object", "list")
 
 
-@dataclass(frozen=True)
-class Field:
-    """One field of the report.
+class Field(NamedTuple):
+    """One field of the report. A NamedTuple, not a dataclass: the agent's one-shot
+    `estate-agent collect` validates through this table, and `dataclasses` imports `inspect`.
 
     Attributes:
         path: dotted path; `[]` marks the items of a list.

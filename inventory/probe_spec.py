@@ -8,17 +8,14 @@ imports it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from estate.inventory.errors import EstateError
-from estate.inventory.sanitise import dumps, escaped
 
 __all__ = ["BUILTIN_NAMES", "HUB_KINDS", "HUB_MAX_TIMEOUT_S", "HUB_MIN_INTERVAL_S", "LOCAL_KINDS",
            "MAX_HUB_PROBES", "MAX_LOCAL_PROBES", "SOURCES", "ProbeSpec", "ProbeSpecError",
@@ -59,7 +56,10 @@ class ProbeSpecError(EstateError, ValueError):
 
     def __init__(self, path: str, problem: str, probe: str | None = None) -> None:
         # Names and keys come from files and from the hub: escaped, so that no control or
-        # bidi character reaches the log or terminal this message is written to.
+        # bidi character reaches the log or terminal this message is written to. Imported
+        # here: a valid config, which `estate-agent collect` reads at every run, needs none.
+        from estate.inventory.sanitise import dumps, escaped
+
         where = escaped(path)
         head, dot, key = where.rpartition(".")
         if probe is not None and dot and head.endswith("]"):
@@ -68,10 +68,11 @@ class ProbeSpecError(EstateError, ValueError):
         self.path, self.problem, self.probe = path, problem, probe
 
 
-@dataclass(frozen=True)
-class ProbeSpec:
+class ProbeSpec(NamedTuple):
     """One probe to run. `target` None: the kind's default (the default gateway);
-    `interval_s` None: with every report; `source`: one of SOURCES."""
+    `interval_s` None: with every report; `source`: one of SOURCES. A NamedTuple, not a
+    dataclass: the agent's one-shot `estate-agent collect` loads it, and `dataclasses`
+    imports `inspect`."""
 
     name: str
     kind: str
@@ -210,6 +211,8 @@ def canonical_hash(probes: Sequence[ProbeSpec | dict[str, Any]]) -> str:
     """
     if not probes:
         return ""
+    import hashlib  # here: the agent's one-shot collection never compares policies
+
     tables = [p.as_table() if isinstance(p, ProbeSpec) else p for p in probes]
     text = json.dumps(tables, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

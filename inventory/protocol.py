@@ -17,17 +17,21 @@ __all__ = [
     "ENROL_COMMAND", "ENROL_USER", "ERROR_CODES", "EXPORT_COMMAND", "HUB_USER_PREFIX",
     "INPUT_REFUSAL_CODES", "MAX_API_LINE_BYTES", "MAX_ENROL_BYTES", "MAX_EXPORT_REQUEST_BYTES",
     "MAX_RECEIVED_BYTES", "MAX_REPORT_BYTES", "OPERATOR_NAME", "REMOTE_REFUSAL_CODES",
-    "REPORT_COMMAND", "WATCH_COMMAND", "ChannelExit", "Exit", "busy_retry_after",
+    "REPORT_COMMAND", "REPORT_STREAM_COMMAND", "WATCH_COMMAND", "ChannelExit", "Exit",
+    "busy_retry_after",
 ]
 
 # --- commands: what a client runs on the hub's SSH server, and who may run it -----------------
 REPORT_COMMAND = "estate-report v1"
+# One channel per agent connection carrying framed reports and their acks for as long as the
+# connection lives (docs/protocol.md, "Report stream"); v1 stays accepted for older agents.
+REPORT_STREAM_COMMAND = "estate-report v2"
 ENROL_COMMAND = "estate-enrol v1"
 API_COMMAND = "estate-api v1"
 WATCH_COMMAND = "estate-watch v1"
 EXPORT_COMMAND = "estate-export v1"
-COMMANDS = {REPORT_COMMAND: "agent", ENROL_COMMAND: "enrol", API_COMMAND: "operator",
-            WATCH_COMMAND: "operator", EXPORT_COMMAND: "operator"}
+COMMANDS = {REPORT_COMMAND: "agent", REPORT_STREAM_COMMAND: "agent", ENROL_COMMAND: "enrol",
+            API_COMMAND: "operator", WATCH_COMMAND: "operator", EXPORT_COMMAND: "operator"}
 ENROL_USER = "enrol"  # the user name a not-yet-enrolled agent logs in as, with any key
 # The other user names on the hub: an enrolled agent's id, or an operator's name.
 AGENT_ID = re.compile(r"^ag-[0-9a-f]{12}$")
@@ -62,6 +66,9 @@ class ChannelExit(IntEnum):
 ERROR_CODES: dict[str, ChannelExit] = {
     "unknown_command": ChannelExit.USAGE,
     "invalid_report": ChannelExit.DATA,
+    # A report that sent its package list by hash only (`software.packages` null) while the
+    # hub holds another list for the host: nothing stored; send the same report in full.
+    "need_full": ChannelExit.DATA,
     "too_large": ChannelExit.DATA,
     "bad_request": ChannelExit.DATA,
     "bad_json": ChannelExit.DATA,  # an export request that is not JSON

@@ -66,7 +66,7 @@ def parse(data: bytes, max_bytes: int = MAX_REPORT_BYTES) -> dict[str, Any]:
     if len(data) > max_bytes:
         raise ReportError("", f"report is {len(data)} bytes, over the limit of {max_bytes}")
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        doc = _DECODER.decode(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ReportError("", f"report is not UTF-8 ({exc.reason})") from None
     except RecursionError:
@@ -78,6 +78,9 @@ def parse(data: bytes, max_bytes: int = MAX_REPORT_BYTES) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one, not one a report
 
 
 def validate(report: Any) -> dict[str, Any]:
@@ -132,8 +135,11 @@ def _compile(field: Field | None, path: str = "") -> Checker:
 
 def _object_checker(path: str, nullable: bool) -> Checker:
     fields = children(path)
-    members = [(c.path.rsplit(".", 1)[-1], _compile(c)) for c in fields]
-    names = frozenset(name for name, _ in members)
+    # A string member without choices, the most common kind (every package's name, version,
+    # arch, publisher), is checked here when it passes: a function call less per field.
+    members = [(c.path.rsplit(".", 1)[-1], _compile(c),
+                c.max_len if c.kind == "str" and not c.choices else -1) for c in fields]
+    names = frozenset(name for name, _, _ in members)
     required = [c.path.rsplit(".", 1)[-1] for c in fields if not c.optional]
 
     def check(value: Any) -> None:
@@ -145,8 +151,10 @@ def _object_checker(path: str, nullable: bool) -> Checker:
             _unknown_or_missing(value, names, required)
         name = ""
         try:
-            for name, member in members:
-                member(value.get(name))  # only an optional member can be absent: null
+            for name, member, max_len in members:
+                v = value.get(name)  # only an optional member can be absent: null
+                if type(v) is not str or len(v) > max_len or not v.isascii():
+                    member(v)
         except _Fail as fail:
             fail.parts.append(name)
             raise

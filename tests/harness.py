@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
 from estate.agent.transport import HubClient, load_key
 from estate.inventory.store import Store
 from tests.stores import ON_POSTGRES, open_test_store, store_env, test_store_url
@@ -30,6 +32,20 @@ PY = sys.executable
 # Many tests refuse logins from 127.0.0.1 on purpose: no source penalty unless a test asks.
 LOOPBACK_RATE = ("--connection-rate", "1000", "--connection-burst", "1000",
                  "--penalty-after", "0")
+
+
+class AnyKeyServer(asyncssh.SSHServer):
+    """A server that lets any public key in as any user: a rogue or old hub in a test
+    (subclass it for what else it does)."""
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return True
 
 
 def run(*args: str, check: bool = True, env: dict[str, str] | None = None,

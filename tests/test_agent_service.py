@@ -114,7 +114,10 @@ def _hold_a_report_in_flight(hub, enrolled, relay: TcpRelay) -> int:
 
 
 def _every_report_arrives_once(hub, svc, agent_id: str, in_flight: int) -> None:
-    wait_for(lambda: svc.status().get("spool_reports") == 0 and svc.status().get("connected")
+    # The status of this agent process: a killed one's last status.json said its spool was
+    # empty before the report in flight was spooled.
+    wait_for(lambda: svc.status().get("pid") == svc.proc.pid
+             and svc.status().get("spool_reports") == 0 and svc.status().get("connected")
              and max(stored_sequences(hub, agent_id)) > in_flight, timeout=60,
              what="the spool to drain after the fault")
     assert svc.stop() == 0
@@ -154,7 +157,7 @@ class _FakeClient:
     def is_active(self) -> bool:
         return True
 
-    def run(self, command: str, payload: bytes):
+    def report(self, payload: bytes):
         self.calls += 1
         if isinstance(self.outcome, BaseException):
             raise self.outcome

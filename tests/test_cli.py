@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from estate.inventory.report import validate
 
@@ -50,6 +54,41 @@ def test_collect_never_imports_paramiko_or_textual(tmp_path):
                           timeout=120, env={"ESTATE_AGENT_CONFIG": str(tmp_path / "none")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# Modules a one-shot collection does without, each a few ms of a process meant to take well
+# under a third of `facter --json`'s time (docs/benchmarks.md, issue 17): dataclasses brings
+# inspect; hashlib loads OpenSSL; platform, _strptime (the first strptime call), gzip, and the
+# escaping of error messages are needed only off the usual path. tomllib only with a config.
+_LEFT_OUT = ("dataclasses", "inspect", "hashlib", "_hashlib", "platform", "_strptime", "gzip",
+             "estate.inventory.sanitise")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux collectors' imports")
+@pytest.mark.parametrize("with_config", [False, True], ids=["no-config", "config"])
+def test_collect_imports_only_what_a_collection_needs(tmp_path, with_config):
+    cfg = tmp_path / "agent.toml"
+    if with_config:  # as on an enrolled machine: the state folder, a local probe
+        cfg.write_text('interval = 60\n[[probes]]\nname = "self"\nkind = "dns"\n'
+                       'target = "localhost"\n')
+    code = ("import sys, io, contextlib\n"
+            "from estate.agent.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    status = main(['collect'])\n"
+            "assert status == 0 and out.getvalue().startswith('{'), status\n"
+            "print(sorted(sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["ESTATE_AGENT_CONFIG"] = str(cfg)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    loaded = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert "estate.agent.collect" in loaded  # the check itself works
+    assert bool(loaded & {"tomllib", "tomli"}) == with_config
+    left_out = set(_LEFT_OUT)
+    if os.path.isdir("/var/lib/clamav"):  # its database's date only strptime reads
+        left_out.discard("_strptime")
+    assert sorted(loaded & left_out) == []
 
 
 def test_inventory_and_agent_never_import_textual():

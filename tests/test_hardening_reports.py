@@ -877,10 +877,13 @@ def test_closing_ingest_cancels_queued_parses_and_does_not_wait_for_the_running_
 
     monkeypatch.setattr(_ingest, "accept", held_accept)
 
+    # Over the size read on the event loop itself: these go to the worker thread.
+    body = b"{}" + b" " * _ingest.INLINE_REPORT_BYTES
+
     async def scenario():
         ingest = Ingest(ReportRate(burst=0), workers=1)
-        first = asyncio.ensure_future(ingest.accept(b"{}", "ag-1"))
-        queued = asyncio.ensure_future(ingest.accept(b"{}", "ag-2"))
+        first = asyncio.ensure_future(ingest.accept(body, "ag-1"))
+        queued = asyncio.ensure_future(ingest.accept(body, "ag-2"))
         assert await asyncio.get_running_loop().run_in_executor(None, running.wait, 30)
         ingest.close()
         assert parsed == []  # close() returned with ag-1's parse still running

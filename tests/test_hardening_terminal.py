@@ -16,7 +16,7 @@ import pytest
 from estate.console.cli import main as estate
 from estate.inventory.export.manifest import MANIFEST_FORMAT, sha256_of, sign
 from estate.inventory.sanitise import is_unsafe
-from tests.harness import PY, make_report, run
+from tests.harness import PY, AnyKeyServer, make_report, run
 from tests.sshd import keygen
 
 # Erase the line, draw a green OK, set the window title (OSC), CSI and OSC as C1 bytes,
@@ -47,16 +47,7 @@ def test_a_hostile_refusal_reason_reaches_the_terminal_as_plain_text(tmp_path):
 
 
 async def _tunnel_against_rogue_hub(folder: Path, key: Path, reason: str) -> dict[str, Any]:
-    class Rogue(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            return True
-
-        def public_key_auth_supported(self) -> bool:
-            return True
-
-        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-            return True
-
+    class Rogue(AnyKeyServer):
         def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                                  orig_port: int) -> bool:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)

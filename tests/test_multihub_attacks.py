@@ -172,7 +172,7 @@ class _Answers:
     def is_active(self) -> bool:
         return True
 
-    def run(self, command: str, payload: bytes) -> CommandResult:
+    def report(self, payload: bytes) -> CommandResult:
         return self.result
 
     def close(self) -> None:

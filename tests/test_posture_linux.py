@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 
 import pytest
 
@@ -328,6 +329,34 @@ def test_apt_history_ignores_installs_and_failed_upgrades():
 def test_dpkg_log_newest_upgrade():
     assert linux.parse_dpkg_log(_fixture("dpkg.log")) == time.mktime(
         (2026, 11, 20, 10, 0, 5, 0, 0, -1))
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-20 10:00:05", "2026-03-29 02:30:00", "2026-10-25 02:30:00",  # DST gap, overlap
+    "2026-12-31 23:59:60", "2026-1-5 3:04:05",  # strptime's alone: a leap second, no padding
+    "2026-02-30 00:00:00", "2026-11-20 10:00:05.5", "2026-11-20T10:00:05", "garbage"])
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris"])
+def test_log_times_read_as_strptime_reads_them(monkeypatch, text, zone):
+    """Log times in their usual form skip time.strptime (a few ms of import in a one-shot
+    collection); every form reads as strptime reads it, None where it fails."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        expected = time.mktime(time.strptime(text, "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        expected = None
+    stamp = text.replace(" ", "T") + "Z"  # the update cache's form
+    try:
+        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+        stamp_ok = len(stamp) == 20
+    except ValueError:
+        stamp_ok = False
+    try:
+        assert linux._local_time(text.split()) == expected
+        assert _posture._is_utc_time(stamp) == stamp_ok
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_pending_counts_upgrades_not_new_dependencies():

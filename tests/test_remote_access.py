@@ -22,7 +22,15 @@ import paramiko
 import pytest
 
 from estate.console._client import open_connection
-from tests.harness import PY, Agent, AgentService, HubProcess, make_report, wait_for
+from tests.harness import (
+    PY,
+    Agent,
+    AgentService,
+    AnyKeyServer,
+    HubProcess,
+    make_report,
+    wait_for,
+)
 from tests.sshd import MISSING, Sshd, keygen
 
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -186,6 +194,27 @@ def test_tunnel_hands_the_hub_leg_to_openssh_once_the_hub_key_is_known(remote):
     assert known.read_text() == line
 
 
+def test_megabytes_each_way_arrive_whole_and_in_order(remote):
+    """A copy larger than every window on the way, echoed back by the endpoint: with the
+    agent writing to sshd from paramiko's own thread when it can (and acknowledging the
+    window there) and through its session thread when sshd lags, every byte arrives, in
+    order, both ways; the hub counts them all."""
+    hub, sshd, ready = remote["hub"], remote["sshd"], remote["agents"]["ready"]
+    assert _estate_ssh(remote, "alice", ready.agent_id, "true").returncode == 0  # ssh -W
+    data = os.urandom(6 * 2**20 + 12345)
+    done = subprocess.run(
+        [PY, "-m", "estate.console.cli", "ssh", "--hub", f"alice@{hub.address}",
+         "--key", str(remote["base"] / "alice"), "--hub-key", hub.fingerprint,
+         f"{sshd.user}@{ready.agent_id}", "--", *sshd.client_options(remote["known_hosts"]),
+         "cat"], input=data, capture_output=True, timeout=300, env=_console_env(remote))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert len(done.stdout) == len(data) and done.stdout == data
+    session = wait_for(lambda: next((s for s in hub.admin_json("sessions")
+                                     if s["ended_at"] and s["bytes_to_host"] > len(data)),
+                                    None), 30, what="the copy's session end")
+    assert session["bytes_from_host"] > len(data)
+
+
 def test_host_key_is_checked_by_ssh_under_the_host_id(remote, tmp_path):
     """A known_hosts entry for another key under this host id: ssh refuses to connect."""
     agent = remote["agents"]["ready"]
@@ -296,16 +325,7 @@ async def _rogue_hub_session(sshd: Sshd, folder: Path) -> dict:
     agent_id = "ag-000000000777"
     offered: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    class Rogue(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            return True
-
-        def public_key_auth_supported(self) -> bool:
-            return True
-
-        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-            return True
-
+    class Rogue(AnyKeyServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
             self.conn = conn
 

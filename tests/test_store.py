@@ -12,7 +12,7 @@ import pytest
 from estate.agent.enrol import EnrolFailed, parse_token
 from estate.inventory.errors import SchemaTooNew
 from estate.inventory.hub._tokens import make_token, split_token
-from estate.inventory.store import EnrolError, Incoming, Store, utcnow
+from estate.inventory.store import EnrolError, Incoming, Store, iso, utcnow
 from estate.inventory.store._migrations import MIGRATIONS
 from tests.harness import run
 from tests.stores import database_errors, open_test_store, store_env, trace_statements
@@ -572,13 +572,16 @@ def test_a_reopened_store_compares_with_what_the_table_kept(tmp_path, report):
     assert [(c["kind"], c["old_value"], c["new_value"]) for c in store.changes()] == \
         [("hostname_changed", "pc-é", "pc-2")]
     assert store.db.execute("SELECT hostname FROM hosts").fetchone()[0] == "pc-2"
-    # A new list hash without its list: the list is unknown (NULL), not stale.
+    # A new list hash without its list: nothing stored, the agent is to send it in full
+    # (`need_full`); the host keeps its last list and report.
     r3 = copy.deepcopy(r2)
     r3["report_id"], r3["collected_at"] = f"{agent_id}:1:3", "2026-03-01T00:20:00Z"
     r3["software"].update(hash="e" * 64, packages=None)
     assert store.store_reports([Incoming(agent_id, r3, json.dumps(r3).encode(), received)]) \
-        == ["stored"]
-    assert store.db.execute("SELECT packages IS NULL FROM hosts").fetchone()[0] == 1
+        == ["need_full"]
+    assert tuple(store.db.execute("SELECT packages, last_report_id FROM hosts").fetchone()) \
+        == (compact(r1["software"]["packages"]), f"{agent_id}:1:2")
+    assert len(store.recent_reports(agent_id, None, 10) or []) == 2
     other = _enrolled(store, site="Other")
     r4 = copy.deepcopy(r1)
     r4["agent"]["id"], r4["report_id"] = other, f"{other}:1:1"
@@ -670,8 +673,9 @@ def test_host_detail_is_the_host_in_full_with_its_status_and_enrolment(tmp_path,
         "enrolled_at": enrolled[stale], "clock_skew_s": -3.0, "identity_conflict": None,
         "report": {**r, "software": {**r["software"], "packages": None}},
         "packages": packages, "compliance": None}
+    # No list collected (no hash either): the list is unknown.
     _sent(store, revoked, report, 1, utcnow().astimezone(timezone.utc),
-          software__packages=None)
+          software__packages=None, software__hash=None)
     store.set_presence(revoked, True, utcnow())
     assert store.revoke_agent(revoked, "admin:test")
     detail = store.host_detail(revoked, None)
@@ -782,19 +786,19 @@ def test_a_batch_compares_each_report_with_the_one_before_it_in_the_batch(tmp_pa
 
 
 def test_a_report_changing_state_and_software_records_both(tmp_path, report):
-    """Both kinds of change of one report are kept; a new hash after a report that sent no
-    list is one `software_changed` from the old hash to the new."""
+    """Both kinds of change of one report are kept."""
     from datetime import datetime, timezone
 
     store = open_test_store(tmp_path)
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, t0, system__hostname="pc-old", software__hash="a" * 64,
-          software__packages=None)
+          software__packages=_packages("0.9", 1))
     _sent(store, agent_id, report, 2, t0 + timedelta(minutes=5), system__hostname="pc-new",
           software__hash="b" * 64, software__packages=_packages("1.0"))
-    assert sorted((c["kind"], c["old_value"], c["new_value"]) for c in store.changes()) == [
-        ("hostname_changed", "pc-old", "pc-new"), ("software_changed", "a" * 64, "b" * 64)]
+    assert sorted((c["kind"], c["subject"]) for c in store.changes()) == [
+        ("hostname_changed", None), ("software_installed", "pkg1"),
+        ("software_updated", "pkg0")]
     assert store.host_detail(agent_id, None)["packages"] == _packages("1.0")
     store.close()
 
@@ -841,7 +845,7 @@ def test_a_report_that_changes_nothing_reads_nothing_of_its_host_back(tmp_path, 
     agent_id = _enrolled(store)
     t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
     _sent(store, agent_id, report, 1, t0, software__hash="a" * 64,
-          software__packages=None)
+          software__packages=_packages("1.0"))
     reads: list[str] = []
 
     def traced(sql: str) -> None:
@@ -859,5 +863,102 @@ def test_a_report_that_changes_nothing_reads_nothing_of_its_host_back(tmp_path, 
     _sent(store, agent_id, report, 3, t0 + timedelta(minutes=10), software__hash="a" * 64,
           software__packages=None)
     assert len(reads) == 1, reads
+    assert store.changes() == []
+    store.close()
+
+
+def test_a_batch_of_usual_reports_is_written_together_and_still_refuses_resends(tmp_path,
+                                                                              report):
+    """Reports that repeat their host's last are written together (one statement for all
+    their samples and one for their hosts on PostgreSQL), answered in the batch's order; one
+    among them whose id was stored already, even sent again with a later time, is still a
+    duplicate and changes nothing; a host's second report in the batch follows its first."""
+    store = open_test_store(tmp_path)
+    agents = [_enrolled(store, site=f"site {n}") for n in range(3)]
+    t0 = utcnow() - timedelta(minutes=30)
+    firsts = [_sent(store, a, report, 1, t0) for a in agents]
+
+    def incoming(agent_id: str, seq: int, minutes: int, cpu: float) -> Incoming:
+        r = copy.deepcopy(report)
+        r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
+        r["collected_at"] = (t0 + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        r["health"]["cpu_percent"] = cpu
+        return Incoming(agent_id, r, json.dumps(r).encode(), t0 + timedelta(minutes=minutes))
+
+    replayed = incoming(agents[1], 1, 5, 55.0)  # the first report's id, a later time
+    batch = [incoming(agents[0], 2, 5, 11.0), replayed, incoming(agents[2], 2, 5, 33.0),
+             incoming(agents[0], 3, 6, 12.0)]
+    assert store.store_reports(batch) == ["stored", "duplicate", "stored", "stored"]
+    shown = [store.host_detail(a, None)["report"] for a in agents]
+    assert [r["report_id"] for r in shown] == [f"{agents[0]}:1:3", f"{agents[1]}:1:1",
+                                               f"{agents[2]}:1:2"]
+    assert [r["health"]["cpu_percent"] for r in shown] == [
+        12.0, firsts[1]["health"]["cpu_percent"], 33.0]
+    assert [store.report_count(a) for a in agents] == [3, 1, 2]
+    assert [h["last_seen"] for h in (store.host_detail(a, None) for a in agents)] == [
+        iso(t0 + timedelta(minutes=6)), iso(t0), iso(t0 + timedelta(minutes=5))]
+    # Sent again, the batch's reports are all duplicates now.
+    assert store.store_reports(batch[:1] + batch[2:]) == ["duplicate"] * 3
+    assert store.changes() == []
+    store.close()
+
+
+def test_a_host_that_reported_through_another_hub_is_read_back_once_it_reconnects(
+        tmp_path, report):
+    """A hub remembers each host's last report; when the agent connects to it again, what it
+    remembers may be stale (another hub stored reports since), so the host is read back: a
+    report that repeats what this hub saw last still rewrites what the other hub stored."""
+    here, there = open_test_store(tmp_path), open_test_store(tmp_path)
+    agent_id = _enrolled(here)
+    t0 = utcnow() - timedelta(minutes=30)
+    _sent(here, agent_id, report, 1, t0, system__users=["alice"])
+    _sent(there, agent_id, report, 2, t0 + timedelta(minutes=5), system__users=["bob"])
+    here.agent_connected("hub-here", agent_id, t0 + timedelta(minutes=9))
+    r3 = _sent(here, agent_id, report, 3, t0 + timedelta(minutes=10), system__users=["alice"])
+    assert here.host_detail(agent_id, None)["report"] == {
+        **r3, "software": {**r3["software"], "packages": None}}
+    there.close()
+    here.close()
+
+
+def test_a_report_that_changes_only_volatile_sections_leaves_the_snapshot_as_written(
+        tmp_path, report):
+    """A report whose only news is in its volatile sections (id, times, agent, health,
+    probe results) writes those alone, not the snapshot again; the host's detail, its
+    dropped-reports figure and a restarted store still show the newest report whole, in its
+    keys' order. A change anywhere else writes the snapshot again."""
+    store = open_test_store(tmp_path)
+    agent_id = _enrolled(store)
+    t0 = utcnow() - timedelta(minutes=30)
+    without_list = lambda r: {**r, "software": {**r["software"], "packages": None}}  # noqa: E731
+    compact = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+
+    def stored() -> tuple[str, str | None]:
+        row = store.db.execute("SELECT snapshot, live FROM hosts WHERE agent_id = ?",
+                               (agent_id,)).fetchone()
+        return row[0], row[1]
+
+    def shown() -> dict:
+        return store.host_detail(agent_id, None)["report"]
+
+    r1 = _sent(store, agent_id, report, 1, t0)
+    assert stored() == (compact(without_list(r1)), None)
+    r2 = _sent(store, agent_id, report, 2, t0 + timedelta(minutes=5),
+               health__cpu_percent=97.5, agent__dropped_reports=4,
+               connectivity={"probes": [], "rates": {}})
+    assert stored()[0] == compact(without_list(r1))  # not written again
+    assert json.dumps(shown()) == json.dumps(without_list(r2))  # same keys, same order
+    (host,) = store.alert_hosts([agent_id])
+    assert host.dropped_reports == 4
+    store.close()
+
+    store = open_test_store(tmp_path)  # the digest comes from the table after a restart
+    r3 = _sent(store, agent_id, report, 3, t0 + timedelta(minutes=10), health__cpu_percent=1.0)
+    assert stored()[0] == compact(without_list(r1))
+    assert json.dumps(shown()) == json.dumps(without_list(r3))
+    r4 = _sent(store, agent_id, report, 4, t0 + timedelta(minutes=15),
+               system__users=["someone-else"])
+    assert stored() == (compact(without_list(r4)), None)
+    assert json.dumps(shown()) == json.dumps(without_list(r4))
     assert store.changes() == []
     store.close()

@@ -66,12 +66,15 @@ def _seed(store: Store, report: dict) -> None:
               for n, (token_id, secret, _) in enumerate((schools, schools, council))]
     store.apply_policy(load_policy(), admin)  # compliance results and the policy's record
     for n, agent_id in enumerate(agents):
-        for seq in range(1, 4):
+        for seq in range(1, 5):
             r = copy.deepcopy(report)
             r["agent"]["id"], r["report_id"] = agent_id, f"{agent_id}:1:{seq}"
             at = T0 + timedelta(minutes=10 * seq, seconds=n)
             r["collected_at"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            r["system"]["hostname"] = f"pc-{n}-{seq}"  # a change with each report
+            # A change with each of the first three reports; the fourth repeats the third
+            # but for its volatile sections, kept beside the snapshot (`hosts.live`).
+            r["system"]["hostname"] = f"pc-{n}-{min(seq, 3)}"
+            r["health"]["cpu_percent"] = float(seq)
             r["hardware"]["serial"] = "SHARED-SERIAL"  # an identity conflict
             assert store.store_reports([Incoming(agent_id, r, json.dumps(r).encode(),
                                                  at)]) == ["stored"]
@@ -163,7 +166,10 @@ def test_an_estate_copied_to_postgresql_answers_as_it_did_and_grows_from_there(e
         assert _answers(copied) == want
         assert copied.verify_audit() == source.verify_audit()
         assert copied.verify_audit().bad_id is None
-        assert copied.report_count() == source.report_count() == 9
+        assert copied.report_count() == source.report_count() == 12
+        # Each host's last report only repeated its third: its volatile sections came along.
+        assert copied.db.execute("SELECT COUNT(*) FROM hosts WHERE live IS NOT NULL"
+                                 ).fetchone()[0] == 3
         # New rows take ids past the copied ones: the identity sequences moved.
         last_audit = want["audit"][0]["id"]
         copied.audit("admin:test", "after_copy", None)

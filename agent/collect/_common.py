@@ -6,10 +6,9 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -81,11 +80,23 @@ def run_tool(args: list[str], timeout_s: float = 10.0) -> str:
 
 def package_hash(packages: list[dict[str, Any]]) -> str:
     """A stable SHA-256 over the sorted package list, independent of collection order."""
-    import hashlib
-
     lines = sorted(f"{p['name']}\t{p.get('version') or ''}\t{p.get('arch') or ''}"
                    for p in packages)
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    return _sha256()("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _sha256() -> Any:
+    """SHA-256 from CPython's own module where it has one: `hashlib` loads OpenSSL's
+    libcrypto first, about 5 ms of a one-shot `estate-agent collect`. A build without it
+    (some FIPS builds) gets hashlib's; the digest is the same either way."""
+    try:
+        from _sha256 import sha256  # CPython 3.10 and 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # CPython 3.12 and later
+        except ImportError:
+            from hashlib import sha256
+    return sha256
 
 
 # SMBIOS chassis types (DMTF DSP0134, table 17) that an IT team tells apart.
@@ -314,9 +325,10 @@ def _prefix(netmask: str | None, family: str) -> int | None:
 
 # --- health and rates ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Sample:
-    """CPU and traffic counters at one moment, for figures over a window."""
+class Sample(NamedTuple):
+    """CPU and traffic counters at one moment, for figures over a window.
+
+    A NamedTuple, not a dataclass: see `_runner.Outcome`."""
 
     at: float
     cpu_busy_s: float

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import socket
 import struct
@@ -27,6 +26,7 @@ DMI = "/sys/class/dmi/id"
 SYS_BLOCK = "/sys/block"
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 
+_UNAME = os.uname()  # what platform.release() and .machine() read; fixed while the agent runs
 _CONTAINERS = {"docker", "podman", "lxc", "lxc-libvirt", "systemd-nspawn", "openvz", "rkt",
                "wsl", "proot", "pouch", "container-other"}
 def os_info(problems: list[str]) -> dict[str, Any]:
@@ -41,9 +41,15 @@ def os_info(problems: list[str]) -> dict[str, Any]:
         "name": rel.get("NAME") or "Linux",
         "version": version,
         "build": rel.get("BUILD_ID"),
-        "kernel": platform.release() or None,
-        "arch": platform.machine() or None,
+        # Not platform.release() and .machine(): `platform` is a large import for a one-shot
+        # collection, and they read os.uname() (blanking "unknown") all the same.
+        "kernel": _known(_UNAME.release),
+        "arch": _known(_UNAME.machine),
     }
+
+
+def _known(value: str) -> str | None:
+    return value if value and value != "unknown" else None
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -142,6 +148,8 @@ def cpu_model(problems: list[str]) -> str | None:
         key, _, value = line.partition(":")
         if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
             return clean(value)
+    import platform
+
     return clean(platform.processor())
 
 

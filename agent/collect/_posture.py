@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 import time
@@ -204,11 +205,23 @@ def _read_cache(cache_dir: Path | None) -> dict[str, Any] | None:
     return entry
 
 
+_CACHE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
 def _is_utc_time(text: str) -> bool:
     from datetime import datetime
 
     if len(text) != 20 or not text.endswith("Z"):
         return False
+    if _CACHE_TIME.fullmatch(text):
+        # The form the cache is written in, read without datetime.strptime, whose first
+        # call imports _strptime (a few ms of a one-shot collection); anything else goes to
+        # strptime below, so the answer is the same.
+        try:
+            datetime.fromisoformat(text[:19])
+            return True
+        except ValueError:
+            pass
     try:
         datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:

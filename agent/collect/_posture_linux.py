@@ -9,7 +9,6 @@ microseconds; the only slow query (counting pending updates) runs at most daily,
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 import re
@@ -499,6 +498,8 @@ def _rotation(path: str) -> int:
 def _read_log(path: str) -> str | None:
     try:
         if path.endswith(".gz"):
+            import gzip  # only for rotated logs: most collections read the current one
+
             with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
                 return f.read()
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -538,11 +539,24 @@ def parse_dpkg_log(text: str) -> float | None:
     return newest
 
 
+_PLAIN_LOCAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
 def _local_time(parts: list[str]) -> float | None:
+    text = " ".join(parts[:2])
+    if _PLAIN_LOCAL_TIME.fullmatch(text):
+        # The form apt and dpkg write, read without time.strptime, whose first call imports
+        # _strptime (a few ms of a one-shot collection). Anything else, such as a leap
+        # second, still goes to strptime below, so the answer is the same.
+        try:
+            return time.mktime(datetime.fromisoformat(text).timetuple())
+        except (ValueError, OverflowError):
+            pass
     try:
-        return time.mktime(time.strptime(" ".join(parts[:2]), "%Y-%m-%d %H:%M:%S"))
+        return time.mktime(time.strptime(text, "%Y-%m-%d %H:%M:%S"))
     except (ValueError, OverflowError):
         return None
+
 
 
 def apt_pending(reasons: list[str]) -> int | None:

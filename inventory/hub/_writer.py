@@ -57,7 +57,8 @@ class Writer:
             self._task.cancel()
 
     async def submit(self, item: Incoming) -> str:
-        """Queue a report; returns "stored" or "duplicate" once committed.
+        """Queue a report; returns "stored" or "duplicate" once committed, or "need_full"
+        (nothing stored: its package list, sent by hash only, is not the one the store holds).
 
         Raises:
             Busy: the queue is full (the agent's own budgets are charged before parsing, in

@@ -181,8 +181,10 @@ class Store(HostRecords, EnrolmentRecords, PresenceRecords, RemoteRecords, Overv
     def agent_connected(self, hub_id: str, agent_id: str, at: datetime) -> Held | None:
         held = super().agent_connected(hub_id, agent_id, at)
         # Between this agent's connections here it may have reported through another hub,
-        # which wrote its compliance results: those this process kept are no longer current.
+        # which wrote its compliance results and its host's row: what this process kept of
+        # either is no longer current.
         self.forget_results(agent_id)
+        self.forget_host(agent_id)
         return held
 
 

@@ -27,6 +27,7 @@ from estate.inventory.store._common import iso, utcnow
 from estate.inventory.store._events import HOST, Announced
 from estate.inventory.store._records import ChangeEvent
 from estate.inventory.store._samples import SampleRecords
+from estate.inventory.store._snapshot import current_report
 
 log = logging.getLogger("estate.hub")
 
@@ -109,16 +110,16 @@ class ComplianceRecords(AuditLog, SampleRecords):
         try:
             with self._transaction():
                 rows = self.db.execute(
-                    "SELECT h.agent_id, h.snapshot, h.last_report_id, a.name FROM hosts h "
+                    "SELECT h.agent_id, h.snapshot, h.live, h.last_report_id, a.name FROM hosts h "
                     "JOIN agencies a ON a.id = h.agency_id "
                     "WHERE h.compliance_policy IS NULL OR h.compliance_policy <> ? "
                     "ORDER BY h.agent_id LIMIT ?", (policy.hash, batch)).fetchall()
                 now = utcnow()
                 at = iso(now)
-                for agent_id, snapshot, report_id, agency in rows:
+                for agent_id, snapshot, live, report_id, agency in rows:
                     self._agency_names[agent_id] = agency
                     try:
-                        report = json.loads(snapshot)
+                        report = current_report(snapshot, live)
                         summary, events = self._evaluate(agent_id, report, now, report_id)
                     except (ValueError, KeyError, TypeError, AttributeError):
                         # A damaged snapshot: left unevaluated, and not tried again.

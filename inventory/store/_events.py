@@ -83,10 +83,17 @@ class EventRecords(Connection):
             self._event_seq += 1
             rows.append((self._event_hub, self._event_seq, kind, agent_id, at, report_id,
                          changes))
-        if rows:
+        if not rows:
+            return
+        if self.db.dialect == "postgresql":
+            # One statement for them all, a column an array: prepared once, whatever the count.
+            self.db.execute(f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - a literal
+                            "?::TEXT[], ?::BIGINT[], ?::TEXT[], ?::TEXT[], ?::TEXT[], "
+                            "?::TEXT[], ?::BIGINT[])", [list(c) for c in zip(*rows, strict=True)])
+        else:
             self.db.executemany(f"INSERT INTO events ({_COLUMNS}) "  # noqa: S608 - a literal
                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self.db.notify_events()
+        self.db.notify_events()
 
     # --- reading ------------------------------------------------------------------------
 

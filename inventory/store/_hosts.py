@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -38,7 +39,13 @@ from estate.inventory.store._records import (
     Summary,
 )
 from estate.inventory.store._remote import remote_state
-from estate.inventory.store._samples import compact_probes
+from estate.inventory.store._samples import (
+    _RESENT,
+    _resend_since,
+    _without_agent,
+    compact_probes,
+)
+from estate.inventory.store._snapshot import current_report, live_text, stable_digest
 
 # Pruning, a chunk at a time (SQLite): the oldest kept bodies, by the index on their time.
 _EXPIRED_FULL = ("SELECT report_id FROM reports WHERE received_at < ? "
@@ -54,6 +61,9 @@ _UNNEEDED_OLD_BODIES = (
     "AND c.at = r.received_at AND c.report_id = r.report_id) "
     "ORDER BY r.received_at LIMIT ?")
 
+# The types of the host columns every report writes that are not text (`_hosts_update_sql`
+# passes each column as an array of its type).
+_COLUMN_TYPES = {"clock_skew_s": "DOUBLE PRECISION", "interval_s": "DOUBLE PRECISION"}
 DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
 CLOCK_SKEW_FLAG_S = 300.0  # an agent clock this far off the hub's is flagged
 # A report "collected" further ahead of the hub's clock than this is ordered as if collected
@@ -76,6 +86,19 @@ class _Last:
     # Its connectivity verdict's `transition_key` and when that last changed (`hosts.net_at`).
     net_key: int = transition_key(None)
     net_at: str | None = None
+    # `hosts.snapshot_digest`: the snapshot beyond its volatile sections (`_snapshot.py`).
+    snapshot_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class _Unchanged:
+    """A report that only repeats its host's last (`HostRecords._unchanged`): its sample's
+    arguments (`_insert_sample`'s), its host's columns, and what the host shows after it."""
+
+    item: Incoming
+    sample: tuple[Any, ...]
+    values: dict[str, Any]
+    last: _Last
 
 
 class HostRecords(ComplianceRecords):
@@ -96,6 +119,8 @@ class HostRecords(ComplianceRecords):
 
         Returns:
             "stored" or "duplicate" for each report, in order; only after the commit.
+            "need_full" for one that sent its package list by hash only (`packages` null)
+            when the host's stored hash is another (or there is none): nothing of it stored.
         """
         self._pending = {}
         if self.db.history is not None:  # partitioned: the days this batch files rows under
@@ -108,7 +133,7 @@ class HostRecords(ComplianceRecords):
         self._pending_results = {}
         try:
             with self._transaction():
-                results = [self._store_one(item) for item in batch]
+                results = self._store_batch(batch)
                 # One host event per stored report, with the batch: a watcher on any hub
                 # hears of it once it is committed, and only then.
                 self._announce(HOST, self._stored)
@@ -121,26 +146,116 @@ class HostRecords(ComplianceRecords):
         self._commit_results(True)
         return results
 
+    def _store_batch(self, batch: list[Incoming]) -> list[str]:
+        """Each report as `_store_one` stores it, except the usual one (`_unchanged`): those
+        are written together after the others, a statement for all their samples and one
+        for all their hosts on PostgreSQL. Results and events keep the batch's order."""
+        results = [""] * len(batch)
+        events: list[Announced | None] = [None] * len(batch)
+        per_agent = Counter(item.agent_id for item in batch)
+        unchanged: list[tuple[int, _Unchanged]] = []
+        for n, item in enumerate(batch):
+            # A host with two reports in the batch: the second compares with the first.
+            found = self._unchanged(item) if per_agent[item.agent_id] == 1 else None
+            if found is not None:
+                unchanged.append((n, found))
+            else:
+                results[n], events[n] = self._stored_alone(item)
+        if unchanged:
+            inserted = self._insert_samples([u.sample for _, u in unchanged])
+            written = []
+            for n, u in unchanged:
+                if u.item.agent_id not in inserted:
+                    # A resend, or another report in the same microsecond: one at a time.
+                    results[n], events[n] = self._stored_alone(u.item)
+                    continue
+                written.append(u)
+                report = u.item.report
+                compliance, compliance_events = self._evaluate(
+                    u.item.agent_id, report, u.item.received_at, report["report_id"])
+                u.values.update(self._compliance_values(compliance))
+                self._pending[u.item.agent_id] = u.last
+                results[n] = "stored"
+                events[n] = (u.item.agent_id, u.values["last_seen"], report["report_id"],
+                             compliance_events)
+            self._update_hosts([u.values for u in written])
+        self._stored = [e for e in events if e is not None]
+        return results
+
+    def _stored_alone(self, item: Incoming) -> tuple[str, Announced | None]:
+        """`_store_one`, and the event it announces (None: nothing stored)."""
+        before = len(self._stored)
+        status = self._store_one(item)
+        return status, self._stored[before] if len(self._stored) > before else None
+
+    def _unchanged(self, item: Incoming) -> _Unchanged | None:
+        """What to write for a report that only repeats what its host's last report said,
+        as the cache knows it: not older than the last, the same day, nothing changed beyond its
+        volatile sections (so no change event, no body, no identity or list to check).
+        None for any other: `_store_one` stores it."""
+        prev = self._pending.get(item.agent_id) or self._last.get(item.agent_id)
+        report = item.report
+        if prev is None or prev.snapshot_digest is None or \
+                report["software"]["hash"] != prev.software_hash or \
+                report["agent"].get("dropped_reports"):
+            return None
+        received = iso(item.received_at)
+        collected = _ordering_time(report["collected_at"], item.received_at)
+        # A backlog report is history only; a resend is found by its sample's insert.
+        if collected < prev.collected_at or prev.full_day != received[:10]:
+            return None
+        snapshot = {**report, "software": {**report["software"], "packages": None}}
+        if stable_digest(snapshot) != prev.snapshot_digest:
+            return None
+        collected_time = parse_time(report["collected_at"])
+        skew = (collected_time - item.received_at).total_seconds()
+        net = net_verdict(report)
+        net_key = transition_key(net)
+        net_at = prev.net_at if prev.net_key == net_key else received
+        values = {"agent_id": item.agent_id,
+                  **self._volatile_values(item, skew, collected, (net, net_at)),
+                  "live": live_text(snapshot)}
+        sample = (item.agent_id, report["report_id"], collected_time, item.received_at, skew,
+                  report)
+        # The state digest is the last one's: the state is within what `stable` covers.
+        last = _Last(collected, prev.state_digest, prev.software_hash, prev.identity,
+                     received[:10], net_key, net_at, prev.snapshot_digest)
+        return _Unchanged(item, sample, values, last)
+
+    def forget_host(self, agent_id: str) -> None:
+        """Read the host's last report back from the table at its next report, not from
+        this process's memory: another hub may have stored some since (`_unchanged` trusts
+        the memory to tell which reports only repeat the last)."""
+        self._last.pop(agent_id, None)
+
     def _previous(self, agent_id: str) -> _Last | None:
         """What the host showed before this report: this batch, the cache, else the table."""
         last = self._pending.get(agent_id) or self._last.get(agent_id)
         if last:
             return last
         row = self.db.execute("SELECT collected_at, state_digest, software_hash, serial, uuid, "
-                              "full_day, net, net_at FROM hosts WHERE agent_id = ?",
-                              (agent_id,)).fetchone()
+                              "full_day, net, net_at, snapshot_digest FROM hosts "
+                              "WHERE agent_id = ?", (agent_id,)).fetchone()
         if row is None:
             return None
         # A far-future time stored before times were bounded would freeze the host for good.
         return _Last(_ordering_time(row[0], utcnow()), row[1], row[2], (row[3], row[4]), row[5],
-                     transition_key(from_text(row[6])), row[7])
+                     transition_key(from_text(row[6])), row[7], row[8])
 
     def _store_one(self, item: Incoming) -> str:
         report = item.report
+        prev = self._previous(item.agent_id)
+        software = report["software"]
+        if software["packages"] is None and software["hash"] is not None and \
+                (prev is None or prev.software_hash != software["hash"]):
+            # Sent by hash only, and not the list the hub holds: keep nothing of it, the agent
+            # sends the same report again in full (docs/protocol.md, "Report stream"). No hash
+            # at all is no list collected, stored as ever. A resend of one stored before the
+            # list moved on is still a duplicate.
+            return "duplicate" if self._stored_already(item) else "need_full"
         received = iso(item.received_at)
         collected_time = parse_time(report["collected_at"])
         skew = (collected_time - item.received_at).total_seconds()
-        prev = self._previous(item.agent_id)
         collected = _ordering_time(report["collected_at"], item.received_at)
         backlog = prev is not None and collected < prev.collected_at
         digest = state_digest(report)
@@ -194,28 +309,53 @@ class HostRecords(ComplianceRecords):
         net_key = transition_key(net)
         net_at = prev.net_at if prev is not None and prev.net_key == net_key else \
             received if net is not None or prev is not None else None
-        self._upsert_host(item, digest, skew, software_changed, collected, compliance,
-                          (net, net_at))
+        snapshot_digest = self._upsert_host(item, digest, skew, software_changed, collected,
+                                             compliance, (net, net_at),
+                                             prev.snapshot_digest if prev else None)
         identity = (report["hardware"]["serial"], report["hardware"]["uuid"])
         if prev is None or prev.identity != identity:
             self._refresh_identity_conflicts(item.agent_id, prev.identity if prev else
                                              (None, None))
         # Today's first report kept a body (`full`), so this is the day of the last one kept.
         self._pending[item.agent_id] = _Last(collected, digest, new_hash, identity, day,
-                                             net_key, net_at)
+                                             net_key, net_at, snapshot_digest)
         self._stored.append((item.agent_id, received, report_id,
                              len(changes) + compliance_events))
         return "stored"
 
+    def _stored_already(self, item: Incoming) -> bool:
+        """Whether this agent's report with this id has a sample (`_insert_sample`'s test,
+        without its insert)."""
+        since = _resend_since(parse_time(item.report["collected_at"]), item.received_at)
+        return self.db.execute(_RESENT, (item.agent_id, since, _without_agent(
+            item.report["report_id"], item.agent_id))).fetchone() is not None
+
     def _upsert_host(self, item: Incoming, digest: str, skew: float,
                      software_changed: bool, collected_at: str,
                      compliance: str | None = None,
-                     net: tuple[dict[str, Any] | None, str | None] = (None, None)) -> None:
+                     net: tuple[dict[str, Any] | None, str | None] = (None, None),
+                     stored_digest: str | None = None) -> str:
+        """Write the host's row: only what a report changes every time, when the rest of its
+        snapshot is what the row holds (`stored_digest`, `_snapshot.py`); else all of it.
+
+        Returns:
+            The snapshot's digest, as the row now holds it.
+        """
         r = item.report
-        system, hardware = r["system"], r["hardware"]
-        facts = facts_of(r)
         received = iso(item.received_at)
         snapshot = {**r, "software": {**r["software"], "packages": None}}
+        stable = stable_digest(snapshot)
+        volatile = {**self._volatile_values(item, skew, collected_at, net),
+                    **self._compliance_values(compliance)}
+        if stable == stored_digest:
+            # Nothing beyond the volatile sections changed: the snapshot, its facts and every
+            # column taken from them stay as written (a changed hash would change `stable`).
+            volatile["live"] = live_text(snapshot)
+            self.db.execute(_host_update_sql(tuple(volatile)),
+                            (*volatile.values(), item.agent_id))
+            return stable
+        system, hardware = r["system"], r["hardware"]
+        facts = facts_of(r)
         values = {
             "agent_id": item.agent_id,
             "hostname": system["hostname"], "fqdn": system["fqdn"],
@@ -226,20 +366,13 @@ class HostRecords(ComplianceRecords):
             "memory_bytes": hardware["memory"]["total_bytes"],
             "fullest_volume_percent": facts["disk_percent"],
             "ip_addresses": " ".join(facts["ips"]) or None,
-            "first_seen": received, "last_seen": received,
-            # The ordering time (clamped); the snapshot keeps what the agent said.
-            "last_report_id": r["report_id"], "collected_at": collected_at,
-            "clock_skew_s": skew, "software_hash": r["software"]["hash"],
-            "state_digest": digest, "interval_s": r["agent"]["interval_s"],
-            "full_day": received[:10],  # as in `_Last`: the day of the last body kept
+            "first_seen": received, **volatile,
+            "software_hash": r["software"]["hash"], "state_digest": digest,
             "snapshot": json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")),
             "facts": self.db.json_text(json.dumps(facts, ensure_ascii=False,
                                                   separators=(",", ":"))),
-            "net": to_text(net[0]), "net_at": net[1],
+            "snapshot_digest": stable, "live": None,
         }
-        if self.policy is not None:  # evaluated: its summary line, against this policy
-            values["compliance"] = compliance
-            values["compliance_policy"] = self.policy.hash
         if software_changed:
             # Unchanged lists are not resent, and not rewritten either. A changed hash with
             # no list leaves the list unknown (NULL) rather than stale.
@@ -250,6 +383,42 @@ class HostRecords(ComplianceRecords):
         # The agency and site come from the agent's row in the same statement: one round
         # trip less per report on a database server.
         self.db.execute(_host_upsert_sql(tuple(values)), (*values.values(), item.agent_id))
+        return stable
+
+    def _volatile_values(self, item: Incoming, skew: float, collected_at: str,
+                         net: tuple[dict[str, Any] | None, str | None]) -> dict[str, Any]:
+        """The host's columns every report writes."""
+        r = item.report
+        received = iso(item.received_at)
+        return {
+            "last_seen": received,
+            # The ordering time (clamped); the snapshot keeps what the agent said.
+            "last_report_id": r["report_id"], "collected_at": collected_at,
+            "clock_skew_s": skew, "interval_s": r["agent"]["interval_s"],
+            "full_day": received[:10],  # as in `_Last`: the day of the last body kept
+            "net": to_text(net[0]), "net_at": net[1],
+        }
+
+    def _compliance_values(self, compliance: str | None) -> dict[str, Any]:
+        if self.policy is None:
+            return {}
+        # Evaluated: its summary line, against this policy.
+        return {"compliance": compliance, "compliance_policy": self.policy.hash}
+
+    def _update_hosts(self, rows: list[dict[str, Any]]) -> None:
+        """Write these columns of these hosts (each row's `agent_id`, same keys in all):
+        on PostgreSQL in one statement, whose executor starts once for them all."""
+        if not rows:
+            return
+        columns = tuple(c for c in rows[0] if c != "agent_id")
+        if self.db.dialect != "postgresql":
+            self.db.executemany(_host_update_sql(columns),
+                                ([*(r[c] for c in columns), r["agent_id"]] for r in rows))
+            return
+        # One array a column: the same statement text whatever the count, so the server
+        # prepares it once rather than parsing and planning it for every batch.
+        self.db.execute(_hosts_update_sql(columns),
+                        [[r[c] for r in rows] for c in ("agent_id", *columns)])
 
     def _refresh_identity_conflicts(self, agent_id: str,
                                     previous: tuple[Any, Any] = (None, None)) -> None:
@@ -404,7 +573,7 @@ class HostRecords(ComplianceRecords):
             first_seen=d["first_seen"], last_seen=d["last_seen"],
             enrolled_at=d["enrolled_at"], clock_skew_s=d["clock_skew_s"],
             identity_conflict=self._conflicts_in_scope(d["identity_conflict"], scope),
-            report=json.loads(d["snapshot"]),
+            report=current_report(d["snapshot"], d["live"]),
             packages=json.loads(d["packages"]) if d["packages"] else None,
             compliance=self.host_compliance(agent_id),
         )
@@ -518,6 +687,23 @@ def _host_upsert_sql(columns: tuple[str, ...]) -> str:
     return (f"INSERT INTO hosts ({', '.join(columns)}, agency_id, site_id) "  # noqa: S608 - column names are literals in _upsert_host
             f"SELECT {', '.join('?' for _ in columns)}, agency_id, site_id FROM agents "
             f"WHERE id = ? ON CONFLICT (agent_id) DO UPDATE SET {updates}")
+
+
+@functools.lru_cache(maxsize=8)
+def _hosts_update_sql(columns: tuple[str, ...]) -> str:
+    """One UPDATE of these columns of many hosts (PostgreSQL): its parameters are arrays,
+    the agent ids', then each column's values."""
+    arrays = ", ".join(f"?::{_COLUMN_TYPES.get(c, 'TEXT')}[]" for c in ("agent_id", *columns))
+    sets = ", ".join(f"{c} = v.{c}" for c in columns)
+    return (f"UPDATE hosts SET {sets} FROM unnest({arrays}) "  # noqa: S608 - names are literals in _volatile_values
+            f"AS v (agent_id, {', '.join(columns)}) WHERE hosts.agent_id = v.agent_id")
+
+
+@functools.lru_cache(maxsize=8)
+def _host_update_sql(columns: tuple[str, ...]) -> str:
+    """UPDATE of these columns of a host's row (the agent id is the last parameter)."""
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    return f"UPDATE hosts SET {sets} WHERE agent_id = ?"  # noqa: S608 - names are literals in _upsert_host
 
 
 def _ordering_time(collected_at: str, now: datetime) -> str:

@@ -155,7 +155,8 @@ class StoreInterface(Protocol):
     # --- hosts and reports --------------------------------------------------------------
 
     def store_reports(self, batch: list[Incoming]) -> list[str]:
-        """Store a batch in one transaction; "stored" or "duplicate" for each, in order."""
+        """Store a batch in one transaction; "stored" or "duplicate" for each, in order
+        ("need_full": a report by package hash only that the store cannot complete)."""
         ...
 
     def prune_reports(self, compact_before: datetime, full_before: datetime,

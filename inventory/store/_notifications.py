@@ -30,6 +30,7 @@ from estate.inventory.store._records import (
     Notification,
     OffHost,
 )
+from estate.inventory.store._snapshot import current_report
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 HOSTNAMES_SHOWN = 10  # of an incident's hosts, named in its message
@@ -152,14 +153,14 @@ class NotificationRecords(AuditLog):
             marks = ", ".join("?" for _ in chunk)
             for r in self.db.execute(
                     "SELECT agent_id, facts, fullest_volume_percent, clock_skew_s, "  # noqa: S608 - placeholders only
-                    f"snapshot FROM hosts WHERE agent_id IN ({marks})", chunk):
+                    f"snapshot, live FROM hosts WHERE agent_id IN ({marks})", chunk):
                 row = rows.get(r[0])
                 if row is None:
                     continue
                 facts = json.loads(r[1]) if r[1] else {}
                 out.append(AlertHost(row, facts.get("os_product"), facts.get("os_name"),
                                      facts.get("os_version"), r[2], r[3],
-                                     _dropped_reports(r[4])))
+                                     _dropped_reports(r[4], r[5])))
         return out
 
     def alert_firing(self, rule: str, condition: str, agent_ids: list[str]) -> set[str]:
@@ -311,10 +312,10 @@ class NotificationRecords(AuditLog):
         return True
 
 
-def _dropped_reports(snapshot: Any) -> int | None:
-    """`agent.dropped_reports` of a host's snapshot (None when unknown)."""
+def _dropped_reports(snapshot: Any, live: Any) -> int | None:
+    """`agent.dropped_reports` of a host's last report (None when unknown)."""
     try:
-        value = json.loads(snapshot)["agent"].get("dropped_reports")
+        value = current_report(snapshot, live)["agent"].get("dropped_reports")
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -356,6 +356,8 @@ def _pg_params(params: Sequence[Any]) -> list[Any]:
             p = int(p)
         elif p.__class__ is str and "\x00" in p:
             p = p.replace("\x00", "\ufffd")
+        elif p.__class__ is list:  # an array: a column of many rows' values
+            p = _pg_params(p)
         out.append(p)
     return out
 

@@ -60,6 +60,27 @@ def _collected(received: datetime, skew: float | None) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ") if at.microsecond == 0 else iso(at)
 
 
+def _resend_since(collected_at: datetime, received_at: datetime) -> int:
+    """Since when (microseconds) a report's id is looked for among its host's samples."""
+    # In microseconds, not datetimes: a report "collected" on 0001-01-01 is valid, and two
+    # days before it would overflow (and fail every report of its batch).
+    return to_us(min(collected_at, received_at)) - RESEND_WINDOW // timedelta(microseconds=1)
+
+
+# `_insert_sample`'s statement for many reports (PostgreSQL), answering the agents whose
+# sample it wrote. Its parameters are arrays, a column each: one statement text whatever the
+# count, prepared once. The resend check is a subquery with LIMIT, run per row through the
+# key's index: as an anti-join the planner could hash the whole table.
+_INSERT_SAMPLES = (
+    "INSERT INTO samples (agent_id, received_us, clock_skew_s, report_id, probes) "
+    "SELECT v.agent_id, v.received_us, v.clock_skew_s, v.report_id, v.probes "
+    "FROM unnest(?::TEXT[], ?::BIGINT[], ?::DOUBLE PRECISION[], ?::TEXT[], ?::TEXT[], "
+    "?::BIGINT[]) AS v (agent_id, received_us, clock_skew_s, report_id, probes, since) "
+    "WHERE (SELECT 1 FROM samples s WHERE s.agent_id = v.agent_id AND "
+    "s.received_us >= v.since AND s.report_id = v.report_id LIMIT 1) IS NULL "
+    "ON CONFLICT DO NOTHING RETURNING agent_id")
+
+
 class SampleRecords(ChangeRecords):
     # Expired samples are pruned host by host (SQLite): the next host to look at, and the
     # horizon of the last full pass (done once per prune, not once per chunk).
@@ -71,9 +92,7 @@ class SampleRecords(ChangeRecords):
         """A report's sample, unless this agent's report with this id was stored already
         (within the window an agent resends in: one range of the host's own samples); one
         statement for both. False: it was (a resend)."""
-        # In microseconds, not datetimes: a report "collected" on 0001-01-01 is valid, and two
-        # days before it would overflow (and fail every report of its batch).
-        since = to_us(min(collected_at, received_at)) - RESEND_WINDOW // timedelta(microseconds=1)
+        since = _resend_since(collected_at, received_at)
         received_us, probes = to_us(received_at), compact_probes(report)
         stored_id = _without_agent(report_id, agent_id)
         for _ in range(_SAME_TIME_TRIES):
@@ -88,6 +107,19 @@ class SampleRecords(ChangeRecords):
             # Another report of the host came in the same microsecond: the next one free.
             received_us += 1
         raise RuntimeError(f"no free sample time for {agent_id} near {iso(received_at)}")
+
+    def _insert_samples(self, samples: list[tuple[Any, ...]]) -> set[str]:
+        """The samples of reports of distinct agents (each `_insert_sample`'s arguments),
+        each unless a resend; on PostgreSQL in one statement for all. The agents whose
+        sample was written: for the others, a resend or a sample of the same microsecond,
+        ask `_insert_sample`."""
+        if self.db.dialect != "postgresql":
+            return {s[0] for s in samples if self._insert_sample(*s)}
+        rows = [(agent_id, to_us(received_at), skew, _without_agent(report_id, agent_id),
+                 compact_probes(report), _resend_since(collected_at, received_at))
+                for agent_id, report_id, collected_at, received_at, skew, report in samples]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        return {r[0] for r in self.db.execute(_INSERT_SAMPLES, columns).fetchall()}
 
     def _recent_samples(self, agent_id: str, limit: int) -> list[RecentReport]:
         rows = self.db.execute(

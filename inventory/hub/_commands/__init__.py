@@ -9,9 +9,10 @@ from estate.inventory.hub._commands.base import Channel, Handler
 from estate.inventory.hub._commands.enrol import EnrolCommand
 from estate.inventory.hub._commands.export import ExportCommand
 from estate.inventory.hub._commands.report import ReportCommand
+from estate.inventory.hub._commands.report_stream import ReportStreamCommand
 from estate.inventory.hub._commands.watch import WatchCommand
 
 __all__ = ["HANDLERS", "Channel", "Handler"]
 
 HANDLERS: dict[str, type[Handler]] = {handler.command: handler for handler in (
-    ReportCommand, EnrolCommand, ApiCommand, WatchCommand, ExportCommand)}
+    ReportCommand, ReportStreamCommand, EnrolCommand, ApiCommand, WatchCommand, ExportCommand)}

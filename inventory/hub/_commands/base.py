@@ -50,6 +50,27 @@ class Channel:
         self.finish(ERROR_CODES[code],
                     {"status": "error", "code": code, "message": message, **extra})
 
+    def refuse(self, code: str, message: str, **extra: Any) -> None:
+        """Answer with an error and go on (a report stream's refusal of one report)."""
+        if not self.finished:
+            _metrics.refused(code)
+            if self.on_refusal is not None:
+                self.on_refusal(code)
+        self.answer({"status": "error", "code": code, "message": message, **extra})
+
+    def answer(self, doc: dict[str, Any]) -> None:
+        """One JSON document on a line of its own, the channel going on."""
+        if not self.finished and self.chan is not None:
+            self.chan.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
+
+    def reading(self, on: bool) -> None:
+        """Take the client's input or leave it in its SSH window (flow control)."""
+        if not self.finished and self.chan is not None:
+            if on:
+                self.chan.resume_reading()
+            else:
+                self.chan.pause_reading()
+
     def finish(self, status: ChannelExit, doc: dict[str, Any]) -> None:
         """Answer with one JSON document and exit."""
         if self.finished or self.chan is None:
@@ -122,7 +143,6 @@ class BodyCommand(Handler, ABC):
         self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT_S, self._timeout)
 
     def data(self, data: bytes) -> None:
-        peer = self.ctx.peer
         if len(self.body) + len(data) > self.limit:
             self._release()
             self._stop_timer()
@@ -131,22 +151,9 @@ class BodyCommand(Handler, ABC):
             return
         budget, holder = self.budget(), self._holder()
         if not budget.take(len(data), holder):
-            # Over the hub's budget for every channel's bodies together, or over this
-            # sender's share of it (one sender must not hold it all): come back later.
-            mine = budget.held_by(holder) + len(data) > (budget.per_holder or budget.limit)
-            self._release()
+            message = input_refused(self, budget, holder, len(data), self._release)
             self._stop_timer()
-            code = "input_per_sender" if mine else "input_total"
-            if (folded := self.ctx.door.refusal_to_log(holder, code)) is not None:
-                log.warning("conn %s %s refused (%s): %d bytes of input buffered in all, %d "
-                            "by %s; %d more refused since the last such line",
-                            peer.address, self.command, code, budget.used,
-                            budget.held_by(holder), quoted(holder, 64), folded)
-            self.ctx.audit.record(peer.source, peer.actor, "input_refused", self.command,
-                                  {"code": code})
-            whose = "from you" if mine else "in all"
-            self.channel.fail("busy", f"the hub is holding as much "
-                              f"input as it may {whose}; retry later", retry_after=RETRY_AFTER_S)
+            self.channel.fail("busy", message, retry_after=RETRY_AFTER_S)
             return
         self.held += len(data)
         self.body += data
@@ -205,3 +212,25 @@ class BodyCommand(Handler, ABC):
             log.exception("conn %s: %s failed", self.ctx.peer.address, self.command)
             self.channel.fail("internal", "the hub failed; retry later",
                               retry_after=30)
+
+
+def input_refused(handler: Handler, budget: Budget, holder: str, n: int,
+                  release: Callable[[], None]) -> str:
+    """Log and audit `n` bytes of input the hub's budget refused; the `busy` answer's message.
+
+    Over the hub's budget for every channel's bodies together, or over this sender's share of
+    it (one sender must not hold it all): come back later. `release` lets go of what the
+    channel held, once whose share it was is known.
+    """
+    ctx, peer = handler.ctx, handler.ctx.peer
+    mine = budget.held_by(holder) + n > (budget.per_holder or budget.limit)
+    release()
+    code = "input_per_sender" if mine else "input_total"
+    if (folded := ctx.door.refusal_to_log(holder, code)) is not None:
+        log.warning("conn %s %s refused (%s): %d bytes of input buffered in all, %d "
+                    "by %s; %d more refused since the last such line",
+                    peer.address, handler.command, code, budget.used,
+                    budget.held_by(holder), quoted(holder, 64), folded)
+    ctx.audit.record(peer.source, peer.actor, "input_refused", handler.command, {"code": code})
+    whose = "from you" if mine else "in all"
+    return f"the hub is holding as much input as it may {whose}; retry later"
