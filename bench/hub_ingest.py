@@ -337,19 +337,12 @@ def bare_server(port_file: str) -> None:
             process.stdout.write(b"ok\n")
         process.exit(0)
 
-    class AnyKey(asyncssh.SSHServer):
-        def begin_auth(self, username: str) -> bool:
-            return True
-
-        def public_key_auth_supported(self) -> bool:
-            return True
-
-        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-            return True
+    sys.path.insert(0, str(ROOT))
+    from tests.harness import AnyKeyServer
 
     async def main() -> None:
         server = await asyncssh.create_server(
-            AnyKey, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key(
+            AnyKeyServer, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key(
                 "ssh-ed25519")], process_factory=handle, encoding=None)
         print(f"listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
         await asyncio.Event().wait()

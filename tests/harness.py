@@ -5,6 +5,7 @@ Every wait is bounded; every process is killed at teardown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -46,6 +47,54 @@ class AnyKeyServer(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return True
+
+
+class LoopbackSshServer:
+    """A real SSH server on 127.0.0.1, on an event loop of its own thread, that lets any key
+    in (a hub of a test's own making: an old one, a rogue one). A subclass answers each
+    session in `_run`; `fingerprint` is what an agent pins; `close()` closes every socket."""
+
+    def __init__(self) -> None:
+        import paramiko
+
+        from estate.agent.transport import fingerprint_of
+
+        self.key = asyncssh.generate_private_key("ssh-ed25519")
+        self.fingerprint = fingerprint_of(paramiko.Ed25519Key(data=self.key.public_data))
+        self.connections: list[asyncssh.SSHServerConnection] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(30)
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    async def _listen(self) -> Any:
+        connections = self.connections
+
+        class Tracked(AnyKeyServer):
+            def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+                connections.append(conn)
+
+        return await asyncssh.create_server(
+            Tracked, "127.0.0.1", 0, server_host_keys=[self.key], process_factory=self._run,
+            encoding=None)
+
+    async def _run(self, process: asyncssh.SSHServerProcess) -> None:
+        raise NotImplementedError  # each server's own answers
+
+    def close(self) -> None:
+        async def shut() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+            for conn in self.connections:
+                conn.close()
+                await conn.wait_closed()
+
+        # Every socket closed here, not left to a later test's garbage collection to find.
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
@@ -174,7 +223,9 @@ class Agent:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # agents refuse open folders
         done = run("-m", "estate.agent", "enrol", "--token", token or hub.token(), "--hub",
                    hub.address, "--config", str(self.config))
-        self.agent_id = re.search(r"enrolled as (ag-[0-9a-f]+)", done.stdout).group(1)
+        enrolled = re.search(r"enrolled as (ag-[0-9a-f]+)", done.stdout)
+        assert enrolled is not None, done.stdout
+        self.agent_id = enrolled.group(1)
         self.key_file = folder / "agent_key"
 
     def client(self) -> HubClient:

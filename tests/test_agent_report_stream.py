@@ -25,7 +25,7 @@ from estate.agent.collect._common import package_hash
 from estate.agent.config import AgentConfig, SpoolConfig, load
 from estate.agent.service import Service
 from estate.agent.spool import Spool
-from estate.agent.transport import HubClient, fingerprint_of, load_key
+from estate.agent.transport import HubClient, load_key
 from estate.inventory.protocol import (
     ERROR_CODES,
     REPORT_COMMAND,
@@ -36,8 +36,8 @@ from estate.inventory.report import make_report_id
 from tests.harness import (
     Agent,
     AgentService,
-    AnyKeyServer,
     HubProcess,
+    LoopbackSshServer,
     seed_update_cache,
     stored_sequences,
     wait_for,
@@ -239,7 +239,7 @@ def test_across_a_hub_sigkill_every_report_arrives_once_over_v2(verbose_hub, tmp
 # --- an older hub: v1 only -----------------------------------------------------------------
 
 
-class SmallHub:
+class SmallHub(LoopbackSshServer):
     """A small real SSH server: any agent key, `estate-report v1` answered `stored` (or
     `duplicate`), anything else `unknown_command` (exit 64) as the hub's session does: a hub
     from before v2. With `streams_ending` set, it serves v2 frames too, but ends that many
@@ -247,29 +247,9 @@ class SmallHub:
 
     def __init__(self, streams_ending: int | None = None) -> None:
         self.streams_ending = streams_ending
-        self.key = asyncssh.generate_private_key("ssh-ed25519")
-        self.fingerprint = fingerprint_of(_paramiko_key(self.key))
         self.commands: list[str] = []
         self.stored: list[str] = []
-        self.connections: list[asyncssh.SSHServerConnection] = []
-        self.port = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(30)
-
-    async def _listen(self) -> Any:
-        connections = self.connections
-
-        class AnyKey(AnyKeyServer):
-            def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-                connections.append(conn)
-
-        server = await asyncssh.create_server(
-            AnyKey, "127.0.0.1", 0, server_host_keys=[self.key], process_factory=self._run,
-            encoding=None)
-        self.port = server.sockets[0].getsockname()[1]
-        return server
+        super().__init__()
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or ""
@@ -310,26 +290,6 @@ class SmallHub:
     def drop(self) -> None:
         for conn in list(self.connections):
             self.loop.call_soon_threadsafe(conn.close)
-
-    def close(self) -> None:
-        async def shut() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-            for conn in self.connections:
-                conn.close()
-                await conn.wait_closed()
-
-        # Every socket closed here, not left to a later test's garbage collection to find.
-        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-def _paramiko_key(key: asyncssh.SSHKey) -> Any:
-    import paramiko
-
-    return paramiko.Ed25519Key(data=key.public_data)
 
 
 @pytest.fixture()

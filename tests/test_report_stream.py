@@ -77,7 +77,9 @@ def hash_only(report: dict[str, Any], agent_id: str) -> dict[str, Any]:
 
 def stored_packages(hub: HubProcess, agent_id: str) -> Any:
     with hub.store() as store:
-        return store.host_detail(agent_id, None)["packages"]
+        detail = store.host_detail(agent_id, None)
+    assert detail is not None, agent_id
+    return detail["packages"]
 
 
 def test_reports_on_one_stream_are_acked_in_order_and_refusals_keep_it_open(

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from estate.inventory.protocol import REPORT_STREAM_COMMAND
-from tests.harness import Agent, HubProcess, add_operator, make_report, ssh_connect
+from tests.harness import (
+    Agent,
+    HubProcess,
+    LoopbackSshServer,
+    add_operator,
+    make_report,
+    ssh_connect,
+)
 from tests.test_agent_report_stream import collector, template  # noqa: F401 (fixtures)
 from tests.test_report_stream import WITHIN_S, Stream, on_stream
 
@@ -151,36 +158,14 @@ def test_frames_dropped_over_the_input_budget_stop_reading_while_answers_wait():
 # --- a hostile hub against the agent's client ----------------------------------------------
 
 
-class RogueHub:
+class RogueHub(LoopbackSshServer):
     """A real SSH server that answers each v2 frame with `answer(frame_number)`'s bytes."""
 
     def __init__(self, answer: Any) -> None:
-        import threading
-
-        import asyncssh
-
-        from estate.agent.transport import fingerprint_of
-        from tests.harness import AnyKeyServer
-        from tests.test_agent_report_stream import _paramiko_key
-
         self.answer = answer
-        self.connections: list[Any] = []
-        self.key = asyncssh.generate_private_key("ssh-ed25519")
-        self.fingerprint = fingerprint_of(_paramiko_key(self.key))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def listen() -> Any:
-            return await asyncssh.create_server(
-                AnyKeyServer, "127.0.0.1", 0, server_host_keys=[self.key],
-                process_factory=self._run, encoding=None)
-
-        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(30)
-        self.port = self.server.sockets[0].getsockname()[1]
+        super().__init__()
 
     async def _run(self, process: Any) -> None:
-        self.connections.append(process.channel.get_connection())
         n = 0
         try:
             while True:
@@ -201,20 +186,6 @@ class RogueHub:
         key_file.chmod(0o600)
         return HubClient(f"127.0.0.1:{self.port}", self.fingerprint, load_key(key_file),
                          "ag-0123456789ab")
-
-    def close(self) -> None:
-        async def shut() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-            for conn in self.connections:
-                conn.close()
-                await conn.wait_closed()
-
-        # Every socket closed here, not left to a later test's garbage collection to find.
-        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def test_an_answer_whose_code_is_not_a_string_is_a_hub_error(tmp_path):
