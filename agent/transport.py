@@ -241,9 +241,7 @@ class HubClient:
             self.connect()
         assert self.transport is not None
         try:
-            chan = self.transport.open_session(timeout=self.timeout_s)
-            chan.settimeout(max(self.timeout_s, 60.0))
-            chan.exec_command(command)
+            chan = self._exec(command)
             try:
                 chan.sendall(payload)
                 chan.shutdown_write()
@@ -338,6 +336,14 @@ class HubClient:
         self._close_stream()
         return CommandResult(status, doc)
 
+    def _exec(self, command: str) -> paramiko.Channel:
+        """A new session channel running `command`; paramiko's errors as they come."""
+        assert self.transport is not None
+        chan = self.transport.open_session(timeout=self.timeout_s)
+        chan.settimeout(max(self.timeout_s, 60.0))
+        chan.exec_command(command)
+        return chan
+
     def _open_stream(self) -> paramiko.Channel:
         """The connection's report stream; a new one when there is none or it has ended
         (what an ended stream sent, if anything, belongs to no report of ours)."""
@@ -349,9 +355,7 @@ class HubClient:
         self._close_stream()
         assert self.transport is not None
         try:
-            chan = self.transport.open_session(timeout=self.timeout_s)
-            chan.settimeout(max(self.timeout_s, 60.0))
-            chan.exec_command(REPORT_STREAM_COMMAND)
+            chan = self._exec(REPORT_STREAM_COMMAND)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HubError(f"the hub connection failed: {exc}") from None
         self.stream = chan

@@ -23,6 +23,7 @@ from typing import Any
 import asyncssh
 
 from estate.agent.transport import HubClient, load_key
+from estate.inventory.protocol import ERROR_CODES
 from estate.inventory.store import Store
 from tests.stores import ON_POSTGRES, open_test_store, store_env, test_store_url
 
@@ -80,7 +81,12 @@ class LoopbackSshServer:
             encoding=None)
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
-        raise NotImplementedError  # each server's own answers
+        """Each session's answer; by default that of a hub that knows no such command (a
+        subclass answers what it plays)."""
+        answer = {"status": "error", "code": "unknown_command",
+                  "message": f"unknown command {process.command!r}"}
+        process.stdout.write((json.dumps(answer) + "\n").encode())
+        process.exit(ERROR_CODES["unknown_command"])
 
     def close(self) -> None:
         async def shut() -> None:
