@@ -245,7 +245,7 @@ class HubClient:
             try:
                 chan.sendall(payload)
                 chan.shutdown_write()
-            except OSError:
+            except (OSError, EOFError):  # paramiko's EOFError: the socket itself was closed
                 pass  # the hub answered early (refused, too large): read why below
             out = bytearray()
             while chunk := chan.recv(65536):
@@ -293,7 +293,7 @@ class HubClient:
         try:
             try:
                 chan.sendall(struct.pack(">I", len(body)) + body)
-            except OSError:
+            except (OSError, EOFError):  # paramiko's EOFError: the socket itself was closed
                 pass  # the hub answered early (refused, ended): read why below
             line = self._read_answer(chan)
         except (paramiko.SSHException, OSError, EOFError) as exc:

@@ -206,6 +206,33 @@ def test_wrong_user_for_a_command(module_hub, module_agent, tmp_path):
     assert (result.exit_status, result.doc["code"]) == (77, "forbidden")
 
 
+def test_an_enrol_connection_outlives_its_answer_briefly_then_closes(module_hub, tmp_path):
+    # The hub refuses before reading the body, and a client may still be sending it. Closing
+    # the connection with the answer made that input draw a TCP reset, and the client failed
+    # on the reset ("the hub connection failed") instead of reading `forbidden`; the hub now
+    # keeps the connection a short grace (ANSWERED_GRACE_S, 2 s) and then closes it, whether
+    # or not the client closes its side.
+    client = _client(module_hub, tmp_path / "k", "enrol")
+    client.connect()
+    try:
+        chan = client.transport.open_session()
+        chan.exec_command("estate-report v1")
+        assert chan.recv_exit_status() == 77
+        assert json.loads(chan.recv(65536))["code"] == "forbidden"
+        chan.close()
+        time.sleep(0.3)
+        assert client.transport.is_active(), "closed with the answer: the client's input races"
+        # One command per enrol connection still: no second channel (token) in the grace.
+        with pytest.raises(paramiko.ChannelException):
+            client.transport.open_session(timeout=10)
+        deadline = time.monotonic() + 15
+        while client.transport.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the client does not disconnect: the hub's grace bounds it
+        assert not client.transport.is_active()
+    finally:
+        client.close()
+
+
 def test_command_not_on_the_list(module_agent):
     result = module_agent.client().run("cat /etc/shadow", b"")
     assert (result.exit_status, result.doc["code"]) == (64, "unknown_command")

@@ -360,7 +360,10 @@ class Connection(asyncssh.SSHServer):
             ctx, self._channel_closed, self.conn.close if self.role == "enrol" else None)
 
     def _channel_closed(self) -> None:
-        self.channels -= 1
+        # An enrol connection runs one command in its life (one token tried each): its channel
+        # stays counted through the grace before the hub closes the connection.
+        if self.role != "enrol":
+            self.channels -= 1
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Any:

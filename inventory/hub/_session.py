@@ -32,7 +32,7 @@ class Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.channel = Channel(close_connection)
         self.command: str | None = None
         self.handler: Handler | None = None
-        self._closed, self._close_connection = closed, close_connection
+        self._closed = closed
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self.channel.chan = chan
@@ -94,5 +94,4 @@ class Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.handler.closed()
         self.channel.chan = None
         self._closed()
-        if self._close_connection is not None:
-            self._close_connection()  # enrol runs one command per connection
+        self.channel.close_connection_soon()  # enrol runs one command per connection

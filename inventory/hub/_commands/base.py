@@ -22,14 +22,19 @@ from estate.inventory.sanitise import quoted
 log = logging.getLogger("estate.hub")
 
 BODY_TIMEOUT_S = 60.0
+# How long a one-command connection (`enrol`) stays open after its answer or its channel's
+# end. Closing at once raced the client's input still on its way (a client may send its body
+# after an early refusal): those bytes reached a closed socket and drew a TCP reset, and the
+# client failed on the reset instead of reading the answer it had been sent.
+ANSWERED_GRACE_S = 2.0
 
 
 class Channel:
     """The answering side of one session channel: it ends once, with an exit status.
 
     Args:
-        close_connection: called after the answer, for a connection that runs one command
-            (`enrol`); None for the others.
+        close_connection: called ANSWERED_GRACE_S after the answer or the channel's end, for
+            a connection that runs one command (`enrol`); None for the others.
     """
 
     def __init__(self, close_connection: Callable[[], None] | None = None) -> None:
@@ -78,9 +83,13 @@ class Channel:
         self.finished = True
         self.chan.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
         self.chan.exit(status)
+        self.close_connection_soon()
+
+    def close_connection_soon(self) -> None:
+        """One command per enrol connection: it holds no state past its answer, so it closes
+        ANSWERED_GRACE_S later (twice is harmless: the second close finds it closed)."""
         if self._close_connection is not None:
-            # One command per enrol connection: it holds no state past its answer.
-            self._close_connection()
+            asyncio.get_running_loop().call_later(ANSWERED_GRACE_S, self._close_connection)
 
     def end(self, status: ChannelExit = ChannelExit.OK) -> None:
         """Exit without a further answer (what was sent already said it all)."""
