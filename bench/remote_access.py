@@ -3,15 +3,19 @@
 Starts OpenSSH's sshd on a loopback port, a hub, and an agent service offering that sshd; then,
 in the same run:
 - time to the first shell prompt (a pty, until the prompt appears): direct `ssh` versus
-  `estate ssh HOST` (ssh with `estate tunnel` as ProxyCommand, through hub and agent), once
-  the hub's key is kept (`ssh -W` relay) and as a console's very first session (Python relay);
+  `estate ssh HOST` (ssh with `ssh -W` to the hub as ProxyCommand once the hub's key is kept,
+  through hub and agent) and as a console's very first session (`estate tunnel`, the Python
+  relay), in rounds of the three back to back (the order rotating), with each side's median
+  and the median and spread of the ratios within a round (on a shared machine the times swing
+  by 2x from minute to minute; a ratio within a round compares runs seconds apart);
 - a 100 MB copy (`cat > /dev/null` on the endpoint, fed from here): direct versus through,
-  with each process's CPU per MB copied: the operator's side (`ssh`, and through the hub the
-  `estate ssh` / `estate tunnel` start and the `ssh -W` relay: every process this benchmark
-  waited for), the hub, the agent, and sshd (with the session processes it waited for).
+  alternated (the ratio per pair, as for the prompt), with each process's CPU per MB copied:
+  the operator's side (`ssh`, and through the hub the `estate ssh` start and the `ssh -W`
+  relay: every process this benchmark waited for), the hub, the agent, and sshd (with the
+  session processes it waited for).
 Prints each median and the ratio. Needs sshd (apt-get install openssh-server).
 
-Usage: python bench/remote_access.py [--runs 5] [--megabytes 100] [--copies 3] [--no-prompt]
+Usage: python bench/remote_access.py [--runs 15] [--megabytes 100] [--copies 3] [--no-prompt]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,7 +46,8 @@ PROMPT_TIMEOUT_S = 30.0
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=15,
+                        help="first-prompt rounds (each: direct, through, first session)")
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--copies", type=int, default=3, help="copies each way (median)")
     parser.add_argument("--no-prompt", action="store_true",
@@ -89,26 +95,22 @@ def main() -> int:
                 return prompt(through)
 
             if not args.no_prompt:
-                d = [prompt(direct) for _ in range(args.runs)]
-                first = [python_relay() for _ in range(args.runs)]
-                t = [prompt(through) for _ in range(args.runs)]
-                dm, fm, tm = statistics.median(d), statistics.median(first), statistics.median(t)
-                print(f"first prompt: direct {dm * 1000:.0f} ms, through the hub "
-                      f"{tm * 1000:.0f} ms, ratio {tm / dm:.2f}x (target <= 1.5x); "
-                      f"median of {args.runs}")
-                print(f"  (a console's very first session, Python relay: {fm * 1000:.0f} ms, "
-                      f"{fm / dm:.2f}x)")
+                report_prompts(paired_prompts(direct, through, python_relay, args.runs))
             size = args.megabytes * 2**20
             assert hub.proc is not None and service.proc is not None and sshd.proc is not None
             pids = {"hub": hub.proc.pid, "agent": service.proc.pid, "sshd": sshd.proc.pid}
-            dc = [copy(direct, size, pids) for _ in range(args.copies)]
-            tc = [copy(through, size, pids) for _ in range(args.copies)]
+            dc, tc = [], []
+            for n in range(args.copies):  # alternated, as the prompts are
+                for command, into in ((direct, dc), (through, tc))[::1 if n % 2 else -1]:
+                    into.append(copy(command, size, pids))
             dt = statistics.median(c.seconds for c in dc)
             tt = statistics.median(c.seconds for c in tc)
             dr, tr = size / dt / 2**20, size / tt / 2**20
+            pairs = [d.seconds / t.seconds for d, t in zip(dc, tc, strict=True)]
             print(f"{args.megabytes} MB copy: direct {dr:.0f} MB/s, through the hub "
-                  f"{tr:.0f} MB/s, ratio {tr / dr:.2f}x (target >= 0.5x); "
-                  f"median of {args.copies}")
+                  f"{tr:.0f} MB/s (medians of {args.copies}), ratio {tr / dr:.2f}x; ratio per "
+                  f"pair: median {statistics.median(pairs):.2f}x (target >= 0.5x), "
+                  f"{', '.join(f'{r:.2f}x' for r in pairs)}")
             print("  CPU ms per MB copied (median), direct / through the hub:")
             for name in ("operator", "hub", "agent", "sshd"):
                 dm_, tm_ = (statistics.median(c.cpu[name] for c in cs) * 1000 / args.megabytes
@@ -122,6 +124,44 @@ def main() -> int:
             hub.kill()
             sshd.stop()
     return 0
+
+
+def paired_prompts(direct: list[str], through: list[str], python_relay: Callable[[], float],
+                   rounds: int) -> list[tuple[float, float, float]]:
+    """`rounds` rounds of (direct, through the hub, a console's first session), timed back to
+    back, in an order that rotates from round to round so no side always runs first.
+
+    On a shared machine the time to a prompt swings by 2x from minute to minute; a ratio
+    within a round compares runs a second apart, under the same load.
+    """
+    takes: list[Callable[[], float]] = [lambda: prompt(direct), lambda: prompt(through),
+                                        python_relay]
+    rows = []
+    for n in range(rounds):
+        order = [(n + i) % 3 for i in range(3)]
+        seconds = [0.0, 0.0, 0.0]
+        for i in order:
+            seconds[i] = takes[i]()
+        rows.append((seconds[0], seconds[1], seconds[2]))
+    return rows
+
+
+def report_prompts(rows: list[tuple[float, float, float]]) -> None:
+    """Each side's median, and the median and spread of the per-round ratios."""
+    def spread(values: list[float]) -> str:
+        q = (statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1
+             else values * 3)
+        return f"quartiles {q[0]:.2f}-{q[2]:.2f}x, range {min(values):.2f}-{max(values):.2f}x"
+
+    d = [r[0] for r in rows]
+    for name, column, note in (("through the hub", 1, "target <= 1.5x"),
+                               ("a console's very first session (Python relay)", 2, "")):
+        side = [r[column] for r in rows]
+        ratios = [r[column] / r[0] for r in rows]
+        print(f"first prompt, {name}: {statistics.median(side) * 1000:.0f} ms against direct "
+              f"{statistics.median(d) * 1000:.0f} ms (medians); ratio per round: median "
+              f"{statistics.median(ratios):.2f}x{f' ({note})' if note else ''}, "
+              f"{spread(ratios)}; {len(rows)} rounds")
 
 
 def prompt(command: list[str]) -> float:

@@ -145,9 +145,16 @@ HUB_LEG_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1
 
 
 def _openssh_tunnel(hub: PinnedHub, host: str) -> int | None:
-    """Hand over to `ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's
-    full key is known (`_known_hubs`); it relays in C and checks the hub's key itself.
-    None when it cannot be used; else (Windows only) ssh's exit status."""
+    """Hand over to `ssh -W HOST:22` to the hub (`openssh_relay`) when it can be used. None
+    when it cannot; else (Windows only) ssh's exit status."""
+    command = openssh_relay(hub, host)
+    return None if command is None else hand_over_to_ssh(command[0], command)
+
+
+def openssh_relay(hub: PinnedHub, host: str) -> list[str] | None:
+    """`ssh -W HOST:22` to the hub, when OpenSSH is here and the pinned hub's full key is
+    known (`_known_hubs`): it relays in C and checks the hub's key itself. None when it
+    cannot be used (the Python relay then logs in, checks the pin and keeps the key)."""
     ssh = find_ssh()
     known = _known_hubs.verified(hub.address, hub.hub_key)
     if ssh is None or known is None:
@@ -162,8 +169,8 @@ def _openssh_tunnel(hub: PinnedHub, host: str) -> int | None:
                "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
                "-o", "ServerAliveInterval=30", "-o", f"Ciphers={HUB_LEG_CIPHERS}"]
     if hub.key:
-        command += ["-i", str(hub.key), "-o", "IdentitiesOnly=yes"]
-    return hand_over_to_ssh(ssh, [*command, hub_host.strip("[]")])
+        command += ["-i", str(hub.key.resolve()), "-o", "IdentitiesOnly=yes"]
+    return [*command, hub_host.strip("[]")]
 
 
 def define_ssh(parser: argparse.ArgumentParser) -> None:
@@ -242,13 +249,23 @@ async def resolve(hub: PinnedHub, host: str) -> str:
 
 def ssh_command(ssh: str, hub: PinnedHub, agent_id: str, user: str | None,
                 extra: list[str], ssh_args: tuple[str, ...] = ()) -> list[str]:
-    """The ssh command line for a host: `estate tunnel` as its ProxyCommand, the endpoint's
-    host key checked under the host id; `ssh_args` (console.toml's) go before the options."""
-    tunnel = [sys.executable, "-m", "estate.console.cli", "tunnel",
-              "--hub", f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
-    if hub.key:
-        tunnel += ["--key", str(hub.key.resolve())]
-    proxy = command_line([*tunnel, agent_id]).replace("%", "%%")  # ssh expands % tokens
+    """The ssh command line for a host: the relay to the hub as its ProxyCommand, the
+    endpoint's host key checked under the host id; `ssh_args` (console.toml's) go before the
+    options.
+
+    The relay is `ssh -W` itself once the hub's full key is kept: `estate tunnel` would only
+    exec the same command, after a Python start and its imports (measured: about a fifth of
+    the time to the first prompt). Until then, `estate tunnel`, whose Python relay keeps the
+    key.
+    """
+    tunnel = openssh_relay(hub, agent_id)
+    if tunnel is None:
+        tunnel = [sys.executable, "-m", "estate.console.cli", "tunnel",
+                  "--hub", f"{hub.user}@{hub.address}", "--hub-key", hub.hub_key]
+        if hub.key:
+            tunnel += ["--key", str(hub.key.resolve())]
+        tunnel.append(agent_id)
+    proxy = command_line(tunnel).replace("%", "%%")  # ssh expands % tokens
     destination = f"{user}@{agent_id}" if user else agent_id
     return [ssh, *ssh_args, "-o", f"ProxyCommand={proxy}",
             "-o", f"HostKeyAlias={agent_id}", destination, *extra]
