@@ -157,19 +157,22 @@ def openssh_relay(hub: PinnedHub, host: str) -> list[str] | None:
     cannot be used (the Python relay then logs in, checks the pin and keeps the key)."""
     ssh = find_ssh()
     known = _known_hubs.verified(hub.address, hub.hub_key)
-    if ssh is None or known is None:
+    key = hub.key.resolve() if hub.key else None
+    # ssh expands `%` tokens and `${VAR}` in these two paths (doubling escapes `%`; nothing
+    # escapes `${`): a path with `${` takes the Python relay, which reads it as it is.
+    if ssh is None or known is None or any("${" in str(p) for p in (known, key) if p):
         return None
     hub_host, _, port = hub.address.rpartition(":")
     alias = _known_hubs.alias(hub.address)
     command = [ssh, "-F", _no_file(), "-W", f"{host}:{SSH_PORT}", "-p", port,
                "-l", hub.user, "-o", f"HostKeyAlias={alias}",
-               "-o", f"UserKnownHostsFile={_ssh_option_path(known)}",
+               "-o", f"UserKnownHostsFile={_ssh_option_path(known).replace('%', '%%')}",
                "-o", f"GlobalKnownHostsFile={_no_file()}",
                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
                "-o", "ServerAliveInterval=30", "-o", f"Ciphers={HUB_LEG_CIPHERS}"]
-    if hub.key:
-        command += ["-i", str(hub.key.resolve()), "-o", "IdentitiesOnly=yes"]
+    if key:
+        command += ["-i", str(key).replace("%", "%%"), "-o", "IdentitiesOnly=yes"]
     return [*command, hub_host.strip("[]")]
 
 
