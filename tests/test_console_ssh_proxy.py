@@ -5,7 +5,6 @@ the pin and keeps the key) until then, or when the kept key is not the pinned on
 from __future__ import annotations
 
 import base64
-import hashlib
 import shlex
 import sys
 from pathlib import Path
@@ -14,12 +13,7 @@ import pytest
 
 from estate.console import _known_hubs, remote
 from estate.console._settings import PinnedHub
-
-HOST = "ag-0123456789ab"
-HUB = "127.0.0.1:2222"
-PUBLIC_KEY = "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519" + bytes(36)).decode()
-PINNED = "SHA256:" + base64.b64encode(hashlib.sha256(
-    base64.b64decode(PUBLIC_KEY.split()[1])).digest()).decode().rstrip("=")
+from tests.test_console_platform import HOST, HUB, PINNED, PUBLIC_KEY
 
 
 @pytest.fixture()
