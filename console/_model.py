@@ -7,7 +7,7 @@ costs milliseconds, not a round trip.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import compress, repeat
 from operator import contains, itemgetter
 from typing import Any
@@ -113,6 +113,9 @@ class HostModel:
         self._match_all = True
         self._text_word: tuple[int | None, str] | None = None
         self._columns: dict[str | int | None, list[Any]] = {}
+        # The last one-word text filter and the positions (in the sorted rows) it let
+        # through, while the order holds: a word typed on narrows those, not every row.
+        self._hits: tuple[int | None, str, list[int]] | None = None
         self.sort_key = "hostname"
         self.reverse = False
         self._order_stale = True
@@ -218,14 +221,25 @@ class HostModel:
             self._arrived, self._sorted = [], None
         if self._sorted is None:
             self._sorted = list(map(self._prepared.__getitem__, self._order))
-            self._columns = {}
+            self._columns, self._hits = {}, None
         if self._match_all:
             self.view = self._column("rows")[:]
         elif self._text_word is not None:
-            # One word looking for text (most keystrokes): `in` over a column at C speed.
+            # One word looking for text (most keystrokes): `in` over a column at C speed;
+            # over the last such word's hits only when this word contains it (typing on:
+            # text holding "win" holds "wi"), the same rows in the same order.
             position, needle = self._text_word
-            found = map(contains, self._column(position), repeat(needle))
-            self.view = list(compress(self._column("rows"), found))
+            column = self._column(position)
+            last = self._hits
+            candidates: Sequence[int]
+            if last is not None and last[0] == position and last[1] in needle:
+                candidates = last[2]
+                texts: Iterable[str] = map(column.__getitem__, candidates)
+            else:
+                candidates, texts = range(len(column)), column
+            hits = list(compress(candidates, map(contains, texts, repeat(needle))))
+            self._hits = (position, needle, hits)
+            self.view = list(map(self._column("rows").__getitem__, hits))
         else:
             self.view = list(map(_ROW, filter(self._match, self._sorted)))
 

@@ -42,6 +42,9 @@ class OperatorApi:
         self.role: str | None = operator.get("role")
         self.audit, self.source = audit, source  # where probes out of scope are recorded
         self.max_answer = max_answer
+        # The hosts in scope as counted at the first page of a paged walk (`after` ""),
+        # answered as `total` on its next pages too (`_walk_total`).
+        self._walk_count: int | None = None
 
     def _not_found(self, op: str, host: str) -> ApiError:
         """The refusal for a host not in scope, audited (coalesced per source).
@@ -142,7 +145,7 @@ class OperatorApi:
             if text or sort != "agent_id" or reverse or offset:
                 raise ApiError("bad_request", "after: only with sort agent_id, no filter, "
                                               "no offset")
-            return {"columns": list(COLUMN_KEYS), "total": self.store.host_count(self.scope),
+            return {"columns": list(COLUMN_KEYS), "total": self._walk_total(after),
                     "rows": self.store.host_rows(self.scope, page=(after, limit))}
         try:
             match = compile_filter(text)
@@ -163,6 +166,15 @@ class OperatorApi:
                   reverse=reverse)
         return {"columns": list(COLUMN_KEYS), "total": len(rows),
                 "rows": rows[offset:offset + limit]}
+
+    def _walk_total(self, after: str) -> int:
+        """A paged walk's `total`: the hosts in scope, counted at its first page and kept
+        for the rest, not counted at every one (forty pages at 100,000 hosts). Hosts that
+        come or go during the walk reach the console through the watch, which it opens
+        before it walks; a page with no rows ends a walk whatever the total said."""
+        if not after or self._walk_count is None:
+            self._walk_count = self.store.host_count(self.scope)
+        return self._walk_count
 
     def _host(self, p: _Params) -> Any:
         agent_id = p.text("agent_id", max_len=64, required=True)
