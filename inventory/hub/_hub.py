@@ -71,7 +71,8 @@ class Hub:
             self.db, self.store, self.tasks, settings.incidents, on_change=self.watch.wake)
         if self.incidents is not None:
             self.watch.on_presence = self.incidents.wake
-        self.writer = Writer(self.db, self.store, on_commit=self._committed)
+        self.writer = Writer(self.db, self.store, on_commit=self._committed,
+                             commit_delay_s=settings.commit_delay_ms / 1000)
         # Each report body is charged to its agent before it is parsed, and parsed off the loop.
         self.ingest = Ingest(ReportRate(settings.report_burst, settings.reports_per_interval,
                                         settings.min_report_interval_s,

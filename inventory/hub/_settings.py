@@ -68,6 +68,9 @@ class HubSettings:
     heartbeat_s: float = HEARTBEAT_S  # how often it tells the registry it is alive
     hub_timeout_s: float = HUB_TIMEOUT_S  # silent this long, other hubs take it for dead
     max_agents: int = 0  # agents this process holds at once; past it `busy`. 0: no limit
+    # `--commit-delay-ms`: how long the writer waits after a batch's first report for more to
+    # share its commit (`_writer.Writer`); 0: none. 5: docs/benchmarks.md (issue 13).
+    commit_delay_ms: int = 5
     # `serve --workers`: this worker's index from 1 (it listens with SO_REUSEPORT beside its
     # siblings); 0: the hub is one process.
     worker: int = 0

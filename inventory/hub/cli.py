@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
                             "in is told `busy` with a retry_after of 30-90 s, to come back or "
                             "go to another hub; operators are never refused by it (default "
                             "0: no limit)")
+    serve.add_argument("--commit-delay-ms", type=_commit_delay, default=5, metavar="MS",
+                       help="how long the writer waits after a report for more to share its "
+                            "commit, when the last commit held more than one: fewer, larger "
+                            "transactions for a longer ack (0 to 100; default 5)")
     serve.add_argument("--hub-name", type=_hub_name, default=None, metavar="NAME",
                        help="this hub's name in the store's registry of hubs (`estate-hub "
                             "hubs`): a restart under the same name marks offline the agents "
@@ -326,6 +330,15 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _commit_delay(text: str) -> int:
+    from estate.inventory.hub._writer import MAX_COMMIT_DELAY_MS
+
+    if not text.isdigit() or int(text) > MAX_COMMIT_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"expected milliseconds from 0 to "
+                                         f"{MAX_COMMIT_DELAY_MS}, got {text!r}")
+    return int(text)
+
+
 def _hub_name(text: str) -> str:
     if not 1 <= len(text) <= 100 or not text.isprintable() or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"expected 1 to 100 printable characters without "
@@ -421,6 +434,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            min_report_interval_s=args.min_report_interval,
                            agent_bytes_per_day=args.agent_bytes_per_day * 1024 * 1024,
                            max_agents=args.max_agents, worker=args.worker,
+                           commit_delay_ms=args.commit_delay_ms,
                            hub_id=_hub_id(args, port), heartbeat_s=args.heartbeat,
                            hub_timeout_s=args.hub_timeout, policy=policy,
                            incidents=_thresholds(args), alerts=alerts)

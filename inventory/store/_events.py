@@ -40,6 +40,22 @@ _COLUMNS = "hub_id, seq, kind, agent_id, at, report_id, change_count"
 _SELECTED = ("e.hub_id, e.seq, e.kind, e.agent_id, e.at, e.report_id, e.change_count, "
              "a.name AS agency")
 
+# Events, a column an array (`event_columns`), on PostgreSQL: one statement text whatever
+# the count, prepared once. The report writer adds a WHERE to it (`_hosts.py`).
+INSERT_EVENTS = (f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - a literal
+                 "?::TEXT[], ?::BIGINT[], ?::TEXT[], ?::TEXT[], ?::TEXT[], ?::TEXT[], "
+                 "?::BIGINT[]) AS v (hub_id, seq, kind, agent_id, at, report_id, change_count)")
+
+# `events_after` on PostgreSQL: each hub, named by a cursor (hub ids, seqs) or registered
+# (read from `events_from`), with its events after its cursor, or one row of NULLs.
+_EVENTS_AFTER = (
+    "SELECT k.hub_id, k.after, e.* FROM (SELECT coalesce(c.hub_id, h.id) AS hub_id, "  # noqa: S608 - our own literals
+    "coalesce(c.seq, h.events_from - 1) AS after FROM unnest(?::TEXT[], ?::BIGINT[]) "
+    "AS c (hub_id, seq) FULL JOIN hubs h ON h.id = c.hub_id) AS k "
+    f"LEFT JOIN LATERAL (SELECT {_SELECTED} FROM events e LEFT JOIN agents g "
+    "ON g.id = e.agent_id LEFT JOIN agencies a ON a.id = g.agency_id "
+    "WHERE e.hub_id = k.hub_id AND e.seq > k.after ORDER BY e.seq LIMIT ?) AS e ON true")
+
 # (agent id, at, report id or None, changes the report recorded)
 Announced = tuple[str, str, str | None, int]
 
@@ -74,8 +90,22 @@ class EventRecords(Connection):
         """Inside a transaction: append events to this hub's sequence and wake the other
         hubs' readers (PostgreSQL delivers the notification at commit, once however many
         times a transaction asks)."""
-        if self._event_hub is None:
+        rows = self._event_rows(kind, events)
+        if not rows:
             return
+        if self.db.dialect == "postgresql":
+            # One statement for them all, a column an array: prepared once, whatever the count.
+            self.db.execute(INSERT_EVENTS, event_columns(rows))
+        else:
+            self.db.executemany(f"INSERT INTO events ({_COLUMNS}) "  # noqa: S608 - a literal
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.db.notify_events()
+
+    def _event_rows(self, kind: str, events: Iterable[Announced]) -> list[tuple[Any, ...]]:
+        """Events numbered in this hub's sequence, as rows of `_COLUMNS`; none when this
+        store announces nothing."""
+        if self._event_hub is None:
+            return []
         rows = []
         for agent_id, at, report_id, changes in events:
             # Counted before the commit and never given back: a rolled-back transaction
@@ -83,17 +113,7 @@ class EventRecords(Connection):
             self._event_seq += 1
             rows.append((self._event_hub, self._event_seq, kind, agent_id, at, report_id,
                          changes))
-        if not rows:
-            return
-        if self.db.dialect == "postgresql":
-            # One statement for them all, a column an array: prepared once, whatever the count.
-            self.db.execute(f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - a literal
-                            "?::TEXT[], ?::BIGINT[], ?::TEXT[], ?::TEXT[], ?::TEXT[], "
-                            "?::TEXT[], ?::BIGINT[])", [list(c) for c in zip(*rows, strict=True)])
-        else:
-            self.db.executemany(f"INSERT INTO events ({_COLUMNS}) "  # noqa: S608 - a literal
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        self.db.notify_events()
+        return rows
 
     # --- reading ------------------------------------------------------------------------
 
@@ -113,11 +133,28 @@ class EventRecords(Connection):
         overtakes one of its unread ones; `more` says to read again at once.
         """
         cursors = dict(cursors)
-        for hub_id, events_from in self.db.execute("SELECT id, events_from FROM hubs"):
-            cursors.setdefault(hub_id, int(events_from) - 1)
+        if self.db.dialect == "postgresql":
+            pages = self._pages_at_once(cursors, limit)
+        else:
+            pages = self._pages(cursors, limit)
         if not cursors:
             return EventPage([], cursors, False)
+        for page in pages.values():
+            page.sort(key=lambda e: e.seq)
+        full = {hub_id for hub_id, page in pages.items() if len(page) >= limit}
+        events = _merged(pages, full)
+        for event in events:
+            cursors[event.hub_id] = event.seq
+        return EventPage(events, cursors, bool(full))
+
+    def _pages(self, cursors: dict[str, int], limit: int) -> dict[str, list[Event]]:
+        """Each hub's events after its cursor (`events_after`): the hubs, then one statement
+        for all their events. `cursors` gains the hubs it did not name."""
+        for hub_id, events_from in self.db.execute("SELECT id, events_from FROM hubs"):
+            cursors.setdefault(hub_id, int(events_from) - 1)
         hubs = sorted(cursors)
+        if not hubs:
+            return {}
         # One statement, so one snapshot: an event read here has every event committed
         # before it, on any hub, read now or earlier.
         sql = " UNION ALL ".join(
@@ -131,13 +168,22 @@ class EventRecords(Connection):
         pages: dict[str, list[Event]] = {hub_id: [] for hub_id in hubs}
         for row in self.db.execute(sql, args):
             pages[row[0]].append(Event(*row))
-        for page in pages.values():
-            page.sort(key=lambda e: e.seq)
-        full = {hub_id for hub_id, page in pages.items() if len(page) >= limit}
-        events = _merged(pages, full)
-        for event in events:
-            cursors[event.hub_id] = event.seq
-        return EventPage(events, cursors, bool(full))
+        return pages
+
+    def _pages_at_once(self, cursors: dict[str, int], limit: int) -> dict[str, list[Event]]:
+        """`_pages` in one statement (PostgreSQL): this runs after every commit of every hub
+        (its NOTIFY wakes each reader), so the registered hubs come with the events, and the
+        cursors go as arrays, so the text is the same whatever the hubs and is prepared once.
+        A hub with no new event answers one row of NULLs, which names it all the same."""
+        hubs = sorted(cursors)
+        rows = self.db.execute(_EVENTS_AFTER, ([*hubs], [cursors[h] for h in hubs], limit))
+        pages: dict[str, list[Event]] = {}
+        for row in rows:
+            cursors.setdefault(row[0], int(row[1]))
+            page = pages.setdefault(row[0], [])
+            if row[2] is not None:
+                page.append(Event(*row[2:]))
+        return pages
 
     def wait_for_events(self, timeout_s: float) -> bool:
         """Block until another hub may have written events, or `timeout_s` passed: called
@@ -160,6 +206,11 @@ class EventRecords(Connection):
             total += cur.rowcount
             if cur.rowcount < chunk:
                 return total
+
+
+def event_columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """`INSERT_EVENTS`'s parameters: each column of these rows (none: seven empty arrays)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(7)]
 
 
 def _merged(pages: dict[str, list[Event]], full: set[str]) -> list[Event]:

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from estate.inventory.changes import bounded, software_changes, state_changes, state_digest
+from estate.inventory.compliance import evaluate, summarise
 from estate.inventory.facts import facts_of
 from estate.inventory.health.net import (
     from_text,
@@ -28,7 +29,7 @@ from estate.inventory.store._compliance import (
     summary_of,
 )
 from estate.inventory.store._database import Database
-from estate.inventory.store._events import HOST, Announced
+from estate.inventory.store._events import HOST, INSERT_EVENTS, Announced, event_columns
 from estate.inventory.store._records import (
     ChangeEvent,
     HostDetail,
@@ -41,9 +42,11 @@ from estate.inventory.store._records import (
 from estate.inventory.store._remote import remote_state
 from estate.inventory.store._samples import (
     _RESENT,
+    INSERT_SAMPLES,
     _resend_since,
     _without_agent,
     compact_probes,
+    sample_columns,
 )
 from estate.inventory.store._snapshot import current_report, live_text, stable_digest
 
@@ -61,7 +64,7 @@ _UNNEEDED_OLD_BODIES = (
     "AND c.at = r.received_at AND c.report_id = r.report_id) "
     "ORDER BY r.received_at LIMIT ?")
 
-# The types of the host columns every report writes that are not text (`_hosts_update_sql`
+# The types of the host columns every report writes that are not text (`_unchanged_sql`
 # passes each column as an array of its type).
 _COLUMN_TYPES = {"clock_skew_s": "DOUBLE PRECISION", "interval_s": "DOUBLE PRECISION"}
 DEFAULT_INTERVAL_S = 300.0  # for hosts whose reports do not say their interval
@@ -161,26 +164,77 @@ class HostRecords(ComplianceRecords):
                 unchanged.append((n, found))
             else:
                 results[n], events[n] = self._stored_alone(item)
-        if unchanged:
-            inserted = self._insert_samples([u.sample for _, u in unchanged])
-            written = []
-            for n, u in unchanged:
-                if u.item.agent_id not in inserted:
+        quiet: list[tuple[int, _Unchanged, dict[str, Any] | None]] = []
+        for n, u in unchanged:
+            current = self._quiet_compliance(u)
+            if isinstance(current, bool):
+                # Its compliance results change: written by `_store_one`, which records them.
+                results[n], events[n] = self._stored_alone(u.item)
+            else:
+                quiet.append((n, u, current))
+        if quiet:
+            written = self._write_unchanged([u for _, u, _ in quiet])
+            for n, u, current in quiet:
+                if u.item.agent_id not in written:
                     # A resend, or another report in the same microsecond: one at a time.
                     results[n], events[n] = self._stored_alone(u.item)
                     continue
-                written.append(u)
-                report = u.item.report
-                compliance, compliance_events = self._evaluate(
-                    u.item.agent_id, report, u.item.received_at, report["report_id"])
-                u.values.update(self._compliance_values(compliance))
                 self._pending[u.item.agent_id] = u.last
+                if current is not None:
+                    self._pending_results[u.item.agent_id] = current
                 results[n] = "stored"
-                events[n] = (u.item.agent_id, u.values["last_seen"], report["report_id"],
-                             compliance_events)
-            self._update_hosts([u.values for u in written])
+                events[n] = written[u.item.agent_id]
         self._stored = [e for e in events if e is not None]
         return results
+
+    def _quiet_compliance(self, u: _Unchanged) -> dict[str, Any] | bool | None:
+        """Evaluate an unchanged report's compliance where it changes none of its host's
+        stored results, which is the rule: its summary goes into `u.values`, and its results
+        are returned to keep as current once written (None without a policy). False when it
+        changes some: `_evaluate` writes them, so it is stored alone.
+
+        The results compare as `_write_results` keeps them: a row it would write differs."""
+        if self.policy is None:
+            return None
+        agent_id, report = u.item.agent_id, u.item.report
+        agency = self._compliance_agency(agent_id) if self.policy.overrides else None
+        results = evaluate(self.policy.controls_for(agency), report, u.item.received_at)
+        current = {r.control.id: (r.outcome, r.fact, r.reason, r.control.title,
+                                  r.control.theme, r.control.severity, r.control.position)
+                   for r in results}
+        if current != self._current(agent_id):
+            return False
+        u.values.update(self._compliance_values(json.dumps(
+            summarise(results), ensure_ascii=False, separators=(",", ":"))))
+        return current
+
+    def _write_unchanged(self, unchanged: list[_Unchanged]) -> dict[str, Announced | None]:
+        """The samples and host rows of reports of distinct hosts that only repeat their
+        host's last, each unless a resend; on PostgreSQL with their events, in one statement
+        for all (its executor starts once, and the batch waits on one answer).
+
+        Returns:
+            The agents whose report was written, with its event still to announce (None:
+            announced already). The others are a resend, or a sample of the same
+            microsecond as another: ask `_store_one`.
+        """
+        events = {u.item.agent_id: (u.item.agent_id, u.values["last_seen"],
+                                    u.item.report["report_id"], 0) for u in unchanged}
+        if self.db.dialect != "postgresql":
+            inserted = self._insert_samples([u.sample for u in unchanged])
+            self._update_hosts([u.values for u in unchanged if u.item.agent_id in inserted])
+            return {agent_id: events[agent_id] for agent_id in inserted}
+        columns = tuple(c for c in unchanged[0].values if c != "agent_id")
+        # Numbered now, written with the samples that are: a resend's number is a gap.
+        rows = self._event_rows(HOST, events.values())
+        written = {r[0] for r in self.db.execute(
+            _unchanged_sql(columns),
+            [*sample_columns([u.sample for u in unchanged]),
+             *([u.values[c] for u in unchanged] for c in ("agent_id", *columns)),
+             *event_columns(rows)]).fetchall()}
+        if rows and written:
+            self.db.notify_events()
+        return dict.fromkeys(written)
 
     def _stored_alone(self, item: Incoming) -> tuple[str, Announced | None]:
         """`_store_one`, and the event it announces (None: nothing stored)."""
@@ -406,19 +460,13 @@ class HostRecords(ComplianceRecords):
         return {"compliance": compliance, "compliance_policy": self.policy.hash}
 
     def _update_hosts(self, rows: list[dict[str, Any]]) -> None:
-        """Write these columns of these hosts (each row's `agent_id`, same keys in all):
-        on PostgreSQL in one statement, whose executor starts once for them all."""
+        """Write these columns of these hosts (each row's `agent_id`, same keys in all), on
+        SQLite (PostgreSQL writes them in `_unchanged_sql`'s statement)."""
         if not rows:
             return
         columns = tuple(c for c in rows[0] if c != "agent_id")
-        if self.db.dialect != "postgresql":
-            self.db.executemany(_host_update_sql(columns),
-                                ([*(r[c] for c in columns), r["agent_id"]] for r in rows))
-            return
-        # One array a column: the same statement text whatever the count, so the server
-        # prepares it once rather than parsing and planning it for every batch.
-        self.db.execute(_hosts_update_sql(columns),
-                        [[r[c] for r in rows] for c in ("agent_id", *columns)])
+        self.db.executemany(_host_update_sql(columns),
+                            ([*(r[c] for c in columns), r["agent_id"]] for r in rows))
 
     def _refresh_identity_conflicts(self, agent_id: str,
                                     previous: tuple[Any, Any] = (None, None)) -> None:
@@ -519,18 +567,28 @@ class HostRecords(ComplianceRecords):
             sql += " ORDER BY h.hostname"
         status_of = _StatusClock(utcnow())
         rows = []
+        # Thousands of hosts share a compliance line (same results, same worst failure):
+        # parsed once each (the summary is a named tuple, so rows may share it).
+        summaries: dict[str | None, Any] = {}
         cursor = self.db.cursor()
         cursor.row_factory = None  # plain tuples: this runs for every host
         for r in cursor.execute(sql, args):
             status = status_of(r[5], r[6], r[4], r[7])
-            os_text = " ".join(x for x in (r[8], r[9]) if x) or None
+            os_name, os_version = r[8], r[9]
+            os_text = (f"{os_name} {os_version}" if os_name and os_version
+                       else os_name or os_version or None)
             ip = (r[15] or "").split(" ", 1)[0] or None
+            compliance = summaries.get(r[18], summaries)
+            if compliance is summaries:
+                compliance = summaries[r[18]] = summary_of(r[18])
             rows.append(HostRow(r[0], r[1], r[2], r[3], status, row_of_text(r[19]), os_text,
                                 r[10], r[11], r[12], r[13], r[14], ip, r[6],
-                                remote_state(r[16], r[17], r[4], r[5]), summary_of(r[18])))
+                                remote_state(r[16], r[17], r[4], r[5]), compliance))
         return rows
 
     def host_count(self, scope: list[str] | None) -> int:
+        if scope is None:  # every agency: no join (SQLite counts the smallest index)
+            return int(self.db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0])
         sql, args = _scoped("SELECT COUNT(*) FROM hosts h JOIN agencies a "
                             "ON a.id = h.agency_id WHERE 1 = 1", [], scope)
         return int(self.db.execute(sql, args).fetchone()[0])
@@ -690,13 +748,21 @@ def _host_upsert_sql(columns: tuple[str, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _hosts_update_sql(columns: tuple[str, ...]) -> str:
-    """One UPDATE of these columns of many hosts (PostgreSQL): its parameters are arrays,
-    the agent ids', then each column's values."""
+def _unchanged_sql(columns: tuple[str, ...]) -> str:
+    """`_write_unchanged`'s one statement (PostgreSQL): the samples' insert (`_samples.py`),
+    then, of the agents whose sample it wrote, these columns of their hosts and their
+    events. Its parameters are arrays: the samples' columns, the agent ids' and each host
+    column's, the events' columns; the same text for any batch, so prepared once.
+    Data-modifying parts of one statement see one snapshot: they meet only through the
+    samples' RETURNING."""
     arrays = ", ".join(f"?::{_COLUMN_TYPES.get(c, 'TEXT')}[]" for c in ("agent_id", *columns))
     sets = ", ".join(f"{c} = v.{c}" for c in columns)
-    return (f"UPDATE hosts SET {sets} FROM unnest({arrays}) "  # noqa: S608 - names are literals in _volatile_values
-            f"AS v (agent_id, {', '.join(columns)}) WHERE hosts.agent_id = v.agent_id")
+    return (f"WITH written AS ({INSERT_SAMPLES}), "  # noqa: S608 - names are literals in _volatile_values
+            f"host_rows AS (UPDATE hosts SET {sets} FROM unnest({arrays}) "
+            f"AS v (agent_id, {', '.join(columns)}) WHERE hosts.agent_id = v.agent_id "
+            "AND v.agent_id IN (SELECT agent_id FROM written)), "
+            f"host_events AS ({INSERT_EVENTS} WHERE v.agent_id IN (SELECT agent_id FROM written)) "
+            "SELECT agent_id FROM written")
 
 
 @functools.lru_cache(maxsize=8)

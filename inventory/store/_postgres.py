@@ -78,6 +78,9 @@ class PostgresDatabase:
         self._read_only = read_only
         self._pipeline: Any = None  # psycopg's Pipeline while a write transaction runs
         self._listener: Any = None  # the connection `wait_for_events` listens on
+        self._notified = False  # this write transaction has asked for its NOTIFY
+        # The server process of `conn`: its own NOTIFYs are not news to this hub's reader.
+        self._writer_pid = 0
         self.conn = self._connect()
         self.history = _History(self)
 
@@ -90,6 +93,7 @@ class PostgresDatabase:
             raise StoreUnavailable(f"cannot open the store at {self.url}: "
                                    f"{first_line(exc)}") from None
         conn.row_factory = _row_factory
+        self._writer_pid = conn.info.backend_pid
         # JSON columns come back as the text they hold, as on SQLite.
         conn.adapters.register_loader("jsonb", TextLoader)
         if self._read_only:
@@ -158,7 +162,7 @@ class PostgresDatabase:
     def _pipelined_transaction(self) -> Iterator[None]:
         outer = self._pipeline
         with self.conn.pipeline() as pipeline:
-            self._pipeline = pipeline
+            self._pipeline, self._notified = pipeline, False
             try:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
@@ -225,12 +229,20 @@ class PostgresDatabase:
     def notify_events(self) -> None:
         # Delivered at COMMIT, and folded: one notification per transaction, never one per
         # report. A wake-up only: readers read the events table, so a lost one costs a poll.
+        # Asked once: the server would fold a second, but would still run its statement.
+        if self._notified and self._pipeline is not None:
+            return
+        self._notified = True
         self.conn.execute(f"NOTIFY {_EVENTS_CHANNEL}")  # type: ignore[arg-type]  # a literal
 
     def wait_for_events(self, timeout_s: float) -> bool:
         """On the hub's listener thread, with its one dedicated connection: LISTEN, and
         wait. True too after (re)connecting, and after the connection failed (once its
-        wait is over): notifications may have been missed meanwhile."""
+        wait is over): notifications may have been missed meanwhile.
+
+        A notification from this store's own writer is passed over: the hub wakes its
+        reader itself after each of its commits (`Watch.wake`), and a second read for the
+        same commit would cost the server as much as the first."""
         try:
             if self._listener is None or self._listener.broken:
                 self._close_listener()
@@ -239,8 +251,14 @@ class PostgresDatabase:
                     application_name="estate-hub listener")
                 self._listener.execute(f"LISTEN {_EVENTS_CHANNEL}")  # type: ignore[arg-type]
                 return True
-            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
-                return True
+            deadline = time.monotonic() + timeout_s
+            # Bounded: each turn takes a notification or waits out the rest of the time.
+            while (left := deadline - time.monotonic()) > 0:
+                heard = list(self._listener.notifies(timeout=left, stop_after=1))
+                if not heard:
+                    return False
+                if any(n.pid != self._writer_pid for n in heard):
+                    return True
             return False
         except psycopg.Error:
             self._close_listener()

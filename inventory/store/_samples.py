@@ -24,7 +24,9 @@ from estate.inventory.store._records import RecentReport
 RESEND_WINDOW = timedelta(days=2)
 _PRUNE_AGENTS = 200  # agents whose expired samples one query lists
 _SAME_TIME_TRIES = 64  # microseconds a sample may move on (tests store reports at one time)
-# This agent's report with this id, received since: a resend.
+# This agent's report with this id, received since: a resend. On SQLite one probe of the
+# index on (agent_id, report_id) (migration 15); on PostgreSQL, which has no such index (its
+# size), a range of the host's samples since.
 _RESENT = "SELECT 1 FROM samples WHERE agent_id = ? AND received_us >= ? AND report_id = ?"
 
 
@@ -68,10 +70,11 @@ def _resend_since(collected_at: datetime, received_at: datetime) -> int:
 
 
 # `_insert_sample`'s statement for many reports (PostgreSQL), answering the agents whose
-# sample it wrote. Its parameters are arrays, a column each: one statement text whatever the
+# sample it wrote; the first part of the unchanged reports' one statement (`_hosts.py`). Its
+# parameters are arrays, a column each (`sample_columns`): one statement text whatever the
 # count, prepared once. The resend check is a subquery with LIMIT, run per row through the
 # key's index: as an anti-join the planner could hash the whole table.
-_INSERT_SAMPLES = (
+INSERT_SAMPLES = (
     "INSERT INTO samples (agent_id, received_us, clock_skew_s, report_id, probes) "
     "SELECT v.agent_id, v.received_us, v.clock_skew_s, v.report_id, v.probes "
     "FROM unnest(?::TEXT[], ?::BIGINT[], ?::DOUBLE PRECISION[], ?::TEXT[], ?::TEXT[], "
@@ -79,6 +82,14 @@ _INSERT_SAMPLES = (
     "WHERE (SELECT 1 FROM samples s WHERE s.agent_id = v.agent_id AND "
     "s.received_us >= v.since AND s.report_id = v.report_id LIMIT 1) IS NULL "
     "ON CONFLICT DO NOTHING RETURNING agent_id")
+
+
+def sample_columns(samples: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """`INSERT_SAMPLES`'s parameters for these samples (each `_insert_sample`'s arguments)."""
+    rows = [(agent_id, to_us(received_at), skew, _without_agent(report_id, agent_id),
+             compact_probes(report), _resend_since(collected_at, received_at))
+            for agent_id, report_id, collected_at, received_at, skew, report in samples]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 class SampleRecords(ChangeRecords):
@@ -110,16 +121,9 @@ class SampleRecords(ChangeRecords):
 
     def _insert_samples(self, samples: list[tuple[Any, ...]]) -> set[str]:
         """The samples of reports of distinct agents (each `_insert_sample`'s arguments),
-        each unless a resend; on PostgreSQL in one statement for all. The agents whose
-        sample was written: for the others, a resend or a sample of the same microsecond,
-        ask `_insert_sample`."""
-        if self.db.dialect != "postgresql":
-            return {s[0] for s in samples if self._insert_sample(*s)}
-        rows = [(agent_id, to_us(received_at), skew, _without_agent(report_id, agent_id),
-                 compact_probes(report), _resend_since(collected_at, received_at))
-                for agent_id, report_id, collected_at, received_at, skew, report in samples]
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        return {r[0] for r in self.db.execute(_INSERT_SAMPLES, columns).fetchall()}
+        each unless a resend, on SQLite (PostgreSQL inserts them with `INSERT_SAMPLES`, in
+        one statement with their hosts' update). The agents whose sample was written."""
+        return {s[0] for s in samples if self._insert_sample(*s)}
 
     def _recent_samples(self, agent_id: str, limit: int) -> list[RecentReport]:
         rows = self.db.execute(
