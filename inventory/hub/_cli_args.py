@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,17 @@ def _share(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000000, "
-                                         f"got {text!r}")
-    return int(text)
+def whole_number(low: int, high: int, unit: str = "a whole number") -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, the range said when it is not."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected {unit} from {low} to {high}, "
+                                             f"got {text!r}")
+        return int(text)
+    return parse
+
+
+_positive_int = whole_number(1, 1_000_000)
 
 
 def _duration(text: str) -> timedelta:

@@ -32,7 +32,6 @@ from estate.inventory.hub._links import (
     find_live,
 )
 from estate.inventory.hub._peer import Login
-from estate.inventory.hub._ssh_ignore import skip_needless_ignores
 from estate.inventory.hub._store_thread import StoreThread
 from estate.inventory.hub._tasks import Tasks, log_failure
 from estate.inventory.hub._watch import Watch
@@ -155,9 +154,6 @@ class RemoteAccess:
                  limits: Limits, links: Links) -> None:
         self.db, self.store, self.tasks, self.watch = db, store, tasks, watch
         self.limits, self.links = limits, links
-        # Relayed bytes are the hub's largest packet stream: no CBC-only empty packet before
-        # each (for every connection of this process, reports included).
-        skip_needless_ignores()
         self.hub_id = ""  # set once the hub has registered: the sessions it relays name it
         self.offers: dict[str, Login] = {}  # agent id -> the login that offers its sshd
         self.live: dict[int, Bridge] = {}  # sessions of this hub's operators, recorded here

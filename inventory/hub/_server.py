@@ -27,6 +27,7 @@ from estate.inventory.hub._door import MESSAGES, PENALISED, source_of
 from estate.inventory.hub._links import link_refusal
 from estate.inventory.hub._peer import Login, Peer
 from estate.inventory.hub._session import Session
+from estate.inventory.hub._ssh_ignore import skip_needless_ignores
 from estate.inventory.protocol import AGENT_ID, ENROL_USER, HUB_USER_PREFIX, OPERATOR_NAME
 from estate.inventory.sanitise import quoted
 from estate.inventory.store import Operator, utcnow
@@ -65,6 +66,9 @@ async def listen(services: Services, port: int | None = None) -> asyncssh.SSHAcc
     """Start the SSH server on the settings' address, with the hub's host key; on `port`
     instead, a port of this process alone (a worker's, for hub-to-hub links)."""
     settings = services.settings
+    # No CBC-only empty packet before each packet sent, on every connection of this process
+    # (reports, relayed sessions, links): none of ENCRYPTION_ALGS is CBC.
+    skip_needless_ignores()
     return await asyncssh.create_server(
         lambda: Connection(services), settings.host, settings.port if port is None else port,
         server_host_keys=[services.host_key],

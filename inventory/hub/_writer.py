@@ -25,7 +25,6 @@ log = logging.getLogger("estate.hub")
 MAX_BATCH = 256
 MAX_QUEUE = 4096
 MAX_RETRY_AFTER_S = 300
-MAX_COMMIT_DELAY_MS = 100  # past it an agent's ack waits longer than a commit ever takes
 
 
 class Busy(Exception):

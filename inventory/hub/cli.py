@@ -35,6 +35,7 @@ from estate.inventory.hub._cli_args import (
     _store_url,
     parse_listen,
     verb,
+    whole_number,
 )
 from estate.inventory.hub._cli_shared import chosen_store, data_dir, on_stop_signals
 from estate.inventory.protocol import Exit
@@ -42,6 +43,8 @@ from estate.inventory.protocol import Exit
 # `serve --workers`: more processes than a machine has cores only add context switches; this
 # bounds a typo, not a tuning choice.
 MAX_WORKERS = 256
+# `serve --commit-delay-ms`: past it an agent's ack waits longer than a commit ever takes.
+MAX_COMMIT_DELAY_MS = 100
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,11 +279,9 @@ class _Deprecated(argparse.Action):
 
 # --- serve's argument types: each error names the problem -------------------------------
 
-def _worker_count(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WORKERS}, "
-                                         f"got {text!r}")
-    return int(text)
+_worker_count = whole_number(1, MAX_WORKERS)
+_count = whole_number(0, 1_000_000)
+_commit_delay = whole_number(0, MAX_COMMIT_DELAY_MS, "milliseconds")
 
 
 def _tcp_keepalive(text: str) -> tuple[int, int, int]:
@@ -321,22 +322,6 @@ def _penalty(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected MIN:MAX seconds such as 30:600, "
                                          f"got {text!r}")
     return pair
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) > 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 1000000, "
-                                         f"got {text!r}")
-    return int(text)
-
-
-def _commit_delay(text: str) -> int:
-    from estate.inventory.hub._writer import MAX_COMMIT_DELAY_MS
-
-    if not text.isdigit() or int(text) > MAX_COMMIT_DELAY_MS:
-        raise argparse.ArgumentTypeError(f"expected milliseconds from 0 to "
-                                         f"{MAX_COMMIT_DELAY_MS}, got {text!r}")
-    return int(text)
 
 
 def _hub_name(text: str) -> str:
