@@ -27,9 +27,10 @@ POSTGRES_PASS := tests/test_store.py tests/test_changes.py tests/test_audit_log.
 	tests/test_incidents_e2e.py tests/test_alerts_dispatch.py tests/test_alerts_e2e.py \
 	tests/test_store_overview.py
 
+# --durations: the slowest tests of each pass, so a run shows where its minutes went.
 test: $(STAMP)
-	$(PY) -m pytest
-	ESTATE_TEST_STORE=postgresql $(PY) -m pytest $(POSTGRES_PASS)
+	$(PY) -m pytest --durations=30
+	ESTATE_TEST_STORE=postgresql $(PY) -m pytest --durations=15 $(POSTGRES_PASS)
 
 test-postgres: $(STAMP)
 	ESTATE_TEST_STORE=postgresql $(PY) -m pytest $(POSTGRES_PASS) \

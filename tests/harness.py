@@ -309,14 +309,21 @@ def seed_update_cache(state_dir: Path) -> None:
 class AgentService:
     """`estate-agent run` as a subprocess, for an enrolled Agent."""
 
-    FAST = 'interval = 1\nstart_delay = 0\nreconnect_max = 1\nbacklog_rate = 50\n'
+    # Reports every second (`interval`), so a test sees them in seconds. A host turns stale
+    # after two intervals without a report, and on a loaded machine an agent's collection
+    # alone can take a second, so a test whose host list must read "online" gives
+    # STEADY_INTERVAL_S.
+    STEADY_INTERVAL_S = 5
+    FAST = 'start_delay = 0\nreconnect_max = 1\nbacklog_rate = 50\n'
 
     def __init__(self, agent: Agent, extra_config: str = "",
-                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 interval: float = 1) -> None:
         self.agent = agent
         text = agent.config.read_text()
         head, sep, tables = text.partition("\n[")
-        agent.config.write_text(head.rstrip("\n") + "\n" + self.FAST + extra_config
+        agent.config.write_text(head.rstrip("\n") + "\n" + f"interval = {interval}\n"
+                                + self.FAST + extra_config
                                 + (sep + tables if sep else ""))
         self.log_path = agent.config.parent / "agent.log"
         self.wrapper, self.env = wrapper, env or {}

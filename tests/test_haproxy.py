@@ -141,8 +141,8 @@ def _operator_hosts(address: str, key: Path, fingerprint: str) -> dict[str, str]
 
 
 def _wait_all_online(proxy: HAProxy, key: Path, fingerprint: str, everyone: set[str]) -> None:
-    # Waited for, not asserted at once: a host is `stale` after two of its 1 s intervals
-    # without a report, which a busy machine can make happen for a moment.
+    # Waited for, not asserted at once: a host is `stale` after two of its intervals without
+    # a report, which a busy machine can make happen for a moment.
     wait_for(lambda: _operator_hosts(proxy.address, key, fingerprint) == dict.fromkeys(
         everyone, "online"), BOUND_S, 0.5, "every host online in the operator's host list")
 
@@ -176,7 +176,8 @@ def test_two_hubs_behind_haproxy_carry_agents_and_operators(tmp_path):
             agents = list(pool.map(lambda i: Agent(front, tmp_path / f"agent{i}", token),  # type: ignore[arg-type]
                                    range(AGENTS)))
         everyone = {a.agent_id for a in agents}
-        services = [AgentService(a).start() for a in agents]
+        services = [AgentService(a, interval=AgentService.STEADY_INTERVAL_S).start()
+                    for a in agents]
 
         # leastconn spreads the long-lived connections over both hubs.
         held = wait_for(lambda: (lambda h: h if sum(h.values()) == AGENTS and len(h) == 2

@@ -88,7 +88,8 @@ def test_two_hubs_share_presence_and_a_dead_hubs_agents_go_offline(tmp_path):
         # Reaches hub A through a relay that later leads to hub B: the agent moves hubs.
         moving = Agent(SimpleNamespace(address=relay.address), tmp_path / "moving",  # type: ignore[arg-type]
                        token)
-        services = [AgentService(a).start() for a in (on_a, on_b, moving)]
+        services = [AgentService(a, interval=AgentService.STEADY_INTERVAL_S).start()
+                    for a in (on_a, on_b, moving)]
         add_operator(hub_a, tmp_path, "olive")
         watch = WatchThread(hub_b, "olive", tmp_path / "olive")
         watch.start()
@@ -116,7 +117,7 @@ def test_two_hubs_share_presence_and_a_dead_hubs_agents_go_offline(tmp_path):
         relay.target = hub_b.port
         relay.cut()
         # Offline in the store (its host list status turns `stale` anyway once it misses
-        # two of its 1 s reports).
+        # two of its reports).
         wait_for(lambda: _holders(tmp_path / "a")[on_a.agent_id][:2] == (0, None), BOUND_S,
                  0.5, "the dead hub's agent offline")
         assert _history(tmp_path / "a", on_a.agent_id)[-1] == "offline"
