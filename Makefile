@@ -25,7 +25,7 @@ POSTGRES_PASS := tests/test_store.py tests/test_changes.py tests/test_audit_log.
 	tests/test_store_events.py tests/test_watch_across_hubs.py tests/test_multihub_attacks.py \
 	tests/test_compliance.py tests/test_compliance_e2e.py tests/test_incidents.py \
 	tests/test_incidents_e2e.py tests/test_alerts_dispatch.py tests/test_alerts_e2e.py \
-	tests/test_store_overview.py
+	tests/test_store_overview.py tests/test_store_resend_index.py
 
 # --durations: the slowest tests of each pass, so a run shows where its minutes went.
 test: $(STAMP)

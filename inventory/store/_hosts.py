@@ -43,6 +43,7 @@ from estate.inventory.store._remote import remote_state
 from estate.inventory.store._samples import (
     _RESENT,
     INSERT_SAMPLES,
+    RESEND_INDEXED_DAYS,
     _resend_since,
     _without_agent,
     compact_probes,
@@ -505,8 +506,8 @@ class HostRecords(ComplianceRecords):
         `full_before`. Bodies stored before samples existed (one a report) are thinned past
         `compact_before` to what would have been kept: the first of its host's UTC day, and
         any a change event came from. On PostgreSQL whole days' partitions are dropped
-        instead, and the samples of a day that is over get their index packed
-        (`_partitions.py`).
+        instead, the samples of a day that is over get their key's index packed, and those
+        the resend check no longer reaches lose their resend index (`_partitions.py`).
 
         Returns:
             The rows deleted.
@@ -515,6 +516,7 @@ class HostRecords(ComplianceRecords):
             dropped = (self.db.history.drop_before("samples", iso(compact_before)[:10])
                        + self.db.history.drop_before("reports", iso(full_before)[:10]))
             self.db.history.pack_finished_days()
+            self.db.history.drop_resend_indexes(RESEND_INDEXED_DAYS)
             return dropped
         thin_bound = iso(compact_before)
         with self._transaction():

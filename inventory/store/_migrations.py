@@ -59,8 +59,9 @@ def _room_for_updates_in_place(db: Any) -> None:
 def _resend_index(db: Any) -> None:
     """SQLite: samples indexed by (agent, report id) for the resend check. On PostgreSQL the
     same index (~50 bytes a sample, kept for the whole retention) would take the store past
-    its growth target of 50 MB per 1,000 hosts a day (45 MB without it); there it would
-    have to live on the last few days' partitions only, which is not done yet."""
+    its growth target of 50 MB per 1,000 hosts a day (45 MB without it); there each day's
+    partition of samples has it while the check reaches the day (`_partitions.py`): made
+    with the partition, so a store migrated from before has it from its next day on."""
     if db.dialect == "sqlite":
         db.conn.execute("CREATE INDEX samples_report ON samples (agent_id, report_id)")
 
@@ -445,7 +446,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     ),
     # 15: SQLite: the resend check (`_samples.py`) finds a report's id in an index, where it
     # decoded every sample of the host's last two days (~576 at a 5-minute interval, ~0.25 ms
-    # a report). Not on PostgreSQL (`_resend_index`).
+    # a report). PostgreSQL's is made with each day's samples instead (`_resend_index`).
     (_resend_index,),
 )
 

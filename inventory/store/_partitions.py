@@ -8,6 +8,10 @@ collation, so `[YYYY-MM-DD, next day)` in text order is the day), and `samples` 
 past `--history-days` a day of reports and of changes; each drop is one short transaction
 under the store's write lock, so ingest waits for milliseconds, not for a delete.
 
+A day of samples is also indexed by (agent, report id) while the resend check can reach it
+(`_samples.py`): made with the day's partition, dropped a few days on (`drop_resend_indexes`),
+so the check is one probe and the index's bytes are not kept for the whole retention.
+
 SQLite has no partitions: its store deletes in small chunks (`_hosts.py`) instead.
 """
 
@@ -47,12 +51,21 @@ def _bounds(table: str, day: str) -> str:
     return f"FROM ('{day}') TO ('{following}')"
 
 
+def resend_index_name(day: str) -> str:
+    return f"{partition_name('samples', day)}_resend"
+
+
 def create_partitions(conn: Any, table: str, days: Iterable[str]) -> None:
-    """Create the partitions for these days (`YYYY-MM-DD`) that do not exist yet."""
+    """Create the partitions for these days (`YYYY-MM-DD`) that do not exist yet; a day of
+    samples with its resend index."""
     for day in sorted(set(days)):
         date.fromisoformat(day)  # a bad day would be a bad table name: refuse it here
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {partition_name(table, day)} "
+        name = partition_name(table, day)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} "
                      f"PARTITION OF {table} FOR VALUES {_bounds(table, day)}")
+        if table == "samples":
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {resend_index_name(day)} "
+                         f"ON {name} (agent_id, report_id)")
 
 
 def existing_days(conn: Any, table: str) -> list[str]:
@@ -158,12 +171,35 @@ class PartitionedHistory:
             self.known[table].discard(old)
         return dropped
 
+    def drop_resend_indexes(self, keep_days: int) -> int:
+        """Drop the resend index of the days of samples before the newest `keep_days`
+        (samples are filed by the hub's own clock, so the newest is today), which the
+        resend check no longer reaches (a check that did would read the day's key range
+        instead); one short transaction each, and a day an export reads keeps it until the
+        next prune, as in `drop_before`. The indexes dropped."""
+        dropped = 0
+        for day in existing_days(self.conn, "samples")[:-keep_days]:
+            index = resend_index_name(day)
+            if self.conn.execute("SELECT to_regclass(%s)", (index,)).fetchone()[0] is None:
+                continue
+            try:
+                with self._locked():
+                    self.conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}")
+                    self.conn.execute(f"DROP INDEX IF EXISTS {index}")
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+                break
+            dropped += 1
+        return dropped
+
     def pack_finished_days(self) -> int:
         """Rebuild the key index of each day of samples that is over, once: a day's samples
         arrive host after host, each into the middle of the index, whose pages split and
         stay about two thirds full; rebuilt, they are full (58 bytes a sample -> ~40).
         CONCURRENTLY: ingest goes on meanwhile. Every partition but the newest is a day
-        over (samples are filed by the hub's own clock). The days packed."""
+        over (samples are filed by the hub's own clock). The key alone: the day's resend
+        index is dropped days later. The days packed."""
         packed = 0
         if _others_in_a_transaction(self.conn):
             # An export's snapshot: REINDEX CONCURRENTLY would wait for it to end, and the
@@ -174,7 +210,10 @@ class PartitionedHistory:
             comment = self.conn.execute("SELECT obj_description(%s::regclass, 'pg_class')",
                                         (name,)).fetchone()[0]
             if comment != _PACKED:
-                self.conn.execute(f"REINDEX TABLE CONCURRENTLY {name}")
+                key = self.conn.execute(
+                    "SELECT indexrelid::regclass::text FROM pg_index "
+                    "WHERE indrelid = %s::regclass AND indisprimary", (name,)).fetchone()[0]
+                self.conn.execute(f"REINDEX INDEX CONCURRENTLY {key}")
                 self.conn.execute(f"COMMENT ON TABLE {name} IS '{_PACKED}'")
                 packed += 1
         return packed

@@ -294,6 +294,10 @@ class _History(PartitionedHistory):
         with self.db.outside_a_transaction() as self.conn:
             return super().pack_finished_days()
 
+    def drop_resend_indexes(self, keep_days: int) -> int:
+        with self.db.outside_a_transaction() as self.conn:
+            return super().drop_resend_indexes(keep_days)
+
 
 class _Cursor:
     """`sqlite3.Cursor`'s shape over a psycopg cursor: `row_factory = None` for tuples.

@@ -22,11 +22,15 @@ from estate.inventory.store._records import RecentReport
 # or of when it was first received, if the agent's clock is behind: how far back a
 # report's id is looked for.
 RESEND_WINDOW = timedelta(days=2)
+# The days of samples that keep their resend index on PostgreSQL (`_partitions.py`): today,
+# the window's days before it, and one more for a report collected a while before it came.
+RESEND_INDEXED_DAYS = RESEND_WINDOW.days + 2
 _PRUNE_AGENTS = 200  # agents whose expired samples one query lists
 _SAME_TIME_TRIES = 64  # microseconds a sample may move on (tests store reports at one time)
-# This agent's report with this id, received since: a resend. On SQLite one probe of the
-# index on (agent_id, report_id) (migration 15); on PostgreSQL, which has no such index (its
-# size), a range of the host's samples since.
+# This agent's report with this id, received since: a resend. One probe of the index on
+# (agent_id, report_id): on SQLite the table's (migration 15); on PostgreSQL each recent
+# day's (`_partitions.py`), since for the whole retention it would cost more bytes than the
+# store's growth target leaves; on an older day, a range of the host's samples since.
 _RESENT = "SELECT 1 FROM samples WHERE agent_id = ? AND received_us >= ? AND report_id = ?"
 
 
