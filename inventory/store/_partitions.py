@@ -159,13 +159,7 @@ class PartitionedHistory:
             name = partition_name(table, old)
             # Counted before the lock, not under it: a past day takes no more rows.
             rows = _count(self.conn, name)
-            try:
-                with self._locked():
-                    self.conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}")
-                    self.conn.execute(f"DROP TABLE {name}")
-            except Exception as exc:
-                if getattr(exc, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
-                    raise
+            if not self._drop_unless_busy(f"DROP TABLE {name}"):
                 break
             dropped += rows
             self.known[table].discard(old)
@@ -182,16 +176,23 @@ class PartitionedHistory:
             index = resend_index_name(day)
             if self.conn.execute("SELECT to_regclass(%s)", (index,)).fetchone()[0] is None:
                 continue
-            try:
-                with self._locked():
-                    self.conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}")
-                    self.conn.execute(f"DROP INDEX IF EXISTS {index}")
-            except Exception as exc:
-                if getattr(exc, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
-                    raise
+            if not self._drop_unless_busy(f"DROP INDEX IF EXISTS {index}"):
                 break
             dropped += 1
         return dropped
+
+    def _drop_unless_busy(self, drop: str) -> bool:
+        """Run a DROP in a transaction of its own under the write lock, waiting at most
+        `_LOCK_WAIT_MS` for a reader's lock on what it drops; False if it waited in vain."""
+        try:
+            with self._locked():
+                self.conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}")
+                self.conn.execute(drop)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            return False
+        return True
 
     def pack_finished_days(self) -> int:
         """Rebuild the key index of each day of samples that is over, once: a day's samples
