@@ -41,8 +41,8 @@ from estate.agent.collect import collect_report  # noqa: E402
 from estate.inventory.store import Incoming, Store, StoreUrl, iso, utcnow  # noqa: E402
 from estate.inventory.store._partitions import (  # noqa: E402
     create_partitions,
+    create_resend_index,
     existing_days,
-    partition_name,
     resend_index_name,
 )
 from tests.postgres import PostgresCluster  # noqa: E402
@@ -78,8 +78,7 @@ def seed(store: Store, raw: Any, base: dict[str, Any], hosts: int, samples: int)
 def set_indexes(raw: Any, indexed: bool) -> None:
     for day in existing_days(raw, "samples"):
         if indexed:
-            raw.execute(f"CREATE INDEX IF NOT EXISTS {resend_index_name(day)} "
-                        f"ON {partition_name('samples', day)} (agent_id, report_id)")
+            create_resend_index(raw, day)
         else:
             raw.execute(f"DROP INDEX IF EXISTS {resend_index_name(day)}")
     raw.execute("ANALYZE samples")

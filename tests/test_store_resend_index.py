@@ -13,7 +13,12 @@ import pytest
 
 from estate.inventory.store import Incoming, iso, utcnow
 from estate.inventory.store._partitions import resend_index_name
-from estate.inventory.store._samples import _RESENT, INSERT_SAMPLES, RESEND_INDEXED_DAYS
+from estate.inventory.store._samples import (
+    _RESENT,
+    INSERT_SAMPLES,
+    RESEND_INDEXED_DAYS,
+    _resend_since,
+)
 from tests.stores import ON_POSTGRES, open_test_store
 
 T0 = utcnow().replace(microsecond=0)
@@ -21,7 +26,7 @@ SAMPLES = 600  # a host's samples in the resend window at a 5-minute interval, a
 TODAY = T0.date().isoformat()
 INDEX = resend_index_name(TODAY) if ON_POSTGRES else "samples_report"
 T0_US = int(T0.timestamp() * 1e6)
-SINCE = T0_US - 2 * 86_400_000_000
+SINCE = _resend_since(T0, T0)  # a report collected and received at T0
 
 
 def _host_with_samples(tmp_path, report):

@@ -55,6 +55,12 @@ def resend_index_name(day: str) -> str:
     return f"{partition_name('samples', day)}_resend"
 
 
+def create_resend_index(conn: Any, day: str) -> None:
+    """The resend check's index on a day of samples (`_samples.py`), unless it has one."""
+    conn.execute(f"CREATE INDEX IF NOT EXISTS {resend_index_name(day)} "
+                 f"ON {partition_name('samples', day)} (agent_id, report_id)")
+
+
 def create_partitions(conn: Any, table: str, days: Iterable[str]) -> None:
     """Create the partitions for these days (`YYYY-MM-DD`) that do not exist yet; a day of
     samples with its resend index."""
@@ -64,8 +70,7 @@ def create_partitions(conn: Any, table: str, days: Iterable[str]) -> None:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {name} "
                      f"PARTITION OF {table} FOR VALUES {_bounds(table, day)}")
         if table == "samples":
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {resend_index_name(day)} "
-                         f"ON {name} (agent_id, report_id)")
+            create_resend_index(conn, day)
 
 
 def existing_days(conn: Any, table: str) -> list[str]:
@@ -171,11 +176,13 @@ class PartitionedHistory:
         resend check no longer reaches (a check that did would read the day's key range
         instead); one short transaction each, and a day an export reads keeps it until the
         next prune, as in `drop_before`. The indexes dropped."""
+        past = [resend_index_name(day) for day in existing_days(self.conn, "samples")[:-keep_days]]
+        # One catalog query for the days that still have it (most lost it at earlier prunes).
+        left = {r[0] for r in self.conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'i' AND relname = ANY(%s)",
+            (past,)).fetchall()}
         dropped = 0
-        for day in existing_days(self.conn, "samples")[:-keep_days]:
-            index = resend_index_name(day)
-            if self.conn.execute("SELECT to_regclass(%s)", (index,)).fetchone()[0] is None:
-                continue
+        for index in (i for i in past if i in left):
             if not self._drop_unless_busy(f"DROP INDEX IF EXISTS {index}"):
                 break
             dropped += 1
