@@ -124,9 +124,10 @@ def measure(url: str, hosts: int, changing: float, batch: int, every_body: bool,
         if pending:
             seconds += _store(store, pending, batch)
             reports += len(pending)
-        # The hub's hourly prune, once the day is over (nothing has expired yet): on
-        # PostgreSQL it packs the finished day's samples index.
+        # The hub's hourly prune and pack, once the day is over (nothing has expired yet):
+        # on PostgreSQL the finished day's samples index is packed.
         store.prune_reports(DAY - timedelta(days=30), DAY - timedelta(days=400))
+        store.pack_history()
         store.close()
         grown.append(_size(url) - before)
     return grown, reports, seconds

@@ -15,6 +15,7 @@ import itertools
 import json
 import subprocess
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -243,9 +244,10 @@ def test_an_agent_logging_in_just_after_a_server_restart_is_not_refused(tmp_path
 def test_an_export_reading_beside_the_hub_does_not_hold_up_its_pruning(pg_store, report,
                                                                         export):
     """An export on the primary reads in one snapshot for as long as it runs. Pruning runs on
-    the hub's store thread: waiting there for the export (a day's DROP behind its lock,
-    REINDEX CONCURRENTLY behind its snapshot) would stop every agent's reports for as long
-    as any operator's export runs. It leaves that work to its next round instead."""
+    the hub's store thread: waiting there for the export (a day's DROP behind its lock)
+    would stop every agent's reports for as long as any operator's export runs. The pack
+    runs apart, but its REINDEX CONCURRENTLY would wait for the export's snapshot, holding
+    its lock on the day meanwhile. Both leave that work to their next round instead."""
     host = _Host(pg_store, report)
     now = NOW
     for back in range(6, -1, -1):
@@ -255,11 +257,13 @@ def test_an_export_reading_beside_the_hub_does_not_hold_up_its_pruning(pg_store,
     try:
         rows = list(getattr(reader, export)(HostQuery(None), now))
         assert len(rows) == 1  # the export's snapshot and locks are held from here
+        time.sleep(1.5)  # an export's transaction, not a batch of reports (`_partitions.py`)
         pruning = threading.Thread(target=lambda: finished.append(pg_store.prune_reports(
-            now - timedelta(days=3), now - timedelta(days=3))))
+            now - timedelta(days=3), now - timedelta(days=3)) + pg_store.pack_history()))
         pruning.start()
         pruning.join(60)
         assert finished, "pruning waited on the export"
+        assert not _packed_days(pg_store)
     finally:
         reader.close()
     # With the export over, a next round does what this one left. The export's server
@@ -267,11 +271,17 @@ def test_an_export_reading_beside_the_hub_does_not_hold_up_its_pruning(pg_store,
     # transaction leaves the packing to the round after: waited for, a round at a time.
     def packed_by_a_next_round() -> bool:
         pg_store.prune_reports(now - timedelta(days=3), now - timedelta(days=3))
-        return pg_store.db.execute(
-            "SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'samples_d%' "
-            "AND obj_description(oid, 'pg_class') IS NOT NULL").fetchone()[0] >= 1
+        pg_store.pack_history()
+        return _packed_days(pg_store) >= 1
 
     wait_for(packed_by_a_next_round, WITHIN_S, 0.2, "a prune after the export packing")
     days = {r[0][:10] for r in pg_store.db.execute("SELECT received_at FROM reports")}
     assert min(days) >= (now - timedelta(days=3)).date().isoformat()
+
+
+def _packed_days(store: Store) -> int:
+    """The days of samples whose index was packed (`_partitions.py` marks them)."""
+    return int(store.db.execute(
+        "SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'samples_d%' "
+        "AND obj_description(oid, 'pg_class') IS NOT NULL").fetchone()[0])
 

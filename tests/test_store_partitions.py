@@ -1,16 +1,21 @@
 """PostgreSQL's history by day: reports and change events in day partitions, created as days
 come, thinned past `--retention-days` and dropped past `--history-days` a whole day at a time;
 a resent report refused by its unique key days later; an older store's history moved into
-partitions by the migration. A real PostgreSQL cluster (tests/postgres.py)."""
+partitions by the migration; a finished day's index packed on a connection of its own, once,
+while reports are stored. A real PostgreSQL cluster (tests/postgres.py)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
+import psycopg
 import pytest
 
 from estate.inventory.store import HostQuery, Store, StoreUrl, _migrations, _postgres, iso
+from estate.inventory.store import _partitions as partitioning
 from estate.inventory.store._migrations import MIGRATIONS
+from tests.harness import wait_for
 from tests.test_retention import (
     HISTORY,
     NOW,
@@ -110,6 +115,51 @@ def test_retention_and_history_drop_whole_days(pg_store, report):
     with pg_store.reader() as reader:
         got = {h.agent_id: h.last_seen for h in reader.hosts_as_of(HostQuery(None), year_ago)}
     assert got == {host.agent_id: iso(year_ago.replace(hour=0))}
+
+
+def test_a_finished_day_is_packed_apart_while_reports_are_stored(pg_store, report,
+                                                                 monkeypatch):
+    """Rebuilding a finished day's index takes seconds at 20,000 hosts (7 s measured): the
+    hub runs `pack_history` off its store thread, on a connection of its own, so a report
+    that comes meanwhile is stored and answered. Each day is packed once."""
+    host = _Host(pg_store, report)
+    host.send(NOW - timedelta(days=1))
+    host.send(NOW)
+    yesterday = partitioning.partition_name("samples", iso(NOW - timedelta(days=1))[:10])
+    # Whatever holds the day's lock is taken for a batch of reports, not an export's long
+    # snapshot, however long it is held here: the rebuild waits for it.
+    monkeypatch.setattr(partitioning, "_LONG_TRANSACTION_S", 3600)
+    url = str(pg_store.db.url)
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watcher:
+        holder.execute(f"LOCK TABLE {yesterday} IN SHARE UPDATE EXCLUSIVE MODE")
+        packed: list[int] = []
+        packing = threading.Thread(target=lambda: packed.append(pg_store.pack_history()))
+        packing.start()
+        wait_for(lambda: watcher.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'REINDEX%' "
+            "AND wait_event_type = 'Lock'").fetchone()[0] == 1, 30, 0.05, "the rebuild waiting")
+        # The store's own connection is free: a report is stored while the rebuild waits.
+        sending = threading.Thread(target=host.send, args=(NOW + timedelta(minutes=5),))
+        sending.start()
+        sending.join(30)
+        stored_meanwhile, still_packing = not sending.is_alive(), packed == []
+        holder.rollback()
+        sending.join(60)
+        assert stored_meanwhile and still_packing
+    packing.join(60)
+    assert packed == [1]
+    assert _partitions(pg_store, "samples")[yesterday] is not None  # marked: not again
+    assert pg_store.pack_history() == 0
+
+
+def test_one_hub_packs_at_a_time_and_the_others_leave_it(pg_store, report):
+    host = _Host(pg_store, report)
+    host.send(NOW - timedelta(days=1))
+    host.send(NOW)
+    with psycopg.connect(str(pg_store.db.url), autocommit=True) as other_hub:
+        other_hub.execute("SELECT pg_advisory_lock(%s)", (_postgres._PACK_LOCK,))
+        assert pg_store.pack_history() == 0  # at once, not after the other's
+    assert pg_store.pack_history() == 1
 
 
 def test_the_migration_moves_an_older_stores_history_into_partitions(postgres, report,

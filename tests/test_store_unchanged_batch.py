@@ -1,6 +1,7 @@
 """A batch of reports that only repeat their host's last: written together (on PostgreSQL in
-one statement with their events), a resend among them still refused, and a hub's listener
-deaf to its own writer (its hub wakes its reader itself)."""
+one statement with their events, prepared once and run by its generic plan), a resend among
+them still refused, and a hub's listener deaf to its own writer (its hub wakes its reader
+itself)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,18 @@ def test_a_listener_passes_over_its_own_writers_notifications(stores, report):
     assert hub.wait_for_events(0.5) is False  # its own commit: its hub has woken its reader
     assert other.store_reports([_incoming(report, agent, 2)]) == ["stored"]
     assert hub.wait_for_events(5) is True
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="prepared statements' plans are PostgreSQL's")
+def test_a_batch_of_one_runs_the_prepared_generic_plan_not_a_new_plan_each_time(stores, report):
+    """A quiet hub commits its reports one at a time. Left to choose, the server plans the
+    batch statement anew for each (it judges a plan for one row cheaper than the generic one),
+    which costs it more CPU than the rest of the write."""
+    hub, _ = stores
+    (agent,) = _agents(hub, 1)
+    for n in range(1, 14):  # psycopg prepares a statement at its sixth run
+        assert hub.store_reports([_incoming(report, agent, n)]) == ["stored"]
+    generic, custom = hub.db.execute(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+        "WHERE statement LIKE 'WITH written AS%'").fetchone()
+    assert custom == 0 and generic >= 5

@@ -15,7 +15,8 @@ no caller sees SQL, a connection or a row. What a backend must keep:
   admin verb) writing at the same time. The audit log is append-only in the database itself.
 - One store object is used by one thread at a time (the hub's store thread; an admin verb's
   process). `reader()` may be called from any thread and gives a read-only handle of its own,
-  used on the thread that made it (an export's), while the hub keeps writing.
+  used on the thread that made it (an export's), while the hub keeps writing; `pack_history()`
+  may be called from any thread too, on a connection of its own.
 - Reports: every report leaves a sample (time, skew, probe figures, its id: what sparklines
   and the resend check read); its body is kept only for a host's first report, a backlog one,
   one telling of dropped reports, a change (state digest or software hash), and the first of
@@ -165,6 +166,13 @@ class StoreInterface(Protocol):
         past their horizon: samples received before `compact_before`, kept bodies
         before `full_before`; the rows deleted. The caller calls again while it gets `chunk`,
         each call its own job, so ingest goes on in between."""
+        ...
+
+    def pack_history(self) -> int:
+        """Rebuild what the history's growth left loose (PostgreSQL: each finished day's
+        samples key index, once) on a connection of its own, opened and closed in the call:
+        it takes seconds at 20,000 hosts, so the hub runs it off its store thread. The days
+        packed (0 where there is nothing to pack)."""
         ...
 
     # --- compliance (`_compliance.py`) ----------------------------------------------------

@@ -10,7 +10,9 @@ under the store's write lock, so ingest waits for milliseconds, not for a delete
 
 A day of samples is also indexed by (agent, report id) while the resend check can reach it
 (`_samples.py`): made with the day's partition, dropped a few days on (`drop_resend_indexes`),
-so the check is one probe and the index's bytes are not kept for the whole retention.
+so the check is one probe and the index's bytes are not kept for the whole retention. Once a
+day is over, its key's index is rebuilt packed (`pack_finished_days`), on a connection and a
+thread of its own: it takes seconds at 20,000 hosts.
 
 SQLite has no partitions: its store deletes in small chunks (`_hosts.py`) instead.
 """
@@ -32,6 +34,7 @@ _DAY_US = 86_400_000_000
 _PACKED = "index packed: the day is over"  # the comment a packed samples partition carries
 _LOCK_WAIT_MS = 1000  # how long dropping a day waits for a reader's lock before leaving it
 _LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+_LONG_TRANSACTION_S = 1.0  # a transaction open longer is not a hub's batch (`pack_finished_days`)
 
 
 def partition_name(table: str, day: str) -> str:
@@ -81,13 +84,15 @@ def existing_days(conn: Any, table: str) -> list[str]:
     return sorted(f"{m[2]}-{m[3]}-{m[4]}" for (name,) in rows if (m := _NAME.match(name)))
 
 
-def _others_in_a_transaction(conn: Any) -> bool:
+def _long_transactions_open(conn: Any) -> bool:
     """Whether another session of this database (of this role: pg_stat_activity shows no
-    more) is inside a transaction."""
+    more) has been inside a transaction for over `_LONG_TRANSACTION_S`: an export's snapshot
+    or a backup's, not a hub's batch of reports."""
     return bool(conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
         "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
-        "AND xact_start IS NOT NULL)").fetchone()[0])
+        "AND xact_start < now() - make_interval(secs => %s))",
+        (_LONG_TRANSACTION_S,)).fetchone()[0])
 
 
 def _count(conn: Any, name: str) -> int:
@@ -136,8 +141,8 @@ class PartitionedHistory:
     """The history tables' partitions on one connection: what a PostgreSQL store does where
     SQLite's deletes rows (`Database.history`)."""
 
-    def __init__(self, conn: Any, write_lock: int) -> None:
-        self.conn, self.write_lock = conn, write_lock
+    def __init__(self, conn: Any, write_lock: int, pack_lock: int) -> None:
+        self.conn, self.write_lock, self.pack_lock = conn, write_lock, pack_lock
         self.known: dict[str, set[str]] = {table: set() for table in PARTITIONED}
 
     def ensure(self, table: str, days: Iterable[str]) -> None:
@@ -205,14 +210,25 @@ class PartitionedHistory:
         """Rebuild the key index of each day of samples that is over, once: a day's samples
         arrive host after host, each into the middle of the index, whose pages split and
         stay about two thirds full; rebuilt, they are full (58 bytes a sample -> ~40).
-        CONCURRENTLY: ingest goes on meanwhile. Every partition but the newest is a day
-        over (samples are filed by the hub's own clock). The key alone: the day's resend
-        index is dropped days later. The days packed."""
-        packed = 0
-        if _others_in_a_transaction(self.conn):
-            # An export's snapshot: REINDEX CONCURRENTLY would wait for it to end, and the
-            # hub's store thread with it. The next prune packs.
+        CONCURRENTLY: ingest goes on meanwhile, provided this runs on a connection and a
+        thread of its own (`_postgres.py`, `pack_apart`). Every partition but the newest is
+        a day over (samples are filed by the hub's own clock). The key alone: the day's
+        resend index is dropped days later. One hub packs at a time: another finds the lock
+        taken and leaves it. The days packed."""
+        if _long_transactions_open(self.conn):
+            # An export's snapshot: REINDEX CONCURRENTLY would wait for it to end, holding
+            # its lock on the day meanwhile. The next prune packs.
             return 0
+        if not self.conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                 (self.pack_lock,)).fetchone()[0]:
+            return 0
+        try:
+            return self._pack()
+        finally:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.pack_lock,))
+
+    def _pack(self) -> int:
+        packed = 0
         for day in existing_days(self.conn, "samples")[:-1]:
             name = partition_name("samples", day)
             comment = self.conn.execute("SELECT obj_description(%s::regclass, 'pg_class')",

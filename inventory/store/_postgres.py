@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 # Advisory lock keys (any two constants no other application on the database uses).
 _WRITE_LOCK = 0x45535441_5445_0001 & 0x7FFFFFFFFFFFFFFF
 _MIGRATE_LOCK = 0x45535441_5445_0002 & 0x7FFFFFFFFFFFFFFF
+_PACK_LOCK = 0x45535441_5445_0003 & 0x7FFFFFFFFFFFFFFF  # held by the one hub packing
 _CONNECT_TIMEOUT_S = 10
 _STREAM_ROWS = 2000  # rows an export's server-side cursor fetches at a time
 _EVENTS_CHANNEL = "estate_events"  # NOTIFY/LISTEN: a hub wrote watch events
@@ -279,7 +280,7 @@ class _History(PartitionedHistory):
     """The partitions, on the store's connection as it is at each call (`_partitions.py`)."""
 
     def __init__(self, db: PostgresDatabase) -> None:
-        super().__init__(db.conn, _WRITE_LOCK)
+        super().__init__(db.conn, _WRITE_LOCK, _PACK_LOCK)
         self.db = db
 
     def ensure(self, table: str, days: Iterable[str]) -> None:
@@ -293,6 +294,16 @@ class _History(PartitionedHistory):
     def pack_finished_days(self) -> int:
         with self.db.outside_a_transaction() as self.conn:
             return super().pack_finished_days()
+
+    def pack_apart(self) -> int:
+        """`pack_finished_days` on a connection of its own, opened and closed here: for a
+        thread other than the store's, whose reports go on meanwhile (a day's rebuild at
+        20,000 hosts takes seconds)."""
+        db = PostgresDatabase(self.db.url)
+        try:
+            return db.history.pack_finished_days()
+        finally:
+            db.close()
 
     def drop_resend_indexes(self, keep_days: int) -> int:
         with self.db.outside_a_transaction() as self.conn:
