@@ -162,6 +162,29 @@ def test_one_hub_packs_at_a_time_and_the_others_leave_it(pg_store, report):
     assert pg_store.pack_history() == 1
 
 
+def test_a_rebuild_cut_short_leaves_nothing_behind_once_the_day_is_packed(pg_store, report):
+    """A hub killed during a rebuild leaves the new index, invalid (PostgreSQL's REINDEX
+    CONCURRENTLY keeps it, and keeps writing it); the next pack drops it."""
+    host = _Host(pg_store, report)
+    host.send(NOW - timedelta(days=1, minutes=10))
+    host.send(NOW - timedelta(days=1, minutes=5))  # two samples of one clock skew
+    host.send(NOW)
+    yesterday = partitioning.partition_name("samples", iso(NOW - timedelta(days=1))[:10])
+    with psycopg.connect(str(pg_store.db.url), autocommit=True) as admin:
+        with pytest.raises(psycopg.errors.UniqueViolation):  # as a rebuild fails half way
+            admin.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {yesterday}_pkey_ccnew "
+                          f"ON {yesterday} (clock_skew_s)")
+
+        def indexes() -> list[tuple[str, bool]]:
+            return sorted(admin.execute(
+                "SELECT indexrelid::regclass::text, indisvalid FROM pg_index "
+                "WHERE indrelid = %s::regclass", (yesterday,)).fetchall())
+
+        assert (f"{yesterday}_pkey_ccnew", False) in indexes()
+        assert pg_store.pack_history() == 1
+        assert indexes() == [(f"{yesterday}_pkey", True), (f"{yesterday}_resend", True)]
+
+
 def test_the_migration_moves_an_older_stores_history_into_partitions(postgres, report,
                                                                      monkeypatch):
     url = StoreUrl.parse(postgres.create_database("p_migration_8"))

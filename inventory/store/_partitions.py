@@ -234,6 +234,12 @@ class PartitionedHistory:
             comment = self.conn.execute("SELECT obj_description(%s::regclass, 'pg_class')",
                                         (name,)).fetchone()[0]
             if comment != _PACKED:
+                # A rebuild cut short (its hub killed, the server restarted) left its new
+                # index behind, invalid but kept up: gone before the day is rebuilt again.
+                for (left,) in self.conn.execute(
+                        "SELECT indexrelid::regclass::text FROM pg_index "
+                        "WHERE indrelid = %s::regclass AND NOT indisvalid", (name,)).fetchall():
+                    self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {left}")
                 key = self.conn.execute(
                     "SELECT indexrelid::regclass::text FROM pg_index "
                     "WHERE indrelid = %s::regclass AND indisprimary", (name,)).fetchone()[0]
