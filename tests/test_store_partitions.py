@@ -136,8 +136,9 @@ def test_a_finished_day_is_packed_apart_while_reports_are_stored(pg_store, repor
         packing = threading.Thread(target=lambda: packed.append(pg_store.pack_history()))
         packing.start()
         wait_for(lambda: watcher.execute(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'REINDEX%' "
-            "AND wait_event_type = 'Lock'").fetchone()[0] == 1, 30, 0.05, "the rebuild waiting")
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'REINDEX%' AND wait_event_type = 'Lock'").fetchone()[0] == 1,
+            30, 0.05, "the rebuild waiting")
         # The store's own connection is free: a report is stored while the rebuild waits.
         sending = threading.Thread(target=host.send, args=(NOW + timedelta(minutes=5),))
         sending.start()
