@@ -19,6 +19,7 @@ Not part of `make test`: it takes tens of minutes on a 2-core machine (docs/test
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -432,21 +433,25 @@ def report(show_survivors: bool) -> bool:
 
 def main() -> None:
     os.chdir(ROOT)
-    argv = sys.argv[1:]
-    only = None
-    if "--module" in argv:  # --module PATH, repeatable: only those modules are run again
-        only = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--module"]
-        unknown = sorted(set(only) - set(_patterns()))
-        if unknown or not only:
-            sys.exit(f"--module takes one of: {', '.join(_patterns())}")
-    args = set(argv)
-    if "--report" not in args:
-        elapsed = _run(only)
+    parser = argparse.ArgumentParser(
+        description="Mutation testing of the modules that keep the product's promises "
+                    "(docs/testing.md). Without options: every module, from scratch (tens of "
+                    "minutes).")
+    parser.add_argument("--report", action="store_true",
+                        help="print the last run's table again; run nothing")
+    parser.add_argument("--survivors", action="store_true",
+                        help="also list the surviving mutants")
+    parser.add_argument("--module", action="append", choices=_patterns(), metavar="PATH",
+                        help="run only this module's mutants again (repeatable; the others "
+                             f"keep their last results): one of {', '.join(_patterns())}")
+    args = parser.parse_args()
+    if not args.report:
+        elapsed = _run(args.module)
         print(f"\nmutmut run took {elapsed / 60:.1f} minutes")
     if not STAGE.exists():
         sys.exit("no run to report yet: run tests/mutate.py (or make mutate) first")
     os.chdir(STAGE)  # mutmut reads its results (mutants/) from the working folder
-    sys.exit(0 if report("--survivors" in args) else 1)
+    sys.exit(0 if report(args.survivors) else 1)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def test_unchanged_reports_go_together_and_a_resend_among_them_is_refused(stores
     batch = [_incoming(report, a, 2) for a in agents[:2]] + [_incoming(report, agents[2], 1)]
     assert hub.store_reports(batch) == ["stored", "stored", "duplicate"]
     page = reader.events_after(cursors)
-    assert [(e.kind, e.agent_id, e.report_id) for e in page.events] == [
-        ("host", a, f"{a}:1:2") for a in agents[:2]]
+    assert [(e.kind, e.agent_id, e.report_id, e.change_count) for e in page.events] == [
+        ("host", a, f"{a}:1:2", 0) for a in agents[:2]]
     assert reader.report_count() == 5
     seen = {h.agent_id: h.last_seen for h in reader.hosts()}
     assert seen == {agents[0]: iso(T0 + timedelta(seconds=2)),
