@@ -62,7 +62,12 @@ class Limits:
 
 class _Half(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
     """One side of a bridge: what arrives here is written to the other side, with flow
-    control (a slow reader pauses the fast writer instead of the hub buffering it)."""
+    control (a slow reader pauses the fast writer instead of the hub buffering it).
+
+    What arrives while the other side is closing (its close came, its end is on its way) is
+    dropped: asyncssh refuses the write with BrokenPipeError, which, raised here, would close
+    this side's whole connection: for the host's side, the agent's, with its reports and
+    every other session through it."""
 
     def __init__(self, bridge: Bridge, name: str) -> None:
         self.bridge, self.name = bridge, name
@@ -88,12 +93,12 @@ class _Half(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
         self.bytes_in += len(data)
         if self.peer.chan is None:
             self.pending.append(data)
-        else:
+        elif not self.peer.chan.is_closing():
             self.peer.chan.write(data)
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.peer.chan is not None:
+        if self.peer.chan is not None and not self.peer.chan.is_closing():
             self.peer.chan.write_eof()
         return True  # the other direction may still be talking
 
