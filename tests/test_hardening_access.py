@@ -363,3 +363,30 @@ def test_coalescer_windows_and_key_cap():
     folded = {d["source"]: d for d in details if "repeats" in d}
     assert folded["10.0.0.1"]["repeats"] == 49 and len(folded["10.0.0.1"]["targets"]) == 10
     assert folded[OVERFLOW_SOURCE]["repeats"] == 29
+
+
+def test_a_revocation_before_the_hubs_first_look_at_the_counter_is_not_missed(tmp_path):
+    """The hub reads the store's access counter every second and re-reads the records of
+    those connected only when it moved. Its first reading has nothing to compare with: it
+    counts as a move, so a revocation made between an agent's login and that first reading
+    (an agent connecting in the hub's first second) ends the connection within a second, not
+    at the full check ten minutes on."""
+    from datetime import timedelta
+
+    from estate.inventory.hub._access import AccessGuard
+    from tests.stores import open_test_store
+
+    store = open_test_store(tmp_path)
+    try:
+        token_id, secret, _ = store.create_token("Council", "Town Hall", 2, timedelta(hours=1),
+                                                 "admin:test")
+        first, second = (store.enrol(token_id, secret, f"ssh-ed25519 K{i}", f"SHA256:k{i}",
+                                     f"pc{i}")["agent_id"] for i in range(2))
+        assert store.revoke_agent(first, "admin:test")  # before the hub's first look
+        guard = AccessGuard(None, store, None, None)  # type: ignore[arg-type]
+        assert guard._records_changed() is True
+        assert guard._records_changed() is False
+        assert store.revoke_agent(second, "admin:test")
+        assert guard._records_changed() is True
+    finally:
+        store.close()

@@ -99,9 +99,11 @@ class AccessGuard:
                 log_failure(log, "checking access of open connections failed")
 
     def _records_changed(self) -> bool:
-        """On the store thread: has anyone changed who may log in since the last look?"""
+        """On the store thread: has anyone changed who may log in since the last look? The
+        first look counts as a change: a revocation between a login's check and this first
+        reading of the counter would otherwise wait for the full check, ten minutes on."""
         version = self.store.access_version()
-        changed = self._access_version is not None and version != self._access_version
+        changed = self._access_version is None or version != self._access_version
         self._access_version = version
         return changed
 
