@@ -89,6 +89,16 @@ def online(folder: Path, agent_ids: list[str], online: bool = True) -> bool:
     return all(state.get(a) == online for a in agent_ids)
 
 
+def reported(folder: Path, agent_ids: list[str]) -> bool:
+    """Whether each of these agents has a report stored (a host row)."""
+    store = open_test_store(folder)
+    try:
+        rows = store.db.execute("SELECT agent_id FROM hosts").fetchall()
+    finally:
+        store.close()
+    return set(agent_ids) <= {r[0] for r in rows}
+
+
 def incidents(folder: Path) -> list[dict[str, Any]]:
     store = open_test_store(folder)
     try:
