@@ -234,15 +234,15 @@ class PartitionedHistory:
             comment = self.conn.execute("SELECT obj_description(%s::regclass, 'pg_class')",
                                         (name,)).fetchone()[0]
             if comment != _PACKED:
+                indexes = self.conn.execute(
+                    "SELECT indexrelid::regclass::text, indisprimary, indisvalid FROM pg_index "
+                    "WHERE indrelid = %s::regclass", (name,)).fetchall()
                 # A rebuild cut short (its hub killed, the server restarted) left its new
                 # index behind, invalid but kept up: gone before the day is rebuilt again.
-                for (left,) in self.conn.execute(
-                        "SELECT indexrelid::regclass::text FROM pg_index "
-                        "WHERE indrelid = %s::regclass AND NOT indisvalid", (name,)).fetchall():
-                    self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {left}")
-                key = self.conn.execute(
-                    "SELECT indexrelid::regclass::text FROM pg_index "
-                    "WHERE indrelid = %s::regclass AND indisprimary", (name,)).fetchone()[0]
+                for index, _, valid in indexes:
+                    if not valid:
+                        self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+                key = next(index for index, primary, valid in indexes if primary and valid)
                 self.conn.execute(f"REINDEX INDEX CONCURRENTLY {key}")
                 self.conn.execute(f"COMMENT ON TABLE {name} IS '{_PACKED}'")
                 packed += 1
