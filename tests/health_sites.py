@@ -11,7 +11,7 @@ from typing import Any
 
 from estate.inventory import simulate
 from estate.inventory.hub._keys import load_or_create_host_key
-from tests.harness import HubProcess
+from tests.harness import HubProcess, wait_for
 from tests.stores import open_test_store
 
 BOUND_S = 90  # generous: the machine is shared; no timing is asserted below it
@@ -89,16 +89,6 @@ def online(folder: Path, agent_ids: list[str], online: bool = True) -> bool:
     return all(state.get(a) == online for a in agent_ids)
 
 
-def reported(folder: Path, agent_ids: list[str]) -> bool:
-    """Whether each of these agents has a report stored (a host row)."""
-    store = open_test_store(folder)
-    try:
-        rows = store.db.execute("SELECT agent_id FROM hosts").fetchall()
-    finally:
-        store.close()
-    return set(agent_ids) <= {r[0] for r in rows}
-
-
 def incidents(folder: Path) -> list[dict[str, Any]]:
     store = open_test_store(folder)
     try:
@@ -109,3 +99,16 @@ def incidents(folder: Path) -> list[dict[str, Any]]:
 
 def of(folder: Path, subject: str) -> list[dict[str, Any]]:
     return [i for i in incidents(folder) if i["subject"] == subject]
+
+
+def wait_for_outage(hub: HubProcess, subject: str) -> list[dict[str, Any]]:
+    """The site outage `subject`, once open; failing, the incidents there are instead and
+    what the hub logged of trouble, so that a missed outage says why."""
+    try:
+        return wait_for(lambda: of(hub.data, subject), BOUND_S, 0.2, f"the outage {subject}")
+    except AssertionError as exc:
+        seen = [(i["kind"], i["subject"], i["state"]) for i in incidents(hub.data)]
+        trouble = [line for line in hub.log().splitlines()
+                   if " WARNING " in line or " ERROR " in line or "correlat" in line]
+        raise AssertionError(f"{exc}; incidents instead: {seen}; the hub logged:\n" +
+                             "\n".join(trouble[-40:])) from None

@@ -136,6 +136,44 @@ def test_a_site_going_offline_is_one_outage_listing_its_hosts_and_no_host_incide
                                              "resolved"]
 
 
+def test_a_pass_that_comes_late_still_sees_a_site_go_down_together(estate):
+    """The store thread busy for longer than the window (a slow disk): the first pass to
+    read the hosts offline comes after their window is over. Still one outage, not a host
+    incident each."""
+    estate.run(0)
+    down = estate.site(0)
+    estate.presence(down, False, 300)
+    estate.run(300 + 2 * estate.t.window_s)
+    [outage] = estate.incidents()
+    assert (outage["kind"], outage["subject"], outage["hosts"]) == \
+        ("site_outage", "site:Fire/Station 1", 4)
+    estate.run(300 + 4 * estate.t.window_s)
+    assert [i["kind"] for i in estate.incidents()] == ["site_outage"]
+    # Read late too, and further apart than the window: lone hosts, each after its grace.
+    estate.presence(estate.site(1)[:2], False, 1000)
+    estate.presence(estate.site(1)[2:], False, 1000 + 2 * estate.t.window_s)
+    estate.run(1000 + 2 * estate.t.window_s + 1)
+    assert sorted(i["kind"] for i in estate.incidents()) == ["host_offline"] * 2 + \
+        ["site_outage"]
+    # What a pass first read offline long after it went is news for a window only.
+    estate.run(1000 + 5 * estate.t.window_s)
+    assert sorted(i["kind"] for i in estate.incidents()) == \
+        ["host_offline"] * 4 + ["site_outage"]
+
+
+def test_a_site_gone_in_the_correlators_first_window_is_an_outage_once_one_may_open(estate):
+    """Nothing opens in the correlator's first window (agents still reconnecting after a
+    restart); a site that went down then and stays down is an outage after it, even when
+    the first pass allowed to open comes more than a window after the site went."""
+    estate.run(0)
+    down = estate.site(2)
+    estate.presence(down, False, 1)
+    estate.run(2)
+    assert estate.incidents() == []
+    estate.run(estate.t.window_s + 5)
+    assert [(i["kind"], i["hosts"]) for i in estate.incidents()] == [("site_outage", 4)]
+
+
 def test_a_flapping_site_is_one_incident_and_a_recurrence_soon_after_reopens_it(estate):
     estate.run(0)
     down = estate.site(1)

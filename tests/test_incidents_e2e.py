@@ -3,14 +3,18 @@ operators on the API and the watch. A site's agents killed make exactly one site
 listing them and no host incidents; restored, it resolves after the hold; a flapping site is
 one incident; a lone host is a host incident; a probe failing on several hosts of one site is
 one shared-service incident; scope holds on every op and on the watch; an auditor cannot
-acknowledge; an acknowledgement is audited and reaches another operator's watch live. On
-PostgreSQL, two hubs on one store run one correlator and a watch on either hears of it."""
+acknowledge; an acknowledgement is audited and reaches another operator's watch live; a site
+going down while the store is held up for longer than the outage window is still one outage.
+On PostgreSQL, two hubs on one store run one correlator and a watch on either hears of it."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from tests.health_sites import (
     of,
     online,
     start_agents,
+    wait_for_outage,
 )
 from tests.multihub import WatchThread
 from tests.stores import ON_POSTGRES, test_store_url
@@ -89,7 +94,7 @@ def test_a_killed_site_is_one_outage_scoped_acked_and_resolved(estate):
     hub, sim, api, watch = estate["hub"], estate["sim"], estate["api"], estate["watch"]
     agents = sim.at("Fire", "Station 1")
     sim.call(sim.sim.take_down, agents)
-    wait_for(lambda: of(hub.data, "site:Fire/Station 1"), BOUND_S, 0.2, "a site outage")
+    wait_for_outage(hub, "site:Fire/Station 1")
     wait_for(lambda: of(hub.data, "site:Fire/Station 1")[0]["hosts"] == PER_SITE, BOUND_S,
              0.2, "every host of the site listed")
     [outage] = api("ops", "incidents")
@@ -194,6 +199,58 @@ def test_a_lone_host_is_a_host_incident_and_a_failing_probe_a_shared_service_one
     wait_for(lambda: of(hub.data, subject)[0]["state"] == "resolved"
              and of(hub.data, f"host:{lone}")[0]["state"] == "resolved", BOUND_S, 0.2,
              "both resolved")
+
+
+@contextmanager
+def _presence_writes_held(hub: HubProcess) -> Iterator[None]:
+    """The hub's writes of who is online, and its correlator's, held up from the test as a
+    slow disk or another hub's long transaction would: on SQLite every write (the test holds
+    the write lock), on PostgreSQL those to `agents` and `leases` (the test locks them)."""
+    url = test_store_url(hub.data)
+    if url is None:
+        lite = sqlite3.connect(hub.data / "estate.db", timeout=30, isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            lite.execute("ROLLBACK")
+            lite.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as pg:
+        pg.execute("LOCK TABLE agents, leases IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            pg.rollback()
+
+
+def test_a_site_going_down_while_the_store_is_held_up_is_still_one_outage(tmp_path):
+    """Held up for longer than the outage window, the store records the site's agents
+    offline, at the time they went, only once their window is over: the correlator still
+    takes them for one site outage, not for a host incident each."""
+    hub = HubProcess(tmp_path / "hub", FLAGS).start()
+    sim = None
+    try:
+        sim = start_agents(hub, [SITES[1]] * PER_SITE)
+        agents = sim.at(*SITES[1])
+        wait_for(lambda: online(hub.data, agents), BOUND_S, 0.2, "every agent online")
+        window_s = float(FLAGS[FLAGS.index("--outage-window") + 1])
+        time.sleep(window_s)  # the correlator past its first window, in which none opens
+        with _presence_writes_held(hub):
+            time.sleep(1.5)  # a correlator pass waiting, from before the site went down
+            sim.call(sim.sim.take_down, agents)
+            time.sleep(window_s + 2)
+        [outage] = wait_for_outage(hub, f"site:{SITES[1][0]}/{SITES[1][1]}")
+        wait_for(lambda: of(hub.data, outage["subject"])[0]["hosts"] == PER_SITE, BOUND_S,
+                 0.2, "every host of the site listed")
+        time.sleep(2 * window_s)  # past every host's grace: none has an incident of its own
+        assert [i["kind"] for i in incidents(hub.data)] == ["site_outage"]
+    finally:
+        if sim is not None:
+            sim.stop()
+        hub.kill()
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="several hubs share a PostgreSQL store (run "

@@ -41,11 +41,19 @@ def test_reading_only_the_changed_agents_gives_what_a_whole_read_gives(tmp_path)
         assert set(changed.offline) == {ids[0], ids[5]}
         assert changed.revoked == {ids[2]}
         assert changed.offline[ids[5]].site == "Clinic"
+        assert changed.went_offline == {ids[0], ids[5]}
         whole = store.health_inputs(None, HOLD, later(41))
         assert (changed.offline, changed.revoked) == (whole.offline, whole.revoked)
+        assert whole.went_offline == set()  # a correlator's first read: no news to it
         # Nothing changed since: the same, from a read of no agent.
         store.set_presence(ids[0], True, later(50))
         again = store.health_inputs(iso(later(41)), HOLD, later(60))
-        assert set(again.offline) == {ids[5]}
+        assert set(again.offline) == {ids[5]} and again.went_offline == set()
+        # Offline again since another time: news again, though read offline before.
+        store.set_presence(ids[5], True, later(70))
+        store.set_presence(ids[5], False, later(71))
+        store.set_presence(ids[0], False, later(71))
+        last = store.health_inputs(iso(later(60)), HOLD, later(80))
+        assert last.went_offline == {ids[0], ids[5]}
     finally:
         store.close()

@@ -8,7 +8,11 @@ thresholds"):
 - `site_outage` ("site:<agency>/<site>"): within `window_s`, at least `share` of a site's hosts
   and at least `min_hosts` went offline and are still offline. One incident lists them all,
   and the hosts that go later while it is open; none of them gets a host incident of its own.
-  It holds while the listed hosts still offline meet the same thresholds.
+  It holds while the listed hosts still offline meet the same thresholds. Gone within the
+  window is by the hosts' times offline, read against the pass's clock; a host a pass first
+  saw offline within the window counts too, if the times of the hosts counted together are
+  within a window of each other: a pass that comes late (its store busy for longer than the
+  window) still sees a site go down together, not one host at a time.
 - `host_offline` ("host:<agent id>"): a host offline longer than `grace_s` outside any site
   outage. The grace is the window by default, so a host is only taken for alone once the
   window in which it could have been part of a site outage is over.
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from estate.inventory.sanitise import quoted
-from estate.inventory.times import iso
+from estate.inventory.times import iso, parse_time
 
 log = logging.getLogger("estate.hub")
 
@@ -126,6 +130,9 @@ class HealthInputs:
     net_position: str | None  # the newest net_at read
     open: list[OpenIncident]
     resolved: dict[str, tuple[int, str]]  # subject -> (id, resolved_at), resolved recently
+    # Offline now and not at the store's previous read (or since another time); none on a
+    # correlator's first read, to which all it finds offline is old news.
+    went_offline: set[str] = field(default_factory=set)
 
 
 # --- the plan (applied by the store in one transaction) ----------------------------------
@@ -190,11 +197,14 @@ class Correlator:
         # Sites at the shared-service cap now: told once when they reach it, again only after
         # a pass at which nothing was held back there.
         self.capped: set[tuple[str, str]] = set()
+        # Agent id -> when a pass first saw it offline (iso), kept for a window.
+        self.seen_offline: dict[str, str] = {}
 
     def plan(self, inputs: HealthInputs, now: datetime) -> list[Action]:
         if self.leading_since is None:
             self.leading_since = now
         self._take_net(inputs.net)
+        self._see_offline(inputs, now)
         if inputs.net_position is not None and (self.net_position is None
                                                 or inputs.net_position > self.net_position):
             self.net_position = inputs.net_position
@@ -218,14 +228,16 @@ class Correlator:
                       in_outage: set[str], now: datetime, may_open: bool) -> list[Action]:
         window_start = iso(now - timedelta(seconds=self.t.window_s))
         open_sites = {(i.agency, i.site) for i in inputs.open if i.kind == SITE_OUTAGE}
+        seen = self.seen_offline
         # The hosts a pass needs: at a site with an outage open, every one offline; at the
-        # others, those gone within the window, and only while outages may open. Hosts
-        # offline for longer elsewhere are left out: with 100,000 offline, nearly all.
+        # others, those gone within the window (or first seen offline within it), and only
+        # while outages may open. Hosts offline for longer elsewhere are left out: with
+        # 100,000 offline, nearly all.
         by_site: dict[tuple[str, str], dict[str, OfflineHost]] = defaultdict(dict)
         for agent_id, host in offline.items():
             key = (host.agency, host.site)
-            if (key in open_sites or (may_open and host.since >= window_start)) and \
-                    agent_id not in own:
+            gone_lately = host.since >= window_start or agent_id in seen
+            if (key in open_sites or (may_open and gone_lately)) and agent_id not in own:
                 by_site[key][agent_id] = host
         actions: list[Action] = []
         for agency, site in sorted(set(by_site) | open_sites):
@@ -234,8 +246,11 @@ class Correlator:
             subject = f"site:{agency}/{site}"
             incident = open_by_subject.get(subject)
             if incident is None:
-                recent = sorted((h.since, a) for a, h in down.items() if h.since >= window_start)
-                if may_open and inputs.sites.get((agency, site)) and len(recent) >= need:
+                recent = sorted((h.since, a) for a, h in down.items()
+                                if h.since >= window_start or a in seen)
+                if may_open and inputs.sites.get((agency, site)) and \
+                        _largest_burst([since for since, _ in recent], window_start,
+                                       self.t.window_s) >= need:
                     hosts = [(a, since) for since, a in recent]
                     in_outage.update(a for a, _ in hosts)
                     actions.append(self._open(inputs, SITE_OUTAGE, subject, agency, site,
@@ -246,6 +261,19 @@ class Correlator:
             in_outage.update(affected)
             actions += _conclude(incident, update, len(affected) >= need, now, self.t.hold_s)
         return actions
+
+    def _see_offline(self, inputs: HealthInputs, now: datetime) -> None:
+        """Note when a pass first saw each host offline, for a window (the store's read
+        says which went offline since its previous one). One seen in the correlator's first
+        window, when nothing opens, is news for a window after it: a site gone then is an
+        outage once one may open, not a host incident each."""
+        assert self.leading_since is not None
+        window = timedelta(seconds=self.t.window_s)
+        at, start = iso(max(now, self.leading_since + window)), iso(now - window)
+        for agent_id in inputs.went_offline:
+            self.seen_offline.setdefault(agent_id, at)
+        self.seen_offline = {a: t for a, t in self.seen_offline.items()
+                             if t >= start and a in inputs.offline}
 
     # --- lone hosts -----------------------------------------------------------------------
 
@@ -398,6 +426,26 @@ def _conclude(incident: OpenIncident, update: Update, holds: bool, now: datetime
     if clear_since <= iso(now - timedelta(seconds=hold_s)):
         actions.append(Resolve(incident.id))
     return actions
+
+
+def _largest_burst(times: list[str], window_start: str, window_s: float) -> int:
+    """The most of these sorted `iso()` times that lie within `window_s` of each other:
+    all of them when none is before `window_start` (a pass on time); hosts a late pass
+    first saw offline may be further apart. An unreadable time counts for nothing."""
+    if not times or times[0] >= window_start:
+        return len(times)
+    moments = []
+    for text in times:
+        try:
+            moments.append(parse_time(text))
+        except ValueError:
+            continue
+    best, first = 0, 0
+    for last, moment in enumerate(moments):
+        while (moment - moments[first]).total_seconds() > window_s:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
 
 
 def _failing(net: str | None) -> frozenset[tuple[str, str, str]]:

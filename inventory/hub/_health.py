@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from estate.inventory.health._correlate import Correlator, Thresholds
 from estate.inventory.hub._store_thread import StoreThread
@@ -55,23 +55,29 @@ class IncidentTask:
                 pass
             self._wake.clear()
             try:
-                changed = await self._db(self._pass, utcnow())
+                changed = await self._db(self._pass)
             except Exception:
                 log_failure(log, "correlating incidents failed")
                 continue
             if changed and self._on_change is not None:
                 self._on_change()
 
-    def _pass(self, now: datetime) -> int:
+    def _pass(self) -> int:
         """On the store thread: renew the lease, read, plan, apply. Returns the incidents
-        changed."""
-        held = self._store.take_lease(LEASE, self.hub_id, self.ttl_s, now)
+        changed.
+
+        Timed by the store thread's clock as it reads, not when the pass was asked for: a
+        pass that waited behind other store work (or for a lock) would otherwise read hosts
+        gone offline meanwhile against an earlier time, and forget them as news before the
+        next pass."""
+        held = self._store.take_lease(LEASE, self.hub_id, self.ttl_s, utcnow())
         if held != self.leading:
             log.info("incident correlator %s on this hub", "running" if held else "stopped")
             self.leading = held
             self.correlator.reset()
         if not held:
             return 0
+        now = utcnow()  # after the lease's write, which may have waited for the store's lock
         inputs = self._store.health_inputs(self.correlator.net_position,
                                            timedelta(seconds=self.thresholds.hold_s), now)
         actions = self.correlator.plan(inputs, now)

@@ -146,7 +146,7 @@ class IncidentRecords(AuditLog, EventRecords):
         (`PRESENCE_SLACK_S`). Hosts never connected are no site's hosts yet: they count for
         nothing.
         """
-        presence, changed = self._presence(net_after is None, now)
+        presence, changed, went_offline = self._presence(net_after is None, now)
         offline, revoked = presence.offline, presence.revoked
         sites = self._site_totals()
         if changed:
@@ -180,21 +180,25 @@ class IncidentRecords(AuditLog, EventRecords):
             "SELECT subject, id, resolved_at FROM incidents WHERE state = 'resolved' AND "
             "resolved_at >= ? ORDER BY resolved_at", (iso(now - hold),))}
         return HealthInputs(sites, offline, revoked, net, position, list(incidents.values()),
-                            resolved)
+                            resolved, went_offline)
 
     _presence_read: _PresenceRead | None = None
 
-    def _presence(self, whole: bool, now: datetime) -> tuple[_PresenceRead, bool]:
-        """Who is offline and who is revoked now (`health_inputs`), and whether that may
-        differ from the previous pass's."""
+    def _presence(self, whole: bool, now: datetime) -> tuple[_PresenceRead, bool, set[str]]:
+        """Who is offline and who is revoked now (`health_inputs`), whether that may differ
+        from the previous pass's, and the agents offline now that the previous read had not
+        (or had offline since another time): none on a correlator's first read, when all
+        it finds offline is old news to it."""
         read, clock = self._presence_read, time.monotonic()
         if whole or read is None or clock - read.whole_at > PRESENCE_REREAD_S:
             offline = {r[0]: OfflineHost(r[0], r[1], r[2], r[3], r[4]) for r in self.db.execute(
                 f"SELECT {_OFFLINE_HOST} {_AGENTS} WHERE {_OFFLINE}")}
             revoked = {r[0] for r in self.db.execute(
                 "SELECT id FROM agents WHERE revoked_at IS NOT NULL")}
+            news = set() if whole or read is None else \
+                {a for a, host in offline.items() if _went_offline(read.offline, host)}
             self._presence_read = _PresenceRead(iso(now), clock, offline, revoked)
-            return self._presence_read, True
+            return self._presence_read, True, news
         since = iso_minus(read.at, PRESENCE_SLACK_S)
         # Each agent changed: its state now. A full scan of agents (no index on these
         # times), but of one table and with no join for the agents not changed: 42-67 ms
@@ -203,15 +207,19 @@ class IncidentRecords(AuditLog, EventRecords):
             f"SELECT {_OFFLINE_HOST}, {_OFFLINE}, g.revoked_at {_AGENTS} WHERE "
             "g.connected_at > ? OR g.disconnected_at > ? OR g.revoked_at > ?",
             (since, since, since)).fetchall()
+        went: set[str] = set()
         for r in rows:
             if r[5]:  # offline now
-                read.offline[r[0]] = OfflineHost(r[0], r[1], r[2], r[3], r[4])
+                host = OfflineHost(r[0], r[1], r[2], r[3], r[4])
+                if _went_offline(read.offline, host):
+                    went.add(host.agent_id)
+                read.offline[r[0]] = host
             else:
                 read.offline.pop(r[0], None)
             if r[6] is not None:
                 read.revoked.add(r[0])
         read.at = max(read.at, iso(now))
-        return read, bool(rows)
+        return read, bool(rows), went
 
     _sites_read: tuple[float, dict[tuple[str, str], int]] | None = None
 
@@ -460,6 +468,11 @@ class IncidentRecords(AuditLog, EventRecords):
             if len(ids) < chunk:
                 return total
 
+
+def _went_offline(before: dict[str, OfflineHost], host: OfflineHost) -> bool:
+    """Whether `host`, offline now, went offline after the read that gave `before`."""
+    earlier = before.get(host.agent_id)
+    return earlier is None or earlier.since != host.since
 
 
 def iso_minus(text: str, seconds: float) -> str:
