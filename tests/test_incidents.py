@@ -174,6 +174,26 @@ def test_a_site_gone_in_the_correlators_first_window_is_an_outage_once_one_may_o
     assert [(i["kind"], i["hosts"]) for i in estate.incidents()] == [("site_outage", 4)]
 
 
+def test_a_site_whose_agents_do_not_come_back_after_a_hub_restart_is_an_outage(tmp_path):
+    """A restarted hub marks the agents its last run held offline as it starts, before its
+    correlator's first (whole) read: those that stay offline past the first window are
+    their site's outage; a host offline since long before is a host incident."""
+    store = open_test_store(tmp_path)
+    try:
+        estate = Estate(store)
+        estate.presence(estate.site(0)[:1], False, 100)
+        estate.presence(estate.site(1), False, 1000)  # marked offline at the restart
+        estate.run(1001)  # the restarted hub's correlator: its first pass
+        estate.presence(estate.site(1)[3:], True, 1010)  # one of them came back
+        estate.run(1011)
+        estate.run(1001 + estate.t.window_s + 5)
+        assert sorted((i["kind"], i["subject"], i["hosts"]) for i in estate.incidents()) == [
+            ("host_offline", f"host:{estate.site(0)[0]}", 1),
+            ("site_outage", "site:Fire/Station 12", 3)]
+    finally:
+        store.close()
+
+
 def test_a_flapping_site_is_one_incident_and_a_recurrence_soon_after_reopens_it(estate):
     estate.run(0)
     down = estate.site(1)

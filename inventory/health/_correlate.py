@@ -201,10 +201,11 @@ class Correlator:
         self.seen_offline: dict[str, str] = {}
 
     def plan(self, inputs: HealthInputs, now: datetime) -> list[Action]:
+        first = self.leading_since is None
         if self.leading_since is None:
             self.leading_since = now
         self._take_net(inputs.net)
-        self._see_offline(inputs, now)
+        self._see_offline(inputs, now, first)
         if inputs.net_position is not None and (self.net_position is None
                                                 or inputs.net_position > self.net_position):
             self.net_position = inputs.net_position
@@ -262,15 +263,19 @@ class Correlator:
             actions += _conclude(incident, update, len(affected) >= need, now, self.t.hold_s)
         return actions
 
-    def _see_offline(self, inputs: HealthInputs, now: datetime) -> None:
+    def _see_offline(self, inputs: HealthInputs, now: datetime, first: bool) -> None:
         """Note when a pass first saw each host offline, for a window (the store's read
         says which went offline since its previous one). One seen in the correlator's first
         window, when nothing opens, is news for a window after it: a site gone then is an
-        outage once one may open, not a host incident each."""
+        outage once one may open, not a host incident each. The first pass's read (whole)
+        tells no news: there, the hosts gone within a window before it are news (those a
+        restarted hub marked offline as it started, or a dead hub's, swept)."""
         assert self.leading_since is not None
         window = timedelta(seconds=self.t.window_s)
         at, start = iso(max(now, self.leading_since + window)), iso(now - window)
-        for agent_id in inputs.went_offline:
+        news = {a for a, host in inputs.offline.items() if host.since >= start} if first \
+            else inputs.went_offline
+        for agent_id in news:
             self.seen_offline.setdefault(agent_id, at)
         self.seen_offline = {a: t for a, t in self.seen_offline.items()
                              if t >= start and a in inputs.offline}
