@@ -247,8 +247,8 @@ class Correlator:
             subject = f"site:{agency}/{site}"
             incident = open_by_subject.get(subject)
             if incident is None:
-                recent = sorted((h.since, a) for a, h in down.items()
-                                if h.since >= window_start or a in seen)
+                # No outage open here: `down` holds only the hosts gone lately.
+                recent = sorted((h.since, a) for a, h in down.items())
                 if may_open and inputs.sites.get((agency, site)) and \
                         _largest_burst([since for since, _ in recent], window_start,
                                        self.t.window_s) >= need:
